@@ -1,0 +1,46 @@
+"""Client side of envelope v1: seal a payload for a worker, open its sealed answer.
+
+Depends only on PyNaCl, so it can be copied into any client. A fresh ephemeral key pair and
+nonce are made per request; keep the returned `EphemeralKey` to open the answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.utils import random
+
+EphemeralKey = PrivateKey
+
+
+def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, EphemeralKey]:
+    """The envelope to send, and the ephemeral key that opens the worker's answer."""
+    ephemeral = PrivateKey.generate()
+    server = PublicKey(base64.b64decode(server_public_key_b64))
+    nonce = random(Box.NONCE_SIZE)
+    sealed = Box(ephemeral, server).encrypt(json.dumps(payload).encode("utf-8"), nonce)
+    envelope = {
+        "encrypted": True,
+        "epk": _b64(bytes(ephemeral.public_key)),
+        "nonce": _b64(nonce),
+        "ciphertext": _b64(sealed.ciphertext),
+    }
+    return envelope, ephemeral
+
+
+def open_answer(answer: dict, ephemeral: EphemeralKey, server_public_key_b64: str) -> Any:
+    """The worker's result; a plaintext answer (an envelope-level error) is returned as it is."""
+    if not (isinstance(answer, dict) and answer.get("encrypted") is True):
+        return answer
+    server = PublicKey(base64.b64decode(server_public_key_b64))
+    plaintext = Box(ephemeral, server).decrypt(
+        base64.b64decode(answer["ciphertext"]), base64.b64decode(answer["nonce"])
+    )
+    return json.loads(plaintext.decode("utf-8"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,137 @@
+"""The pod API: a thin Flask adapter over the job pipeline.
+
+It authorizes, decodes the body and maps pipeline replies and `WorkerError`s to HTTP; all job
+logic lives in `services.pipeline`. Served by gunicorn with gevent workers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from services import config, envelope, errors, supervisor_state
+from services.comfy.client import ComfyClient
+from services.config import Settings
+from services.pipeline import Pipeline
+
+log = logging.getLogger("worker.api")
+OPEN_ROUTES = {"/healthz"}
+HEALTH_CACHE_S = 1.0
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def error_response(exc: errors.WorkerError) -> Response:
+    return json_response(exc.to_dict(), exc.http_status)
+
+
+class ComfyHealth:
+    """ComfyUI's process state (from supervisord) and readiness, cached briefly for busy probes."""
+
+    def __init__(self, settings: Settings, comfy: ComfyClient) -> None:
+        self.settings = settings
+        self.comfy = comfy
+        self._cached: tuple[float, dict] | None = None
+
+    def read(self) -> dict:
+        now = time.monotonic()
+        if self._cached and now - self._cached[0] < HEALTH_CACHE_S:
+            return self._cached[1]
+        state = supervisor_state.process_state(self.settings.supervisor_socket, "comfy")
+        ready = not self.settings.dry_run and state == "RUNNING" and self.comfy.ready(timeout=2.0)
+        value = {"state": state, "ready": ready}
+        self._cached = (now, value)
+        return value
+
+
+def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> Flask:
+    """Build the app; gunicorn calls this with no arguments, tests pass their own settings."""
+    settings = settings or config.load()
+    comfy = ComfyClient(settings.comfy_url)
+    pipeline = pipeline or Pipeline(settings, executor=None)
+    health = ComfyHealth(settings, comfy)
+    public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
+
+    app = Flask("comfy-worker")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
+
+    @app.before_request
+    def authorize() -> Response | None:
+        if settings.api_key is None or request.path in OPEN_ROUTES:
+            return None
+        given = request.headers.get("Authorization", "")
+        expected = f"Bearer {settings.api_key}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            return error_response(errors.Unauthorized("send 'Authorization: Bearer <API_KEY>'"))
+        return None
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response(
+            {
+                "ok": True,
+                "mode": settings.launch_mode,
+                "model_dir": settings.model_dir,
+                "server_public_key_b64": public_key,
+                "dry_run": settings.dry_run,
+                "encryption_required": settings.encryption_required,
+                "comfy": health.read(),
+            }
+        )
+
+    @app.get("/ping")
+    def ping() -> Response:
+        """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
+        return json_response({"ok": True})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        comfy_health = health.read()
+        ready = settings.dry_run or comfy_health["ready"]
+        return json_response({"ready": ready, "comfy": comfy_health}, 200 if ready else 503)
+
+    @app.post("/run")
+    def run() -> Response:
+        reply = pipeline.run(_json_body())
+        return json_response(reply.body, reply.status)
+
+    @app.errorhandler(errors.WorkerError)
+    def worker_error(exc: errors.WorkerError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        if isinstance(exc, RequestEntityTooLarge):
+            return error_response(
+                errors.BodyTooLarge(f"the limit is {settings.max_request_mb} MB (MAX_REQUEST_MB)")
+            )
+        if exc.code == 404:
+            return error_response(errors.NotFound(f"no route {request.path}"))
+        if exc.code == 405:
+            return error_response(
+                errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
+            )
+        return json_response({"error": f"http_{exc.code}: {exc.name}"}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.error("unexpected %s on %s", type(exc).__name__, request.path)
+        return error_response(errors.WorkerError("unexpected server error"))
+
+    return app
+
+
+def _json_body() -> Any:
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise errors.InvalidJson("the body is not valid JSON") from None

@@ -1,0 +1,21 @@
+"""gunicorn settings for the pod API.
+
+No `preload_app` and no imports of requests/urllib3 here: gevent must patch the worker before
+they load (RUNTIME.md 2.4). `timeout` is the worker heartbeat, not a request limit.
+"""
+
+from services.config import load as _load_settings
+
+_settings = _load_settings()
+
+bind = f"0.0.0.0:{_settings.api_port}"
+worker_class = "gevent"
+workers = 1
+worker_connections = 1000
+timeout = 30
+graceful_timeout = 5
+keepalive = 5
+control_socket_disable = True
+accesslog = None if _settings.log_silent else "-"
+errorlog = "-"
+loglevel = "info"

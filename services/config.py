@@ -1,0 +1,217 @@
+"""The worker's configuration: read once from the environment into one frozen object.
+
+Every other module receives a `Settings`; nothing else reads `os.environ`, so what the
+worker does is decided by what is printed here, and a bad value stops the start with a
+message that names the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+MODES = ("api", "serverless")
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+class ConfigError(ValueError):
+    """A variable holds a value the worker cannot start with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    launch_mode: str = "serverless"
+    api_port: int = 8000
+    api_key: str | None = None
+    model_dir: str = "/workspace/models"
+    comfyui_dir: str = "/opt/ComfyUI"
+    comfy_python: str = sys.executable
+    comfy_port: int = 8188
+    comfy_args: str = ""
+    private_key_b64: str | None = None
+    encryption_required: bool = True
+    dry_run: bool = False
+    no_history: bool = False
+    log_silent: bool = False
+    job_timeout_s: float = 600.0
+    run_dir: str = "/tmp/comfy-worker"
+    max_request_mb: int = 64
+    local_endpoint_id: str = "LOCAL"
+    runpod_job_url: str | None = None
+    runpod_worker_key: str | None = None
+
+    @property
+    def on_runpod(self) -> bool:
+        """RunPod hands its workers a job-take URL; without one we serve our own local queue."""
+        return self.runpod_job_url is not None
+
+    @property
+    def private_key(self) -> bytes | None:
+        return base64.b64decode(self.private_key_b64) if self.private_key_b64 else None
+
+    @property
+    def comfy_url(self) -> str:
+        return f"http://127.0.0.1:{self.comfy_port}"
+
+    @property
+    def supervisor_socket(self) -> str:
+        return os.path.join(self.run_dir, "supervisor.sock")
+
+    @property
+    def comfy_io_dir(self) -> str:
+        """Parent of ComfyUI's input/output/temp folders, owned by the worker."""
+        return os.path.join(self.run_dir, "comfy")
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use one of 1/0/true/false/yes/no")
+
+
+def _int_range(low: int, high: int):
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number ({low}..{high})") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value} is out of range; use {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds (> 0)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a number of seconds greater than 0")
+    return value
+
+
+def _mode(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value not in MODES:
+        raise ConfigError(f"{name}={raw!r} is not a launch mode; use one of: {', '.join(MODES)}")
+    return value
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw
+
+
+def _optional(_name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _path(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} is empty; give a folder path")
+    return os.path.abspath(raw)
+
+
+def _endpoint_id(name: str, raw: str) -> str:
+    if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+        raise ConfigError(f"{name}={raw!r} must be letters, digits, '-' or '_'")
+    return raw
+
+
+def _private_key(name: str, raw: str) -> str | None:
+    if not raw.strip():
+        return None
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} is not valid base64; {_KEYGEN_HINT}") from None
+    if len(key) != 32:
+        raise ConfigError(f"{name} decodes to {len(key)} bytes, a Curve25519 key has 32; {_KEYGEN_HINT}")
+    return raw.strip()
+
+
+_KEYGEN_HINT = "make one with `.venv/bin/python -m services.keygen` (or `make keygen`)"
+
+# variable name -> (Settings field, parser)
+_VARIABLES: dict[str, tuple[str, object]] = {
+    "LAUNCH_MODE": ("launch_mode", _mode),
+    "API_PORT": ("api_port", _int_range(1, 65535)),
+    "API_KEY": ("api_key", _optional),
+    "COMFYUI_MODEL_DIR": ("model_dir", _path),
+    "COMFYUI_DIR": ("comfyui_dir", _path),
+    "COMFY_PYTHON": ("comfy_python", _path),
+    "COMFY_PORT": ("comfy_port", _int_range(1, 65535)),
+    "COMFY_ARGS": ("comfy_args", _text),
+    "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
+    "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
+    "DRY_RUN": ("dry_run", _bool),
+    "NO_HISTORY": ("no_history", _bool),
+    "LOG_SILENT": ("log_silent", _bool),
+    "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
+    "RUN_DIR": ("run_dir", _path),
+    "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
+    "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
+    "RUNPOD_WEBHOOK_GET_JOB": ("runpod_job_url", _optional),
+    "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for name, (field, parse) in _VARIABLES.items():
+        if name in env:
+            values[field] = parse(name, env[name])
+    settings = Settings(**values)
+    if settings.encryption_required and not settings.private_key_b64:
+        raise ConfigError(
+            "ENCRYPTION_REQUIRED=1 but WORKER_PRIVATE_KEY_B64 is not set; "
+            f"{_KEYGEN_HINT} and set WORKER_PRIVATE_KEY_B64, or set ENCRYPTION_REQUIRED=0"
+        )
+    return settings
+
+
+def describe(settings: Settings) -> str:
+    """One line per setting for the start-up log, with secrets masked."""
+    secret = {"api_key", "private_key_b64", "runpod_worker_key"}
+    lines = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in secret:
+            value = "(set)" if value else "(unset)"
+        lines.append(f"{f.name}={value}")
+    return " ".join(lines)
+
+
+def load_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """One boolean variable, parsed as `load` would (for decisions made before `load`)."""
+    return _bool(name, environ[name]) if name in environ else default
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """`NAME=value` lines of a local env file (no shell syntax); a missing file is empty."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return values
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"{path}:{number} is not a NAME=value line")
+        values[name.strip()] = value.strip()
+    return values

@@ -1,0 +1,101 @@
+"""The container's entrypoint: check the configuration, then hand over to supervisord.
+
+A bad value stops here, before any program starts, with a message that names the variable.
+supervisord replaces this process (exec), so SIGTERM from the platform reaches it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+
+from services import config, envelope
+
+HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONF = os.path.join(HOME, "conf", "supervisord.conf")
+
+
+def supervisord_environment(settings: config.Settings, environ: dict[str, str]) -> dict[str, str]:
+    """The environment supervisord and its programs get: the caller's plus the conf's names."""
+    env = dict(environ)
+    env.update(
+        LAUNCH_MODE=settings.launch_mode,
+        RUN_DIR=settings.run_dir,
+        COMFY_AUTOSTART="false" if settings.dry_run else "true",
+        WORKER_HOME=HOME,
+        WORKER_PYTHON=sys.executable,
+        PYTHONUNBUFFERED="1",
+    )
+    if settings.private_key_b64:
+        env["WORKER_PRIVATE_KEY_B64"] = settings.private_key_b64
+    env.setdefault("RUNPOD_LOG_LEVEL", "ERROR" if settings.log_silent else "INFO")
+    local_queue = settings.launch_mode == "serverless" and not settings.on_runpod
+    env["LOCAL_QUEUE_AUTOSTART"] = "true" if local_queue else "false"
+    if local_queue:
+        env.update(local_runpod_environment(settings.api_port))
+    return env
+
+
+def local_runpod_environment(port: int) -> dict[str, str]:
+    """What RunPod would hand the SDK worker, pointing at our local queue instead.
+
+    The SDK's fitness checks dial a public address, so off RunPod they are turned off.
+    """
+    base = f"http://127.0.0.1:{port}/worker"
+    return {
+        "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=CPU",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=CPU",
+        "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=CPU",
+        "RUNPOD_WEBHOOK_PING": f"{base}/ping/$RUNPOD_POD_ID?gpu=CPU",
+        "RUNPOD_AI_API_KEY": secrets.token_urlsafe(24),
+        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+        "RUNPOD_SKIP_GPU_CHECK": "true",
+    }
+
+
+def ensure_dev_key(env_file: str, environ: dict[str, str]) -> dict[str, str]:
+    """For `make run`: make a worker key on first start and keep it in an ignored local env file."""
+    merged = {**config.read_env_file(env_file), **environ}
+    wants_key = config.load_flag(merged, "ENCRYPTION_REQUIRED", default=True)
+    if merged.get("WORKER_PRIVATE_KEY_B64") or not wants_key:
+        return merged
+    private, public = envelope.keypair()
+    with open(env_file, "a", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(f"WORKER_PRIVATE_KEY_B64={private}\n")
+    print(f"[entrypoint] made a worker key in {env_file}; public key: {public}", flush=True)
+    merged["WORKER_PRIVATE_KEY_B64"] = private
+    return merged
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--env-file", help="local env file (values in the environment win)")
+    parser.add_argument("--check", action="store_true", help="validate the configuration and exit")
+    args = parser.parse_args(argv)
+
+    environ = dict(os.environ)
+    try:
+        if args.env_file:
+            environ = ensure_dev_key(args.env_file, environ)
+        settings = config.load(environ)
+    except config.ConfigError as exc:
+        print(f"[entrypoint] configuration error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if args.check:
+        print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
+        return 0
+    os.makedirs(settings.run_dir, mode=0o700, exist_ok=True)
+    print(
+        f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
+        flush=True,
+    )
+    command = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
+    os.execve(sys.executable, command, supervisord_environment(settings, environ))
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    sys.exit(main())

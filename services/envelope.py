@@ -1,0 +1,92 @@
+"""Envelope v1: NaCl `Box` (Curve25519 + XSalsa20-Poly1305) around requests and answers.
+
+A client seals its payload with a fresh ephemeral key to the worker's static public key; the
+worker seals the answer back to that ephemeral key. Only envelope-level errors travel in
+plaintext, because without an opened box there is no key to answer with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.utils import random
+
+from services import errors
+
+NONCE_SIZE = Box.NONCE_SIZE
+KEY_SIZE = PublicKey.SIZE
+_FIELDS = ("epk", "nonce", "ciphertext")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: Any) -> bytes:
+    """Standard base64 with padding; anything else is not an envelope we made."""
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def keypair() -> tuple[str, str]:
+    """A new (private, public) key pair, both base64."""
+    key = PrivateKey.generate()
+    return b64(bytes(key)), b64(bytes(key.public_key))
+
+
+def public_key_of(private_key_b64: str) -> str:
+    return b64(bytes(PrivateKey(unb64(private_key_b64)).public_key))
+
+
+def is_envelope(body: Any) -> bool:
+    return isinstance(body, dict) and body.get("encrypted") is True
+
+
+@dataclass(frozen=True)
+class Opened:
+    payload: Any
+    reply_to: PublicKey
+
+
+def open_request(body: dict, private_key: bytes | None) -> Opened:
+    """Open an encrypted request, or raise the envelope error that explains why not."""
+    if private_key is None:
+        raise errors.EncryptionUnavailable("this worker has no private key (WORKER_PRIVATE_KEY_B64)")
+    missing = [name for name in _FIELDS if not body.get(name)]
+    if missing:
+        raise errors.MissingEncryptedFields(", ".join(missing))
+    try:
+        epk = unb64(body["epk"])
+        nonce = unb64(body["nonce"])
+        ciphertext = unb64(body["ciphertext"])
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise errors.InvalidCiphertext("fields must be standard base64 strings") from None
+    if len(epk) != KEY_SIZE:
+        raise errors.InvalidCiphertext(f"epk must be {KEY_SIZE} bytes")
+    if len(nonce) != NONCE_SIZE:
+        raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
+    sender = PublicKey(epk)
+    try:
+        plaintext = Box(PrivateKey(private_key), sender).decrypt(ciphertext, nonce)
+    except CryptoError:
+        raise errors.InvalidCiphertext("the box does not open with this worker's key") from None
+    try:
+        payload = json.loads(plaintext.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
+    return Opened(payload=payload, reply_to=sender)
+
+
+def seal(result: Any, private_key: bytes, reply_to: PublicKey) -> dict:
+    """Seal `result` (any JSON value) to the client's ephemeral key with a fresh nonce."""
+    nonce = random(NONCE_SIZE)
+    box = Box(PrivateKey(private_key), reply_to)
+    sealed = box.encrypt(json.dumps(result, separators=(",", ":")).encode("utf-8"), nonce)
+    return {"encrypted": True, "nonce": b64(nonce), "ciphertext": b64(sealed.ciphertext)}

@@ -1,0 +1,129 @@
+"""Every error a client can see: one small hierarchy, one stable `code` each.
+
+Adapters turn them into an HTTP status (pod API) or a RunPod `{"error": ...}` (serverless);
+the wire form is always `"<code>: <detail>"`. Details never carry workflow content.
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def message(self) -> str:
+        return f"{self.code}: {self.detail}" if self.detail else self.code
+
+    def to_dict(self) -> dict:
+        return {"error": self.message}
+
+
+class Unauthorized(WorkerError):
+    code = "unauthorized"
+    http_status = 401
+
+
+class NotFound(WorkerError):
+    code = "not_found"
+    http_status = 404
+
+
+class MethodNotAllowed(WorkerError):
+    code = "method_not_allowed"
+    http_status = 405
+
+
+class BodyTooLarge(WorkerError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class InvalidJson(WorkerError):
+    code = "invalid_json"
+    http_status = 400
+
+
+class EncryptionRequired(WorkerError):
+    code = "encryption_required"
+    http_status = 400
+
+
+class MissingEncryptedFields(WorkerError):
+    code = "missing encrypted fields"
+    http_status = 400
+
+
+class InvalidCiphertext(WorkerError):
+    code = "invalid ciphertext"
+    http_status = 400
+
+
+class EncryptionUnavailable(WorkerError):
+    code = "encryption_unavailable"
+    http_status = 400
+
+
+class InvalidRequest(WorkerError):
+    """The payload around the workflow is malformed (images, timeout, flags)."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class InvalidWorkflow(WorkerError):
+    code = "invalid_workflow"
+    http_status = 400
+
+
+class WorkflowValidationFailed(WorkerError):
+    """ComfyUI refused the prompt (its 400 with `node_errors`)."""
+
+    code = "workflow_validation_failed"
+    http_status = 400
+
+
+class ExecutionFailed(WorkerError):
+    code = "execution_failed"
+    http_status = 500
+
+
+class Interrupted(WorkerError):
+    code = "interrupted"
+    http_status = 409
+
+
+class JobTimeout(WorkerError):
+    code = "timeout"
+    http_status = 504
+
+
+class ComfyInitFailed(WorkerError):
+    code = "comfy_init_failed"
+    http_status = 503
+
+
+class ComfyRestarted(WorkerError):
+    """ComfyUI died or was restarted while the job was in it."""
+
+    code = "comfy_restarted"
+    http_status = 503
+
+
+class ComfyProtocolError(WorkerError):
+    code = "comfy_error"
+    http_status = 502
+
+
+class JobNotFound(WorkerError):
+    code = "job_not_found"
+    http_status = 404
+
+
+class OutputTooLarge(WorkerError):
+    code = "output_too_large"
+    http_status = 507

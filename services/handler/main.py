@@ -1,0 +1,72 @@
+"""The serverless worker: the runpod SDK's own worker loop calling the job pipeline.
+
+The handler is async so that a RunPod cancel reaches it (as CancelledError) while the
+blocking pipeline runs in a thread; failures are returned as `{"error": ...}`, never raised,
+because the SDK would put a traceback into the job record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from services import config, errors
+from services.pipeline import Pipeline
+
+log = logging.getLogger("worker.handler")
+PROGRESS_INTERVAL_S = 0.5
+
+
+def throttled(send: Callable[[dict], None], interval: float = PROGRESS_INTERVAL_S) -> Callable[[dict], None]:
+    """Pass progress on at most once per `interval` (RunPod posts each update over HTTP)."""
+    last = [-float("inf")]
+
+    def update(message: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= interval:
+            last[0] = now
+            send(message)
+
+    return update
+
+
+def make_handler(pipeline: Pipeline, send_progress: Callable[[dict, dict], None] | None = None):
+    async def handler(job: dict) -> dict:
+        cancel = threading.Event()
+        progress = throttled(lambda message: send_progress(job, message)) if send_progress else None
+        try:
+            reply = await asyncio.to_thread(pipeline.run, job.get("input"), progress, cancel)
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except Exception as exc:  # the pipeline answers every client error itself; this is a bug
+            log.error("unexpected %s in the pipeline", type(exc).__name__)
+            return errors.WorkerError("unexpected worker error").to_dict()
+        body = dict(reply.body)
+        if reply.error_code == errors.ComfyRestarted.code:
+            body["refresh_worker"] = True
+        return body
+
+    return handler
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="[handler] %(message)s", stream=sys.stdout)
+    try:
+        settings = config.load()
+    except config.ConfigError as exc:
+        print(f"[handler] configuration error: {exc}", file=sys.stderr)
+        return 2
+    import runpod  # only the serverless process pays for importing the SDK
+
+    pipeline = Pipeline(settings, executor=None)
+    runpod.serverless.start({"handler": make_handler(pipeline, runpod.serverless.progress_update)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

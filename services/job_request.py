@@ -1,0 +1,162 @@
+"""What a job asks for, checked before anything touches ComfyUI.
+
+ComfyUI answers a non-dict prompt with a bare 500 and a graph export with a confusing
+`no_prompt`, so the shape is validated here and every refusal says what to fix.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from services import errors
+
+MAX_NODES = 10_000
+_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_GRAPH_EXPORT_HINT = (
+    "this is a UI graph export (it has 'nodes' and 'links'); in ComfyUI enable the dev mode "
+    "options and use 'Export (API)' / 'Save (API Format)', then send that file as 'workflow'"
+)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    workflow: dict
+    images: tuple[InputImage, ...]
+    no_history: bool
+    timeout_s: float
+
+
+def parse(payload: Any, *, default_timeout_s: float, no_history_default: bool) -> JobRequest:
+    """Turn a decoded payload into a `JobRequest`, or raise the error that says what is wrong."""
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest(f"the payload must be a JSON object, got {_kind(payload)}")
+    if "workflow" in payload:
+        workflow = payload["workflow"]
+        options = payload
+    elif _looks_like_graph_export(payload) or _looks_like_workflow(payload):
+        workflow, options = payload, {}
+    else:
+        raise errors.InvalidRequest("the payload has no 'workflow' (an API-format ComfyUI workflow)")
+    return JobRequest(
+        workflow=validate_workflow(workflow),
+        images=_images(options.get("images")),
+        no_history=_flag(options, "no_history", no_history_default),
+        timeout_s=_timeout(options.get("timeout_s"), default_timeout_s),
+    )
+
+
+def validate_workflow(workflow: Any) -> dict:
+    if _looks_like_graph_export(workflow):
+        raise errors.InvalidWorkflow(_GRAPH_EXPORT_HINT)
+    if not isinstance(workflow, dict):
+        raise errors.InvalidWorkflow(f"'workflow' must be an object of nodes, got {_kind(workflow)}")
+    if not workflow:
+        raise errors.InvalidWorkflow("'workflow' has no nodes")
+    if len(workflow) > MAX_NODES:
+        raise errors.InvalidWorkflow(f"'workflow' has {len(workflow)} nodes; the limit is {MAX_NODES}")
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            raise errors.InvalidWorkflow(f"node {_short(node_id)} must be an object, got {_kind(node)}")
+        class_type = node.get("class_type")
+        if not isinstance(class_type, str) or not class_type:
+            raise errors.InvalidWorkflow(f"node {_short(node_id)} has no 'class_type'")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise errors.InvalidWorkflow(
+                f"node {_short(node_id)} ('{_short(class_type)}'): 'inputs' must be an object"
+            )
+    return workflow
+
+
+def decode_base64_image(text: Any) -> bytes:
+    """Standard base64, with an optional `data:<mime>;base64,` prefix as browsers make it."""
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    text = _DATA_URI.sub("", text.strip(), count=1)
+    data = base64.b64decode(text, validate=True)
+    if not data:
+        raise ValueError("empty")
+    return data
+
+
+def _images(value: Any) -> tuple[InputImage, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise errors.InvalidRequest("'images' must be a list of {name, image}")
+    images, seen = [], set()
+    for index, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise errors.InvalidRequest(f"images[{index}] must be an object with 'name' and 'image'")
+        name = item.get("name")
+        if not isinstance(name, str) or not _safe_name(name):
+            raise errors.InvalidRequest(
+                f"images[{index}].name must be a plain file name (no folders, '..', or control characters)"
+            )
+        if name in seen:
+            raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
+        seen.add(name)
+        try:
+            data = decode_base64_image(item.get("image"))
+        except (ValueError, binascii.Error):
+            raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
+        images.append(InputImage(name=name, data=data))
+    return tuple(images)
+
+
+def _safe_name(name: str) -> bool:
+    return (
+        0 < len(name) <= 200
+        and name not in (".", "..")
+        and not any(c in name for c in "/\\")
+        and all(c.isprintable() for c in name)
+    )
+
+
+def _flag(options: dict, key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise errors.InvalidRequest(f"'{key}' must be true or false")
+    return value
+
+
+def _timeout(value: Any, default: float) -> float:
+    if value is None:
+        return default
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise errors.InvalidRequest("'timeout_s' must be a positive number of seconds")
+    return min(float(value), default)
+
+
+def _looks_like_graph_export(value: Any) -> bool:
+    return isinstance(value, dict) and "nodes" in value and "links" in value
+
+
+def _looks_like_workflow(value: dict) -> bool:
+    return bool(value) and all(isinstance(node, dict) and "class_type" in node for node in value.values())
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def _short(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,144 @@
+"""The serverless handler: the same pipeline, failures returned (never raised), cancel reaches it."""
+
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+
+from client.envelope_client import open_answer, seal_request
+from services import config, envelope, errors
+from services.handler.main import make_handler, throttled
+from services.pipeline import Pipeline
+from tests.stack import ROOT
+
+PRIVATE, PUBLIC = envelope.keypair()
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+}
+
+
+def settings(**env):
+    return config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0", **env})
+
+
+class Executor:
+    def __init__(self, behaviour):
+        self.behaviour = behaviour
+        self.cancel = None
+
+    def execute(self, job, progress, cancel):
+        self.cancel = cancel
+        return self.behaviour(job, progress, cancel)
+
+
+def run(handler, payload):
+    return asyncio.run(handler({"id": "job-1", "input": payload}))
+
+
+def test_same_result_as_the_pipeline_in_dry_run():
+    pipeline = Pipeline(settings(DRY_RUN="1"), None)
+    assert run(make_handler(pipeline), {"workflow": WORKFLOW}) == pipeline.run({"workflow": WORKFLOW}).body
+
+
+def test_encrypted_dry_run_is_opened_checked_and_sealed():
+    handler = make_handler(Pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1"), None))
+    request, ephemeral = seal_request({"nodes": [], "links": []}, PUBLIC)
+    answer = run(handler, request)
+    assert answer["encrypted"] is True
+    assert open_answer(answer, ephemeral, PUBLIC)["error"].startswith("invalid_workflow")
+
+
+def test_failures_are_returned_as_error_codes():
+    handler = make_handler(Pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1"), None))
+    assert run(handler, {"workflow": WORKFLOW})["error"].startswith("encryption_required")
+
+
+def test_comfy_restart_asks_the_platform_to_recycle_the_worker():
+    def die(job, progress, cancel):
+        raise errors.ComfyRestarted("ComfyUI exited under the job")
+
+    answer = run(make_handler(Pipeline(settings(), Executor(die))), {"workflow": WORKFLOW})
+    assert answer["error"].startswith("comfy_restarted") and answer["refresh_worker"] is True
+
+
+def test_an_unexpected_exception_is_returned_without_a_traceback():
+    def bug(job, progress, cancel):
+        raise KeyError("secret prompt text")
+
+    answer = run(make_handler(Pipeline(settings(), Executor(bug))), {"workflow": WORKFLOW})
+    assert answer == {"error": "internal_error: unexpected worker error"}
+
+
+def test_cancel_sets_the_event_the_executor_watches():
+    started, seen = threading.Event(), threading.Event()
+
+    def wait_for_cancel(job, progress, cancel):
+        started.set()
+        if cancel.wait(5):
+            seen.set()
+        raise errors.Interrupted("cancelled")
+
+    handler = make_handler(Pipeline(settings(), Executor(wait_for_cancel)))
+
+    async def scenario():
+        task = asyncio.create_task(handler({"id": "j", "input": {"workflow": WORKFLOW}}))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert seen.wait(5)
+
+
+def test_progress_is_throttled():
+    sent = []
+    update = throttled(sent.append, interval=3600)
+    for value in range(10):
+        update({"value": value})
+    assert sent == [{"value": 0}]
+
+
+def test_one_shot_run_of_the_real_runpod_worker():
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": "/tmp",
+        "DRY_RUN": "1",
+        "ENCRYPTION_REQUIRED": "0",
+        "RUNPOD_LOG_LEVEL": "INFO",
+    }
+    ok = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.handler.main",
+            "--test_input",
+            json.dumps({"input": {"workflow": WORKFLOW}}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "'dry_run': True" in ok.stdout
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.handler.main",
+            "--test_input",
+            json.dumps({"input": {"nodes": [], "links": []}}),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 1 and "invalid_workflow" in bad.stdout + bad.stderr

@@ -1,0 +1,138 @@
+"""Start the real worker the way the container does (entrypoint -> supervisord -> programs).
+
+Each `Stack` gets its own temporary run dir, ephemeral ports and log capture, and is stopped
+by its own supervisord pid (never by name).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+
+from services import envelope, supervisor_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STANDIN_DIR = os.path.join(ROOT, "tests", "comfy_standin")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Stack:
+    """One supervised worker. `env` overrides the defaults chosen here for tests."""
+
+    def __init__(self, mode: str, env: dict[str, str] | None = None, key: bool = True) -> None:
+        self.run_dir = tempfile.mkdtemp(prefix="cw-")
+        self.port = free_port()
+        self.comfy_port = free_port()
+        self.private_key, self.public_key = envelope.keypair() if key else (None, None)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self.run_dir,
+            "LAUNCH_MODE": mode,
+            "API_PORT": str(self.port),
+            "COMFY_PORT": str(self.comfy_port),
+            "RUN_DIR": self.run_dir,
+            "COMFYUI_DIR": STANDIN_DIR,
+            "COMFYUI_MODEL_DIR": os.path.join(self.run_dir, "models"),
+            "DRY_RUN": "1",
+        }
+        if self.private_key:
+            self.env["WORKER_PRIVATE_KEY_B64"] = self.private_key
+        self.env.update(env or {})
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self._log: list[str] = []
+        self._log_lock = threading.Lock()
+
+    # lifecycle -----------------------------------------------------------------------------
+    def start(self, wait_for: tuple[str, ...] = ()) -> Stack:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.entrypoint"],
+            cwd=ROOT,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        threading.Thread(target=self._read_log, daemon=True).start()
+        for name in wait_for:
+            self.wait_state(name, "RUNNING", timeout=30)
+        return self
+
+    def stop(self, timeout: float = 15) -> int | None:
+        """SIGTERM supervisord (the entrypoint execs it, so it is our child's pid)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return self.proc.returncode
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # observation ---------------------------------------------------------------------------
+    def _read_log(self) -> None:
+        assert self.proc and self.proc.stdout
+        for raw in self.proc.stdout:
+            with self._log_lock:
+                self._log.append(raw.decode("utf-8", "replace"))
+
+    @property
+    def log(self) -> str:
+        with self._log_lock:
+            return "".join(self._log)
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.run_dir, "supervisor.sock")
+
+    def state(self, name: str) -> str:
+        return supervisor_state.process_state(self.socket, name)
+
+    def programs(self) -> dict[str, str]:
+        infos = supervisor_state.rpc(self.socket).supervisor.getAllProcessInfo()
+        return {info["name"]: info["statename"] for info in infos}
+
+    def wait_state(self, name: str, state: str, timeout: float = 30) -> None:
+        wait_until(lambda: self.state(name) == state, timeout, f"{name} to be {state}\n{self.log}")
+
+    def wait_http(self, path: str, timeout: float = 30, headers: dict | None = None) -> None:
+        def answers() -> bool:
+            try:
+                return requests.get(self.url + path, timeout=1, headers=headers).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(answers, timeout, f"{path} to answer 200\n{self.log}")

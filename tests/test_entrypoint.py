@@ -1,0 +1,84 @@
+"""The entrypoint validates before anything starts, then supervisord runs the right programs."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.stack import ROOT, Stack
+
+
+def run_entrypoint(env, *args):
+    base = {"PATH": os.environ["PATH"], "RUN_DIR": "/tmp/cw-never-created"}
+    return subprocess.run(
+        [sys.executable, "-m", "services.entrypoint", *args],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+@pytest.mark.parametrize("mode", ["apii", "API", ""])
+def test_bad_launch_mode_is_refused_before_anything_starts(mode):
+    result = run_entrypoint({"LAUNCH_MODE": mode, "ENCRYPTION_REQUIRED": "0"})
+    assert result.returncode == 2
+    assert "LAUNCH_MODE" in result.stderr and "api, serverless" in result.stderr
+    assert not os.path.exists("/tmp/cw-never-created")
+
+
+def test_missing_key_says_how_to_make_one():
+    result = run_entrypoint({"LAUNCH_MODE": "api"})
+    assert result.returncode == 2
+    assert "WORKER_PRIVATE_KEY_B64" in result.stderr and "keygen" in result.stderr
+
+
+def test_check_mode_prints_the_configuration_without_secrets():
+    result = run_entrypoint(
+        {"LAUNCH_MODE": "api", "ENCRYPTION_REQUIRED": "0", "API_KEY": "topsecret"}, "--check"
+    )
+    assert result.returncode == 0 and "launch_mode=api" in result.stdout and "topsecret" not in result.stdout
+
+
+def test_dev_env_file_gets_a_key_on_first_run_and_keeps_it(tmp_path):
+    env_file = tmp_path / ".env.local"
+    first = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    assert first.returncode == 0 and "public key:" in first.stdout
+    saved = env_file.read_text()
+    assert saved.startswith("WORKER_PRIVATE_KEY_B64=") and oct(env_file.stat().st_mode)[-3:] == "600"
+    again = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    assert again.returncode == 0 and "public key:" not in again.stdout and env_file.read_text() == saved
+
+
+def test_the_environment_wins_over_the_env_file(tmp_path):
+    env_file = tmp_path / ".env.local"
+    env_file.write_text("LAUNCH_MODE=serverless\nENCRYPTION_REQUIRED=0\n")
+    result = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    assert "launch_mode=api" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "mode,dry_run,expected",
+    [
+        ("api", "1", {"api": "RUNNING", "comfy": "STOPPED"}),
+        ("serverless", "1", {"handler": "RUNNING", "localqueue": "RUNNING", "comfy": "STOPPED"}),
+    ],
+)
+def test_supervisord_runs_exactly_the_programs_of_the_mode(mode, dry_run, expected):
+    stack = Stack(mode, {"DRY_RUN": dry_run})
+    try:
+        stack.start(wait_for=[name for name, state in expected.items() if state == "RUNNING"])
+        assert stack.programs() == expected
+    finally:
+        assert stack.stop() == 0
+
+
+def test_sigterm_stops_everything_within_10_s_with_exit_code_0():
+    stack = Stack("api").start(wait_for=["api"])
+    stack.wait_http("/healthz")
+    started = time.monotonic()
+    code = stack.stop(timeout=10)
+    assert code == 0 and time.monotonic() - started < 10
