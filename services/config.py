@@ -39,9 +39,15 @@ class Settings:
     no_history: bool = False
     log_silent: bool = False
     job_timeout_s: float = 600.0
+    comfy_ready_timeout_s: float = 300.0
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     local_endpoint_id: str = "LOCAL"
+    comfyui_repo: str = "https://github.com/comfyanonymous/ComfyUI.git"
+    comfyui_ref: str = "a125cd84b054"  # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from
+    comfyui_install_dir: str = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfyui"
+    )
     runpod_job_url: str | None = None
     runpod_worker_key: str | None = None
 
@@ -127,6 +133,13 @@ def _endpoint_id(name: str, raw: str) -> str:
     return raw
 
 
+def _commit(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if not 7 <= len(value) <= 40 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"{name}={raw!r} must be a commit hash (7 to 40 hex digits), not a branch or tag")
+    return value
+
+
 def _private_key(name: str, raw: str) -> str | None:
     if not raw.strip():
         return None
@@ -157,9 +170,13 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "NO_HISTORY": ("no_history", _bool),
     "LOG_SILENT": ("log_silent", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
+    "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
+    "COMFYUI_REPO": ("comfyui_repo", _text),
+    "COMFYUI_REF": ("comfyui_ref", _commit),
+    "COMFYUI_INSTALL_DIR": ("comfyui_install_dir", _path),
     "RUNPOD_WEBHOOK_GET_JOB": ("runpod_job_url", _optional),
     "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
 }

@@ -12,6 +12,7 @@ import secrets
 import sys
 
 from services import config, envelope
+from services.comfy import install
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
@@ -70,6 +71,20 @@ def ensure_dev_key(env_file: str, environ: dict[str, str]) -> dict[str, str]:
     return merged
 
 
+def ensure_dev_comfyui(settings: config.Settings, environ: dict[str, str]) -> dict[str, str]:
+    """For `make run`: with no COMFYUI_DIR and no ComfyUI in the image's place, install one."""
+    if (
+        settings.dry_run
+        or "COMFYUI_DIR" in environ
+        or os.path.isfile(os.path.join(settings.comfyui_dir, "main.py"))
+    ):
+        return environ
+    comfy_dir, python = install.ensure(
+        settings.comfyui_install_dir, settings.comfyui_repo, settings.comfyui_ref
+    )
+    return {**environ, "COMFYUI_DIR": comfy_dir, "COMFY_PYTHON": environ.get("COMFY_PYTHON", python)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--env-file", help="local env file (values in the environment win)")
@@ -81,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.env_file:
             environ = ensure_dev_key(args.env_file, environ)
         settings = config.load(environ)
+        if args.env_file:
+            environ = ensure_dev_comfyui(settings, environ)
+            settings = config.load(environ)
     except config.ConfigError as exc:
         print(f"[entrypoint] configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except install.InstallError as exc:
+        print(f"[entrypoint] comfy_init_failed: {exc}", file=sys.stderr, flush=True)
+        return 1
     if args.check:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0

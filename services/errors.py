@@ -88,8 +88,10 @@ class WorkflowValidationFailed(WorkerError):
 
 
 class ExecutionFailed(WorkerError):
+    """A node raised while ComfyUI ran the workflow."""
+
     code = "execution_failed"
-    http_status = 500
+    http_status = 422
 
 
 class Interrupted(WorkerError):

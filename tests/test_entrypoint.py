@@ -45,18 +45,18 @@ def test_check_mode_prints_the_configuration_without_secrets():
 
 def test_dev_env_file_gets_a_key_on_first_run_and_keeps_it(tmp_path):
     env_file = tmp_path / ".env.local"
-    first = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    first = run_entrypoint({"LAUNCH_MODE": "api", "DRY_RUN": "1"}, "--env-file", str(env_file), "--check")
     assert first.returncode == 0 and "public key:" in first.stdout
     saved = env_file.read_text()
     assert saved.startswith("WORKER_PRIVATE_KEY_B64=") and oct(env_file.stat().st_mode)[-3:] == "600"
-    again = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    again = run_entrypoint({"LAUNCH_MODE": "api", "DRY_RUN": "1"}, "--env-file", str(env_file), "--check")
     assert again.returncode == 0 and "public key:" not in again.stdout and env_file.read_text() == saved
 
 
 def test_the_environment_wins_over_the_env_file(tmp_path):
     env_file = tmp_path / ".env.local"
     env_file.write_text("LAUNCH_MODE=serverless\nENCRYPTION_REQUIRED=0\n")
-    result = run_entrypoint({"LAUNCH_MODE": "api"}, "--env-file", str(env_file), "--check")
+    result = run_entrypoint({"LAUNCH_MODE": "api", "DRY_RUN": "1"}, "--env-file", str(env_file), "--check")
     assert "launch_mode=api" in result.stdout
 
 

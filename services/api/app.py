@@ -15,8 +15,10 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services import config, envelope, errors, supervisor_state
+from services import config, envelope, errors, logs, supervisor_state
+from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
+from services.comfy.executor import ComfyExecutor
 from services.config import Settings
 from services.pipeline import Pipeline
 
@@ -54,10 +56,13 @@ class ComfyHealth:
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> Flask:
     """Build the app; gunicorn calls this with no arguments, tests pass their own settings."""
-    settings = settings or config.load()
+    if settings is None:
+        logs.setup("api")
+        settings = config.load()
     comfy = ComfyClient(settings.comfy_url)
-    pipeline = pipeline or Pipeline(settings, executor=None)
+    pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy))
     health = ComfyHealth(settings, comfy)
+    jobs = AsyncJobs(pipeline)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
     app = Flask("comfy-worker")
@@ -100,8 +105,25 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 
     @app.post("/run")
     def run() -> Response:
+        if request.args.get("async") in ("1", "true"):
+            job = jobs.start(_json_body())
+            return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
         reply = pipeline.run(_json_body())
         return json_response(reply.body, reply.status)
+
+    @app.get("/jobs/<job_id>")
+    def job_status(job_id: str) -> Response:
+        job = jobs.get(job_id)
+        if job is None:
+            raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
+        return json_response(job.view())
+
+    @app.post("/jobs/<job_id>/cancel")
+    def job_cancel(job_id: str) -> Response:
+        job = jobs.cancel(job_id)
+        if job is None:
+            raise errors.JobNotFound("no such job")
+        return json_response(job.view())
 
     @app.errorhandler(errors.WorkerError)
     def worker_error(exc: errors.WorkerError) -> Response:

@@ -1,10 +1,24 @@
-"""HTTP side of ComfyUI's protocol (PROTOCOL.md section 3): the calls the worker makes."""
+"""ComfyUI's HTTP and websocket protocol (PROTOCOL.md sections 3-6): one method per call.
+
+Every call has a timeout; a ComfyUI that does not answer becomes a `WorkerError`, never a hang.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+from urllib.parse import urlsplit
+
 import requests
+import websocket
 
 from services import errors
+
+CONTROL_TIMEOUT_S = 5.0  # queue, interrupt, history: small answers
+TRANSFER_TIMEOUT_S = 60.0  # uploads and /view downloads
+
+
+class ComfyUnreachable(errors.ComfyRestarted):
+    """The HTTP connection failed: ComfyUI is down, restarting or hung."""
 
 
 class ComfyClient:
@@ -12,11 +26,114 @@ class ComfyClient:
         self.base_url = base_url.rstrip("/")
         self.http = requests.Session()
 
+    # --- plumbing ----------------------------------------------------------------------------
+    def _call(
+        self, method: str, path: str, timeout: float = CONTROL_TIMEOUT_S, **kwargs: Any
+    ) -> requests.Response:
+        try:
+            return self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ComfyUnreachable(
+                f"ComfyUI did not answer {method} {path.split('?')[0]} ({type(exc).__name__})"
+            ) from None
+
+    @staticmethod
+    def _json(response: requests.Response, what: str) -> Any:
+        if response.status_code != 200:
+            raise errors.ComfyProtocolError(f"{what} answered HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError:
+            raise errors.ComfyProtocolError(f"{what} answered with a body that is not JSON") from None
+
+    # --- calls ---------------------------------------------------------------------------------
     def ready(self, timeout: float = 2.0) -> bool:
         try:
-            return self.http.get(f"{self.base_url}/system_stats", timeout=timeout).status_code == 200
-        except requests.RequestException:
+            return self._call("GET", "/system_stats", timeout=timeout).status_code == 200
+        except ComfyUnreachable:
             return False
 
-    def _unreachable(self, exc: Exception) -> errors.WorkerError:
-        return errors.ComfyRestarted(f"ComfyUI stopped answering ({type(exc).__name__})")
+    def submit(self, prompt: dict, client_id: str, prompt_id: str) -> dict:
+        """POST /prompt; a 400 (validation) becomes `WorkflowValidationFailed` with readable node errors."""
+        response = self._call(
+            "POST", "/prompt", json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+        )
+        if response.status_code == 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise errors.WorkflowValidationFailed(describe_validation_error(body))
+        return self._json(response, "POST /prompt")
+
+    def history(self, prompt_id: str) -> dict | None:
+        """The history entry, or None while the prompt is unknown, queued or running."""
+        body = self._json(self._call("GET", f"/history/{prompt_id}"), "GET /history")
+        return body.get(prompt_id) if isinstance(body, dict) else None
+
+    def delete_history(self, prompt_ids: list[str]) -> None:
+        self._call("POST", "/history", json={"delete": prompt_ids})
+
+    def queue(self) -> dict:
+        return self._json(self._call("GET", "/queue"), "GET /queue")
+
+    def delete_from_queue(self, prompt_id: str) -> None:
+        self._call("POST", "/queue", json={"delete": [prompt_id]})
+
+    def interrupt(self, prompt_id: str) -> None:
+        self._call("POST", "/interrupt", json={"prompt_id": prompt_id})
+
+    def node_info(self, class_type: str) -> dict:
+        body = self._json(self._call("GET", f"/object_info/{class_type}"), "GET /object_info")
+        return body.get(class_type, {}) if isinstance(body, dict) else {}
+
+    def view(self, filename: str, subfolder: str, folder_type: str) -> tuple[bytes, str | None]:
+        params = {"filename": filename, "subfolder": subfolder, "type": folder_type}
+        response = self._call("GET", "/view", timeout=TRANSFER_TIMEOUT_S, params=params)
+        if response.status_code != 200:
+            raise errors.ComfyProtocolError(f"GET /view of an output answered HTTP {response.status_code}")
+        return response.content, response.headers.get("Content-Type")
+
+    def upload_image(self, name: str, data: bytes, subfolder: str) -> dict:
+        files = {"image": (name, data, "application/octet-stream")}
+        form = {"subfolder": subfolder, "type": "input", "overwrite": "true"}
+        response = self._call("POST", "/upload/image", timeout=TRANSFER_TIMEOUT_S, files=files, data=form)
+        return self._json(response, "POST /upload/image")
+
+    def open_socket(self, client_id: str, recv_timeout: float) -> websocket.WebSocket:
+        """The websocket for one client id, opened before the prompt is posted."""
+        parts = urlsplit(self.base_url)
+        url = f"ws://{parts.netloc}/ws?clientId={client_id}"
+        try:
+            ws = websocket.create_connection(url, timeout=CONTROL_TIMEOUT_S, suppress_origin=True)
+        except (OSError, websocket.WebSocketException) as exc:
+            raise ComfyUnreachable(f"ComfyUI's websocket did not open ({type(exc).__name__})") from None
+        ws.settimeout(recv_timeout)
+        return ws
+
+
+def describe_validation_error(body: Any) -> str:
+    """One readable line from ComfyUI's 400: node id, class and message for each failing node."""
+    if not isinstance(body, dict):
+        return "ComfyUI refused the workflow"
+    node_errors = body.get("node_errors") or {}
+    parts = []
+    if isinstance(node_errors, dict):
+        for node_id, entry in node_errors.items():
+            if not isinstance(entry, dict):
+                continue
+            messages = []
+            for err in entry.get("errors") or []:
+                if isinstance(err, dict):
+                    detail = err.get("details")
+                    messages.append(
+                        f"{err.get('message', 'invalid')}: {detail}" if detail else str(err.get("message"))
+                    )
+            parts.append(
+                f"node {node_id} ({entry.get('class_type', '?')}): {'; '.join(messages) or 'invalid'}"
+            )
+    if parts:
+        return "; ".join(parts)
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    message, details = error.get("message", "ComfyUI refused the workflow"), error.get("details")
+    return f"{message} ({details})" if details else str(message)

@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from services import config
+from services import config, logs
 
 log = logging.getLogger("worker.local_queue")
 
@@ -294,7 +294,7 @@ def _int(value: Any, default: int) -> int:
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="[local_queue] %(message)s", stream=sys.stdout)
+    logs.setup("local_queue")
     settings = config.load()
     server = LocalQueueServer(
         ("0.0.0.0", settings.api_port),

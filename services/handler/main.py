@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from services import config, errors
+from services import config, errors, logs
+from services.comfy.executor import ComfyExecutor
 from services.pipeline import Pipeline
 
 log = logging.getLogger("worker.handler")
@@ -55,7 +56,7 @@ def make_handler(pipeline: Pipeline, send_progress: Callable[[dict, dict], None]
 
 
 def main() -> int:
-    logging.basicConfig(level=logging.INFO, format="[handler] %(message)s", stream=sys.stdout)
+    logs.setup("handler")
     try:
         settings = config.load()
     except config.ConfigError as exc:
@@ -63,7 +64,7 @@ def main() -> int:
         return 2
     import runpod  # only the serverless process pays for importing the SDK
 
-    pipeline = Pipeline(settings, executor=None)
+    pipeline = Pipeline(settings, ComfyExecutor(settings))
     runpod.serverless.start({"handler": make_handler(pipeline, runpod.serverless.progress_update)})
     return 0
 

@@ -95,7 +95,7 @@ def test_plaintext_when_allowed():
 
 
 def test_non_dry_run_without_comfy_is_a_clear_error_not_a_fake_success():
-    client = make_client(ENCRYPTION_REQUIRED="0", DRY_RUN="0")
+    client = make_client(ENCRYPTION_REQUIRED="0", DRY_RUN="0", COMFY_READY_TIMEOUT_S="1", COMFY_PORT="9")
     response = client.post("/run", json={"workflow": WORKFLOW})
     assert response.status_code == 503 and response.get_json()["error"].startswith("comfy_init_failed")
 

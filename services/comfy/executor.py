@@ -1,0 +1,349 @@
+"""Run one checked job in ComfyUI and leave nothing of it behind.
+
+upload inputs -> open the websocket -> POST /prompt -> follow messages until `executing` with
+node null (or poll the history when the socket is gone) -> read the history -> fetch outputs
+through /view -> delete the history entry, the inputs and the outputs.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import logging
+import mimetypes
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import websocket
+
+from services import errors
+from services.comfy.client import ComfyClient, ComfyUnreachable
+from services.config import Settings
+from services.job_request import JobRequest
+from services.pipeline import Progress
+
+log = logging.getLogger("worker.comfy")
+
+RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
+END_GRACE_S = 10.0  # after an interrupt, how long to wait for ComfyUI to finish the prompt
+LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
+NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
+OUTPUT_KINDS = ("images", "gifs", "videos", "video", "audio", "files", "text")
+
+
+@dataclass
+class _Outcome:
+    done: bool = False
+    error: dict | None = None
+    interrupted: bool = False
+
+
+@dataclass
+class _Job:
+    request: JobRequest
+    prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    files: list[dict] = field(default_factory=list)  # every file an `executed` message named
+
+    @property
+    def tag(self) -> str:
+        """Per-job input subfolder."""
+        return f"job-{self.client_id[:16]}"
+
+
+class ComfyExecutor:
+    def __init__(self, settings: Settings, client: ComfyClient | None = None) -> None:
+        self.settings = settings
+        self.client = client or ComfyClient(settings.comfy_url)
+        self._output_nodes: dict[str, bool] = {}
+        self._leftover_history: set[str] = set()
+        self._lock = threading.Lock()
+
+    # --- the job -----------------------------------------------------------------------------
+    def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
+        job = _Job(request)
+        deadline = time.monotonic() + request.timeout_s
+        entry: dict | None = None
+        try:
+            self._wait_ready(deadline)
+            prompt = self._prepare(job)
+            ws = self.client.open_socket(job.client_id, RECV_TICK_S)
+            try:
+                self.client.submit(prompt, job.client_id, job.prompt_id)
+                outcome = self._follow(job, ws, deadline, progress, cancel)
+            finally:
+                ws.close()
+            entry = self._history_entry(job)
+            self._raise_for(outcome, entry)
+            if request.no_history:
+                return {"status": "ok", "prompt_id": job.prompt_id}
+            return {
+                "status": "ok",
+                "prompt_id": job.prompt_id,
+                "outputs": self._fetch_outputs(entry),
+                "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
+            }
+        finally:
+            self._clean_up(job, entry)
+
+    def _wait_ready(self, deadline: float) -> None:
+        """A cold start may still be booting ComfyUI: wait for it, within the job's time."""
+        limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
+        while not self.client.ready(timeout=2.0):
+            if time.monotonic() >= limit:
+                raise errors.ComfyInitFailed("ComfyUI did not answer on its port in time")
+            time.sleep(0.5)
+
+    def _prepare(self, job: _Job) -> dict:
+        prompt = copy.deepcopy(job.request.workflow)
+        names = {}
+        for image in job.request.images:
+            stored = self.client.upload_image(image.name, image.data, job.tag)
+            names[image.name] = f"{stored['subfolder']}/{stored['name']}"
+        if names:
+            _replace_image_names(prompt, names)
+        self._isolate_outputs(prompt, job)
+        return prompt
+
+    def _isolate_outputs(self, prompt: dict, job: _Job) -> None:
+        """Give every output node a per-job input so ComfyUI runs it again instead of answering
+        from its cache with a file an earlier job's clean-up deleted. Upstream nodes (model
+        loaders, samplers) stay cached; ComfyUI ignores inputs its nodes do not declare."""
+        for node in prompt.values():
+            if self._is_output_node(node["class_type"]):
+                node.setdefault("inputs", {})[NONCE_INPUT] = job.client_id
+
+    def _is_output_node(self, class_type: str) -> bool:
+        if class_type not in self._output_nodes:
+            self._output_nodes[class_type] = bool(self.client.node_info(class_type).get("output_node"))
+        return self._output_nodes[class_type]
+
+    # --- waiting for the end ------------------------------------------------------------------
+    def _follow(
+        self, job: _Job, ws: websocket.WebSocket, deadline: float, progress: Progress | None, cancel: Any
+    ) -> _Outcome:
+        outcome = _Outcome()
+        while not outcome.done:
+            self._check_limits(job, deadline, cancel)
+            try:
+                raw = ws.recv()
+            except websocket.WebSocketTimeoutException:
+                continue
+            except (OSError, websocket.WebSocketException):
+                ws = self._reconnect(job)
+                if ws is None:
+                    return self._poll(job, deadline, cancel)
+                continue
+            if isinstance(raw, str) and raw:
+                self._on_message(job, raw, outcome, progress)
+        return outcome
+
+    def _on_message(self, job: _Job, raw: str, outcome: _Outcome, progress: Progress | None) -> None:
+        try:
+            message = json.loads(raw)
+            kind, data = message["type"], message["data"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if not isinstance(data, dict) or data.get("prompt_id") != job.prompt_id:
+            return
+        if kind == "executed":
+            job.files.extend(_files_of({"outputs": {"node": data.get("output")}}))
+        elif kind == "executing":
+            if data.get("node") is None:
+                outcome.done = True
+            elif progress:
+                progress({"node": data["node"]})
+        elif kind == "progress" and progress:
+            progress({"node": data.get("node"), "value": data.get("value"), "max": data.get("max")})
+        elif kind == "execution_error":
+            outcome.error = data
+        elif kind == "execution_interrupted":
+            outcome.interrupted = True
+
+    def _reconnect(self, job: _Job) -> websocket.WebSocket | None:
+        """A dropped socket: reconnect with the same client id, or give up and poll."""
+        for _ in range(3):
+            try:
+                ws = self.client.open_socket(job.client_id, RECV_TICK_S)
+            except ComfyUnreachable:
+                time.sleep(0.5)
+                continue
+            log.info("websocket reconnected")
+            if self.client.history(job.prompt_id) is not None:  # it ended while we were away
+                ws.close()
+                return None
+            return ws
+        log.info("websocket lost; polling the history")
+        return None
+
+    def _poll(self, job: _Job, deadline: float, cancel: Any) -> _Outcome:
+        unreachable_since: float | None = None
+        while True:
+            self._check_limits(job, deadline, cancel)
+            try:
+                entry = self.client.history(job.prompt_id)
+                if entry is not None:
+                    return _outcome_from_history(entry)
+                if not self._known_to_queue(job.prompt_id):
+                    raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
+                unreachable_since = None
+            except ComfyUnreachable:
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > LOST_AFTER_S:
+                    raise errors.ComfyRestarted("ComfyUI stopped answering under the job") from None
+            time.sleep(0.25)
+
+    def _known_to_queue(self, prompt_id: str) -> bool:
+        queue = self.client.queue()
+        items = queue.get("queue_running", []) + queue.get("queue_pending", [])
+        if any(len(item) > 1 and item[1] == prompt_id for item in items):
+            return True
+        return self.client.history(prompt_id) is not None  # finished between the two calls
+
+    def _check_limits(self, job: _Job, deadline: float, cancel: Any) -> None:
+        if cancel is not None and cancel.is_set():
+            self._stop(job)
+            raise errors.Interrupted("the job was cancelled")
+        if time.monotonic() >= deadline:
+            self._stop(job)
+            raise errors.JobTimeout(f"the job did not finish within {job.request.timeout_s:g} s")
+
+    def _stop(self, job: _Job) -> None:
+        """Take the prompt out of ComfyUI: delete it when pending, interrupt it when running,
+        and wait briefly for its end so that its history entry can be deleted too."""
+        try:
+            queue = self.client.queue()
+            if any(item[1] == job.prompt_id for item in queue.get("queue_pending", [])):
+                self.client.delete_from_queue(job.prompt_id)
+                return
+            if any(item[1] == job.prompt_id for item in queue.get("queue_running", [])):
+                self.client.interrupt(job.prompt_id)
+                limit = time.monotonic() + END_GRACE_S
+                while time.monotonic() < limit and self.client.history(job.prompt_id) is None:
+                    time.sleep(0.1)
+        except errors.WorkerError:
+            log.info("ComfyUI did not answer while stopping a job")
+
+    # --- results ------------------------------------------------------------------------------
+    def _history_entry(self, job: _Job) -> dict:
+        """The entry is written just before the final message; poll briefly if it lags."""
+        for _ in range(40):
+            entry = self.client.history(job.prompt_id)
+            if entry is not None:
+                return entry
+            time.sleep(0.05)
+        raise errors.ComfyProtocolError("the prompt ended but ComfyUI has no history entry for it")
+
+    def _raise_for(self, outcome: _Outcome, entry: dict) -> None:
+        from_history = _outcome_from_history(entry)
+        error = outcome.error or from_history.error
+        if error:
+            node = f"node {error.get('node_id')} ({error.get('node_type')})"
+            message = str(error.get("exception_message", "")).strip().splitlines()
+            raise errors.ExecutionFailed(f"{node}: {message[0] if message else 'failed'}")
+        if outcome.interrupted or from_history.interrupted:
+            raise errors.Interrupted("ComfyUI interrupted the prompt")
+
+    def _fetch_outputs(self, entry: dict) -> list[dict]:
+        outputs = []
+        for node_id, node_output in (entry.get("outputs") or {}).items():
+            if not isinstance(node_output, dict):
+                continue
+            for kind in OUTPUT_KINDS:
+                for item in node_output.get(kind) or []:
+                    outputs.append(self._fetch_one(node_id, kind, item))
+        return outputs
+
+    def _fetch_one(self, node_id: str, kind: str, item: Any) -> dict:
+        if isinstance(item, dict) and "filename" in item:
+            data, content_type = self.client.view(
+                item["filename"], item.get("subfolder", ""), item.get("type", "output")
+            )
+            mime = mimetypes.guess_type(item["filename"])[0] or content_type or "application/octet-stream"
+            filename = item["filename"]
+        else:
+            data, mime, filename = str(item).encode("utf-8"), "text/plain", None
+        return {
+            "node_id": node_id,
+            "filename": filename,
+            "type": kind,
+            "mime": mime,
+            "size": len(data),
+            "data": base64.b64encode(data).decode("ascii"),
+        }
+
+    # --- clean-up -----------------------------------------------------------------------------
+    def _clean_up(self, job: _Job, entry: dict | None) -> None:
+        """Delete the job's history entry, inputs and outputs, success or failure."""
+        shutil.rmtree(os.path.join(self.settings.comfy_io_dir, "input", job.tag), ignore_errors=True)
+        for item in job.files + _files_of(entry):
+            self._remove_output(item)
+        with self._lock:
+            pending = sorted(self._leftover_history | {job.prompt_id})
+        try:
+            self.client.delete_history(pending)
+            if entry is None and self.client.history(job.prompt_id) is None:
+                self._remember_unfinished(job.prompt_id)
+            else:
+                with self._lock:
+                    self._leftover_history.difference_update(pending)
+        except errors.WorkerError:
+            self._remember_unfinished(job.prompt_id)
+
+    def _remember_unfinished(self, prompt_id: str) -> None:
+        """A prompt that may still write a history entry later: delete it with the next job."""
+        with self._lock:
+            self._leftover_history.add(prompt_id)
+
+    def _remove_output(self, item: dict) -> None:
+        folder_type = item.get("type", "output")
+        if folder_type not in ("output", "temp"):
+            return
+        root = os.path.realpath(os.path.join(self.settings.comfy_io_dir, folder_type))
+        if folder_type == "temp":
+            root = os.path.join(root, "temp")  # ComfyUI appends "temp" to --temp-directory
+        path = os.path.realpath(os.path.join(root, item.get("subfolder", ""), item["filename"]))
+        if os.path.commonpath([path, root]) == root and os.path.isfile(path):
+            os.remove(path)
+
+
+def _replace_image_names(prompt: dict, names: dict[str, str]) -> None:
+    """Point inputs that name an uploaded image at its per-job subfolder."""
+    for node in prompt.values():
+        inputs = node.get("inputs", {})
+        for key, value in inputs.items():
+            if isinstance(value, str):
+                bare = value.removesuffix(" [input]")
+                if bare in names:
+                    inputs[key] = names[bare]
+
+
+def _outcome_from_history(entry: dict) -> _Outcome:
+    outcome = _Outcome(done=True)
+    messages = (entry.get("status") or {}).get("messages") or []
+    for message in messages:
+        if isinstance(message, list) and len(message) == 2:
+            if message[0] == "execution_error":
+                outcome.error = message[1]
+            elif message[0] == "execution_interrupted":
+                outcome.interrupted = True
+    return outcome
+
+
+def _files_of(entry: dict | None) -> list[dict]:
+    if not entry:
+        return []
+    files = []
+    for node_output in (entry.get("outputs") or {}).values():
+        if isinstance(node_output, dict):
+            for kind in OUTPUT_KINDS:
+                files.extend(
+                    i for i in node_output.get(kind) or [] if isinstance(i, dict) and "filename" in i
+                )
+    return files

@@ -1,0 +1,63 @@
+"""ComfyUI dying or hanging under a job: a clear error code within seconds, never a hang, and
+the next job runs once supervisord has ComfyUI back."""
+
+import time
+
+import pytest
+import requests
+
+from services import supervisor_state
+from tests.stack import Stack
+from tests.workflows import decode_png, empty_image, with_knob
+
+
+@pytest.fixture(scope="module")
+def stack():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "60"})
+    stack.start(wait_for=("api", "comfy"))
+    stack.wait_http("/readyz")
+    yield stack
+    stack.stop()
+
+
+def run(stack, payload):
+    started = time.monotonic()
+    response = requests.post(stack.url + "/run", json=payload, timeout=90)
+    return response, time.monotonic() - started
+
+
+def comfy_pid(stack):
+    return supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("comfy")["pid"]
+
+
+def test_comfy_crash_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack):
+    before = comfy_pid(stack)
+    response, elapsed = run(stack, {"workflow": with_knob("StandinCrash")})
+    assert response.status_code == 503 and response.json()["error"].startswith("comfy_restarted")
+    assert elapsed < 15
+    response, _ = run(stack, {"workflow": empty_image(10, 10, 0x00FF00)})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 255, 0)
+    assert comfy_pid(stack) != before
+
+
+def test_hung_comfy_answers_timeout_within_bounds(stack):
+    response, elapsed = run(stack, {"workflow": with_knob("StandinHang", color=8), "timeout_s": 2})
+    assert response.status_code == 504 and response.json()["error"].startswith("timeout")
+    assert elapsed < 25
+    rpc = supervisor_state.rpc(stack.socket).supervisor  # the watchdog's job; done by hand here
+    rpc.stopProcess("comfy")
+    rpc.startProcess("comfy")
+    response, _ = run(stack, {"workflow": empty_image(11, 11)})
+    assert response.status_code == 200, response.text
+
+
+def test_readyz_follows_comfy(stack):
+    assert requests.get(stack.url + "/readyz", timeout=5).status_code == 200
+    rpc = supervisor_state.rpc(stack.socket).supervisor
+    rpc.stopProcess("comfy")
+    time.sleep(1.1)  # the health cache
+    body = requests.get(stack.url + "/readyz", timeout=5)
+    assert body.status_code == 503 and body.json()["comfy"]["state"] == "STOPPED"
+    rpc.startProcess("comfy")
+    stack.wait_http("/readyz")

@@ -1,0 +1,58 @@
+import os
+
+import yaml
+
+from services import config, model_folders
+from services.comfy import launch
+
+
+def settings(tmp_path, **env):
+    base = {
+        "ENCRYPTION_REQUIRED": "0",
+        "RUN_DIR": str(tmp_path / "run"),
+        "COMFYUI_MODEL_DIR": str(tmp_path / "models"),
+        "COMFYUI_DIR": "/opt/ComfyUI",
+        "COMFY_PYTHON": "/venv/bin/python",
+        "COMFY_PORT": "8199",
+    }
+    return config.load({**base, **env})
+
+
+def test_command_has_the_worker_flags_and_appends_comfy_args(tmp_path):
+    s = settings(tmp_path, COMFY_ARGS="--lowvram --preview-method 'auto'")
+    argv = launch.command(s, "/run/x.yaml", gpu=False)
+    assert argv[:3] == ["/venv/bin/python", "-u", "/opt/ComfyUI/main.py"]
+    joined = " ".join(argv)
+    assert "--listen 127.0.0.1 --port 8199" in joined and "--disable-metadata" in argv
+    assert f"--output-directory {tmp_path}/run/comfy/output" in joined
+    assert "--extra-model-paths-config /run/x.yaml" in joined
+    assert argv[-4:] == ["--cpu", "--lowvram", "--preview-method", "auto"]
+    assert "--cpu" not in launch.command(s, "/run/x.yaml", gpu=True)
+
+
+def test_model_paths_yaml_covers_every_folder_type_and_legacy_names(tmp_path):
+    s = settings(tmp_path)
+    path = launch.prepare_folders(s)
+    with open(path) as handle:
+        parsed = yaml.safe_load(handle)["worker_models"]
+    assert parsed["base_path"] == str(tmp_path / "models") and parsed["is_default"] is True
+    assert parsed["text_encoders"].split() == ["text_encoders", "clip"]
+    assert parsed["diffusion_models"].split() == ["diffusion_models", "unet"]
+    assert set(parsed) - {"base_path", "is_default"} == set(model_folders.FOLDERS)
+    assert os.path.isdir(tmp_path / "models" / "unet") and os.path.isdir(tmp_path / "models" / "checkpoints")
+
+
+def test_a_restart_wipes_what_an_interrupted_job_left(tmp_path):
+    s = settings(tmp_path)
+    launch.prepare_folders(s)
+    leftover = tmp_path / "run" / "comfy" / "output" / "job-1" / "x.png"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"secret")
+    launch.prepare_folders(s)
+    assert not leftover.exists()
+    assert sorted(os.listdir(tmp_path / "run" / "comfy")) == ["input", "output", "temp"]
+
+
+def test_yaml_quotes_odd_paths(tmp_path):
+    text = model_folders.extra_model_paths_yaml("/data/it's models")
+    assert yaml.safe_load(text)["worker_models"]["base_path"] == "/data/it's models"
