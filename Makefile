@@ -31,6 +31,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run_dry_run
+	$(PY) -m bench.run_workflow
 
 keygen: $(STAMP)
 	$(PY) -m services.keygen
