@@ -1,0 +1,188 @@
+"""Command-line client: run a workflow file on a pod or a RunPod endpoint and save its outputs.
+
+    python -m client.cli keygen
+    python -m client.cli run workflow.json --url http://pod:8000 [--server-key PUB] [--api-key KEY]
+    python -m client.cli run workflow.json --endpoint ID --api-key KEY [--runpod-url URL] [--server-key PUB]
+
+With a server public key the payload (workflow and input images) is sealed and the answer
+opened locally. Progress is drawn on stderr while the job runs. Exit status: 0 done, 1 the job
+failed (its error code is printed), 2 bad usage or unreachable worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import requests
+from nacl.public import PrivateKey
+
+from client.envelope_client import open_answer, seal_request
+
+DEFAULT_RUNPOD_URL = "https://api.runpod.ai/v2"
+POLL_S = 0.5
+
+
+class JobFailed(Exception):
+    pass
+
+
+def progress_bar(progress: Any, width: int = 30) -> str:
+    if not isinstance(progress, dict):
+        return ""
+    node, value, maximum = progress.get("node"), progress.get("value"), progress.get("max")
+    if isinstance(value, int | float) and isinstance(maximum, int | float) and maximum > 0:
+        filled = int(width * min(value / maximum, 1.0))
+        return f"[{'#' * filled}{'.' * (width - filled)}] node {node} {value:g}/{maximum:g}"
+    return f"[{'.' * width}] node {node}"
+
+
+def build_payload(workflow_file: str, images: list[str], timeout_s: float | None) -> dict:
+    with open(workflow_file, encoding="utf-8") as handle:
+        workflow = json.load(handle)
+    payload: dict[str, Any] = {"workflow": workflow}
+    if images:
+        payload["images"] = []
+        for spec in images:
+            name, _, path = spec.partition("=")
+            path = path or name
+            with open(path, "rb") as handle:
+                data = base64.b64encode(handle.read()).decode("ascii")
+            payload["images"].append({"name": os.path.basename(name), "image": data})
+    if timeout_s:
+        payload["timeout_s"] = timeout_s
+    return payload
+
+
+class Runner:
+    """Submit, poll with a progress line, and return the opened result."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.session = requests.Session()
+        if args.api_key:
+            self.session.headers["Authorization"] = f"Bearer {args.api_key}"
+
+    def run(self, payload: dict) -> dict:
+        body, ephemeral = (payload, None)
+        if self.args.server_key:
+            body, ephemeral = seal_request(payload, self.args.server_key)
+        answer = self._run_pod(body) if self.args.url else self._run_runpod(body)
+        return self._open(answer, ephemeral)
+
+    def _open(self, answer: Any, ephemeral: PrivateKey | None) -> dict:
+        result = open_answer(answer, ephemeral, self.args.server_key) if ephemeral else answer
+        if not isinstance(result, dict) or "error" in result:
+            raise JobFailed(result.get("error") if isinstance(result, dict) else str(result))
+        return result
+
+    def _run_pod(self, body: dict) -> Any:
+        base = self.args.url.rstrip("/")
+        started = self.session.post(f"{base}/run", params={"async": "1"}, json=body, timeout=60)
+        if started.status_code != 202:
+            return _json_or_error(started)
+        job_id = started.json()["id"]
+        while True:
+            status = _json_or_error(self.session.get(f"{base}/jobs/{job_id}", timeout=30))
+            if "error" in status and "state" not in status:
+                return status
+            self._draw(status.get("progress"))
+            if status["state"] in ("completed", "failed", "cancelled"):
+                self._draw(None, done=True)
+                return status["result"]
+            time.sleep(POLL_S)
+
+    def _run_runpod(self, body: dict) -> Any:
+        base = f"{self.args.runpod_url.rstrip('/')}/{self.args.endpoint}"
+        started = _json_or_error(self.session.post(f"{base}/run", json={"input": body}, timeout=60))
+        if "id" not in started:
+            return started
+        while True:
+            status = _json_or_error(self.session.get(f"{base}/status/{started['id']}", timeout=30))
+            state = status.get("status")
+            if state == "IN_PROGRESS":
+                self._draw(status.get("output"))
+            elif state == "COMPLETED":
+                self._draw(None, done=True)
+                return status.get("output")
+            elif state in ("FAILED", "CANCELLED", "TIMED_OUT") or "status" not in status:
+                self._draw(None, done=True)
+                return {"error": status.get("error") or state}
+            time.sleep(POLL_S)
+
+    def _draw(self, progress: Any, done: bool = False) -> None:
+        if self.args.quiet:
+            return
+        line = "" if done else progress_bar(progress)
+        sys.stderr.write(f"\r{line:<70}" + ("\n" if done else ""))
+        sys.stderr.flush()
+
+
+def write_outputs(result: dict, out_dir: str) -> list[str]:
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for index, output in enumerate(result.get("outputs") or []):
+        name = os.path.basename(output.get("filename") or f"{output.get('node_id')}_{index}.txt")
+        path = os.path.join(out_dir, name)
+        with open(path, "wb") as handle:
+            handle.write(base64.b64decode(output["data"]))
+        written.append(path)
+    return written
+
+
+def _json_or_error(response: requests.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return {"error": f"http_{response.status_code}: the worker did not answer JSON"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("keygen", help="print a new worker key pair")
+    run = commands.add_parser("run", help="run a workflow file (API format)")
+    run.add_argument("workflow")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="pod API base URL, e.g. http://127.0.0.1:8000")
+    target.add_argument("--endpoint", help="RunPod endpoint id")
+    run.add_argument(
+        "--runpod-url",
+        default=DEFAULT_RUNPOD_URL,
+        help="RunPod API base (a local queue: http://127.0.0.1:8000/v2)",
+    )
+    run.add_argument("--api-key", help="API_KEY of the pod, or the RunPod API key")
+    run.add_argument("--server-key", help="the worker's public key (base64): encrypt the job")
+    run.add_argument("--image", action="append", default=[], help="input image as NAME=PATH (or PATH)")
+    run.add_argument("--timeout", type=float, help="per-job timeout in seconds")
+    run.add_argument("--out", default="outputs", help="folder for the outputs")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    if args.command == "keygen":
+        key = PrivateKey.generate()
+        print(f"WORKER_PRIVATE_KEY_B64={base64.b64encode(bytes(key)).decode()}")
+        print(f"SERVER_PUBLIC_KEY_B64={base64.b64encode(bytes(key.public_key)).decode()}")
+        return 0
+    try:
+        result = Runner(args).run(build_payload(args.workflow, args.image, args.timeout))
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, requests.RequestException) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    for path in write_outputs(result, args.out):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
