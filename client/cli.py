@@ -22,7 +22,7 @@ from typing import Any
 import requests
 from nacl.public import PrivateKey
 
-from client.envelope_client import open_answer, seal_request
+from client.envelope_client import open_answer, open_blob, seal_request
 
 DEFAULT_RUNPOD_URL = "https://api.runpod.ai/v2"
 POLL_S = 0.5
@@ -69,11 +69,21 @@ class Runner:
             self.session.headers["Authorization"] = f"Bearer {args.api_key}"
 
     def run(self, payload: dict) -> dict:
-        body, ephemeral = (payload, None)
+        body, self.ephemeral = (payload, None)
         if self.args.server_key:
-            body, ephemeral = seal_request(payload, self.args.server_key)
+            body, self.ephemeral = seal_request(payload, self.args.server_key)
         answer = self._run_pod(body) if self.args.url else self._run_runpod(body)
-        return self._open(answer, ephemeral)
+        return self._open(answer, self.ephemeral)
+
+    def output_bytes(self, output: dict) -> bytes:
+        """Inline data, or the bucket URL the worker answered with (opened when sealed)."""
+        if "data" in output:
+            return base64.b64decode(output["data"])
+        response = requests.get(output["url"], timeout=300)
+        response.raise_for_status()
+        if output.get("sealed"):
+            return open_blob(response.content, self.ephemeral, self.args.server_key)
+        return response.content
 
     def _open(self, answer: Any, ephemeral: PrivateKey | None) -> dict:
         result = open_answer(answer, ephemeral, self.args.server_key) if ephemeral else answer
@@ -123,14 +133,14 @@ class Runner:
         sys.stderr.flush()
 
 
-def write_outputs(result: dict, out_dir: str) -> list[str]:
+def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for index, output in enumerate(result.get("outputs") or []):
         name = os.path.basename(output.get("filename") or f"{output.get('node_id')}_{index}.txt")
         path = os.path.join(out_dir, name)
         with open(path, "wb") as handle:
-            handle.write(base64.b64decode(output["data"]))
+            handle.write(runner.output_bytes(output))
         written.append(path)
     return written
 
@@ -171,15 +181,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WORKER_PRIVATE_KEY_B64={base64.b64encode(bytes(key)).decode()}")
         print(f"SERVER_PUBLIC_KEY_B64={base64.b64encode(bytes(key.public_key)).decode()}")
         return 0
+    runner = Runner(args)
     try:
-        result = Runner(args).run(build_payload(args.workflow, args.image, args.timeout))
+        result = runner.run(build_payload(args.workflow, args.image, args.timeout))
+        paths = write_outputs(result, args.out, runner)
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError, requests.RequestException) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    for path in write_outputs(result, args.out):
+    for path in paths:
         print(path)
     return 0
 

@@ -42,5 +42,10 @@ def open_answer(answer: dict, ephemeral: EphemeralKey, server_public_key_b64: st
     return json.loads(plaintext.decode("utf-8"))
 
 
+def open_blob(blob: bytes, ephemeral: EphemeralKey, server_public_key_b64: str) -> bytes:
+    """An output the worker moved to a bucket sealed (`"sealed": true`): nonce + box."""
+    return Box(ephemeral, PublicKey(base64.b64decode(server_public_key_b64))).decrypt(blob)
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")

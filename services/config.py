@@ -42,6 +42,11 @@ class Settings:
     comfy_ready_timeout_s: float = 300.0
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
+    max_result_mb: float = 15.0
+    bucket_endpoint_url: str | None = None
+    bucket_access_key_id: str | None = None
+    bucket_secret_access_key: str | None = None
+    bucket_name: str = "comfy-worker-outputs"
     local_endpoint_id: str = "LOCAL"
     comfyui_repo: str = "https://github.com/comfyanonymous/ComfyUI.git"
     comfyui_ref: str = "a125cd84b054"  # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from
@@ -100,9 +105,9 @@ def _positive_float(name: str, raw: str) -> float:
     try:
         value = float(raw.strip())
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds (> 0)") from None
+        raise ConfigError(f"{name}={raw!r} is not a number (> 0)") from None
     if not value > 0 or value != value or value == float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be a number of seconds greater than 0")
+        raise ConfigError(f"{name}={raw!r} must be a finite number greater than 0")
     return value
 
 
@@ -173,6 +178,11 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
+    "MAX_RESULT_MB": ("max_result_mb", _positive_float),
+    "BUCKET_ENDPOINT_URL": ("bucket_endpoint_url", _optional),
+    "BUCKET_ACCESS_KEY_ID": ("bucket_access_key_id", _optional),
+    "BUCKET_SECRET_ACCESS_KEY": ("bucket_secret_access_key", _optional),
+    "BUCKET_NAME": ("bucket_name", _text),
     "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
     "COMFYUI_REPO": ("comfyui_repo", _text),
     "COMFYUI_REF": ("comfyui_ref", _commit),
@@ -200,7 +210,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 def describe(settings: Settings) -> str:
     """One line per setting for the start-up log, with secrets masked."""
-    secret = {"api_key", "private_key_b64", "runpod_worker_key"}
+    secret = {"api_key", "private_key_b64", "runpod_worker_key", "bucket_secret_access_key"}
     lines = []
     for f in fields(settings):
         value = getattr(settings, f.name)

@@ -90,3 +90,8 @@ def seal(result: Any, private_key: bytes, reply_to: PublicKey) -> dict:
     box = Box(PrivateKey(private_key), reply_to)
     sealed = box.encrypt(json.dumps(result, separators=(",", ":")).encode("utf-8"), nonce)
     return {"encrypted": True, "nonce": b64(nonce), "ciphertext": b64(sealed.ciphertext)}
+
+
+def seal_bytes(data: bytes, private_key: bytes, reply_to: PublicKey) -> bytes:
+    """Seal raw bytes (an output moved to a bucket): nonce followed by the box."""
+    return bytes(Box(PrivateKey(private_key), reply_to).encrypt(data, random(NONCE_SIZE)))

@@ -6,13 +6,17 @@ Adapters only authorize, decode the body and map the `Reply` to their transport.
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from services import envelope, errors, job_request
 from services.config import Settings
+from services.output_store import OutputStore
 
 log = logging.getLogger("worker.pipeline")
 
@@ -33,9 +37,17 @@ class Reply:
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, executor: Executor | None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor | None,
+        result_limit_bytes: int | None = None,
+        output_store: OutputStore | None = None,
+    ) -> None:
         self.settings = settings
         self.executor = executor
+        self.result_limit_bytes = result_limit_bytes
+        self.output_store = output_store
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises for anything a client sent."""
@@ -44,11 +56,8 @@ class Pipeline:
         except errors.WorkerError as exc:
             return self._failed(exc)
         try:
-            result, status, code = (
-                self._execute(opened.payload if opened else body, progress, cancel),
-                200,
-                None,
-            )
+            result = self._execute(opened.payload if opened else body, progress, cancel)
+            result, status, code = self._fit(result, opened), 200, None
         except errors.WorkerError as exc:
             result, status, code = exc.to_dict(), exc.http_status, exc.code
             log.info("job failed: %s", exc.code)
@@ -74,6 +83,37 @@ class Pipeline:
         if self.executor is None:
             raise errors.ComfyInitFailed("no ComfyUI executor is configured")
         return self.executor.execute(job, progress, cancel)
+
+    def _fit(self, result: dict, opened: envelope.Opened | None) -> dict:
+        """Keep the answer under the result cap: move outputs to the bucket, or refuse with sizes."""
+        limit = self.result_limit_bytes
+        if limit is None or not result.get("outputs"):
+            return result
+        size = len(json.dumps(result, separators=(",", ":")))
+        if opened is not None:
+            size = size * 4 // 3 + 128  # the sealed answer is base64 of the box
+        if size <= limit:
+            return result
+        if self.output_store is None:
+            sizes = ", ".join(f"node {o['node_id']} {o['size'] / 1e6:.2f} MB" for o in result["outputs"])
+            raise errors.OutputTooLarge(
+                f"the result is {size / 1e6:.2f} MB, the cap is {limit / 1e6:.2f} MB (MAX_RESULT_MB) "
+                f"[{sizes}]; configure BUCKET_* to receive the outputs as URLs"
+            )
+        return {
+            **result,
+            "outputs": [self._upload(result["prompt_id"], o, opened) for o in result["outputs"]],
+        }
+
+    def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
+        """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
+        data = base64.b64decode(output["data"])
+        if opened is not None:
+            data = envelope.seal_bytes(data, self.settings.private_key, opened.reply_to)
+        key = f"{prompt_id}/{uuid.uuid4().hex}"
+        url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
+        moved = {k: v for k, v in output.items() if k != "data"}
+        return {**moved, "url": url, "sealed": opened is not None}
 
     @staticmethod
     def _failed(exc: errors.WorkerError) -> Reply:

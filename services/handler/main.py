@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from services import config, errors, logs
 from services.comfy.executor import ComfyExecutor
+from services.output_store import OutputStore
 from services.pipeline import Pipeline
 
 log = logging.getLogger("worker.handler")
@@ -64,7 +65,12 @@ def main() -> int:
         return 2
     import runpod  # only the serverless process pays for importing the SDK
 
-    pipeline = Pipeline(settings, ComfyExecutor(settings))
+    pipeline = Pipeline(
+        settings,
+        ComfyExecutor(settings),
+        result_limit_bytes=int(settings.max_result_mb * 1024 * 1024),
+        output_store=OutputStore.from_settings(settings),
+    )
     runpod.serverless.start({"handler": make_handler(pipeline, runpod.serverless.progress_update)})
     return 0
 
