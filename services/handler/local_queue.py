@@ -110,6 +110,8 @@ class Queue:
             else:
                 job.status, job.output, job.finished = "COMPLETED", result.get("output"), time.time()
                 self.counts["completed"] += 1
+            if job.status in FINAL:
+                log.info("job %s %s", job.id, job.status)
             self.changed.notify_all()
 
     def streamed(self, job_id: str, result: dict) -> None:
