@@ -47,6 +47,10 @@ class Settings:
     bucket_access_key_id: str | None = None
     bucket_secret_access_key: str | None = None
     bucket_name: str = "comfy-worker-outputs"
+    hf_token: str | None = None
+    hf_endpoint: str = "https://huggingface.co"
+    civitai_token: str | None = None
+    allow_private_downloads: bool = False
     local_endpoint_id: str = "LOCAL"
     comfyui_repo: str = "https://github.com/comfyanonymous/ComfyUI.git"
     comfyui_ref: str = "a125cd84b054"  # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from
@@ -138,6 +142,13 @@ def _endpoint_id(name: str, raw: str) -> str:
     return raw
 
 
+def _http_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={raw!r} must be an http(s) URL")
+    return value
+
+
 def _commit(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if not 7 <= len(value) <= 40 or any(c not in "0123456789abcdef" for c in value):
@@ -183,6 +194,10 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "BUCKET_ACCESS_KEY_ID": ("bucket_access_key_id", _optional),
     "BUCKET_SECRET_ACCESS_KEY": ("bucket_secret_access_key", _optional),
     "BUCKET_NAME": ("bucket_name", _text),
+    "HF_TOKEN": ("hf_token", _optional),
+    "HF_ENDPOINT": ("hf_endpoint", _http_url),
+    "CIVITAI_TOKEN": ("civitai_token", _optional),
+    "ALLOW_PRIVATE_DOWNLOADS": ("allow_private_downloads", _bool),
     "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
     "COMFYUI_REPO": ("comfyui_repo", _text),
     "COMFYUI_REF": ("comfyui_ref", _commit),
@@ -210,7 +225,14 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 def describe(settings: Settings) -> str:
     """One line per setting for the start-up log, with secrets masked."""
-    secret = {"api_key", "private_key_b64", "runpod_worker_key", "bucket_secret_access_key"}
+    secret = {
+        "api_key",
+        "private_key_b64",
+        "runpod_worker_key",
+        "bucket_secret_access_key",
+        "hf_token",
+        "civitai_token",
+    }
     lines = []
     for f in fields(settings):
         value = getattr(settings, f.name)

@@ -129,3 +129,35 @@ class JobNotFound(WorkerError):
 class OutputTooLarge(WorkerError):
     code = "output_too_large"
     http_status = 507
+
+
+class InvalidTarget(WorkerError):
+    """A model type or file name that is unknown or would leave the model root."""
+
+    code = "invalid_target"
+    http_status = 400
+
+
+class UrlNotAllowed(WorkerError):
+    code = "url_not_allowed"
+    http_status = 400
+
+
+class DownloadFailed(WorkerError):
+    code = "download_failed"
+    http_status = 502
+
+
+class ChecksumMismatch(WorkerError):
+    code = "checksum_mismatch"
+    http_status = 422
+
+
+class InsufficientSpace(WorkerError):
+    code = "insufficient_space"
+    http_status = 507
+
+
+class DownloadNotFound(WorkerError):
+    code = "download_not_found"
+    http_status = 404

@@ -15,11 +15,12 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services import config, envelope, errors, logs, supervisor_state
+from services import config, envelope, errors, logs, model_store, supervisor_state
 from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
 from services.comfy.executor import ComfyExecutor
 from services.config import Settings
+from services.downloads import Downloads
 from services.pipeline import Pipeline
 
 log = logging.getLogger("worker.api")
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy))
     health = ComfyHealth(settings, comfy)
     jobs = AsyncJobs(pipeline)
+    downloads = Downloads(settings)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
     app = Flask("comfy-worker")
@@ -124,6 +126,30 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         if job is None:
             raise errors.JobNotFound("no such job")
         return json_response(job.view())
+
+    @app.post("/download")
+    def download() -> Response:
+        body = _json_body()
+        items = body.get("items") if isinstance(body, dict) else body
+        started = downloads.submit(items)
+        if isinstance(body, dict) and body.get("wait") is True:
+            for item in started:
+                item.ended.wait()
+            return json_response({"downloads": [d.view() for d in started]})
+        return json_response({"downloads": [d.view() for d in started]}, 202)
+
+    @app.get("/download/<download_id>")
+    def download_status(download_id: str) -> Response:
+        return json_response(downloads.get(download_id).view())
+
+    @app.get("/downloads")
+    def download_list() -> Response:
+        return json_response({"downloads": [d.view() for d in downloads.all()]})
+
+    @app.get("/models/ls")
+    def models_ls() -> Response:
+        listing = model_store.listing(settings.model_dir, request.args.get("type"))
+        return json_response({"model_dir": settings.model_dir, "models": listing})
 
     @app.errorhandler(errors.WorkerError)
     def worker_error(exc: errors.WorkerError) -> Response:

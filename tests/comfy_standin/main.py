@@ -32,10 +32,13 @@ import time
 import uuid
 from typing import Any
 
+import yaml
 from aiohttp import web
 from PIL import Image, ImageOps, PngImagePlugin
 
 VERSION = "0.3.64"
+LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
+MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 BARE_500 = "500 Internal Server Error\n\nServer got itself in trouble"
 
 
@@ -745,6 +748,39 @@ class Server:
             "output_node": info["output_node"],
         }
 
+    def model_folders(self) -> dict[str, list[str]]:
+        """Folder type -> directories, from --extra-model-paths-config (legacy names remapped)."""
+        folders: dict[str, list[str]] = {}
+        for config_path in self.args.extra_model_paths_config or []:
+            with open(config_path) as handle:
+                config = yaml.safe_load(handle) or {}
+            for section in config.values():
+                base = os.path.expandvars(os.path.expanduser(str(section.get("base_path", ""))))
+                for key, value in section.items():
+                    if key in ("base_path", "is_default"):
+                        continue
+                    key = LEGACY.get(key, key)
+                    for line in str(value).split():
+                        folders.setdefault(key, []).append(os.path.join(base, line))
+        return folders
+
+    async def get_models(self, request: web.Request) -> web.Response:
+        folder = request.match_info.get("folder")
+        folders = self.model_folders()
+        if folder is None:
+            return web.json_response(sorted(folders))
+        if folder not in folders:
+            return web.Response(status=404)
+        names = []
+        for root in folders[folder]:
+            for current, _, files in os.walk(root):
+                names.extend(
+                    os.path.relpath(os.path.join(current, f), root)
+                    for f in sorted(files)
+                    if f.endswith(MODEL_EXTENSIONS)
+                )
+        return web.json_response(names)
+
     async def get_features(self, request: web.Request) -> web.Response:
         return web.json_response({"supports_preview_metadata": True, "max_upload_size": 104857600})
 
@@ -811,6 +847,8 @@ def build_app(server: Server) -> web.Application:
         ("GET", "/object_info", server.get_object_info),
         ("GET", "/object_info/{node_class}", server.get_object_info),
         ("GET", "/features", server.get_features),
+        ("GET", "/models", server.get_models),
+        ("GET", "/models/{folder}", server.get_models),
     ]
     for method, path, handler in routes:
         app.router.add_route(method, path, handler)
@@ -825,7 +863,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-directory")
     parser.add_argument("--output-directory")
     parser.add_argument("--temp-directory")
-    parser.add_argument("--extra-model-paths-config", action="append", nargs="+")
+    parser.add_argument("--extra-model-paths-config", action="extend", nargs="+")
     parser.add_argument("--disable-metadata", action="store_true")
     parser.add_argument("--cpu", action="store_true")
     parser.add_argument("--disable-auto-launch", action="store_true")

@@ -1,0 +1,295 @@
+"""Model downloads into the volume: whole or absent, resumable, verified, deduplicated.
+
+Each transfer writes a hidden `.part` file in the target's folder, resumes it with a Range
+request after a dropped connection or a killed worker, checks size and sha256, fsyncs and
+renames it into place. Two requests for one target share one transfer. Transfers run in the
+background (a greenlet in the API); hashing and fsync run off the gevent hub.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from huggingface_hub import hf_hub_url
+
+from services import errors, model_store, url_guard
+from services.config import Settings
+from services.offload import offload
+
+log = logging.getLogger("worker.downloads")
+
+CHUNK = 64 * 1024  # what a dropped connection can cost: urllib3 drops a half-read chunk
+ATTEMPTS = 4  # one transfer plus three resumes after dropped connections
+KEEP_S = 24 * 3600
+ACTIVE = ("queued", "running")
+_SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+@dataclass
+class Source:
+    url: str
+    headers: dict[str, str]
+    label: str  # what the status shows: never a token
+
+
+@dataclass
+class Download:
+    type: str
+    name: str
+    path: str
+    source: Source
+    sha256: str | None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    state: str = "queued"  # queued -> running -> done | exists | failed
+    bytes_done: int = 0
+    total: int | None = None
+    rate: float = 0.0
+    error: str | None = None
+    finished: float | None = None
+    ended: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> dict:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "filename": self.name,
+            "source": self.source.label,
+            "state": self.state,
+            "bytes_done": self.bytes_done,
+            "total": self.total,
+            "rate_bytes_s": round(self.rate),
+            "error": self.error,
+        }
+
+
+class Downloads:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.by_id: dict[str, Download] = {}
+        self.active: dict[str, Download] = {}  # target path -> running transfer
+        self.lock = threading.Lock()
+
+    # --- requests ------------------------------------------------------------------------------
+    def submit(self, items: Any) -> list[Download]:
+        """Check every item first (nothing starts when one is bad), then start or join transfers."""
+        if isinstance(items, dict):
+            items = [items]
+        if not isinstance(items, list) or not items:
+            raise errors.InvalidRequest(
+                "send a list of downloads: [{type, url | repo_id+filename, filename?, sha256?}]"
+            )
+        planned = [self._plan(index, item) for index, item in enumerate(items)]
+        started = []
+        with self.lock:
+            self._prune()
+            for download in planned:
+                running = self.active.get(download.path)
+                if running is not None:
+                    started.append(running)
+                    continue
+                self.active[download.path] = download
+                self.by_id[download.id] = download
+                threading.Thread(target=self._run, args=(download,), daemon=True).start()
+                started.append(download)
+        return started
+
+    def get(self, download_id: str) -> Download:
+        download = self.by_id.get(download_id)
+        if download is None:
+            raise errors.DownloadNotFound("no such download (finished ones are kept for a day)")
+        return download
+
+    def all(self) -> list[Download]:
+        return list(self.by_id.values())
+
+    def _plan(self, index: int, item: Any) -> Download:
+        if not isinstance(item, dict):
+            raise errors.InvalidRequest(f"item {index} must be an object")
+        model_type = model_store.check_type(item.get("type"))
+        sha256 = item.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and _SHA256.match(sha256)):
+            raise errors.InvalidRequest(f"item {index}: sha256 must be 64 hex digits")
+        if "url" in item:
+            source, name = self._url_source(item["url"])
+            name = item.get("filename") or name
+        elif "repo_id" in item:
+            source, name = self._hf_source(item)
+        else:
+            raise errors.InvalidRequest(f"item {index} needs 'url', or 'repo_id' and 'filename'")
+        name = item.get("target") or name
+        path = model_store.target_path(self.settings.model_dir, model_type, name)
+        return Download(
+            type=model_type, name=name, path=path, source=source, sha256=sha256.lower() if sha256 else None
+        )
+
+    def _url_source(self, url: Any) -> tuple[Source, str]:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.UrlNotAllowed("'url' must be an http(s) URL with a host")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        url_guard.resolve(parts.hostname, port, self.settings.allow_private_downloads)
+        headers = {}
+        if self.settings.civitai_token and parts.hostname.endswith("civitai.com"):
+            headers["Authorization"] = f"Bearer {self.settings.civitai_token}"
+        label = f"{parts.scheme}://{parts.netloc}{parts.path}"  # no query: it may hold a token
+        return Source(url, headers, label), os.path.basename(parts.path) or "download"
+
+    def _hf_source(self, item: dict) -> tuple[Source, str]:
+        repo_id, filename, revision = item.get("repo_id"), item.get("filename"), item.get("revision")
+        if not isinstance(repo_id, str) or not isinstance(filename, str) or not repo_id or not filename:
+            raise errors.InvalidRequest("a Hugging Face download needs 'repo_id' and 'filename' strings")
+        if revision is not None and not isinstance(revision, str):
+            raise errors.InvalidRequest("'revision' must be a string")
+        url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.settings.hf_endpoint)
+        headers = {"Authorization": f"Bearer {self.settings.hf_token}"} if self.settings.hf_token else {}
+        label = f"hf://{repo_id}/{filename}" + (f"@{revision}" if revision else "")
+        return Source(url, headers, label), os.path.basename(filename)
+
+    # --- the transfer --------------------------------------------------------------------------
+    def _run(self, download: Download) -> None:
+        download.state = "running"
+        try:
+            download.state = self._transfer(download)
+            log.info("download %s %s", download.id, download.state)
+        except errors.WorkerError as exc:
+            download.state, download.error = "failed", exc.message
+            log.info("download %s failed: %s", download.id, exc.code)
+        except OSError as exc:
+            download.state, download.error = (
+                "failed",
+                f"download_failed: {type(exc).__name__} writing the file",
+            )
+            log.info("download %s failed: %s", download.id, type(exc).__name__)
+        finally:
+            download.finished = time.time()
+            with self.lock:
+                self.active.pop(download.path, None)
+            download.ended.set()
+
+    def _transfer(self, download: Download) -> str:
+        os.makedirs(os.path.dirname(download.path), exist_ok=True)
+        if os.path.isfile(download.path) and self._already_there(download):
+            return "exists"
+        partial = model_store.partial_path(download.path)
+        for _ in range(ATTEMPTS):
+            have = os.path.getsize(partial) if os.path.exists(partial) else 0
+            headers = {**download.source.headers, **({"Range": f"bytes={have}-"} if have else {})}
+            response = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
+            try:
+                if response.status_code == 416 and have:  # the partial is complete, or stale
+                    download.total = _total_of(response, None)
+                    if download.total == have:
+                        break
+                    os.remove(partial)
+                    continue
+                if response.status_code not in (200, 206):
+                    raise errors.DownloadFailed(f"the server answered HTTP {response.status_code}")
+                resumed = response.status_code == 206
+                download.total = _total_of(response, have if resumed else 0)
+                self._check_space(download, have if resumed else 0)
+                if self._receive(download, response, partial, have if resumed else 0):
+                    break
+            finally:
+                response.close()
+            log.info("download %s: connection dropped, resuming", download.id)
+        else:
+            raise errors.DownloadFailed(
+                "the connection kept dropping; ask again to resume from the partial file"
+            )
+        self._finish(download, partial)
+        return "done"
+
+    def _already_there(self, download: Download) -> bool:
+        """The final file matches the remote size (asked for with a one-byte Range) and hash."""
+        headers = {**download.source.headers, "Range": "bytes=0-0"}
+        probe = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
+        probe.close()
+        if probe.status_code not in (200, 206):
+            return False
+        download.total = _total_of(probe, 0)
+        if download.total is None or os.path.getsize(download.path) != download.total:
+            return False
+        return download.sha256 is None or offload(_sha256_of, download.path) == download.sha256
+
+    def _check_space(self, download: Download, have: int) -> None:
+        if download.total is None:
+            return
+        free = shutil.disk_usage(os.path.dirname(download.path)).free
+        if download.total - have > free:
+            raise errors.InsufficientSpace(f"{download.total - have} bytes needed, {free} free")
+
+    def _receive(self, download: Download, response: Any, partial: str, offset: int) -> bool:
+        """Append the body to the partial file; False when the connection dropped early."""
+        started, received = time.monotonic(), 0
+        download.bytes_done = offset
+        with open(partial, "ab" if offset else "wb") as handle:
+            try:
+                for chunk in response.iter_content(CHUNK):
+                    handle.write(chunk)
+                    received += len(chunk)
+                    download.bytes_done = offset + received
+                    download.rate = received / max(time.monotonic() - started, 1e-6)
+                    if download.total is not None and download.bytes_done > download.total:
+                        raise errors.DownloadFailed("the server sent more bytes than it announced")
+            except errors.WorkerError:
+                handle.close()
+                os.remove(partial)
+                raise
+            except Exception as exc:  # requests/urllib3 errors of a dropped connection
+                log.info("download %s: %s after %d bytes", download.id, type(exc).__name__, received)
+                return False
+        return download.total is None or download.bytes_done == download.total
+
+    def _finish(self, download: Download, partial: str) -> None:
+        if download.sha256 is not None:
+            digest = offload(_sha256_of, partial)
+            if digest != download.sha256:
+                os.remove(partial)
+                raise errors.ChecksumMismatch(
+                    f"expected sha256 {download.sha256}, got {digest}; the file was removed"
+                )
+        offload(_fsync, partial)
+        os.replace(partial, download.path)
+        offload(_fsync, os.path.dirname(download.path))
+        download.bytes_done = os.path.getsize(download.path)
+
+    def _prune(self) -> None:
+        now = time.time()
+        for download_id in [d.id for d in self.by_id.values() if d.finished and now - d.finished > KEEP_S]:
+            del self.by_id[download_id]
+
+
+def _total_of(response: Any, offset: int | None) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("Content-Length")
+    if length is not None and length.isdigit() and offset is not None:
+        return offset + int(length)
+    return None
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

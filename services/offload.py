@@ -1,0 +1,21 @@
+"""Run CPU-heavy or blocking native work (hashing, fsync, large base64) off the gevent hub.
+
+Under gunicorn's gevent worker a long native call would stall every request on the worker
+(RUNTIME.md 2.4); gevent's threadpool runs it on a real thread instead. Elsewhere (the RunPod
+handler, tests) it simply calls the function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from gevent import get_hub, monkey
+
+T = TypeVar("T")
+
+
+def offload(function: Callable[..., T], *args: Any) -> T:
+    if monkey.is_module_patched("threading"):
+        return get_hub().threadpool.apply(function, args)
+    return function(*args)
