@@ -32,6 +32,7 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run_dry_run
 	$(PY) -m bench.run_workflow
+	$(PY) -m bench.download
 
 keygen: $(STAMP)
 	$(PY) -m services.keygen
