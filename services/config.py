@@ -40,6 +40,9 @@ class Settings:
     log_silent: bool = False
     job_timeout_s: float = 600.0
     comfy_ready_timeout_s: float = 300.0
+    watch_grace_s: float = 180.0
+    watch_fails: int = 3
+    watch_probe_timeout_s: float = 3.0
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
@@ -187,6 +190,9 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "LOG_SILENT": ("log_silent", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
     "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
+    "WATCH_GRACE_S": ("watch_grace_s", _positive_float),
+    "WATCH_FAILS": ("watch_fails", _int_range(1, 100)),
+    "WATCH_PROBE_TIMEOUT_S": ("watch_probe_timeout_s", _positive_float),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),

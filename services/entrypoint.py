@@ -1,7 +1,8 @@
 """The container's entrypoint: check the configuration, then hand over to supervisord.
 
 A bad value stops here, before any program starts, with a message that names the variable.
-supervisord replaces this process (exec), so SIGTERM from the platform reaches it directly.
+It stays as supervisord's parent only to pass signals on and to turn a FATAL shutdown into a
+non-zero exit.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import signal
+import subprocess
 import sys
 
 from services import config, envelope
 from services.comfy import install
+from services.watchdog import FATAL_MARKER
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
@@ -109,13 +113,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0
     os.makedirs(settings.run_dir, mode=0o700, exist_ok=True)
+    return supervise(settings, supervisord_environment(settings, environ))
+
+
+def supervise(settings: config.Settings, env: dict[str, str]) -> int:
+    """Run supervisord, pass the platform's signals on, and exit non-zero when the watchdog
+    shut it down because a program went FATAL (supervisord itself would exit 0)."""
+    marker = os.path.join(settings.run_dir, FATAL_MARKER)
+    if os.path.exists(marker):
+        os.remove(marker)
     print(
         f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
         flush=True,
     )
-    command = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
-    os.execve(sys.executable, command, supervisord_environment(settings, environ))
-    return 0  # not reached
+    child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", CONF], env=env)
+    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(number, lambda received, _frame: child.send_signal(received))
+    code = child.wait()
+    if os.path.exists(marker):
+        with open(marker, encoding="utf-8") as handle:
+            print(f"[entrypoint] exiting 1: program {handle.read()} went FATAL", file=sys.stderr, flush=True)
+        return 1
+    return code
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services import errors
+from services.offload import offload
 
 MAX_NODES = 10_000
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
@@ -107,11 +108,22 @@ def _images(value: Any) -> tuple[InputImage, ...]:
             raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
         seen.add(name)
         try:
-            data = decode_base64_image(item.get("image"))
+            data = offload(decode_base64_image, item.get("image"))
         except (ValueError, binascii.Error):
             raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
+        if not _is_image(data):
+            raise errors.InvalidRequest(
+                f"images[{index}].image is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
+            )
         images.append(InputImage(name=name, data=data))
     return tuple(images)
+
+
+def _is_image(data: bytes) -> bool:
+    """By signature: ComfyUI's LoadImage would otherwise fail late, inside the workflow."""
+    return data.startswith(
+        (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+    ) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 def _safe_name(name: str) -> bool:

@@ -16,6 +16,18 @@ T = TypeVar("T")
 
 
 def offload(function: Callable[..., T], *args: Any) -> T:
-    if monkey.is_module_patched("threading"):
-        return get_hub().threadpool.apply(function, args)
-    return function(*args)
+    if not monkey.is_module_patched("threading"):
+        return function(*args)
+    ok, value = get_hub().threadpool.apply(_capture, (function, args))
+    if ok:
+        return value
+    raise value
+
+
+def _capture(function: Callable[..., T], args: tuple) -> tuple[bool, Any]:
+    """gevent prints a traceback for an exception that escapes a pool thread (which could
+    carry job data into the logs); hand it back to the caller instead."""
+    try:
+        return True, function(*args)
+    except Exception as exc:
+        return False, exc

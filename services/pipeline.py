@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from services import envelope, errors, job_request
 from services.config import Settings
+from services.offload import offload
 from services.output_store import OutputStore
 
 log = logging.getLogger("worker.pipeline")
@@ -62,7 +63,7 @@ class Pipeline:
             result, status, code = exc.to_dict(), exc.http_status, exc.code
             log.info("job failed: %s", exc.code)
         if opened is not None:
-            result = envelope.seal(result, self.settings.private_key, opened.reply_to)
+            result = offload(envelope.seal, result, self.settings.private_key, opened.reply_to)
         return Reply(result, status, code)
 
     def _open(self, body: Any) -> envelope.Opened | None:
@@ -107,9 +108,9 @@ class Pipeline:
 
     def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
-        data = base64.b64decode(output["data"])
+        data = offload(base64.b64decode, output["data"])
         if opened is not None:
-            data = envelope.seal_bytes(data, self.settings.private_key, opened.reply_to)
+            data = offload(envelope.seal_bytes, data, self.settings.private_key, opened.reply_to)
         key = f"{prompt_id}/{uuid.uuid4().hex}"
         url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
         moved = {k: v for k, v in output.items() if k != "data"}

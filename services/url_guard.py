@@ -36,7 +36,7 @@ def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        raise errors.DownloadFailed(f"cannot resolve host {host!r}") from None
+        raise errors.UrlNotAllowed(f"cannot resolve host {host[:80]!r}") from None
     ips = list(dict.fromkeys(info[4][0] for info in infos))
     if not allow_private:
         for ip in ips:

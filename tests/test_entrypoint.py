@@ -63,8 +63,13 @@ def test_the_environment_wins_over_the_env_file(tmp_path):
 @pytest.mark.parametrize(
     "mode,dry_run,expected",
     [
-        ("api", "1", {"api": "RUNNING", "comfy": "STOPPED"}),
-        ("serverless", "1", {"handler": "RUNNING", "localqueue": "RUNNING", "comfy": "STOPPED"}),
+        ("api", "1", {"api": "RUNNING", "comfy": "STOPPED", "watchdog": "RUNNING"}),
+        (
+            "serverless",
+            "1",
+            {"handler": "RUNNING", "localqueue": "RUNNING", "comfy": "STOPPED", "watchdog": "RUNNING"},
+        ),
+        ("api", "0", {"api": "RUNNING", "comfy": "RUNNING", "watchdog": "RUNNING"}),
     ],
 )
 def test_supervisord_runs_exactly_the_programs_of_the_mode(mode, dry_run, expected):

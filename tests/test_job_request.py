@@ -8,6 +8,7 @@ WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}}
 }
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
+NOT_AN_IMAGE = base64.b64encode(b"%PDF-1.7 not an image").decode()
 
 
 def parse(payload, timeout=600.0, no_history=False):
@@ -92,6 +93,7 @@ def test_payload_without_workflow():
         ([{"name": "a.png", "image": "%%%"}], "not valid base64"),
         ([{"name": "a.png", "image": ""}], "not valid base64"),
         ([{"name": "a.png", "image": 5}], "not valid base64"),
+        ([{"name": "a.png", "image": NOT_AN_IMAGE}], "not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"),
         ([{"name": "a.png", "image": PNG}, {"name": "a.png", "image": PNG}], "repeats"),
     ],
 )

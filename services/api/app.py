@@ -16,20 +16,28 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services import config, envelope, errors, logs, model_store, supervisor_state
+from services.api import openapi
 from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
 from services.comfy.executor import ComfyExecutor
 from services.config import Settings
 from services.downloads import Downloads
+from services.offload import offload
 from services.pipeline import Pipeline
 
 log = logging.getLogger("worker.api")
-OPEN_ROUTES = {"/healthz"}
+OPEN_ROUTES = {"/healthz", "/openapi.json"}
 HEALTH_CACHE_S = 1.0
 
 
-def json_response(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+def json_response(body: Any, status: int = 200, heavy: bool = False) -> Response:
+    """`heavy`: a body that may carry outputs; serialize it off the gevent hub."""
+    text = offload(_dumps, body) if heavy else _dumps(body)
+    return Response(text, status=status, mimetype="application/json")
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
 
 
 def error_response(exc: errors.WorkerError) -> Response:
@@ -94,6 +102,10 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             }
         )
 
+    @app.get("/openapi.json")
+    def openapi_document() -> Response:
+        return json_response(openapi.document())
+
     @app.get("/ping")
     def ping() -> Response:
         """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
@@ -111,14 +123,14 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             job = jobs.start(_json_body())
             return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
         reply = pipeline.run(_json_body())
-        return json_response(reply.body, reply.status)
+        return json_response(reply.body, reply.status, heavy=True)
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
         job = jobs.get(job_id)
         if job is None:
             raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
-        return json_response(job.view())
+        return json_response(job.view(), heavy=True)
 
     @app.post("/jobs/<job_id>/cancel")
     def job_cancel(job_id: str) -> Response:
@@ -164,9 +176,11 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         if exc.code == 404:
             return error_response(errors.NotFound(f"no route {request.path}"))
         if exc.code == 405:
-            return error_response(
+            response = error_response(
                 errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
             )
+            response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
+            return response
         return json_response({"error": f"http_{exc.code}: {exc.name}"}, exc.code or 500)
 
     @app.errorhandler(Exception)

@@ -26,6 +26,7 @@ from services import errors
 from services.comfy.client import ComfyClient, ComfyUnreachable
 from services.config import Settings
 from services.job_request import JobRequest
+from services.offload import offload
 from services.pipeline import Progress
 
 log = logging.getLogger("worker.comfy")
@@ -178,6 +179,9 @@ class ComfyExecutor:
             if self.client.history(job.prompt_id) is not None:  # it ended while we were away
                 ws.close()
                 return None
+            if not self._known_to_queue(job.prompt_id):
+                ws.close()
+                raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
             return ws
         log.info("websocket lost; polling the history")
         return None
@@ -275,7 +279,7 @@ class ComfyExecutor:
             "type": kind,
             "mime": mime,
             "size": len(data),
-            "data": base64.b64encode(data).decode("ascii"),
+            "data": offload(base64.b64encode, data).decode("ascii"),
         }
 
     # --- clean-up -----------------------------------------------------------------------------

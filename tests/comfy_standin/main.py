@@ -14,7 +14,8 @@ nodes of the last prompt are not run again), and offers knobs as extra node clas
                                        `refuse_seconds` (at most until the prompt ends),
                                        then sleeps `seconds`
 
-Environment knobs: STANDIN_BOOT_SECONDS (slow start-up before the port opens).
+Environment knobs: STANDIN_BOOT_SECONDS (slow start-up before the port opens), STANDIN_HELPER=1
+(start a child process, as custom nodes do, to show what a crash leaves behind).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import os
 import random
 import string
+import subprocess
 import sys
 import threading
 import time
@@ -884,6 +886,9 @@ async def serve(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args(sys.argv[1:])
     print(f"[standin] ComfyUI stand-in {VERSION} argv={sys.argv[1:]}", flush=True)
+    if os.environ.get("STANDIN_HELPER") == "1":
+        helper = subprocess.Popen(["sleep", "3600"])
+        print(f"[standin] helper pid {helper.pid}", flush=True)
     time.sleep(float(os.environ.get("STANDIN_BOOT_SECONDS", "0")))
     asyncio.run(serve(args))
 

@@ -1,0 +1,287 @@
+"""The pod API's OpenAPI 3 document, served at /openapi.json and checked by schemathesis."""
+
+from __future__ import annotations
+
+from services.model_store import TYPES
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict:
+    names = {
+        400: "bad request (invalid_json, invalid_request, invalid_workflow, envelope errors, ...)",
+        401: "unauthorized: API_KEY missing or wrong",
+        404: "not found",
+        405: "method not allowed",
+        409: "interrupted",
+        413: "body_too_large",
+        422: "execution_failed or checksum_mismatch",
+        502: "comfy_error",
+        503: "comfy_init_failed or comfy_restarted",
+        504: "timeout",
+        507: "output_too_large",
+    }
+    return {str(status): _json(ERROR, names[status]) for status in statuses}
+
+
+COMMON = (401, 405, 413)
+OBJECT = {"type": "object"}
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+DOWNLOAD_ID = {"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+SCHEMAS = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "<code>: <detail>"}},
+    },
+    "SealedAnswer": {
+        "type": "object",
+        "required": ["encrypted", "nonce", "ciphertext"],
+        "properties": {
+            "encrypted": {"type": "boolean"},
+            "nonce": {"type": "string"},
+            "ciphertext": {"type": "string"},
+        },
+    },
+    "RunRequest": {
+        "description": "A plain job, a bare API-format workflow, or an envelope v1",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["workflow"],
+                "properties": {
+                    "workflow": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "images": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name", "image"],
+                            "properties": {"name": {"type": "string"}, "image": {"type": "string"}},
+                        },
+                    },
+                    "no_history": {"type": "boolean"},
+                    "timeout_s": {"type": "number"},
+                },
+            },
+            {
+                "type": "object",
+                "required": ["encrypted", "epk", "nonce", "ciphertext"],
+                "properties": {
+                    "encrypted": {"type": "boolean", "enum": [True]},
+                    "epk": {"type": "string"},
+                    "nonce": {"type": "string"},
+                    "ciphertext": {"type": "string"},
+                },
+            },
+        ],
+    },
+    "Result": {
+        "description": "The job's result, or the sealed answer of an encrypted job",
+        "type": "object",
+        "properties": {
+            "status": {"type": "string"},
+            "prompt_id": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "outputs": {"type": "array", "items": OBJECT},
+            "history": OBJECT,
+            "encrypted": {"type": "boolean"},
+            "nonce": {"type": "string"},
+            "ciphertext": {"type": "string"},
+        },
+    },
+    "AsyncJob": {
+        "type": "object",
+        "required": ["id", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+            "progress": {"nullable": True, "type": "object"},
+            "result": OBJECT,
+            "http_status": {"type": "integer"},
+            "status_url": {"type": "string"},
+        },
+    },
+    "DownloadItem": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": list(TYPES), "description": "a ComfyUI model folder name"},
+            "url": {"type": "string"},
+            "repo_id": {"type": "string"},
+            "filename": {"type": "string"},
+            "revision": {"type": "string"},
+            "target": {"type": "string"},
+            "sha256": {"type": "string"},
+        },
+    },
+    "Download": {
+        "type": "object",
+        "required": ["id", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "filename": {"type": "string"},
+            "source": {"type": "string"},
+            "state": {"type": "string", "enum": ["queued", "running", "done", "exists", "failed"]},
+            "bytes_done": {"type": "integer"},
+            "total": {"type": "integer", "nullable": True},
+            "rate_bytes_s": {"type": "integer"},
+            "error": {"type": "string", "nullable": True},
+        },
+    },
+}
+DOWNLOADS = {
+    "type": "object",
+    "required": ["downloads"],
+    "properties": {"downloads": {"type": "array", "items": {"$ref": "#/components/schemas/Download"}}},
+}
+
+
+def document() -> dict:
+    paths = {
+        "/healthz": {
+            "get": {
+                "summary": "liveness, the public key, and ComfyUI's state",
+                "security": [],
+                "responses": {"200": _json(OBJECT, "health"), **_errors(405)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "200 when a job would run now",
+                "responses": {
+                    "200": _json(OBJECT, "ready"),
+                    "503": _json(OBJECT, "not ready"),
+                    **_errors(*COMMON),
+                },
+            }
+        },
+        "/ping": {
+            "get": {
+                "summary": "the API process alone",
+                "responses": {"200": _json(OBJECT, "alive"), **_errors(*COMMON)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "security": [],
+                "responses": {"200": _json(OBJECT, "OpenAPI 3")},
+            }
+        },
+        "/run": {
+            "post": {
+                "summary": "run a workflow (or start it with ?async=1)",
+                "parameters": [
+                    {
+                        "name": "async",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": ["1", "true"]},
+                    }
+                ],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}},
+                },
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Result"}, "the result"),
+                    "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                    **_errors(400, 409, 422, 502, 503, 504, 507, *COMMON),
+                },
+            }
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "summary": "state, progress and result of an async job",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
+                    **_errors(404, *COMMON),
+                },
+            }
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "cancel an async job (interrupts ComfyUI)",
+                "parameters": [JOB_ID],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
+                    **_errors(404, *COMMON),
+                },
+            }
+        },
+        "/download": {
+            "post": {
+                "summary": "download models into COMFYUI_MODEL_DIR",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "oneOf": [
+                                    {"type": "array", "items": {"$ref": "#/components/schemas/DownloadItem"}},
+                                    {
+                                        "type": "object",
+                                        "required": ["items"],
+                                        "properties": {
+                                            "items": {
+                                                "type": "array",
+                                                "items": {"$ref": "#/components/schemas/DownloadItem"},
+                                            },
+                                            "wait": {"type": "boolean"},
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(DOWNLOADS, "finished (wait)"),
+                    "202": _json(DOWNLOADS, "started"),
+                    **_errors(400, *COMMON),
+                },
+            }
+        },
+        "/download/{download_id}": {
+            "get": {
+                "summary": "one download's state and progress",
+                "parameters": [DOWNLOAD_ID],
+                "responses": {
+                    "200": _json({"$ref": "#/components/schemas/Download"}, "the download"),
+                    **_errors(404, *COMMON),
+                },
+            }
+        },
+        "/downloads": {
+            "get": {
+                "summary": "every known download",
+                "responses": {"200": _json(DOWNLOADS, "downloads"), **_errors(*COMMON)},
+            }
+        },
+        "/models/ls": {
+            "get": {
+                "summary": "the model volume",
+                "parameters": [
+                    {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": _json(OBJECT, "the listing"), **_errors(400, *COMMON)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "comfy-worker pod API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API_KEY"}},
+        },
+        "security": [{"bearer": []}],
+    }

@@ -1,0 +1,107 @@
+"""supervisord event listener: keeps ComfyUI answering and the container honest.
+
+- Every TICK_5: probe ComfyUI's HTTP port; after WATCH_GRACE_S of uptime (ComfyUI's boot),
+  WATCH_FAILS failed probes in a row restart `comfy` (a hung process never exits by itself).
+- PROCESS_STATE_EXITED of comfy: kill what is left of its process group (a crashed ComfyUI can
+  leave children holding VRAM or ports; stopasgroup only covers supervisord's own stops).
+- PROCESS_STATE_FATAL of any program: write a marker and shut supervisord down, so that the
+  entrypoint exits non-zero and the platform replaces the container instead of keeping a
+  worker that looks alive and does nothing.
+
+stdout carries only the listener protocol (supervisor.childutils); decisions go to stderr,
+one line each.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import requests
+from supervisor import childutils
+
+from services import config, supervisor_state
+from services.config import Settings
+
+FATAL_MARKER = "fatal"
+
+
+def say(message: str) -> None:
+    print(f"[watchdog] {message}", file=sys.stderr, flush=True)
+
+
+class Watchdog:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.rpc = supervisor_state.rpc(settings.supervisor_socket).supervisor
+        self.failures = 0
+
+    def on_event(self, headers: dict, payload: str) -> None:
+        event = headers.get("eventname", "")
+        fields = dict(token.split(":", 1) for token in payload.split("\n", 1)[0].split() if ":" in token)
+        if event.startswith("TICK"):
+            self.check_comfy()
+        elif event == "PROCESS_STATE_EXITED" and fields.get("processname") == "comfy":
+            self.reap(int(fields.get("pid", "0")))
+        elif event == "PROCESS_STATE_FATAL":
+            self.shut_down(fields.get("processname", "?"))
+
+    def check_comfy(self) -> None:
+        info = self.rpc.getProcessInfo("comfy")
+        if info["statename"] != "RUNNING" or info["now"] - info["start"] < self.settings.watch_grace_s:
+            self.failures = 0
+            return
+        if self._answers():
+            self.failures = 0
+            return
+        self.failures += 1
+        if self.failures < self.settings.watch_fails:
+            return
+        say(f"comfy did not answer {self.failures} probes in a row -> restarting it")
+        self.failures = 0
+        self.rpc.stopProcess("comfy")
+        self.rpc.startProcess("comfy", False)
+
+    def _answers(self) -> bool:
+        try:
+            url = f"{self.settings.comfy_url}/system_stats"
+            return requests.get(url, timeout=self.settings.watch_probe_timeout_s).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def reap(self, pid: int) -> None:
+        if pid <= 1:
+            return
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            say(f"killed leftover process group {pid} of comfy")
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            say(f"could not kill leftover process group {pid} of comfy")
+
+    def shut_down(self, program: str) -> None:
+        with open(os.path.join(self.settings.run_dir, FATAL_MARKER), "w") as marker:
+            marker.write(program)
+        say(f"{program} is FATAL -> shutting supervisord down so the container exits non-zero")
+        self.rpc.shutdown()
+
+
+def main() -> int:
+    settings = config.load()
+    watchdog = Watchdog(settings)
+    say(
+        f"watching comfy: grace {settings.watch_grace_s:g} s, {settings.watch_fails} failed probes restart it"
+    )
+    while True:
+        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
+        try:
+            watchdog.on_event(headers, payload)
+        except Exception as exc:  # a listener that dies stops all watching; report and go on
+            say(f"error handling {headers.get('eventname')}: {type(exc).__name__}")
+        childutils.listener.ok(sys.stdout)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
