@@ -254,5 +254,5 @@ def test_nothing_of_an_encrypted_job_remains(stack):
     assert worker_files(stack) == []
     time.sleep(0.5)  # let the log pipe catch up
     output_b64 = result["outputs"][0]["data"]
-    assert marker not in stack.log and output_b64[:40] not in stack.log
+    assert marker not in stack.log and output_b64[:40] not in stack.log and stack.private_key not in stack.log
     assert base64.b64decode(output_b64)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -139,3 +139,19 @@ def test_health_counts_jobs(stack):
     time.sleep(0.2)
     health = call(stack, "GET", "health").json()
     assert health["jobs"]["completed"] >= 3 and health["jobs"]["failed"] >= 2
+
+
+def test_an_encrypted_job_leaves_nothing_in_the_logs(stack):
+    marker = "otter-secret-5521"
+    payload = {
+        "workflow": {**invert_upload(f"{marker}.png")},
+        "images": [{"name": f"{marker}.png", "image": png_b64(9, 9, (4, 5, 6))}],
+    }
+    request, ephemeral = seal_request(payload, stack.public_key)
+    job = runsync(stack, request)
+    result = open_answer(job["output"], ephemeral, stack.public_key)
+    assert result["status"] == "ok"
+    time.sleep(0.5)
+    output_b64 = result["outputs"][0]["data"]
+    assert marker not in stack.log and output_b64[:40] not in stack.log and stack.private_key not in stack.log
+    assert marker not in str(requests.get(f"http://127.0.0.1:{stack.comfy_port}/history", timeout=5).json())
