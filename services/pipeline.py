@@ -51,7 +51,7 @@ class Pipeline:
         self.output_store = output_store
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
-        """Answer one request body; never raises for anything a client sent."""
+        """Answer one request body; never raises."""
         try:
             opened = self._open(body)
         except errors.WorkerError as exc:
@@ -62,6 +62,10 @@ class Pipeline:
         except errors.WorkerError as exc:
             result, status, code = exc.to_dict(), exc.http_status, exc.code
             log.info("job failed: %s", exc.code)
+        except Exception as exc:  # a bug: answer with a code, never a traceback or job content
+            log.error("unexpected %s in the pipeline", type(exc).__name__)
+            failure = errors.WorkerError("unexpected worker error")
+            result, status, code = failure.to_dict(), failure.http_status, failure.code
         if opened is not None:
             result = offload(envelope.seal, result, self.settings.private_key, opened.reply_to)
         return Reply(result, status, code)

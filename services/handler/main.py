@@ -45,9 +45,6 @@ def make_handler(pipeline: Pipeline, send_progress: Callable[[dict, dict], None]
         except asyncio.CancelledError:
             cancel.set()
             raise
-        except Exception as exc:  # the pipeline answers every client error itself; this is a bug
-            log.error("unexpected %s in the pipeline", type(exc).__name__)
-            return errors.WorkerError("unexpected worker error").to_dict()
         body = dict(reply.body)
         if reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True
