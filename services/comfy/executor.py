@@ -51,6 +51,7 @@ class _Job:
     prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     files: list[dict] = field(default_factory=list)  # every file an `executed` message named
+    submitted: bool = False
 
     @property
     def tag(self) -> str:
@@ -63,7 +64,7 @@ class ComfyExecutor:
         self.settings = settings
         self.client = client or ComfyClient(settings.comfy_url)
         self._output_nodes: dict[str, bool] = {}
-        self._leftover_history: set[str] = set()
+        self._unswept: set[str] = set()  # prompt ids whose history entry may still exist
         self._lock = threading.Lock()
 
     # --- the job -----------------------------------------------------------------------------
@@ -77,6 +78,7 @@ class ComfyExecutor:
             ws = self.client.open_socket(job.client_id, RECV_TICK_S)
             try:
                 self.client.submit(prompt, job.client_id, job.prompt_id)
+                job.submitted = True
                 outcome = self._follow(job, ws, deadline, progress, cancel)
             finally:
                 ws.close()
@@ -129,21 +131,25 @@ class ComfyExecutor:
     def _follow(
         self, job: _Job, ws: websocket.WebSocket, deadline: float, progress: Progress | None, cancel: Any
     ) -> _Outcome:
-        outcome = _Outcome()
-        while not outcome.done:
-            self._check_limits(job, deadline, cancel)
-            try:
-                raw = ws.recv()
-            except websocket.WebSocketTimeoutException:
-                continue
-            except (OSError, websocket.WebSocketException):
-                ws = self._reconnect(job)
-                if ws is None:
-                    return self._poll(job, deadline, cancel)
-                continue
-            if isinstance(raw, str) and raw:
-                self._on_message(job, raw, outcome, progress)
-        return outcome
+        outcome, current = _Outcome(), ws
+        try:
+            while not outcome.done:
+                self._check_limits(job, deadline, cancel)
+                try:
+                    raw = current.recv()
+                except websocket.WebSocketTimeoutException:
+                    continue
+                except (OSError, websocket.WebSocketException):
+                    current = self._reconnect(job)
+                    if current is None:
+                        return self._poll(job, deadline, cancel)
+                    continue
+                if isinstance(raw, str) and raw:
+                    self._on_message(job, raw, outcome, progress)
+            return outcome
+        finally:
+            if current is not None and current is not ws:
+                current.close()
 
     def _on_message(self, job: _Job, raw: str, outcome: _Outcome, progress: Progress | None) -> None:
         try:
@@ -288,22 +294,27 @@ class ComfyExecutor:
         shutil.rmtree(os.path.join(self.settings.comfy_io_dir, "input", job.tag), ignore_errors=True)
         for item in job.files + _files_of(entry):
             self._remove_output(item)
-        with self._lock:
-            pending = sorted(self._leftover_history | {job.prompt_id})
-        try:
-            self.client.delete_history(pending)
-            if entry is None and self.client.history(job.prompt_id) is None:
-                self._remember_unfinished(job.prompt_id)
-            else:
-                with self._lock:
-                    self._leftover_history.difference_update(pending)
-        except errors.WorkerError:
-            self._remember_unfinished(job.prompt_id)
+        if job.submitted:
+            with self._lock:
+                self._unswept.add(job.prompt_id)
+        self._sweep_history()
 
-    def _remember_unfinished(self, prompt_id: str) -> None:
-        """A prompt that may still write a history entry later: delete it with the next job."""
+    def _sweep_history(self) -> None:
+        """Delete the history of every finished prompt of ours. A prompt still queued or running
+        (an interrupt that has not landed yet) writes its entry later: keep it for the next sweep."""
         with self._lock:
-            self._leftover_history.add(prompt_id)
+            ids = set(self._unswept)
+        if not ids:
+            return
+        try:
+            queue = self.client.queue()
+            active = {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
+            self.client.delete_history(sorted(ids))
+        except errors.WorkerError:
+            log.info("ComfyUI did not answer the history clean-up; retrying with the next job")
+            return
+        with self._lock:
+            self._unswept -= ids - active
 
     def _remove_output(self, item: dict) -> None:
         folder_type = item.get("type", "output")

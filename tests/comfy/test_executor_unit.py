@@ -44,3 +44,26 @@ def test_images_gifs_videos_audio_and_text_are_all_returned():
     text = next(o for o in outputs if o["type"] == "text")
     assert base64.b64decode(text["data"]) == b"a caption" and text["filename"] is None
     assert all(o["size"] == len(base64.b64decode(o["data"])) for o in outputs)
+
+
+class HistoryClient:
+    def __init__(self, running):
+        self.running = running
+        self.deleted = []
+
+    def queue(self):
+        return {"queue_running": [[0, pid, {}, {}, []] for pid in self.running], "queue_pending": []}
+
+    def delete_history(self, ids):
+        self.deleted.append(list(ids))
+
+
+def test_history_of_a_prompt_still_running_is_deleted_by_a_later_sweep():
+    client = HistoryClient(running={"slow"})
+    executor = ComfyExecutor(config.load({"ENCRYPTION_REQUIRED": "0"}), client)
+    executor._unswept = {"slow", "done"}
+    executor._sweep_history()
+    assert client.deleted == [["done", "slow"]] and executor._unswept == {"slow"}
+    client.running = set()
+    executor._sweep_history()
+    assert client.deleted[-1] == ["slow"] and executor._unswept == set()
