@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import ClassVar
 
 import requests
 
@@ -42,6 +43,8 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 
 class Stack:
     """One supervised worker. `env` overrides the defaults chosen here for tests."""
+
+    running: ClassVar[set[Stack]] = set()  # stopped at the end of the session whatever happened
 
     def __init__(self, mode: str, env: dict[str, str] | None = None, key: bool = True) -> None:
         self.run_dir = tempfile.mkdtemp(prefix="cw-")
@@ -77,6 +80,7 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        Stack.running.add(self)
         threading.Thread(target=self._read_log, daemon=True).start()
         for name in wait_for:
             self.wait_state(name, "RUNNING", timeout=30)
@@ -94,6 +98,7 @@ class Stack:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        Stack.running.discard(self)
         return self.proc.returncode
 
     def __enter__(self) -> Stack:

@@ -20,9 +20,11 @@ def stack():
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY, "MAX_REQUEST_MB": "2"}
     stack = Stack("api", env).start(wait_for=("api", "comfy"))
     stack.wait_http("/readyz", headers=AUTH)
-    yield stack
-    assert "Traceback" not in stack.log
-    stack.stop()
+    try:
+        yield stack
+        assert "Traceback" not in stack.log
+    finally:
+        stack.stop()
 
 
 def send(stack, data=None, path="/run", method="POST", headers=AUTH, **kwargs):

@@ -890,7 +890,10 @@ def main() -> None:
         helper = subprocess.Popen(["sleep", "3600"])
         print(f"[standin] helper pid {helper.pid}", flush=True)
     time.sleep(float(os.environ.get("STANDIN_BOOT_SECONDS", "0")))
-    asyncio.run(serve(args))
+    try:
+        asyncio.run(serve(args))
+    except KeyboardInterrupt:  # SIGINT, supervisord's stop signal: ComfyUI exits cleanly too
+        print("\nStopped server", flush=True)
 
 
 if __name__ == "__main__":
