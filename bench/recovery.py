@@ -74,30 +74,22 @@ def main() -> None:
             lambda: (rpc.stopProcess("comfy"), rpc.startProcess("comfy", False)), lambda: comfy_ready(stack)
         )
         print(f"stand-in boot (supervisord start -> /system_stats 200): {boot:.2f} s")
+
+        def fault(knob: str) -> float:
+            """Post a knob prompt straight to ComfyUI; seconds until a new pid answers."""
+            body = {"prompt": with_knob(knob, color=uuid.uuid4().int % 999), "client_id": "bench"}
+            pid = rpc.getProcessInfo("comfy")["pid"]
+            seconds = timed(
+                lambda: requests.post(f"http://127.0.0.1:{stack.comfy_port}/prompt", json=body, timeout=5),
+                lambda: rpc.getProcessInfo("comfy")["pid"] not in (pid, 0) and comfy_ready(stack),
+            )
+            time.sleep(2.5)  # past the watchdog's grace again
+            return seconds
+
         crashes, hangs = [], []
         for _ in range(3):
-            crash = {"prompt": with_knob("StandinCrash", color=uuid.uuid4().int % 999), "client_id": "bench"}
-            pid = rpc.getProcessInfo("comfy")["pid"]
-            crashes.append(
-                timed(
-                    lambda body=crash: requests.post(
-                        f"http://127.0.0.1:{stack.comfy_port}/prompt", json=body, timeout=5
-                    ),
-                    lambda pid=pid: rpc.getProcessInfo("comfy")["pid"] not in (pid, 0) and comfy_ready(stack),
-                )
-            )
-            time.sleep(2.5)  # past the watchdog's grace
-            hang = {"prompt": with_knob("StandinHang", color=uuid.uuid4().int % 999), "client_id": "bench"}
-            pid = rpc.getProcessInfo("comfy")["pid"]
-            hangs.append(
-                timed(
-                    lambda body=hang: requests.post(
-                        f"http://127.0.0.1:{stack.comfy_port}/prompt", json=body, timeout=5
-                    ),
-                    lambda pid=pid: rpc.getProcessInfo("comfy")["pid"] not in (pid, 0) and comfy_ready(stack),
-                )
-            )
-            time.sleep(2.5)
+            crashes.append(fault("StandinCrash"))
+            hangs.append(fault("StandinHang"))
         print(f"crash -> ready again: {', '.join(f'{t:.2f}' for t in crashes)} s (supervisord autorestart)")
         print(
             f"hang -> ready again:  {', '.join(f'{t:.2f}' for t in hangs)} s (watchdog: TICK_5, {WATCH['WATCH_FAILS']} failed probes of {WATCH['WATCH_PROBE_TIMEOUT_S']} s)"

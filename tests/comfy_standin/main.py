@@ -394,33 +394,27 @@ class Server:
                 if self.interrupt.is_set():
                     raise Interrupted
                 sig = signatures[nid]
-                if sig in self.cache:
-                    values[nid], ui = self.cache[sig]
-                    new_cache[sig] = self.cache[sig]
-                    if ui is not None:
-                        ui_outputs[nid] = ui
-                        self.send(
-                            "executed",
-                            {"node": nid, "display_node": nid, "output": ui, "prompt_id": prompt_id},
-                            sid,
-                        )
-                        self._progress_state(prompt_id, nid, "finished", sid)
-                    continue
-                self.running_node = nid
-                self._progress_state(prompt_id, nid, "running", sid)
-                self.send("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, sid)
-                result, ui = self._run_node(prompt, nid, values, prompt_id, sid)
-                values[nid] = result
-                new_cache[sig] = (result, ui)
-                executed.append(nid)
+                cached = sig in self.cache
+                if cached:  # only output nodes say anything: their old `executed`
+                    result, ui = self.cache[sig]
+                else:
+                    self.running_node = nid
+                    self._progress_state(prompt_id, nid, "running", sid)
+                    self.send("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, sid)
+                    result, ui = self._run_node(prompt, nid, values, prompt_id, sid)
+                    executed.append(nid)
+                values[nid], new_cache[sig] = result, (result, ui)
                 if ui is not None:
                     ui_outputs[nid] = ui
-                    self.send(
-                        "executed",
-                        {"node": nid, "display_node": nid, "output": ui, "prompt_id": prompt_id},
-                        sid,
-                    )
-                self._progress_state(prompt_id, nid, "finished", sid)
+                    executed_message = {
+                        "node": nid,
+                        "display_node": nid,
+                        "output": ui,
+                        "prompt_id": prompt_id,
+                    }
+                    self.send("executed", executed_message, sid)
+                if ui is not None or not cached:
+                    self._progress_state(prompt_id, nid, "finished", sid)
             record("execution_success", {"prompt_id": prompt_id, "timestamp": now()})
         except Interrupted:
             status_str, ui_outputs = "error", {}
