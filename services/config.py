@@ -11,7 +11,7 @@ import base64
 import binascii
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
 MODES = ("api", "serverless")
@@ -95,7 +95,7 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigError(f"{name}={raw!r} is not a boolean; use one of 1/0/true/false/yes/no")
 
 
-def _int_range(low: int, high: int):
+def _int_range(low: int, high: int) -> Callable[[str, str], int]:
     def parse(name: str, raw: str) -> int:
         try:
             value = int(raw.strip())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -55,7 +56,13 @@ class _PinnedAdapter(HTTPAdapter):
         self.ip = ip
         super().__init__(max_retries=0)
 
-    def get_connection_with_tls_context(self, request, verify, proxies=None, cert=None):
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str,
+        proxies: dict | None = None,
+        cert: Any = None,
+    ) -> Any:
         pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
         parts = urlsplit(request.url)
         if parts.scheme == "https":

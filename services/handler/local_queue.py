@@ -167,7 +167,9 @@ class LocalQueueServer(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], endpoint_id: str, api_key: str | None, worker_token: str):
+    def __init__(
+        self, address: tuple[str, int], endpoint_id: str, api_key: str | None, worker_token: str
+    ) -> None:
         super().__init__(address, _Handler)
         self.queue = Queue()
         self.endpoint_id = endpoint_id

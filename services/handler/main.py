@@ -12,7 +12,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from services import config, errors, logs
 from services.comfy.executor import ComfyExecutor
@@ -36,7 +36,9 @@ def throttled(send: Callable[[dict], None], interval: float = PROGRESS_INTERVAL_
     return update
 
 
-def make_handler(pipeline: Pipeline, send_progress: Callable[[dict, dict], None] | None = None):
+def make_handler(
+    pipeline: Pipeline, send_progress: Callable[[dict, dict], None] | None = None
+) -> Callable[[dict], Awaitable[dict]]:
     async def handler(job: dict) -> dict:
         cancel = threading.Event()
         progress = throttled(lambda message: send_progress(job, message)) if send_progress else None
