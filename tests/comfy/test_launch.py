@@ -1,9 +1,12 @@
 import os
 
+import requests
 import yaml
 
 from services import config, model_folders
 from services.comfy import launch
+from tests.stack import Stack
+from tests.workflows import empty_image
 
 
 def settings(tmp_path, **env):
@@ -56,3 +59,22 @@ def test_a_restart_wipes_what_an_interrupted_job_left(tmp_path):
 def test_yaml_quotes_odd_paths(tmp_path):
     text = model_folders.extra_model_paths_yaml("/data/it's models")
     assert yaml.safe_load(text)["worker_models"]["base_path"] == "/data/it's models"
+
+
+def test_log_silent_silences_comfy_and_the_access_log():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "LOG_SILENT": "1"}).start(
+        wait_for=("api", "comfy")
+    )
+    try:
+        stack.wait_http("/readyz")
+        assert (
+            requests.post(stack.url + "/run", json={"workflow": empty_image(8, 8, 3)}, timeout=60).status_code
+            == 200
+        )
+        assert "[comfy] starting ComfyUI" in stack.log  # lifecycle lines stay
+        assert (
+            "[standin]" not in stack.log and "To see the GUI" not in stack.log
+        )  # ComfyUI's own output does not
+        assert "POST /run" not in stack.log
+    finally:
+        stack.stop()
