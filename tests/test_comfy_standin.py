@@ -1,5 +1,6 @@
 """The ComfyUI stand-in answers like the real ComfyUI: compared with ../shared/comfyui/captures."""
 
+import base64
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import pytest
 import requests
 import websocket
 
+from services import model_folders
 from tests.stack import ROOT, STANDIN_DIR, free_port, wait_until
 from tests.workflows import png_b64
 
@@ -34,13 +36,7 @@ def standin():
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
 
-    def up():
-        try:
-            return requests.get(url + "/system_stats", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-
-    wait_until(up, 20, "the stand-in")
+    wait_until(lambda: _answers(url), 20, "the stand-in")
     yield url
     proc.terminate()
     proc.wait(10)
@@ -190,10 +186,7 @@ def test_view_and_upload_semantics(standin):
         ).status_code
         == 400
     )
-    red = png_b64(3, 3)
-    import base64
-
-    data = base64.b64decode(red)
+    data = base64.b64decode(png_b64(3, 3))
 
     def upload(payload, form):
         return requests.post(
@@ -224,3 +217,58 @@ def test_origin_mismatch_is_refused(standin):
 
 def test_every_route_is_also_under_api(standin):
     assert requests.get(standin + "/api/system_stats", timeout=5).json()["system"]["comfyui_version"]
+
+
+def test_model_folders_follow_the_extra_model_paths_yaml(tmp_path):
+    models = tmp_path / "models"
+    for relative in (
+        "clip/legacy.safetensors",
+        "text_encoders/te.safetensors",
+        "checkpoints/sdxl/sub.safetensors",
+        "checkpoints/readme.txt",
+    ):
+        (models / relative).parent.mkdir(parents=True, exist_ok=True)
+        (models / relative).write_bytes(b"x")
+    config = tmp_path / "extra_model_paths.yaml"
+    config.write_text(model_folders.extra_model_paths_yaml(str(models)))
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(STANDIN_DIR, "main.py"),
+            "--port",
+            str(port),
+            "--extra-model-paths-config",
+            str(config),
+            "--output-directory",
+            str(tmp_path / "out"),
+            "--input-directory",
+            str(tmp_path / "in"),
+            "--temp-directory",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), 20, "the stand-in")
+        recorded = capture("models_extra_paths.json")
+        assert requests.get(url + "/models", timeout=5).json()[:20] == recorded["models"]["response"]["body"]
+        assert requests.get(url + "/models/text_encoders", timeout=5).json() == [
+            "legacy.safetensors",
+            "te.safetensors",
+        ]
+        assert requests.get(url + "/models/checkpoints", timeout=5).json() == ["sdxl/sub.safetensors"]
+        for folder in ("clip", "unet", "not_a_folder"):
+            assert requests.get(url + f"/models/{folder}", timeout=5).status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _answers(url):
+    try:
+        return requests.get(url + "/system_stats", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False

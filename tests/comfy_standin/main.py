@@ -40,6 +40,11 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 VERSION = "0.3.64"
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
+FOLDER_TYPES = [  # GET /models: ComfyUI's folder types, in its order (models.json)
+    "checkpoints", "configs", "loras", "vae", "text_encoders", "diffusion_models", "clip_vision", "style_models",
+    "embeddings", "diffusers", "vae_approx", "controlnet", "gligen", "upscale_models", "custom_nodes",
+    "hypernetworks", "photomaker", "classifiers", "model_patches", "audio_encoders",
+]  # fmt: skip
 MODEL_EXTENSIONS = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
 BARE_500 = "500 Internal Server Error\n\nServer got itself in trouble"
 
@@ -764,18 +769,18 @@ class Server:
         folder = request.match_info.get("folder")
         folders = self.model_folders()
         if folder is None:
-            return web.json_response(sorted(folders))
-        if folder not in folders:
+            return web.json_response(FOLDER_TYPES + sorted(set(folders) - set(FOLDER_TYPES)))
+        if folder not in FOLDER_TYPES and folder not in folders:
             return web.Response(status=404)
         names = []
-        for root in folders[folder]:
+        for root in folders.get(folder, []):
             for current, _, files in os.walk(root):
                 names.extend(
                     os.path.relpath(os.path.join(current, f), root)
                     for f in sorted(files)
                     if f.endswith(MODEL_EXTENSIONS)
                 )
-        return web.json_response(names)
+        return web.json_response(sorted(names))
 
     async def get_features(self, request: web.Request) -> web.Response:
         return web.json_response({"supports_preview_metadata": True, "max_upload_size": 104857600})
