@@ -108,7 +108,8 @@ def _images(value: Any) -> tuple[InputImage, ...]:
             raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
         seen.add(name)
         try:
-            data = offload(decode_base64_image, item.get("image"))
+            image = item.get("image")
+            data = offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
         except (ValueError, binascii.Error):
             raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
         if not _is_image(data):

@@ -15,8 +15,12 @@ from gevent import get_hub, monkey
 T = TypeVar("T")
 
 
-def offload(function: Callable[..., T], *args: Any) -> T:
-    if not monkey.is_module_patched("threading"):
+LARGE = 256 * 1024  # below this, the hop to a pool thread costs more than the work
+
+
+def offload(function: Callable[..., T], *args: Any, size: int | None = None) -> T:
+    """`size` (bytes of work, when known) keeps small work on the hub."""
+    if not monkey.is_module_patched("threading") or (size is not None and size < LARGE):
         return function(*args)
     ok, value = get_hub().threadpool.apply(_capture, (function, args))
     if ok:

@@ -67,7 +67,8 @@ class Pipeline:
             failure = errors.WorkerError("unexpected worker error")
             result, status, code = failure.to_dict(), failure.http_status, failure.code
         if opened is not None:
-            result = offload(envelope.seal, result, self.settings.private_key, opened.reply_to)
+            size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
+            result = offload(envelope.seal, result, self.settings.private_key, opened.reply_to, size=size)
         return Reply(result, status, code)
 
     def _open(self, body: Any) -> envelope.Opened | None:
@@ -112,9 +113,11 @@ class Pipeline:
 
     def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
-        data = offload(base64.b64decode, output["data"])
+        data = offload(base64.b64decode, output["data"], size=len(output["data"]))
         if opened is not None:
-            data = offload(envelope.seal_bytes, data, self.settings.private_key, opened.reply_to)
+            data = offload(
+                envelope.seal_bytes, data, self.settings.private_key, opened.reply_to, size=len(data)
+            )
         key = f"{prompt_id}/{uuid.uuid4().hex}"
         url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
         moved = {k: v for k, v in output.items() if k != "data"}

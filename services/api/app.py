@@ -30,10 +30,20 @@ OPEN_ROUTES = {"/healthz", "/openapi.json"}
 HEALTH_CACHE_S = 1.0
 
 
-def json_response(body: Any, status: int = 200, heavy: bool = False) -> Response:
-    """`heavy`: a body that may carry outputs; serialize it off the gevent hub."""
-    text = offload(_dumps, body) if heavy else _dumps(body)
-    return Response(text, status=status, mimetype="application/json")
+def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
+    """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
+    return Response(offload(_dumps, body, size=size), status=status, mimetype="application/json")
+
+
+def _payload_size(body: Any) -> int:
+    """Bytes of output data or ciphertext in a result (or an async job's result)."""
+    if not isinstance(body, dict):
+        return 0
+    inner = body.get("result") if isinstance(body.get("result"), dict) else body
+    outputs = inner.get("outputs") if isinstance(inner.get("outputs"), list) else []
+    return len(inner.get("ciphertext") or "") + sum(
+        len(o.get("data") or "") for o in outputs if isinstance(o, dict)
+    )
 
 
 def _dumps(body: Any) -> str:
@@ -123,14 +133,15 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             job = jobs.start(_json_body())
             return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
         reply = pipeline.run(_json_body())
-        return json_response(reply.body, reply.status, heavy=True)
+        return json_response(reply.body, reply.status, size=_payload_size(reply.body))
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
         job = jobs.get(job_id)
         if job is None:
             raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
-        return json_response(job.view(), heavy=True)
+        view = job.view()
+        return json_response(view, size=_payload_size(view))
 
     @app.post("/jobs/<job_id>/cancel")
     def job_cancel(job_id: str) -> Response:

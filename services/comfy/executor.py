@@ -285,7 +285,7 @@ class ComfyExecutor:
             "type": kind,
             "mime": mime,
             "size": len(data),
-            "data": offload(base64.b64encode, data).decode("ascii"),
+            "data": offload(base64.b64encode, data, size=len(data)).decode("ascii"),
         }
 
     # --- clean-up -----------------------------------------------------------------------------
