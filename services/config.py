@@ -38,6 +38,7 @@ class Settings:
     dry_run: bool = False
     no_history: bool = False
     log_silent: bool = False
+    comfy_log: bool | None = None  # None: decided by comfy_output_shown
     job_timeout_s: float = 600.0
     comfy_ready_timeout_s: float = 300.0
     watch_grace_s: float = 180.0
@@ -71,6 +72,15 @@ class Settings:
     @property
     def private_key(self) -> bytes | None:
         return base64.b64decode(self.private_key_b64) if self.private_key_b64 else None
+
+    @property
+    def comfy_output_shown(self) -> bool:
+        """ComfyUI prints prompt details (validation failures name inputs and values), so its
+        output is dropped under LOG_SILENT and whenever encrypted jobs are possible, unless the
+        operator asks for it with COMFY_LOG=1 (for debugging, knowing what it may reveal)."""
+        if self.comfy_log is not None:
+            return self.comfy_log
+        return not self.log_silent and self.private_key_b64 is None
 
     @property
     def comfy_url(self) -> str:
@@ -188,6 +198,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "DRY_RUN": ("dry_run", _bool),
     "NO_HISTORY": ("no_history", _bool),
     "LOG_SILENT": ("log_silent", _bool),
+    "COMFY_LOG": ("comfy_log", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
     "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
     "WATCH_GRACE_S": ("watch_grace_s", _positive_float),

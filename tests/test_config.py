@@ -134,3 +134,11 @@ def test_env_file(tmp_path):
     path.write_text("export X\n")
     with pytest.raises(config.ConfigError, match="NAME=value"):
         config.read_env_file(str(path))
+
+
+def test_comfy_output_is_hidden_when_it_could_reveal_jobs():
+    assert config.load({"ENCRYPTION_REQUIRED": "0"}).comfy_output_shown is True
+    assert config.load({"ENCRYPTION_REQUIRED": "0", "LOG_SILENT": "1"}).comfy_output_shown is False
+    assert load().comfy_output_shown is False  # a private key: encrypted jobs are possible
+    assert load(COMFY_LOG="1").comfy_output_shown is True  # the operator's explicit choice
+    assert config.load({"ENCRYPTION_REQUIRED": "0", "COMFY_LOG": "0"}).comfy_output_shown is False

@@ -29,7 +29,7 @@ def hang_comfy(stack):
 
 @pytest.fixture(scope="module")
 def stack():
-    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "STANDIN_HELPER": "1", **WATCH}
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "STANDIN_HELPER": "1", "COMFY_LOG": "1", **WATCH}
     stack = Stack("api", env).start(wait_for=("api", "comfy"))
     stack.wait_http("/readyz")
     yield stack

@@ -78,7 +78,11 @@ def main() -> int:
         return 1
     argv = command(settings, prepare_folders(settings), gpu_visible())
     print(f"[comfy] starting ComfyUI: {shlex.join(argv)}", flush=True)
-    if settings.log_silent:
+    if not settings.comfy_output_shown:
+        print(
+            "[comfy] ComfyUI's own output is not logged (LOG_SILENT or encryption; COMFY_LOG=1 shows it)",
+            flush=True,
+        )
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
