@@ -44,6 +44,8 @@ class Settings:
     watch_grace_s: float = 180.0
     watch_fails: int = 3
     watch_probe_timeout_s: float = 3.0
+    watch_max_exits: int = 5
+    watch_exit_window_s: float = 300.0
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
@@ -204,6 +206,8 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "WATCH_GRACE_S": ("watch_grace_s", _positive_float),
     "WATCH_FAILS": ("watch_fails", _int_range(1, 100)),
     "WATCH_PROBE_TIMEOUT_S": ("watch_probe_timeout_s", _positive_float),
+    "WATCH_MAX_EXITS": ("watch_max_exits", _int_range(1, 1000)),
+    "WATCH_EXIT_WINDOW_S": ("watch_exit_window_s", _positive_float),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),

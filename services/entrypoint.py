@@ -132,7 +132,11 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> int:
     code = child.wait()
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
-            print(f"[entrypoint] exiting 1: program {handle.read()} went FATAL", file=sys.stderr, flush=True)
+            print(
+                f"[entrypoint] exiting 1: program {handle.read()} failed for good",
+                file=sys.stderr,
+                flush=True,
+            )
         return 1
     return code
 

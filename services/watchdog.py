@@ -4,9 +4,11 @@
   WATCH_FAILS failed probes in a row restart `comfy` (a hung process never exits by itself).
 - PROCESS_STATE_EXITED of comfy: kill what is left of its process group (a crashed ComfyUI can
   leave children holding VRAM or ports; stopasgroup only covers supervisord's own stops).
-- PROCESS_STATE_FATAL of any program: write a marker and shut supervisord down, so that the
-  entrypoint exits non-zero and the platform replaces the container instead of keeping a
-  worker that looks alive and does nothing.
+- PROCESS_STATE_FATAL of any program, or a program that keeps exiting (WATCH_MAX_EXITS
+  unexpected exits within WATCH_EXIT_WINDOW_S: supervisord only calls a program FATAL when it
+  dies within `startsecs`, so one that runs a few seconds and dies would loop forever): write
+  a marker and shut supervisord down, so that the entrypoint exits non-zero and the platform
+  replaces the container instead of keeping a worker that looks alive and does nothing.
 
 stdout carries only the listener protocol (supervisor.childutils); decisions go to stderr,
 one line each.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 
 import requests
 from supervisor import childutils
@@ -36,16 +39,21 @@ class Watchdog:
         self.settings = settings
         self.rpc = supervisor_state.rpc(settings.supervisor_socket).supervisor
         self.failures = 0
+        self.exits: dict[str, list[float]] = {}
 
     def on_event(self, headers: dict, payload: str) -> None:
         event = headers.get("eventname", "")
         fields = dict(token.split(":", 1) for token in payload.split("\n", 1)[0].split() if ":" in token)
         if event.startswith("TICK"):
             self.check_comfy()
-        elif event == "PROCESS_STATE_EXITED" and fields.get("processname") == "comfy":
-            self.reap(int(fields.get("pid", "0")))
+        elif event == "PROCESS_STATE_EXITED":
+            program = fields.get("processname", "?")
+            if program == "comfy":
+                self.reap(int(fields.get("pid", "0")))
+            if fields.get("expected") == "0":
+                self.count_exit(program)
         elif event == "PROCESS_STATE_FATAL":
-            self.shut_down(fields.get("processname", "?"))
+            self.shut_down(fields.get("processname", "?"), "is FATAL")
 
     def check_comfy(self) -> None:
         info = self.rpc.getProcessInfo("comfy")
@@ -70,6 +78,14 @@ class Watchdog:
         except requests.RequestException:
             return False
 
+    def count_exit(self, program: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        window = self.settings.watch_exit_window_s
+        recent = [t for t in self.exits.get(program, []) if now - t < window] + [now]
+        self.exits[program] = recent
+        if len(recent) >= self.settings.watch_max_exits:
+            self.shut_down(program, f"exited {len(recent)} times within {window:g} s")
+
     def reap(self, pid: int) -> None:
         if pid <= 1:
             return
@@ -81,10 +97,11 @@ class Watchdog:
         except PermissionError:
             say(f"could not kill leftover process group {pid} of comfy")
 
-    def shut_down(self, program: str) -> None:
+    def shut_down(self, program: str, why: str) -> None:
         with open(os.path.join(self.settings.run_dir, FATAL_MARKER), "w") as marker:
             marker.write(program)
-        say(f"{program} is FATAL -> shutting supervisord down so the container exits non-zero")
+        say(f"{program} {why} -> shutting supervisord down so the container exits non-zero")
+        self.exits.clear()
         self.rpc.shutdown()
 
 

@@ -3,6 +3,7 @@ a hung ComfyUI is restarted, a slow boot is not, a crash leaves no orphans, a FA
 ends the container with a non-zero code."""
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -10,7 +11,8 @@ import uuid
 import pytest
 import requests
 
-from services import supervisor_state
+from services import config, supervisor_state
+from services.watchdog import Watchdog
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
 
@@ -89,9 +91,48 @@ def test_a_program_that_keeps_failing_ends_the_container_non_zero():
     stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "COMFYUI_DIR": "/nonexistent"}).start()
     try:
         assert stack.proc.wait(timeout=90) == 1
-        assert "comfy is FATAL" in stack.log and "exiting 1" in stack.log
+        assert "comfy is FATAL" in stack.log and "exiting 1: program comfy" in stack.log
     finally:
         stack.stop()
+
+
+def test_a_program_that_keeps_dying_after_startsecs_ends_the_container_non_zero():
+    """gunicorn retries a taken port for ~5 s, then exits: supervisord never calls that FATAL."""
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {"DRY_RUN": "1", "ENCRYPTION_REQUIRED": "0", "API_PORT": str(port), "WATCH_MAX_EXITS": "2"}
+        stack = Stack("api", env).start()
+        try:
+            assert stack.proc.wait(timeout=90) == 1
+            assert "api exited 2 times within 300 s" in stack.log and "exiting 1: program api" in stack.log
+        finally:
+            stack.stop()
+
+
+def test_exits_are_counted_in_a_sliding_window(tmp_path):
+    class Rpc:
+        stopped = False
+
+        def shutdown(self):
+            Rpc.stopped = True
+
+    settings = config.load(
+        {
+            "ENCRYPTION_REQUIRED": "0",
+            "RUN_DIR": str(tmp_path),
+            "WATCH_MAX_EXITS": "3",
+            "WATCH_EXIT_WINDOW_S": "60",
+        }
+    )
+    dog = Watchdog(settings)
+    dog.rpc = Rpc()
+    for moment in (0, 30, 70, 100):  # never 3 within 60 s
+        dog.count_exit("handler", now=moment)
+    assert not Rpc.stopped
+    dog.count_exit("handler", now=110)  # 70, 100, 110
+    assert Rpc.stopped and (tmp_path / "fatal").read_text() == "handler"
 
 
 def test_sigterm_during_a_pod_job_stops_everything_within_10_s():
