@@ -8,7 +8,6 @@ because the SDK would put a traceback into the job record.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import threading
 import time
@@ -19,7 +18,6 @@ from services.comfy.executor import ComfyExecutor
 from services.output_store import OutputStore
 from services.pipeline import Pipeline
 
-log = logging.getLogger("worker.handler")
 PROGRESS_INTERVAL_S = 0.5
 
 
