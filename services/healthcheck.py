@@ -11,7 +11,10 @@ from services import config, supervisor_state
 
 
 def main() -> int:
-    settings = config.load()
+    try:
+        settings = config.load()
+    except config.ConfigError:
+        return 1
     program = "api" if settings.launch_mode == "api" else "handler"
     if supervisor_state.process_state(settings.supervisor_socket, program) != "RUNNING":
         return 1
