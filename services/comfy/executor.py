@@ -34,6 +34,7 @@ log = logging.getLogger("worker.comfy")
 RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
 END_GRACE_S = 10.0  # after an interrupt, how long to wait for ComfyUI to finish the prompt
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
+READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
 OUTPUT_KINDS = ("images", "gifs", "videos", "video", "audio", "files", "text")
 
@@ -65,6 +66,7 @@ class ComfyExecutor:
         self.client = client or ComfyClient(settings.comfy_url)
         self._output_nodes: dict[str, bool] = {}
         self._unswept: set[str] = set()  # prompt ids whose history entry may still exist
+        self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
         self._lock = threading.Lock()
 
     # --- the job -----------------------------------------------------------------------------
@@ -83,6 +85,7 @@ class ComfyExecutor:
             finally:
                 ws.close()
             entry = self._history_entry(job)
+            self._last_success = time.monotonic()
             self._raise_for(outcome, entry)
             if request.no_history:
                 return {"status": "ok", "prompt_id": job.prompt_id}
@@ -96,7 +99,11 @@ class ComfyExecutor:
             self._clean_up(job, entry)
 
     def _wait_ready(self, deadline: float) -> None:
-        """A cold start may still be booting ComfyUI: wait for it, within the job's time."""
+        """A cold start may still be booting ComfyUI: wait for it, within the job's time. Right
+        after a job that went through, skip the probe (a ComfyUI that died since is noticed by
+        the job's own calls)."""
+        if time.monotonic() - self._last_success < READY_TRUST_S:
+            return
         limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
         while not self.client.ready(timeout=2.0):
             if time.monotonic() >= limit:
@@ -294,10 +301,20 @@ class ComfyExecutor:
         shutil.rmtree(os.path.join(self.settings.comfy_io_dir, "input", job.tag), ignore_errors=True)
         for item in job.files + _files_of(entry):
             self._remove_output(item)
+        if entry is not None and not self._unswept:
+            self._delete_finished(job.prompt_id)  # the common case: one call, no queue lookup
+            return
         if job.submitted:
             with self._lock:
                 self._unswept.add(job.prompt_id)
         self._sweep_history()
+
+    def _delete_finished(self, prompt_id: str) -> None:
+        try:
+            self.client.delete_history([prompt_id])
+        except errors.WorkerError:
+            with self._lock:
+                self._unswept.add(prompt_id)
 
     def _sweep_history(self) -> None:
         """Delete the history of every finished prompt of ours. A prompt still queued or running
