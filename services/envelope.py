@@ -51,11 +51,14 @@ def is_envelope(body: Any) -> bool:
 
 @dataclass(frozen=True)
 class Opened:
+    """The request's payload, and the box (worker key + the client's ephemeral key) that opened
+    it: the same box seals the answer, so the key agreement is done once per request."""
+
     payload: Any
-    reply_to: PublicKey
+    box: Box
 
 
-def open_request(body: dict, private_key: bytes | None) -> Opened:
+def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
     """Open an encrypted request, or raise the envelope error that explains why not."""
     if private_key is None:
         raise errors.EncryptionUnavailable("this worker has no private key (WORKER_PRIVATE_KEY_B64)")
@@ -72,26 +75,24 @@ def open_request(body: dict, private_key: bytes | None) -> Opened:
         raise errors.InvalidCiphertext(f"epk must be {KEY_SIZE} bytes")
     if len(nonce) != NONCE_SIZE:
         raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
-    sender = PublicKey(epk)
+    box = Box(private_key, PublicKey(epk))
     try:
-        plaintext = Box(PrivateKey(private_key), sender).decrypt(ciphertext, nonce)
+        plaintext = box.decrypt(ciphertext, nonce)
     except CryptoError:
         raise errors.InvalidCiphertext("the box does not open with this worker's key") from None
     try:
         payload = json.loads(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
-    return Opened(payload=payload, reply_to=sender)
+    return Opened(payload=payload, box=box)
 
 
-def seal(result: Any, private_key: bytes, reply_to: PublicKey) -> dict:
+def seal(result: Any, box: Box) -> dict:
     """Seal `result` (any JSON value) to the client's ephemeral key with a fresh nonce."""
-    nonce = random(NONCE_SIZE)
-    box = Box(PrivateKey(private_key), reply_to)
-    sealed = box.encrypt(json.dumps(result, separators=(",", ":")).encode("utf-8"), nonce)
-    return {"encrypted": True, "nonce": b64(nonce), "ciphertext": b64(sealed.ciphertext)}
+    sealed = box.encrypt(json.dumps(result, separators=(",", ":")).encode("utf-8"), random(NONCE_SIZE))
+    return {"encrypted": True, "nonce": b64(sealed.nonce), "ciphertext": b64(sealed.ciphertext)}
 
 
-def seal_bytes(data: bytes, private_key: bytes, reply_to: PublicKey) -> bytes:
+def seal_bytes(data: bytes, box: Box) -> bytes:
     """Seal raw bytes (an output moved to a bucket): nonce followed by the box."""
-    return bytes(Box(PrivateKey(private_key), reply_to).encrypt(data, random(NONCE_SIZE)))
+    return bytes(box.encrypt(data, random(NONCE_SIZE)))

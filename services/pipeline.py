@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from nacl.public import PrivateKey
+
 from services import envelope, errors, job_request
 from services.config import Settings
 from services.offload import offload
@@ -49,6 +51,7 @@ class Pipeline:
         self.executor = executor
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
+        self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""
@@ -68,12 +71,12 @@ class Pipeline:
             result, status, code = failure.to_dict(), failure.http_status, failure.code
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
-            result = offload(envelope.seal, result, self.settings.private_key, opened.reply_to, size=size)
+            result = offload(envelope.seal, result, opened.box, size=size)
         return Reply(result, status, code)
 
     def _open(self, body: Any) -> envelope.Opened | None:
         if envelope.is_envelope(body):
-            return envelope.open_request(body, self.settings.private_key)
+            return envelope.open_request(body, self.private_key)
         if self.settings.encryption_required:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None
@@ -115,9 +118,7 @@ class Pipeline:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
         data = offload(base64.b64decode, output["data"], size=len(output["data"]))
         if opened is not None:
-            data = offload(
-                envelope.seal_bytes, data, self.settings.private_key, opened.reply_to, size=len(data)
-            )
+            data = offload(envelope.seal_bytes, data, opened.box, size=len(data))
         key = f"{prompt_id}/{uuid.uuid4().hex}"
         url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
         moved = {k: v for k, v in output.items() if k != "data"}

@@ -8,7 +8,7 @@ from client.envelope_client import open_answer, seal_request
 from services import envelope, errors
 
 PRIVATE, PUBLIC = envelope.keypair()
-KEY = base64.b64decode(PRIVATE)
+KEY = PrivateKey(base64.b64decode(PRIVATE))
 PAYLOAD = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}, "images": []}
 
 
@@ -16,7 +16,7 @@ def test_round_trip_with_the_client_module():
     request, ephemeral = seal_request(PAYLOAD, PUBLIC)
     opened = envelope.open_request(request, KEY)
     assert opened.payload == PAYLOAD
-    answer = envelope.seal({"status": "ok"}, KEY, opened.reply_to)
+    answer = envelope.seal({"status": "ok"}, opened.box)
     assert set(answer) == {"encrypted", "nonce", "ciphertext"}
     assert open_answer(answer, ephemeral, PUBLIC) == {"status": "ok"}
 
@@ -39,8 +39,8 @@ def test_an_envelope_made_the_way_existing_clients_make_it_opens():
 
 def test_answers_use_a_fresh_nonce_each_time():
     request, _ = seal_request(PAYLOAD, PUBLIC)
-    reply_to = envelope.open_request(request, KEY).reply_to
-    assert envelope.seal({}, KEY, reply_to)["nonce"] != envelope.seal({}, KEY, reply_to)["nonce"]
+    box = envelope.open_request(request, KEY).box
+    assert envelope.seal({}, box)["nonce"] != envelope.seal({}, box)["nonce"]
 
 
 def test_tampered_ciphertext_is_refused():
