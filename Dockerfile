@@ -8,9 +8,9 @@ ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 # --- the worker's own virtual environment, from the pinned requirements ----------------------
 FROM ${BASE_IMAGE} AS worker-venv
-COPY requirements.txt /tmp/requirements.txt
+COPY requirements.txt requirements.lock /tmp/
 RUN python -m venv /opt/venv \
- && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt
+ && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt -c /tmp/requirements.lock
 
 # --- the image ---------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
@@ -35,7 +35,7 @@ COPY services/ services/
 COPY conf/ conf/
 COPY client/ client/
 COPY docker/ docker/
-COPY requirements.txt pyproject.toml README.md ./
+COPY requirements.txt requirements.lock pyproject.toml README.md ./
 
 RUN /opt/venv/bin/python -m services.comfy.custom_nodes "${CUSTOM_NODES}" /opt/ComfyUI /opt/conda/bin/python
 

@@ -7,9 +7,9 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test smoke lint bench keygen venv clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements.lock
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run_dry_run
 	$(PY) -m bench.run_workflow
 	$(PY) -m bench.download
+	$(PY) -m bench.recovery
 
 keygen: $(STAMP)
 	$(PY) -m services.keygen
