@@ -47,6 +47,7 @@ class Stack:
     running: ClassVar[set[Stack]] = set()  # stopped at the end of the session whatever happened
 
     def __init__(self, mode: str, env: dict[str, str] | None = None, key: bool = True) -> None:
+        self.mode = mode
         self.run_dir = tempfile.mkdtemp(prefix="cw-")
         self.port = free_port()
         self.comfy_port = free_port()
@@ -84,6 +85,17 @@ class Stack:
         threading.Thread(target=self._read_log, daemon=True).start()
         for name in wait_for:
             self.wait_state(name, "RUNNING", timeout=30)
+        return self
+
+    def ready(self) -> Stack:
+        """Start, then wait until the mode's programs run and it answers like a client expects:
+        /readyz (ComfyUI answers, or DRY_RUN) in api mode, the local queue's health otherwise."""
+        dry_run = self.env.get("DRY_RUN") == "1"
+        programs = ("api",) if self.mode == "api" else ("handler", "localqueue")
+        self.start(wait_for=programs if dry_run else (*programs, "comfy"))
+        key = self.env.get("API_KEY")
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+        self.wait_http("/readyz" if self.mode == "api" else "/v2/LOCAL/health", headers=headers)
         return self
 
     def stop(self, timeout: float = 15) -> int | None:

@@ -32,8 +32,7 @@ def hang_comfy(stack):
 @pytest.fixture(scope="module")
 def stack():
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "STANDIN_HELPER": "1", "COMFY_LOG": "1", **WATCH}
-    stack = Stack("api", env).start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz")
+    stack = Stack("api", env).ready()
     yield stack
     stack.stop()
 
@@ -136,8 +135,7 @@ def test_exits_are_counted_in_a_sliding_window(tmp_path):
 
 
 def test_sigterm_during_a_pod_job_stops_everything_within_10_s():
-    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz")
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready()
     answers = []
 
     def long_job():

@@ -18,8 +18,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def stack():
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY, "MAX_REQUEST_MB": "2"}
-    stack = Stack("api", env).start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz", headers=AUTH)
+    stack = Stack("api", env).ready()
     try:
         yield stack
         assert "Traceback" not in stack.log

@@ -29,8 +29,7 @@ def server():
 @pytest.fixture(scope="module")
 def stack():
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY, "ALLOW_PRIVATE_DOWNLOADS": "1"}
-    stack = Stack("api", env).start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz", headers=AUTH)
+    stack = Stack("api", env).ready()
     yield stack
     stack.stop()
 

@@ -16,18 +16,14 @@ KEY = "cli-key"
 
 @pytest.fixture(scope="module")
 def pod():
-    stack = Stack("api", {"DRY_RUN": "0", "API_KEY": KEY}).start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz", headers={"Authorization": f"Bearer {KEY}"})
+    stack = Stack("api", {"DRY_RUN": "0", "API_KEY": KEY}).ready()
     yield stack
     stack.stop()
 
 
 @pytest.fixture(scope="module")
 def serverless():
-    stack = Stack("serverless", {"DRY_RUN": "0", "API_KEY": KEY}).start(
-        wait_for=("handler", "localqueue", "comfy")
-    )
-    stack.wait_http("/v2/LOCAL/health", headers={"Authorization": f"Bearer {KEY}"})
+    stack = Stack("serverless", {"DRY_RUN": "0", "API_KEY": KEY}).ready()
     yield stack
     stack.stop()
 

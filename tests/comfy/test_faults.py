@@ -13,9 +13,7 @@ from tests.workflows import decode_png, empty_image, with_knob
 
 @pytest.fixture(scope="module")
 def stack():
-    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "60"})
-    stack.start(wait_for=("api", "comfy"))
-    stack.wait_http("/readyz")
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "60"}).ready()
     yield stack
     stack.stop()
 

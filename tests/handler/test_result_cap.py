@@ -38,9 +38,7 @@ def s3():
 
 
 def start(env):
-    stack = Stack("serverless", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", **env})
-    stack.start(wait_for=("handler", "localqueue", "comfy"))
-    stack.wait_http("/v2/LOCAL/health")
+    stack = Stack("serverless", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", **env}).ready()
     return stack
 
 

@@ -10,10 +10,7 @@ from tests.workflows import with_knob
 
 
 def test_sigterm_drains_the_job_in_flight():
-    stack = Stack("serverless", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).start(
-        wait_for=("handler", "localqueue", "comfy")
-    )
-    stack.wait_http("/v2/LOCAL/health")
+    stack = Stack("serverless", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready()
     job = requests.post(
         f"{stack.url}/v2/LOCAL/run",
         json={"input": {"workflow": with_knob("StandinSlow", seconds=3, steps=6)}},

@@ -17,8 +17,7 @@ API_KEY = "local-test-key"
 @pytest.fixture(scope="module")
 def stack():
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "60", "API_KEY": API_KEY}
-    stack = Stack("serverless", env).start(wait_for=("handler", "localqueue", "comfy"))
-    stack.wait_http("/v2/LOCAL/health", headers={"Authorization": f"Bearer {API_KEY}"})
+    stack = Stack("serverless", env).ready()
     yield stack
     stack.stop()
 
