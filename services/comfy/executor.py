@@ -53,6 +53,7 @@ class _Job:
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     files: list[dict] = field(default_factory=list)  # every file an `executed` message named
     submitted: bool = False
+    unanswered: bool = False  # ComfyUI stopped answering: leave its history to a later sweep
 
     @property
     def tag(self) -> str:
@@ -246,6 +247,7 @@ class ComfyExecutor:
                     time.sleep(0.1)
         except errors.WorkerError:
             log.info("ComfyUI did not answer while stopping a job")
+            job.unanswered = True
 
     # --- results ------------------------------------------------------------------------------
     def _history_entry(self, job: _Job) -> dict:
@@ -307,7 +309,8 @@ class ComfyExecutor:
         if job.submitted:
             with self._lock:
                 self._unswept.add(job.prompt_id)
-        self._sweep_history()
+        if not job.unanswered:  # a hung ComfyUI would only delay the answer by more timeouts
+            self._sweep_history()
 
     def _delete_finished(self, prompt_id: str) -> None:
         try:
