@@ -78,6 +78,10 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     if settings is None:
         logs.setup("api")
         settings = config.load()
+        if not settings.api_key:
+            log.warning(
+                "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
+            )
     comfy = ComfyClient(settings.comfy_url)
     pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy))
     health = ComfyHealth(settings, comfy)

@@ -307,6 +307,8 @@ def main() -> int:
         settings.runpod_worker_key or "",
     )
     log.info("RunPod-style queue on port %d under /v2/%s/", settings.api_port, settings.local_endpoint_id)
+    if not settings.api_key:
+        log.warning("API_KEY is not set: anyone who reaches port %d can submit jobs", settings.api_port)
     server.serve_forever()
     return 0
 
