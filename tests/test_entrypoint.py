@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.stack import ROOT, Stack
+from tests.stack import ROOT, Stack, wait_until
 
 
 def run_entrypoint(env, *args):
@@ -77,6 +77,7 @@ def test_supervisord_runs_exactly_the_programs_of_the_mode(mode, dry_run, expect
     try:
         stack.start(wait_for=[name for name, state in expected.items() if state == "RUNNING"])
         assert stack.programs() == expected
+        wait_until(lambda: "API_KEY is not set" in stack.log, 10, "the open-port warning")
     finally:
         assert stack.stop() == 0
 
