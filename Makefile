@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m bench.run_workflow
 	$(PY) -m bench.download
 	$(PY) -m bench.recovery
+	$(PY) -m bench.hub
 
 keygen: $(STAMP)
 	$(PY) -m services.keygen

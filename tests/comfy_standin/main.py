@@ -5,6 +5,7 @@ it unchanged (tests point COMFYUI_DIR here). It executes EmptyImage, LoadImage, 
 ImageScale, SaveImage and PreviewImage for real with Pillow, caches like ComfyUI (identical
 nodes of the last prompt are not run again), and offers knobs as extra node classes:
 
+  StandinNoise {width, height}         random pixels: a large, incompressible PNG output
   StandinSlow {image, seconds, steps}  sleeps in `steps` ticks, sending `progress` (interruptible)
   StandinFail {image, message}         raises -> execution_error
   StandinCrash {image}                 the process dies (os._exit)
@@ -109,6 +110,13 @@ NODES: dict[str, dict] = {
             "image": ["IMAGE"],
             "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0}],
             "steps": [INT, {"default": 4, "min": 1, "max": 10000}],
+        },
+        ["IMAGE"],
+    ),
+    "StandinNoise": spec(
+        {
+            "width": [INT, {"default": 512, "min": 1, "max": 16384}],
+            "height": [INT, {"default": 512, "min": 1, "max": 16384}],
         },
         ["IMAGE"],
     ),
@@ -540,6 +548,9 @@ class Server:
                     "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": nid}, None
                 )
             return [inputs["image"]], None
+        if kind == "StandinNoise":
+            size = (int(inputs["width"]), int(inputs["height"]))
+            return [[Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))]], None
         if kind == "StandinFail":
             raise NodeFailure(str(inputs.get("message", "standin failure")))
         if kind == "StandinCrash":
