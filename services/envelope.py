@@ -24,8 +24,17 @@ KEY_SIZE = PublicKey.SIZE
 _FIELDS = ("epk", "nonce", "ciphertext")
 
 
+B64_SLICE = 3 * 256 * 1024  # a multiple of 3: slices encode to the same text as the whole
+
+
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    """Standard base64, in slices: base64 holds the GIL, and between slices the gevent hub
+    (which shares it with the pool thread doing this) gets to run."""
+    if len(data) <= B64_SLICE:
+        return base64.b64encode(data).decode("ascii")
+    return "".join(
+        base64.b64encode(data[i : i + B64_SLICE]).decode("ascii") for i in range(0, len(data), B64_SLICE)
+    )
 
 
 def unb64(text: Any) -> bytes:

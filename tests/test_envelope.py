@@ -113,3 +113,12 @@ def test_client_passes_plaintext_errors_through():
     assert open_answer({"error": "invalid ciphertext: x"}, ephemeral, PUBLIC) == {
         "error": "invalid ciphertext: x"
     }
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, envelope.B64_SLICE - 1, envelope.B64_SLICE, envelope.B64_SLICE + 1, 3 * envelope.B64_SLICE + 2],
+)
+def test_sliced_base64_equals_plain_base64(size):
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    assert envelope.b64(data) == base64.b64encode(data).decode()

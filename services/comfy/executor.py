@@ -7,7 +7,6 @@ through /view -> delete the history entry, the inputs and the outputs.
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 import logging
@@ -22,7 +21,7 @@ from typing import Any
 
 import websocket
 
-from services import errors
+from services import envelope, errors
 from services.comfy.client import ComfyClient, ComfyUnreachable
 from services.config import Settings
 from services.job_request import JobRequest
@@ -294,7 +293,7 @@ class ComfyExecutor:
             "type": kind,
             "mime": mime,
             "size": len(data),
-            "data": offload(base64.b64encode, data, size=len(data)).decode("ascii"),
+            "data": offload(envelope.b64, data, size=len(data)),
         }
 
     # --- clean-up -----------------------------------------------------------------------------
