@@ -8,6 +8,7 @@ non-zero exit.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import signal
@@ -116,6 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     return supervise(settings, supervisord_environment(settings, environ))
 
 
+def reap_session(session: int) -> None:
+    """Kill what is left of supervisord's session: a supervisord that died abruptly (killed, or
+    its log pipe gone) leaves its programs running, and ComfyUI would keep its GPU memory."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:  # the session id, 6th field of /proc/<pid>/stat
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                print(f"[entrypoint] killed leftover process {entry}", file=sys.stderr, flush=True)
+
+
 def supervise(settings: config.Settings, env: dict[str, str]) -> int:
     """Run supervisord, pass the platform's signals on, and exit non-zero when the watchdog
     shut it down because a program went FATAL (supervisord itself would exit 0)."""
@@ -126,10 +144,13 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> int:
         f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
         flush=True,
     )
-    child = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", CONF], env=env)
+    # its own session: whatever it leaves behind can be found and ended (reap_session)
+    command = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
+    child = subprocess.Popen(command, env=env, start_new_session=True)
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, lambda received, _frame: child.send_signal(received))
     code = child.wait()
+    reap_session(child.pid)
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
             print(

@@ -114,7 +114,7 @@ class Stack:
         return self.proc.returncode
 
     def __enter__(self) -> Stack:
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

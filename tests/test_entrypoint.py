@@ -1,12 +1,14 @@
 """The entrypoint validates before anything starts, then supervisord runs the right programs."""
 
 import os
+import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
+from services import supervisor_state
 from tests.stack import ROOT, Stack, wait_until
 
 
@@ -88,3 +90,19 @@ def test_sigterm_stops_everything_within_10_s_with_exit_code_0():
     started = time.monotonic()
     code = stack.stop(timeout=10)
     assert code == 0 and time.monotonic() - started < 10
+
+
+def test_programs_do_not_outlive_a_supervisord_that_died_abruptly():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready()
+    try:
+        rpc = supervisor_state.rpc(stack.socket).supervisor
+        comfy, api = rpc.getProcessInfo("comfy")["pid"], rpc.getProcessInfo("api")["pid"]
+        os.kill(rpc.getPID(), signal.SIGKILL)
+        wait_until(
+            lambda: not os.path.exists(f"/proc/{comfy}") and not os.path.exists(f"/proc/{api}"),
+            15,
+            "the leftovers to end",
+        )
+        assert stack.proc.wait(timeout=15) != 0
+    finally:
+        stack.stop()
