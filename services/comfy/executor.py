@@ -16,6 +16,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,14 +270,7 @@ class ComfyExecutor:
             raise errors.Interrupted("ComfyUI interrupted the prompt")
 
     def _fetch_outputs(self, entry: dict) -> list[dict]:
-        outputs = []
-        for node_id, node_output in (entry.get("outputs") or {}).items():
-            if not isinstance(node_output, dict):
-                continue
-            for kind in OUTPUT_KINDS:
-                for item in node_output.get(kind) or []:
-                    outputs.append(self._fetch_one(node_id, kind, item))
-        return outputs
+        return [self._fetch_one(node_id, kind, item) for node_id, kind, item in _output_items(entry)]
 
     def _fetch_one(self, node_id: str, kind: str, item: Any) -> dict:
         if isinstance(item, dict) and "filename" in item:
@@ -370,14 +364,14 @@ def _outcome_from_history(entry: dict) -> _Outcome:
     return outcome
 
 
-def _files_of(entry: dict | None) -> list[dict]:
-    if not entry:
-        return []
-    files = []
-    for node_output in (entry.get("outputs") or {}).values():
+def _output_items(entry: dict | None) -> Iterator[tuple[str, str, Any]]:
+    """(node id, output kind, item) for every output a history entry or `executed` message lists."""
+    for node_id, node_output in ((entry or {}).get("outputs") or {}).items():
         if isinstance(node_output, dict):
             for kind in OUTPUT_KINDS:
-                files.extend(
-                    i for i in node_output.get(kind) or [] if isinstance(i, dict) and "filename" in i
-                )
-    return files
+                for item in node_output.get(kind) or []:
+                    yield node_id, kind, item
+
+
+def _files_of(entry: dict | None) -> list[dict]:
+    return [item for _, _, item in _output_items(entry) if isinstance(item, dict) and "filename" in item]

@@ -267,7 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {})
         elif action == "job-stop" and method == "GET":
             ids = q.stops(STOP_HOLD_S)
-            self._send(200, {"jobsToStop": ids}) if ids else self._send(204, None)
+            if ids:
+                self._send(200, {"jobsToStop": ids})
+            else:
+                self._send(204, None)
         elif action == "ping":
             self._send(200, {})
         else:
