@@ -15,7 +15,7 @@ RUN python -m venv /opt/venv \
 # --- the image ---------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
 # ComfyUI at a pinned commit (a hash, never a branch); COMFYUI_REF in services/config.py matches.
-ARG COMFYUI_REF=a125cd84b054
+ARG COMFYUI_REF=a125cd84b054a57729b5eecab930ca9408719832
 # Optional: custom nodes ("<github repo url> <commit>" per line) and models to bake in (a JSON
 # list of /download items, fetched and verified by the worker's own downloader).
 ARG CUSTOM_NODES=docker/custom_nodes.txt
@@ -23,27 +23,31 @@ ARG MODELS_MANIFEST=docker/models.json
 # root where the platform's volume needs it (RunPod mounts root-owned volumes); see docs/deploy.md
 ARG RUN_AS=worker
 
-ADD https://github.com/comfyanonymous/ComfyUI/archive/${COMFYUI_REF}.tar.gz /tmp/comfyui.tar.gz
-RUN mkdir -p /opt/ComfyUI \
- && tar -xzf /tmp/comfyui.tar.gz -C /opt/ComfyUI --strip-components=1 \
- && rm /tmp/comfyui.tar.gz \
- && python -m pip install --no-cache-dir -r /opt/ComfyUI/requirements.txt
+# ComfyUI's source: GitHub's tarball of the commit (it names the commit in its header), or a
+# tarball or git repository at a path inside the build context.
+ARG COMFYUI_SOURCE=https://github.com/Comfy-Org/ComfyUI/archive/${COMFYUI_REF}.tar.gz
+
+# ComfyUI and its own environment, by the same installer as `make run`, from the same lock
+WORKDIR /app
+COPY services/comfy/install.py services/comfy/install.py
+COPY comfyui-requirements.lock ./
+RUN PIP_NO_CACHE_DIR=1 python services/comfy/install.py install --source "${COMFYUI_SOURCE}" \
+      --ref "${COMFYUI_REF}" --comfyui-dir /opt/ComfyUI --venv /opt/comfyui-venv
 
 COPY --from=worker-venv /opt/venv /opt/venv
-WORKDIR /app
 COPY services/ services/
 COPY conf/ conf/
 COPY client/ client/
 COPY docker/ docker/
 COPY requirements.txt requirements.lock pyproject.toml README.md ./
 
-RUN /opt/venv/bin/python -m services.comfy.custom_nodes "${CUSTOM_NODES}" /opt/ComfyUI /opt/conda/bin/python
+RUN /opt/venv/bin/python -m services.comfy.custom_nodes "${CUSTOM_NODES}" /opt/ComfyUI /opt/comfyui-venv/bin/python
 
 ENV LAUNCH_MODE=serverless \
     API_PORT=8000 \
     COMFYUI_MODEL_DIR=/workspace/models \
     COMFYUI_DIR=/opt/ComfyUI \
-    COMFY_PYTHON=/opt/conda/bin/python \
+    COMFY_PYTHON=/opt/comfyui-venv/bin/python \
     COMFY_PORT=8188 \
     ENCRYPTION_REQUIRED=1 \
     DRY_RUN=0 \

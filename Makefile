@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test smoke lint bench keygen venv clean
+.PHONY: run test test-real comfyui comfyui-lock smoke lint bench keygen venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,23 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+
+# The real-ComfyUI tier: COMFYUI_DIR + COMFY_PYTHON when set, else .comfyui/ (make comfyui).
+test-real: $(STAMP)
+	@$(PY) -c "from tests.stack import real_backend; real_backend()" || exit 1
+	$(PY) -m pytest -m real
+
+# ComfyUI at COMFYUI_REF into .comfyui/ with its locked environment (what `make run` does first).
+COMFYUI_REF    ?= a125cd84b054a57729b5eecab930ca9408719832
+COMFYUI_SOURCE ?= https://github.com/Comfy-Org/ComfyUI.git
+comfyui:
+	$(PYTHON) services/comfy/install.py install --source "$(COMFYUI_SOURCE)" --ref "$(COMFYUI_REF)" \
+	    --comfyui-dir .comfyui/ComfyUI --venv .comfyui/venv
+
+# When COMFYUI_REF moves: resolve ComfyUI's requirements at the new commit into the lock.
+COMFY_TORCH ?= --pin torch==2.14.1 --pin torchvision==0.29.1 --skip torchaudio
+comfyui-lock:
+	$(PYTHON) services/comfy/install.py lock --source "$(COMFYUI_SOURCE)" --ref "$(COMFYUI_REF)" $(COMFY_TORCH)
 
 smoke: $(STAMP)
 	$(PY) -m tests.smoke

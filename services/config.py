@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
 MODES = ("api", "serverless")
+_HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
 
@@ -58,11 +59,11 @@ class Settings:
     civitai_token: str | None = None
     allow_private_downloads: bool = False
     local_endpoint_id: str = "LOCAL"
-    comfyui_repo: str = "https://github.com/comfyanonymous/ComfyUI.git"
-    comfyui_ref: str = "a125cd84b054"  # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from
-    comfyui_install_dir: str = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".comfyui"
-    )
+    comfyui_source: str = "https://github.com/Comfy-Org/ComfyUI.git"
+    # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from and comfyui-requirements.lock is made for
+    comfyui_ref: str = "a125cd84b054a57729b5eecab930ca9408719832"
+    comfyui_lock: str = os.path.join(_HOME, "comfyui-requirements.lock")
+    comfyui_install_dir: str = os.path.join(_HOME, ".comfyui")
     runpod_job_url: str | None = None
     runpod_worker_key: str | None = None
 
@@ -220,9 +221,10 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "CIVITAI_TOKEN": ("civitai_token", _optional),
     "ALLOW_PRIVATE_DOWNLOADS": ("allow_private_downloads", _bool),
     "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
-    "COMFYUI_REPO": ("comfyui_repo", _text),
+    "COMFYUI_SOURCE": ("comfyui_source", _text),
     "COMFYUI_REF": ("comfyui_ref", _commit),
     "COMFYUI_INSTALL_DIR": ("comfyui_install_dir", _path),
+    "COMFYUI_LOCK": ("comfyui_lock", _path),
     "RUNPOD_WEBHOOK_GET_JOB": ("runpod_job_url", _optional),
     "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
 }

@@ -16,7 +16,7 @@ import subprocess
 import sys
 
 from services import config, envelope
-from services.comfy import install
+from services.comfy import install, launch
 from services.watchdog import FATAL_MARKER
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,8 +84,13 @@ def ensure_dev_comfyui(settings: config.Settings, environ: dict[str, str]) -> di
         or os.path.isfile(os.path.join(settings.comfyui_dir, "main.py"))
     ):
         return environ
-    comfy_dir, python = install.ensure(
-        settings.comfyui_install_dir, settings.comfyui_repo, settings.comfyui_ref
+    comfy_dir = os.path.join(settings.comfyui_install_dir, "ComfyUI")
+    python = install.ensure(
+        settings.comfyui_source,
+        settings.comfyui_ref,
+        comfy_dir,
+        os.path.join(settings.comfyui_install_dir, "venv"),
+        settings.comfyui_lock,
     )
     return {**environ, "COMFYUI_DIR": comfy_dir, "COMFY_PYTHON": environ.get("COMFY_PYTHON", python)}
 
@@ -153,13 +158,28 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> int:
     reap_session(child.pid)
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
-            print(
-                f"[entrypoint] exiting 1: program {handle.read()} failed for good",
-                file=sys.stderr,
-                flush=True,
-            )
+            program = handle.read()
+        print(last_words(settings, program), file=sys.stderr, flush=True)
         return 1
     return code
+
+
+def last_words(settings: config.Settings, program: str) -> str:
+    """Why the container stops: for a ComfyUI that never came up, the last lines it printed
+    (boot output only: the launcher drops them once ComfyUI answers)."""
+    words = f"[entrypoint] exiting 1: program {program} failed for good"
+    if program != "comfy":
+        return words
+    try:
+        with open(
+            os.path.join(settings.run_dir, launch.BOOT_TAIL), encoding="utf-8", errors="replace"
+        ) as handle:
+            tail = handle.read().rstrip().splitlines()
+    except OSError:
+        return words
+    return "\n".join(
+        [f"{words}; the last lines ComfyUI printed:", *(f"[entrypoint]   {line}" for line in tail)]
+    )
 
 
 if __name__ == "__main__":

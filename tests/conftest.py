@@ -2,7 +2,7 @@ import signal
 
 import pytest
 
-from tests.stack import Stack
+from tests.stack import STANDIN, Backend, Stack, real_backend
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -17,3 +17,15 @@ def stop_every_stack():
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="session", params=[STANDIN.name, pytest.param("real", marks=pytest.mark.real)])
+def backend(request) -> Backend:
+    """Tests that take `backend` run against the stand-in in make test and the real ComfyUI in
+    make test-real."""
+    if request.param == STANDIN.name:
+        return STANDIN
+    try:
+        return real_backend()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import requests
@@ -24,6 +25,37 @@ from services import envelope, supervisor_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN_DIR = os.path.join(ROOT, "tests", "comfy_standin")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """What answers as ComfyUI: the stand-in (make test) or the real one (make test-real)."""
+
+    name: str
+    comfyui_dir: str
+    python: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"COMFYUI_DIR": self.comfyui_dir, "COMFY_PYTHON": self.python}
+
+
+STANDIN = Backend("standin", STANDIN_DIR, sys.executable)
+
+
+def real_backend() -> Backend:
+    """The unmodified ComfyUI: COMFYUI_DIR and COMFY_PYTHON when set, else the checkout's own
+    .comfyui/ (what `make run` or `make comfyui` installs). Missing is a failure, never a skip."""
+    install = os.path.join(ROOT, ".comfyui")
+    comfyui_dir = os.environ.get("COMFYUI_DIR") or os.path.join(install, "ComfyUI")
+    python = os.environ.get("COMFY_PYTHON") or os.path.join(install, "venv", "bin", "python")
+    if not (os.path.isfile(os.path.join(comfyui_dir, "main.py")) and os.access(python, os.X_OK)):
+        raise RuntimeError(
+            f"no ComfyUI for the real tier: {comfyui_dir}/main.py or {python} is missing. Install it with "
+            "`make comfyui` (COMFYUI_SOURCE=<git URL, tarball or repository> if upstream is out of reach), "
+            "or set COMFYUI_DIR and COMFY_PYTHON to an existing ComfyUI and its Python"
+        )
+    return Backend("real", comfyui_dir, python)
 
 
 def free_port() -> int:
@@ -46,7 +78,9 @@ class Stack:
 
     running: ClassVar[set[Stack]] = set()  # stopped at the end of the session whatever happened
 
-    def __init__(self, mode: str, env: dict[str, str] | None = None, key: bool = True) -> None:
+    def __init__(
+        self, mode: str, env: dict[str, str] | None = None, key: bool = True, backend: Backend = STANDIN
+    ) -> None:
         self.mode = mode
         self.run_dir = tempfile.mkdtemp(prefix="cw-")
         self.port = free_port()
@@ -59,7 +93,7 @@ class Stack:
             "API_PORT": str(self.port),
             "COMFY_PORT": str(self.comfy_port),
             "RUN_DIR": self.run_dir,
-            "COMFYUI_DIR": STANDIN_DIR,
+            **backend.env,
             "COMFYUI_MODEL_DIR": os.path.join(self.run_dir, "models"),
             "DRY_RUN": "1",
         }

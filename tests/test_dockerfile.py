@@ -68,7 +68,7 @@ def test_env_defaults_equal_the_configuration_defaults():
     differing = {f.name for f in fields(defaults) if getattr(image, f.name) != getattr(defaults, f.name)}
     # the image's own interpreter for ComfyUI, and the key given above
     assert differing == {"comfy_python", "private_key_b64"}
-    assert env["COMFY_PYTHON"] == "/opt/conda/bin/python"
+    assert env["COMFY_PYTHON"] == "/opt/comfyui-venv/bin/python"
 
 
 def test_comfyui_is_pinned_to_the_configured_commit():

@@ -2,7 +2,8 @@
 
 Each line is `<GitHub repository URL> <commit hash>`; the commit's tarball is fetched (no git
 in the image), unpacked into ComfyUI/custom_nodes/<repo>, and its requirements installed with
-ComfyUI's Python. Branch names are refused: a rebuild must give the same image.
+ComfyUI's Python under comfyui-requirements.lock as constraints (a node cannot move torch).
+Branch names are refused: a rebuild must give the same image.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import subprocess
 import sys
 import tarfile
 import urllib.request
+
+from services.comfy import install as comfy_install
 
 _LINE = re.compile(r"^https://github\.com/([\w.-]+)/([\w.-]+?)(?:\.git)?/?\s+([0-9a-fA-F]{7,40})$")
 
@@ -49,7 +52,10 @@ def install(owner: str, repo: str, commit: str, comfy_dir: str, python: str) -> 
                 archive.extract(member, target, filter="data")
     requirements = os.path.join(target, "requirements.txt")
     if os.path.exists(requirements):
-        subprocess.run([python, "-m", "pip", "install", "--no-cache-dir", "-r", requirements], check=True)
+        subprocess.run(
+            [python, "-m", "pip", "install", "--no-cache-dir", "-r", requirements, "-c", comfy_install.LOCK],
+            check=True,
+        )
 
 
 def main(argv: list[str]) -> int:

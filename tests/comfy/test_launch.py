@@ -5,7 +5,7 @@ import yaml
 
 from services import config, model_folders
 from services.comfy import launch
-from tests.stack import Stack
+from tests.stack import Stack, wait_until
 from tests.workflows import empty_image
 
 
@@ -61,7 +61,7 @@ def test_yaml_quotes_odd_paths(tmp_path):
     assert yaml.safe_load(text)["worker_models"]["base_path"] == "/data/it's models"
 
 
-def test_log_silent_silences_comfy_and_the_access_log():
+def test_log_silent_shows_comfy_boot_and_silences_its_jobs_and_the_access_log():
     stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "LOG_SILENT": "1"}).start(
         wait_for=("api", "comfy")
     )
@@ -71,10 +71,41 @@ def test_log_silent_silences_comfy_and_the_access_log():
             requests.post(stack.url + "/run", json={"workflow": empty_image(8, 8, 3)}, timeout=60).status_code
             == 200
         )
-        assert "[comfy] starting ComfyUI" in stack.log  # lifecycle lines stay
-        assert (
-            "[standin]" not in stack.log and "To see the GUI" not in stack.log
-        )  # ComfyUI's own output does not
-        assert "POST /run" not in stack.log
+        log = stack.log
+        assert "[comfy] starting ComfyUI" in log  # lifecycle lines stay
+        assert "[standin] ComfyUI stand-in" in log and "To see the GUI" in log  # its boot is shown
+        assert "its own output is not logged from now on" in log
+        assert "got prompt" not in log and "Prompt executed" not in log  # its job lines are not
+        assert "POST /run" not in log
+    finally:
+        stack.stop()
+
+
+def test_comfy_output_shown_passes_its_job_lines_through():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}, key=False).ready()
+    try:
+        response = requests.post(stack.url + "/run", json={"workflow": empty_image(8, 8, 4)}, timeout=60)
+        assert response.status_code == 200
+        wait_until(lambda: "Prompt executed in" in stack.log, 5, "ComfyUI's job lines")
+        assert "not logged from now on" not in stack.log
+    finally:
+        stack.stop()
+
+
+def test_a_comfy_that_dies_at_boot_is_named_in_the_containers_last_words(tmp_path):
+    """With a worker key ComfyUI's output is private after boot; an import error at boot is shown
+    as it happens and again when the container gives up."""
+    broken = tmp_path / "ComfyUI"
+    broken.mkdir()
+    (broken / "main.py").write_text("print('booting', flush=True)\nimport no_such_module_xyz\n")
+    stack = Stack("api", {"DRY_RUN": "0", "COMFYUI_DIR": str(broken)})
+    stack.start()
+    try:
+        assert stack.proc.wait(timeout=60) == 1
+        log = stack.log
+        assert log.count("ModuleNotFoundError: No module named 'no_such_module_xyz'") >= 2
+        words = log[log.index("[entrypoint] exiting 1: program comfy failed for good") :]
+        assert "the last lines ComfyUI printed" in words
+        assert "No module named 'no_such_module_xyz'" in words and "booting" in words
     finally:
         stack.stop()

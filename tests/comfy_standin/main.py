@@ -232,7 +232,11 @@ class Server:
         for output in outputs:
             errors: dict[str, list] = {}
             self._validate_node(prompt, output, errors, set())
-            if errors:
+            if errors:  # ComfyUI logs these, input values included
+                print(f"Failed to validate prompt for output {output}:", flush=True)
+                for errs in errors.values():
+                    for err in errs:
+                        print(f"  - {err['message']}: {err['details']}", flush=True)
                 for nid, errs in errors.items():
                     entry = node_errors.setdefault(
                         nid,
@@ -382,6 +386,7 @@ class Server:
 
     def execute(self, item: tuple) -> None:
         number, prompt_id, prompt, extra, outputs = item
+        started = time.perf_counter()
         sid = extra.get("client_id")
         now = lambda: int(time.time() * 1000)  # noqa: E731
         messages: list = []
@@ -458,6 +463,7 @@ class Server:
             )
         self.cache = new_cache
         self.refuse_sockets_until = 0.0
+        print(f"Prompt executed in {time.perf_counter() - started:.2f} seconds", flush=True)
         self.history[prompt_id] = {
             "prompt": [number, prompt_id, prompt, extra, outputs],
             "outputs": ui_outputs,
@@ -607,6 +613,7 @@ class Server:
 
     # --- HTTP routes ---------------------------------------------------------------------------
     async def post_prompt(self, request: web.Request) -> web.Response:
+        print("got prompt", flush=True)
         try:
             body = await request.json()
         except Exception:

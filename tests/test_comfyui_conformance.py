@@ -1,10 +1,12 @@
-"""The ComfyUI stand-in answers like the real ComfyUI: compared with ../shared/comfyui/captures."""
+"""The stand-in answers like the real ComfyUI: both backends are held to the captures in
+../shared/comfyui/captures, so a difference between them is a failing test (make test runs the
+stand-in, make test-real the real ComfyUI)."""
 
 import base64
 import json
 import os
+import signal
 import subprocess
-import sys
 import tempfile
 import uuid
 
@@ -13,11 +15,11 @@ import requests
 import websocket
 
 from services import model_folders
-from tests.stack import ROOT, STANDIN_DIR, free_port, wait_until
+from tests.stack import ROOT, free_port, wait_until
 from tests.workflows import png_b64
 
 CAPTURES = os.path.join(os.path.dirname(ROOT), "shared", "comfyui", "captures")
-# Cases that need real model files (CheckpointLoaderSimple lists the model volume): not modelled.
+# needs a model file named in the capture (dummy.safetensors) in the checkpoints folder
 MODEL_CASES = {"checkpoint_not_found"}
 
 
@@ -26,20 +28,40 @@ def capture(name):
         return json.load(handle)
 
 
-@pytest.fixture(scope="module")
-def standin():
-    folder = tempfile.mkdtemp(prefix="standin-")
+def start_comfy(backend, folder, *extra):
+    """ComfyUI (or the stand-in) on its own port and folders, as the launcher would start it."""
     port = free_port()
-    args = [sys.executable, os.path.join(STANDIN_DIR, "main.py"), "--port", str(port), "--disable-metadata"]
-    for kind in ("input", "output", "temp"):
+    args = [backend.python, "-u", os.path.join(backend.comfyui_dir, "main.py"), "--port", str(port)]
+    args += ["--cpu", "--disable-metadata", "--disable-auto-launch", *extra]
+    for kind in ("input", "output", "temp"):  # made beforehand, as the launcher does
+        os.makedirs(os.path.join(folder, kind), exist_ok=True)
         args += [f"--{kind}-directory", os.path.join(folder, kind)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = open(os.path.join(folder, "comfy.log"), "wb")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(args, cwd=backend.comfyui_dir, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: proc.poll() is None and _answers(url), 90, f"{backend.name} ComfyUI at {url}")
+    except TimeoutError:
+        stop_comfy(proc)
+        raise
+    return proc, url
 
-    wait_until(lambda: _answers(url), 20, "the stand-in")
+
+def stop_comfy(proc):
+    proc.send_signal(signal.SIGINT)  # ComfyUI's clean stop
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def comfy(backend):
+    folder = tempfile.mkdtemp(prefix="comfy-")
+    proc, url = start_comfy(backend, folder)
     yield url
-    proc.terminate()
-    proc.wait(10)
+    stop_comfy(proc)
 
 
 def error_view(body):
@@ -62,17 +84,17 @@ ERRORS = capture("errors.json")
 
 
 @pytest.mark.parametrize("case", sorted(set(ERRORS) - MODEL_CASES))
-def test_prompt_errors_match_the_captures(standin, case):
+def test_prompt_errors_match_the_captures(comfy, case):
     recorded = ERRORS[case]
     request, expected = recorded["request"], recorded["response"]
     if "json" in request:
         response = requests.request(
-            request["method"], standin + request["path"], json=request["json"], timeout=10
+            request["method"], comfy + request["path"], json=request["json"], timeout=10
         )
     elif case == "malformed_json_body":
-        response = requests.post(standin + "/prompt", data=b"{not json", timeout=10)
+        response = requests.post(comfy + "/prompt", data=b"{not json", timeout=10)
     else:
-        response = requests.request(request["method"], standin + request["path"], data=b"", timeout=10)
+        response = requests.request(request["method"], comfy + request["path"], data=b"", timeout=10)
     assert response.status_code == expected["status"]
     if expected["content_type"].startswith("application/json"):
         body = response.json()
@@ -108,10 +130,10 @@ def run_with_socket(url, prompt):
     return response, received
 
 
-def test_message_order_of_a_run_matches_the_capture(standin):
+def test_message_order_of_a_run_matches_the_capture(comfy):
     recorded = capture("ws_messages.json")
     prompt = recorded["prompt_post"]["request"]["json"]["prompt"]
-    response, received = run_with_socket(standin, prompt)
+    response, received = run_with_socket(comfy, prompt)
     assert set(response) == {"prompt_id", "number", "node_errors"}
     assert [m["type"] for m in received] == message_types(recorded["messages"])
     assert received[0]["data"]["sid"]
@@ -122,11 +144,11 @@ def test_message_order_of_a_run_matches_the_capture(standin):
     )
 
 
-def test_cached_rerun_matches_the_capture(standin):
+def test_cached_rerun_matches_the_capture(comfy):
     recorded = capture("ws_messages_cached.json")["runs"]
     prompt = recorded[0]["prompt_post"]["request"]["json"]["prompt"]
-    _, first = run_with_socket(standin, prompt)
-    _, again = run_with_socket(standin, prompt)
+    _, first = run_with_socket(comfy, prompt)
+    _, again = run_with_socket(comfy, prompt)
     assert [m["type"] for m in again[1:]] == message_types(
         recorded[1]["messages"]
     )  # [0]: our new socket's status
@@ -136,10 +158,10 @@ def test_cached_rerun_matches_the_capture(standin):
     assert next(m for m in again if m["type"] == "executed")["data"]["output"] == first_file
 
 
-def test_runtime_error_matches_the_capture(standin):
+def test_runtime_error_matches_the_capture(comfy):
     recorded = capture("runtime_error.json")
     prompt = recorded["prompt_post"]["request"]["json"]["prompt"]
-    response, received = run_with_socket(standin, prompt)
+    response, received = run_with_socket(comfy, prompt)
     expected = [t for t in message_types(recorded["messages"])]
     assert [m["type"] for m in received] == expected
     error = next(m for m in received if m["type"] == "execution_error")["data"]
@@ -148,9 +170,7 @@ def test_runtime_error_matches_the_capture(standin):
     )
     assert set(error) == set(recorded_error)
     assert "outside the output folder is not allowed" in error["exception_message"]
-    entry = requests.get(standin + f"/history/{response['prompt_id']}", timeout=5).json()[
-        response["prompt_id"]
-    ]
+    entry = requests.get(comfy + f"/history/{response['prompt_id']}", timeout=5).json()[response["prompt_id"]]
     assert (
         entry["outputs"] == {}
         and entry["status"]["status_str"] == "error"
@@ -158,31 +178,29 @@ def test_runtime_error_matches_the_capture(standin):
     )
 
 
-def test_history_entry_has_the_captured_shape(standin):
+def test_history_entry_has_the_captured_shape(comfy):
     recorded = capture("history_ok.json")
     body = next(iter(recorded["response"]["body"].values()))
     response, _ = run_with_socket(
-        standin, recorded["response"]["body"][next(iter(recorded["response"]["body"]))]["prompt"][2]
+        comfy, recorded["response"]["body"][next(iter(recorded["response"]["body"]))]["prompt"][2]
     )
-    entry = requests.get(standin + f"/history/{response['prompt_id']}", timeout=5).json()[
-        response["prompt_id"]
-    ]
+    entry = requests.get(comfy + f"/history/{response['prompt_id']}", timeout=5).json()[response["prompt_id"]]
     assert set(entry) == set(body)
     assert entry["prompt"][1] == response["prompt_id"] and entry["prompt"][4] == body["prompt"][4]
     assert [m[0] for m in entry["status"]["messages"]] == [m[0] for m in body["status"]["messages"]]
-    assert requests.get(standin + "/history/not-a-prompt", timeout=5).json() == {}
+    assert requests.get(comfy + "/history/not-a-prompt", timeout=5).json() == {}
 
 
-def test_view_and_upload_semantics(standin):
+def test_view_and_upload_semantics(comfy):
     assert (
         requests.get(
-            standin + "/view", params={"filename": "nope.png", "type": "output"}, timeout=5
+            comfy + "/view", params={"filename": "nope.png", "type": "output"}, timeout=5
         ).status_code
         == 404
     )
     assert (
         requests.get(
-            standin + "/view", params={"filename": "../x.png", "type": "output"}, timeout=5
+            comfy + "/view", params={"filename": "../x.png", "type": "output"}, timeout=5
         ).status_code
         == 400
     )
@@ -190,7 +208,7 @@ def test_view_and_upload_semantics(standin):
 
     def upload(payload, form):
         return requests.post(
-            standin + "/upload/image", files={"image": ("capture_red.png", payload)}, data=form, timeout=5
+            comfy + "/upload/image", files={"image": ("capture_red.png", payload)}, data=form, timeout=5
         )
 
     assert upload(data, {"overwrite": "true", "subfolder": "uploads", "type": "input"}).json() == {
@@ -201,25 +219,25 @@ def test_view_and_upload_semantics(standin):
     assert upload(data, {"subfolder": "uploads"}).json()["name"] == "capture_red.png"
     assert upload(data + b"x", {"subfolder": "uploads"}).json()["name"] == "capture_red (1).png"
     assert upload(data, {"subfolder": "../../etc"}).status_code == 400
-    assert requests.post(standin + "/upload/image", data={"subfolder": "x"}, timeout=5).status_code == 400
+    assert requests.post(comfy + "/upload/image", data={"subfolder": "x"}, timeout=5).status_code == 400
     view = requests.get(
-        standin + "/view",
+        comfy + "/view",
         params={"filename": "capture_red.png", "subfolder": "uploads", "type": "input"},
         timeout=5,
     )
     assert view.status_code == 200 and view.content == data
 
 
-def test_origin_mismatch_is_refused(standin):
-    response = requests.get(standin + "/system_stats", headers={"Origin": "http://evil.example"}, timeout=5)
+def test_origin_mismatch_is_refused(comfy):
+    response = requests.get(comfy + "/system_stats", headers={"Origin": "http://evil.example"}, timeout=5)
     assert response.status_code == 403 and response.content == b""
 
 
-def test_every_route_is_also_under_api(standin):
-    assert requests.get(standin + "/api/system_stats", timeout=5).json()["system"]["comfyui_version"]
+def test_every_route_is_also_under_api(comfy):
+    assert requests.get(comfy + "/api/system_stats", timeout=5).json()["system"]["comfyui_version"]
 
 
-def test_model_folders_follow_the_extra_model_paths_yaml(tmp_path):
+def test_model_folders_follow_the_extra_model_paths_yaml(backend, tmp_path):
     models = tmp_path / "models"
     for relative in (
         "clip/legacy.safetensors",
@@ -231,28 +249,8 @@ def test_model_folders_follow_the_extra_model_paths_yaml(tmp_path):
         (models / relative).write_bytes(b"x")
     config = tmp_path / "extra_model_paths.yaml"
     config.write_text(model_folders.extra_model_paths_yaml(str(models)))
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            os.path.join(STANDIN_DIR, "main.py"),
-            "--port",
-            str(port),
-            "--extra-model-paths-config",
-            str(config),
-            "--output-directory",
-            str(tmp_path / "out"),
-            "--input-directory",
-            str(tmp_path / "in"),
-            "--temp-directory",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
+    proc, url = start_comfy(backend, str(tmp_path), "--extra-model-paths-config", str(config))
     try:
-        wait_until(lambda: _answers(url), 20, "the stand-in")
         recorded = capture("models_extra_paths.json")
         assert requests.get(url + "/models", timeout=5).json()[:20] == recorded["models"]["response"]["body"]
         assert requests.get(url + "/models/text_encoders", timeout=5).json() == [
@@ -263,8 +261,7 @@ def test_model_folders_follow_the_extra_model_paths_yaml(tmp_path):
         for folder in ("clip", "unet", "not_a_folder"):
             assert requests.get(url + f"/models/{folder}", timeout=5).status_code == 404
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_comfy(proc)
 
 
 def _answers(url):

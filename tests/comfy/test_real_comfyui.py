@@ -1,0 +1,276 @@
+"""The worker against the unmodified ComfyUI (make test-real), through the real supervisord stack
+in both launch modes: encrypted jobs checked by their pixels, ComfyUI's own error words, a real
+model fetched, listed, loaded and run, timeout, cancel and a killed ComfyUI. After every job
+nothing of it is left in ComfyUI's history or its input, output and temp folders."""
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+import requests
+
+from client.envelope_client import open_answer, seal_request
+from services import supervisor_state
+from tests.file_server import FileServer
+from tests.stack import Stack, real_backend, wait_until
+from tests.workflows import decode_png, empty_image, invert_upload, png_b64
+
+pytestmark = pytest.mark.real
+
+API_KEY = "real-tier-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# A real upscaler with random weights (REAL.md): spandrel's Compact, 2x, about 10 KB.
+MAKE_UPSCALER = """
+import sys
+from safetensors.torch import save
+from spandrel.architectures.Compact import Compact
+model = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+sys.stdout.buffer.write(save({k: v.contiguous() for k, v in model.state_dict().items()}))
+"""
+
+
+def slow_workflow(steps: int = 6) -> dict:
+    """Seconds of lanczos scaling on this CPU, one node after another (interruptible between them)."""
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 7},
+        }
+    }
+    for n in range(2, steps + 2):
+        size = 3072 if n % 2 else 2048
+        workflow[str(n)] = {
+            "class_type": "ImageScale",
+            "inputs": {
+                "image": [str(n - 1), 0],
+                "upscale_method": "lanczos",
+                "width": size,
+                "height": size,
+                "crop": "disabled",
+            },
+        }
+    last = str(steps + 1)
+    workflow["90"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": [last, 0],
+            "upscale_method": "nearest-exact",
+            "width": 64,
+            "height": 64,
+            "crop": "disabled",
+        },
+    }
+    workflow["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "slow"}}
+    return workflow
+
+
+@pytest.fixture(scope="module")
+def upscaler():
+    backend = real_backend()
+    made = subprocess.run([backend.python, "-c", MAKE_UPSCALER], capture_output=True, check=True, timeout=120)
+    return made.stdout
+
+
+@pytest.fixture(scope="module", params=["api", "serverless"])
+def stack(request):
+    env = {"DRY_RUN": "0", "API_KEY": API_KEY, "JOB_TIMEOUT_S": "120", "ALLOW_PRIVATE_DOWNLOADS": "1"}
+    stack = Stack(request.param, env, backend=real_backend()).ready()
+    yield stack
+    stack.stop()
+
+
+# --- a client of either mode -------------------------------------------------------------------
+def start(stack, payload):
+    """Submit an encrypted job without waiting; returns (job id, the key to open its answer)."""
+    request, ephemeral = seal_request(payload, stack.public_key)
+    if stack.mode == "api":
+        response = requests.post(
+            stack.url + "/run", params={"async": "1"}, json=request, headers=AUTH, timeout=30
+        )
+        assert response.status_code == 202, response.text
+    else:
+        response = requests.post(
+            stack.url + "/v2/LOCAL/run", json={"input": request}, headers=AUTH, timeout=30
+        )
+        assert response.status_code == 200, response.text
+    return response.json()["id"], ephemeral
+
+
+def outcome(stack, job_id, ephemeral, timeout=180):
+    """Wait for the job's end; returns (final state, the opened answer)."""
+    final = {"completed", "failed", "cancelled", "COMPLETED", "FAILED", "CANCELLED"}
+    path = f"/jobs/{job_id}" if stack.mode == "api" else f"/v2/LOCAL/status/{job_id}"
+    seen = {}
+
+    def ended():
+        seen.update(requests.get(stack.url + path, headers=AUTH, timeout=10).json())
+        return seen.get("state", seen.get("status")) in final
+
+    wait_until(ended, timeout, f"job {job_id} to end")
+    state = seen.get("state", seen.get("status"))
+    sealed = seen.get("result") if stack.mode == "api" else seen.get("output")
+    return state, open_answer(sealed, ephemeral, stack.public_key) if sealed else {"error": seen.get("error")}
+
+
+def run(stack, payload):
+    return outcome(stack, *start(stack, payload))[1]
+
+
+def comfy(stack, path, **kwargs):
+    return requests.request(
+        kwargs.pop("method", "GET"), f"http://127.0.0.1:{stack.comfy_port}{path}", timeout=10, **kwargs
+    )
+
+
+def assert_nothing_left(stack):
+    assert comfy(stack, "/history").json() == {}
+    root = os.path.join(stack.run_dir, "comfy")
+    assert [os.path.join(d, f) for d, _, files in os.walk(root) for f in files] == []
+
+
+def wait_idle(stack):
+    idle = {"queue_running": [], "queue_pending": []}
+    wait_until(lambda: comfy(stack, "/queue").json() == idle, 30, "ComfyUI's queue to empty")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+def test_encrypted_empty_image_returns_the_png(stack):
+    result = run(stack, {"workflow": empty_image(64, 48, 0x00FF00)})
+    assert result["status"] == "ok", result
+    [output] = result["outputs"]
+    image = decode_png(output)
+    assert image.size == (64, 48) and image.convert("RGB").getpixel((10, 10)) == (0, 255, 0)
+    assert "prompt" not in image.info and "workflow" not in image.info  # --disable-metadata
+    assert result["history"]["status"]["status_str"] == "success"
+    assert_nothing_left(stack)
+
+
+def test_encrypted_upload_is_loaded_inverted_and_returned(stack):
+    payload = {
+        "workflow": invert_upload("red.png"),
+        "images": [{"name": "red.png", "image": png_b64(32, 24)}],
+    }
+    result = run(stack, payload)
+    image = decode_png(result["outputs"][0])
+    assert image.size == (32, 24) and image.convert("RGB").getpixel((0, 0)) == (0, 255, 255)
+    assert_nothing_left(stack)
+
+
+def test_a_cached_rerun_returns_a_fresh_file(stack):
+    workflow = empty_image(30, 30, 0x123456, prefix="cached")
+    first, second = run(stack, {"workflow": workflow}), run(stack, {"workflow": workflow})
+    assert len(first["outputs"]) == len(second["outputs"]) == 1
+    assert decode_png(second["outputs"][0]).convert("RGB").getpixel((1, 1)) == (0x12, 0x34, 0x56)
+    assert second["outputs"][0]["data"] == first["outputs"][0]["data"]
+    assert_nothing_left(stack)
+
+
+def test_validation_error_in_comfyuis_words(stack):
+    workflow = empty_image()
+    del workflow["1"]["inputs"]["color"]
+    workflow["3"] = {
+        "class_type": "ImageScale",
+        "inputs": {"image": ["1", 0], "upscale_method": "magic", "width": 8, "height": 8, "crop": "disabled"},
+    }
+    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    error = run(stack, {"workflow": workflow})["error"]
+    assert error.startswith("workflow_validation_failed: ")
+    assert "node 1 (EmptyImage): Required input is missing: color" in error
+    assert "node 3 (ImageScale): Value not in list: upscale_method: 'magic' not in [" in error
+    assert_nothing_left(stack)
+
+
+def test_runtime_error_in_comfyuis_words(stack):
+    checkpoints = os.path.join(stack.run_dir, "models", "checkpoints")
+    header = b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
+    with open(os.path.join(checkpoints, "dummy.safetensors"), "wb") as handle:  # valid file, no model
+        handle.write(len(header).to_bytes(8, "little") + header + bytes(4))
+    workflow = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "dummy.safetensors"}},
+        "2": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "3": {"class_type": "VAEDecode", "inputs": {"samples": ["2", 0], "vae": ["1", 2]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
+    }
+    error = run(stack, {"workflow": workflow})["error"]
+    assert error.startswith(
+        "execution_failed: node 1 (CheckpointLoaderSimple): ERROR: Could not detect model type"
+    )
+    assert_nothing_left(stack)
+
+
+def test_a_real_model_is_fetched_listed_loaded_and_run(stack, upscaler):
+    models = os.path.join(stack.run_dir, "models")
+    if stack.mode == "api":
+        server = FileServer()
+        server.files = {"tiny2x.safetensors": upscaler}
+        try:
+            item = {"type": "upscale_models", "url": f"{server.url}/file/tiny2x.safetensors"}
+            response = requests.post(
+                stack.url + "/download", json={"items": [item], "wait": True}, headers=AUTH, timeout=60
+            )
+        finally:
+            server.stop()
+        assert response.status_code == 200, response.text
+        listed = requests.get(
+            stack.url + "/models/ls", params={"type": "upscale_models"}, headers=AUTH, timeout=10
+        )
+        assert [m["name"] for m in listed.json()["models"]["upscale_models"]] == ["tiny2x.safetensors"]
+    else:  # serverless has no /download: the model is on the volume
+        with open(os.path.join(models, "upscale_models", "tiny2x.safetensors"), "wb") as handle:
+            handle.write(upscaler)
+    assert "tiny2x.safetensors" in comfy(stack, "/models/upscale_models").json()
+    workflow = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+        "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": "tiny2x.safetensors"}},
+        "3": {
+            "class_type": "ImageUpscaleWithModel",
+            "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
+        },
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "up"}},
+    }
+    payload = {"workflow": workflow, "images": [{"name": "small.png", "image": png_b64(24, 16)}]}
+    result = run(stack, payload)
+    assert result["status"] == "ok", result
+    assert decode_png(result["outputs"][0]).size == (48, 32)
+    assert_nothing_left(stack)
+
+
+def test_timeout_interrupts_a_long_prompt_and_the_next_job_runs(stack):
+    started = time.monotonic()
+    result = run(stack, {"workflow": slow_workflow(), "timeout_s": 1})
+    assert result["error"].startswith("timeout"), result
+    assert time.monotonic() - started < 30
+    wait_idle(stack)
+    assert run(stack, {"workflow": empty_image(9, 9)})["status"] == "ok"
+    assert_nothing_left(stack)
+
+
+def test_cancel_interrupts_a_long_prompt_and_the_next_job_runs(stack):
+    job_id, ephemeral = start(stack, {"workflow": slow_workflow(8)})
+    wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the prompt to run")
+    if stack.mode == "api":
+        cancelled = requests.post(stack.url + f"/jobs/{job_id}/cancel", headers=AUTH, timeout=10)
+    else:
+        cancelled = requests.post(stack.url + f"/v2/LOCAL/cancel/{job_id}", headers=AUTH, timeout=10)
+    assert cancelled.status_code == 200
+    state, _ = outcome(stack, job_id, ephemeral)
+    assert state.lower() == "cancelled"
+    wait_idle(stack)
+    assert run(stack, {"workflow": empty_image(9, 9)})["status"] == "ok"
+    assert_nothing_left(stack)
+
+
+def test_comfyui_killed_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack):
+    rpc = supervisor_state.rpc(stack.socket).supervisor
+    before = rpc.getProcessInfo("comfy")["pid"]
+    job_id, ephemeral = start(stack, {"workflow": slow_workflow(8)})
+    wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the prompt to run")
+    os.kill(before, signal.SIGKILL)
+    _, result = outcome(stack, job_id, ephemeral)
+    assert result["error"].startswith("comfy_restarted"), result
+    after = run(stack, {"workflow": empty_image(10, 10, 0x0000FF)})
+    assert decode_png(after["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    assert rpc.getProcessInfo("comfy")["pid"] != before
+    assert_nothing_left(stack)
