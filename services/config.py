@@ -30,10 +30,14 @@ class Settings:
     api_port: int = 8000
     api_key: str | None = None
     model_dir: str = "/workspace/models"
+    baked_model_dir: str | None = None  # the image's own models, beside the volume's
     comfyui_dir: str = "/opt/ComfyUI"
     comfy_python: str = sys.executable
     comfy_port: int = 8188
     comfy_args: str = ""
+    comfy_env: tuple[str, ...] = ()  # more variables ComfyUI may see (it never gets the secrets)
+    comfy_device: str = "auto"
+    comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
     private_key_b64: str | None = None
     encryption_required: bool = True
     dry_run: bool = False
@@ -138,6 +142,23 @@ def _mode(name: str, raw: str) -> str:
     return value
 
 
+def _device(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("auto", "cpu"):
+        raise ConfigError(
+            f"{name}={raw!r} is not a device choice; use auto (a GPU when one is visible) or cpu"
+        )
+    return value
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise ConfigError(f"{name} holds {bad[0]!r}, not a variable name; give names separated by commas")
+    return names
+
+
 def _text(_name: str, raw: str) -> str:
     return raw
 
@@ -150,6 +171,10 @@ def _path(name: str, raw: str) -> str:
     if not raw.strip():
         raise ConfigError(f"{name} is empty; give a folder path")
     return os.path.abspath(raw)
+
+
+def _optional_path(name: str, raw: str) -> str | None:
+    return _path(name, raw) if raw.strip() else None
 
 
 def _endpoint_id(name: str, raw: str) -> str:
@@ -192,10 +217,14 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "API_PORT": ("api_port", _int_range(1, 65535)),
     "API_KEY": ("api_key", _optional),
     "COMFYUI_MODEL_DIR": ("model_dir", _path),
+    "COMFYUI_BAKED_MODEL_DIR": ("baked_model_dir", _optional_path),
     "COMFYUI_DIR": ("comfyui_dir", _path),
     "COMFY_PYTHON": ("comfy_python", _path),
     "COMFY_PORT": ("comfy_port", _int_range(1, 65535)),
     "COMFY_ARGS": ("comfy_args", _text),
+    "COMFY_ENV": ("comfy_env", _names),
+    "COMFY_DEVICE": ("comfy_device", _device),
+    "COMFY_USER": ("comfy_user", _text),
     "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
     "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
     "DRY_RUN": ("dry_run", _bool),

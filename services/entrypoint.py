@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pwd
 import secrets
 import signal
 import subprocess
 import sys
+import time
 
-from services import config, envelope
+from services import config, envelope, model_folders
 from services.comfy import install, launch
 from services.watchdog import FATAL_MARKER
 
@@ -118,8 +120,85 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0
-    os.makedirs(settings.run_dir, mode=0o700, exist_ok=True)
-    return supervise(settings, supervisord_environment(settings, environ))
+    try:
+        comfy_user = prepare_folders(settings)
+    except StartError as exc:
+        print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
+        return 1
+    env = supervisord_environment(settings, environ)
+    env["COMFY_USER"] = comfy_user.pw_name
+    return supervise(settings, env)
+
+
+class StartError(RuntimeError):
+    """The container cannot run as it was started; the message says why and what to do."""
+
+
+def prepare_folders(settings: config.Settings) -> pwd.struct_passwd:
+    """Make the run folder and the model folders, and decide ComfyUI's user, which is returned.
+
+    Started as root, ComfyUI runs as COMFY_USER: it owns only its own folder in the run dir and
+    can read but not change the model root, and it cannot read the memory or environment of
+    the processes that hold the worker's key. Started as another user, everything shares it."""
+    comfy_user = _comfy_user(settings)
+    separate = comfy_user.pw_uid != os.getuid()
+    _writable(settings.run_dir, "run folder (RUN_DIR)", mode=0o700)
+    os.chmod(settings.run_dir, 0o711 if separate else 0o700)
+    os.makedirs(settings.comfy_io_dir, mode=0o700, exist_ok=True)
+    if separate:
+        os.chown(settings.comfy_io_dir, comfy_user.pw_uid, comfy_user.pw_gid)
+    try:
+        _writable(settings.model_dir, "model root (COMFYUI_MODEL_DIR)", mode=0o755)
+        for folders in model_folders.FOLDERS.values():
+            for folder in folders:
+                os.makedirs(os.path.join(settings.model_dir, folder), exist_ok=True)
+    except StartError as exc:
+        if settings.launch_mode == "api":  # the pod API writes downloads there
+            raise
+        print(f"[entrypoint] warning: {exc}", file=sys.stderr, flush=True)
+    return comfy_user
+
+
+def _comfy_user(settings: config.Settings) -> pwd.struct_passwd:
+    """COMFY_USER when started as root and that user exists; else the current user, said once."""
+    try:
+        current = pwd.getpwuid(os.getuid())
+    except KeyError:
+        raise StartError(
+            f"uid {os.getuid()} has no entry in /etc/passwd, so supervisord cannot run programs as it; "
+            "run the container as root or as a user of the image"
+        ) from None
+    if os.getuid() == 0:
+        try:
+            return pwd.getpwnam(settings.comfy_user)
+        except KeyError:
+            why = f"COMFY_USER={settings.comfy_user!r} is not a user of this system (the image has it)"
+    else:
+        why = f"the worker was not started as root but as {current.pw_name}"
+    if not settings.dry_run:
+        print(
+            f"[entrypoint] warning: {why}, so ComfyUI runs as {current.pw_name} like the processes "
+            "that hold the worker's key and tokens, and a custom node could read them",
+            file=sys.stderr,
+            flush=True,
+        )
+    return current
+
+
+def _writable(path: str, what: str, mode: int) -> None:
+    """Make `path` and prove it can be written, or say who cannot write it and how to fix that."""
+    try:
+        os.makedirs(path, mode=mode, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w", encoding="utf-8"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise StartError(
+            f"cannot write the {what} {path} as uid {os.getuid()}: {exc.strerror}. Run the "
+            f"container as root (RunPod's volumes are owned by root) or give this user the "
+            f"folder: chown -R {os.getuid()} {path}"
+        ) from None
 
 
 def reap_session(session: int) -> None:
@@ -139,6 +218,32 @@ def reap_session(session: int) -> None:
                 print(f"[entrypoint] killed leftover process {entry}", file=sys.stderr, flush=True)
 
 
+def wait_reaping(child: subprocess.Popen) -> int:
+    """Wait for supervisord, reaping every other child that ends meanwhile: as a container's
+    PID 1 the entrypoint inherits whatever is orphaned inside it (a crashed ComfyUI's helpers),
+    and an unreaped orphan stays a zombie."""
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return child.returncode or 0
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode
+
+
+def reap_orphans(seconds: float = 2.0) -> None:
+    """After supervisord: collect what reap_session killed and orphans still ending."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.05)
+
+
 def supervise(settings: config.Settings, env: dict[str, str]) -> int:
     """Run supervisord, pass the platform's signals on, and exit non-zero when the watchdog
     shut it down because a program went FATAL (supervisord itself would exit 0)."""
@@ -154,8 +259,9 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> int:
     child = subprocess.Popen(command, env=env, start_new_session=True)
     for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(number, lambda received, _frame: child.send_signal(received))
-    code = child.wait()
+    code = wait_reaping(child)
     reap_session(child.pid)
+    reap_orphans()
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
             program = handle.read()
@@ -172,7 +278,7 @@ def last_words(settings: config.Settings, program: str) -> str:
         return words
     try:
         with open(
-            os.path.join(settings.run_dir, launch.BOOT_TAIL), encoding="utf-8", errors="replace"
+            os.path.join(settings.comfy_io_dir, launch.BOOT_TAIL), encoding="utf-8", errors="replace"
         ) as handle:
             tail = handle.read().rstrip().splitlines()
     except OSError:

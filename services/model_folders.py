@@ -29,15 +29,20 @@ FOLDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def extra_model_paths_yaml(model_dir: str) -> str:
-    """The yaml that makes every folder under `model_dir` visible to ComfyUI's loaders."""
-    lines = ["worker_models:", f"    base_path: {_quote(model_dir)}", "    is_default: true"]
-    for key, folders in FOLDERS.items():
-        if len(folders) == 1:
-            lines.append(f"    {key}: {folders[0]}")
-        else:
-            lines.append(f"    {key}: |")
-            lines.extend(f"        {folder}" for folder in folders)
+def extra_model_paths_yaml(model_dir: str, baked_dir: str | None = None) -> str:
+    """The yaml that makes every folder under `model_dir` (where downloads go) and under the
+    image's own `baked_dir` visible to ComfyUI's loaders."""
+    lines = []
+    for section, base, default in (("worker_models", model_dir, True), ("image_models", baked_dir, False)):
+        if base is None:
+            continue
+        lines += [f"{section}:", f"    base_path: {_quote(base)}", f"    is_default: {str(default).lower()}"]
+        for key, folders in FOLDERS.items():
+            if len(folders) == 1:
+                lines.append(f"    {key}: {folders[0]}")
+            else:
+                lines.append(f"    {key}: |")
+                lines.extend(f"        {folder}" for folder in folders)
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN_DIR = os.path.join(ROOT, "tests", "comfy_standin")
 
 
+def copy_checkout(folder: str) -> None:
+    """The project as a fresh clone of it would be (what git tracks or would track), into `folder`."""
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        if os.path.exists(os.path.join(ROOT, name)):  # not deleted in the work tree
+            os.makedirs(os.path.dirname(os.path.join(folder, name)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(folder, name))
+
+
 @dataclass(frozen=True)
 class Backend:
     """What answers as ComfyUI: the stand-in (make test) or the real one (make test-real)."""
@@ -175,6 +189,26 @@ class Stack:
     def programs(self) -> dict[str, str]:
         infos = supervisor_state.rpc(self.socket).supervisor.getAllProcessInfo()
         return {info["name"]: info["statename"] for info in infos}
+
+    def job_files(self) -> list[str]:
+        """Every file in ComfyUI's input, output and temp folders (jobs must leave none)."""
+        roots = [os.path.join(self.run_dir, "comfy", kind) for kind in ("input", "output", "temp")]
+        return sorted(os.path.join(d, f) for root in roots for d, _, files in os.walk(root) for f in files)
+
+    @staticmethod
+    def children(pid: int) -> list[int]:
+        """The processes whose parent is `pid` (ComfyUI is the child of the `comfy` program)."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    if int(handle.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+        return found
 
     def wait_state(self, name: str, state: str, timeout: float = 30) -> None:
         wait_until(lambda: self.state(name) == state, timeout, f"{name} to be {state}\n{self.log}")

@@ -40,10 +40,12 @@ def test_hadolint_finds_nothing():
 
 
 def test_every_copy_source_exists():
+    defaults = dict(args.split("=", 1) for name, args in instructions() if name == "ARG" and "=" in args)
     copies = [args.split() for name, args in instructions() if name == "COPY" and "--from" not in args]
     assert copies
     for parts in copies:
         for source in parts[:-1]:
+            source = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], source)
             assert os.path.exists(os.path.join(ROOT, source)), source
 
 
@@ -66,8 +68,8 @@ def test_env_defaults_equal_the_configuration_defaults():
     )
     defaults = config.Settings()
     differing = {f.name for f in fields(defaults) if getattr(image, f.name) != getattr(defaults, f.name)}
-    # the image's own interpreter for ComfyUI, and the key given above
-    assert differing == {"comfy_python", "private_key_b64"}
+    # the image's own interpreter for ComfyUI and models, and the key given above
+    assert differing == {"comfy_python", "baked_model_dir", "private_key_b64"}
     assert env["COMFY_PYTHON"] == "/opt/comfyui-venv/bin/python"
 
 

@@ -106,3 +106,47 @@ def test_programs_do_not_outlive_a_supervisord_that_died_abruptly():
         assert stack.proc.wait(timeout=15) != 0
     finally:
         stack.stop()
+
+
+def test_an_unwritable_model_root_stops_the_pod_with_the_path_and_the_fix(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    models = tmp_path / "file" / "models"
+    env = {"LAUNCH_MODE": "api", "DRY_RUN": "1", "ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path / "run")}
+    result = run_entrypoint({**env, "COMFYUI_MODEL_DIR": str(models)})
+    assert result.returncode == 1
+    assert f"cannot write the model root (COMFYUI_MODEL_DIR) {models}" in result.stderr
+    assert (
+        "Run the container as root" in result.stderr and f"chown -R {os.getuid()} {models}" in result.stderr
+    )
+
+
+def test_the_model_folders_are_made_at_start():
+    with Stack("api") as stack:
+        stack.wait_state("api", "RUNNING")
+        models = os.path.join(stack.run_dir, "models")
+        assert os.path.isdir(os.path.join(models, "unet")) and os.path.isdir(
+            os.path.join(models, "checkpoints")
+        )
+
+
+def test_comfyui_holds_none_of_the_workers_secrets():
+    secrets = {
+        "API_KEY": "api-key-secret-1",
+        "HF_TOKEN": "hf-token-secret-2",
+        "CIVITAI_TOKEN": "civitai-secret-3",
+        "BUCKET_SECRET_ACCESS_KEY": "bucket-secret-4",
+        "CUDA_VISIBLE_DEVICES": "0",  # passed: ComfyUI needs it
+    }
+    with Stack("serverless", {"DRY_RUN": "0", **secrets}) as stack:
+        stack.wait_state("comfy", "RUNNING")
+        comfy = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("comfy")["pid"]
+        children = stack.children(comfy)  # the program is the relay; ComfyUI is its child
+        for pid in [comfy, *children]:
+            with open(f"/proc/{pid}/environ", "rb") as handle:
+                environ = handle.read().decode().split("\0")
+            names = {entry.split("=", 1)[0] for entry in environ if entry}
+            assert not names & {"WORKER_PRIVATE_KEY_B64", "API_KEY", "HF_TOKEN", "CIVITAI_TOKEN"}
+            assert not names & {"BUCKET_SECRET_ACCESS_KEY", "RUNPOD_AI_API_KEY", "RUNPOD_WEBHOOK_GET_JOB"}
+            assert stack.private_key not in "".join(environ)
+            assert "CUDA_VISIBLE_DEVICES=0" in environ and any(e.startswith("PATH=") for e in environ)
+        assert children, "ComfyUI runs under the relay"

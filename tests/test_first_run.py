@@ -3,62 +3,28 @@ installs the worker and ComfyUI from a local source, boots, and answers an encry
 package missing from ComfyUI's environment, its output names the missing module."""
 
 import os
-import shutil
 import signal
 import subprocess
-import tarfile
 import time
 
 import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services.comfy import install
-from tests.stack import ROOT, free_port, real_backend, wait_until
+from tests import comfyui_source
+from tests.stack import copy_checkout, free_port, wait_until
 from tests.workflows import decode_png, empty_image
 
-pytestmark = pytest.mark.real
-
-
-def comfyui_source(folder):
-    """COMFYUI_SOURCE when set; else a tarball of the real ComfyUI already installed here, with
-    its commit in the header as GitHub's archives have it (this machine cannot reach upstream)."""
-    if os.environ.get("COMFYUI_SOURCE"):
-        return os.environ["COMFYUI_SOURCE"]
-    tree = real_backend().comfyui_dir
-    commit = install.tree_commit(tree)
-    if not commit:
-        pytest.fail(
-            f"{tree} does not say its commit ({install.COMMIT_FILE}); set COMFYUI_SOURCE", pytrace=False
-        )
-    path = os.path.join(folder, f"ComfyUI-{commit}.tar.gz")
-    skip = {".git", "user", "__pycache__", install.COMMIT_FILE}
-    with tarfile.open(path, "w:gz", format=tarfile.PAX_FORMAT, pax_headers={"comment": commit}) as archive:
-        archive.add(
-            tree,
-            arcname=f"ComfyUI-{commit}",
-            filter=lambda member: None if set(member.name.split("/")) & skip else member,
-        )
-    return path
+pytestmark = [pytest.mark.real, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
     """A fresh copy of the project: what git tracks (or would), nothing installed."""
     folder = tmp_path_factory.mktemp("first-run")
-    files = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.split(b"\0")
     copy = folder / "checkout"
-    for name in filter(None, (f.decode() for f in files)):
-        if not os.path.exists(os.path.join(ROOT, name)):
-            continue  # deleted in the work tree
-        (copy / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(os.path.join(ROOT, name), copy / name)
-    return copy, comfyui_source(str(folder))
+    copy_checkout(str(copy))
+    return copy, comfyui_source.tarball(str(folder))
 
 
 def make_run(copy, source, run_dir):

@@ -31,7 +31,14 @@ def hang_comfy(stack):
 
 @pytest.fixture(scope="module")
 def stack():
-    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "STANDIN_HELPER": "1", "COMFY_LOG": "1", **WATCH}
+    env = {
+        "DRY_RUN": "0",
+        "ENCRYPTION_REQUIRED": "0",
+        "STANDIN_HELPER": "1",
+        "COMFY_ENV": "STANDIN_HELPER",
+        "COMFY_LOG": "1",
+        **WATCH,
+    }
     stack = Stack("api", env).ready()
     yield stack
     stack.stop()
@@ -74,6 +81,7 @@ def test_a_boot_slower_than_startsecs_is_not_restarted():
         "DRY_RUN": "0",
         "ENCRYPTION_REQUIRED": "0",
         "STANDIN_BOOT_SECONDS": "8",
+        "COMFY_ENV": "STANDIN_BOOT_SECONDS",
         "WATCH_GRACE_S": "20",
         "WATCH_FAILS": "1",
     }

@@ -38,6 +38,41 @@ def with_knob(knob: str, color: int = 1, **inputs: object) -> dict:
     }
 
 
+def slow_workflow(steps: int = 6) -> dict:
+    """Seconds of lanczos scaling on this CPU, one node after another (interruptible between them)."""
+    workflow = {
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 7},
+        }
+    }
+    for n in range(2, steps + 2):
+        size = 3072 if n % 2 else 2048
+        workflow[str(n)] = {
+            "class_type": "ImageScale",
+            "inputs": {
+                "image": [str(n - 1), 0],
+                "upscale_method": "lanczos",
+                "width": size,
+                "height": size,
+                "crop": "disabled",
+            },
+        }
+    last = str(steps + 1)
+    workflow["90"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": [last, 0],
+            "upscale_method": "nearest-exact",
+            "width": 64,
+            "height": 64,
+            "crop": "disabled",
+        },
+    }
+    workflow["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "slow"}}
+    return workflow
+
+
 def png_b64(width: int = 32, height: int = 24, rgb: tuple[int, int, int] = (255, 0, 0)) -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), rgb).save(buffer, format="PNG")

@@ -49,7 +49,7 @@ def install(owner: str, repo: str, commit: str, comfy_dir: str, python: str) -> 
         for member in archive.getmembers():
             member.name = member.name.split("/", 1)[1] if "/" in member.name else ""  # drop <repo>-<commit>/
             if member.name:
-                archive.extract(member, target, filter="data")
+                comfy_install.extract(archive, member, target)
     requirements = os.path.join(target, "requirements.txt")
     if os.path.exists(requirements):
         subprocess.run(

@@ -3,8 +3,8 @@
 One installer for `make run`, the image build and the real-ComfyUI tests:
 source -> ComfyUI's tree at exactly the pinned commit -> its own venv -> every package of
 comfyui-requirements.lock. A source is a git URL or local git repository (cloned, then checked
-out at the commit) or a tarball, URL or file, that names its commit in its header as `git
-archive` and GitHub's archives do. Each step says what it does, with pip's and git's own lines;
+out at the commit), a tarball, URL or file, that names its commit in its header as `git
+archive` and GitHub's archives do, or a folder this installer made (it names its commit). Each step says what it does, with pip's and git's own lines;
 a failing step ends with its tool's last lines and what to do. A stamp per commit and lock makes
 a second run a no-op.
 
@@ -107,6 +107,8 @@ def fetch(source: str, ref: str, comfyui_dir: str) -> str:
         tree = os.path.join(part, "tree")
         if source.endswith(TARBALL_SUFFIXES):
             commit = _fetch_tarball(source, ref, tree)
+        elif os.path.isdir(source) and tree_commit(source):
+            commit = _copy_tree(source, ref, tree)
         else:
             commit = _fetch_git(source, ref, tree)
         with open(os.path.join(tree, COMMIT_FILE), "w", encoding="utf-8") as handle:
@@ -116,6 +118,16 @@ def fetch(source: str, ref: str, comfyui_dir: str) -> str:
         os.replace(tree, comfyui_dir)
     finally:
         shutil.rmtree(part, ignore_errors=True)
+    return commit
+
+
+def _copy_tree(source: str, ref: str, tree: str) -> str:
+    """A folder this installer made (it names its commit), such as another checkout's."""
+    commit = tree_commit(source) or ""
+    if not _same_commit(commit, ref):
+        raise InstallError(f"{source} holds ComfyUI {commit}, not the pinned {ref}")
+    say(f"copying ComfyUI {commit[:12]} from {source}")
+    shutil.copytree(source, tree, symlinks=True, ignore=shutil.ignore_patterns("__pycache__", "user"))
     return commit
 
 
@@ -157,10 +169,28 @@ def _fetch_tarball(source: str, ref: str, tree: str) -> str:
                 if strip:  # the archive's top folder, ComfyUI-<commit>/
                     member.name = member.name.split("/", 1)[1] if "/" in member.name else ""
                 if member.name:
-                    archive.extract(member, tree, filter="data")
+                    extract(archive, member, tree)
     except (OSError, tarfile.TarError) as exc:
         raise InstallError(f"cannot read ComfyUI's tarball {source}: {exc}; {INSTALL_HINT}") from None
     return commit
+
+
+def extract(archive: tarfile.TarFile, member: tarfile.TarInfo, folder: str) -> None:
+    """Extract one member, refusing what would land outside `folder` (Python's "data" filter;
+    the image's Python 3.11.2 predates it, so the same checks are made by hand there)."""
+    if hasattr(tarfile, "data_filter"):
+        archive.extract(member, folder, filter="data")
+        return
+    root = os.path.realpath(folder)
+    target = os.path.realpath(os.path.join(root, member.name))
+    places = [target]
+    if member.issym():
+        places.append(os.path.realpath(os.path.join(os.path.dirname(target), member.linkname)))
+    elif member.islnk():
+        places.append(os.path.realpath(os.path.join(root, member.linkname)))
+    if member.isdev() or any(os.path.commonpath([root, place]) != root for place in places):
+        raise InstallError(f"the tarball holds {member.name!r}, which would land outside {folder}")
+    archive.extract(member, folder)
 
 
 def _download(url: str, path: str) -> None:

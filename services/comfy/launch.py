@@ -1,38 +1,62 @@
-"""supervisord's `comfy` program: prepare ComfyUI's folders and flags, then exec its main.py.
+"""supervisord's `comfy` program: prepare ComfyUI's folders, flags and environment, then hand
+over to `services.comfy.relay`, which runs ComfyUI and passes its output on.
 
-The exec keeps one pid, so supervisord's stop and restart reach ComfyUI itself. ComfyUI's output
-goes through a small relay forked first: until ComfyUI answers for the first time everything it
-prints is shown (an import error or a crash at boot carries no job data, and hiding it turns a
-broken install into a silent crash loop) and its last lines are kept in RUN_DIR/BOOT_TAIL for
-the entrypoint's last words; after that it is shown only when `comfy_output_shown` allows.
+ComfyUI and its custom nodes are not trusted with the worker's secrets: the hand-over is an
+exec with an allow-listed environment (`comfy_environment`), so from then on no process of the
+program holds the key or a token, and the image runs the program as its own user (the
+entrypoint decides).
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import glob
 import os
+import pwd
 import shlex
 import shutil
-import signal
 import sys
-import threading
-import time
-import urllib.request
 
 from services import config, model_folders
 from services.config import Settings
 
 IO_FOLDERS = ("input", "output", "temp")
-BOOT_TAIL = "comfy-boot.log"
-# ComfyUI logs this right after its port opens and before it serves a request, so every line
-# before it is boot output
-READY_LINE = b"To see the GUI go to:"
+BOOT_TAIL = "boot.log"  # in comfy_io_dir: ComfyUI's last boot lines, for the entrypoint
+# what ComfyUI gets of the worker's environment: paths, locale, GPU runtimes, thread limits
+_PASSED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "HF_HOME", "HF_HUB_OFFLINE"}
+_PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "PYTORCH_", "TORCH_", "OMP_", "MKL_")
 
 
-def gpu_visible() -> bool:
-    return bool(glob.glob("/dev/nvidia[0-9]*"))
+def gpu_visible() -> str | None:
+    """The GPU a stock torch build could use, by its vendor's device files: NVIDIA's
+    /dev/nvidiaN, AMD ROCm's /dev/kfd (with /dev/dri)."""
+    if glob.glob("/dev/nvidia[0-9]*"):
+        return "nvidia"
+    if os.path.exists("/dev/kfd") and os.path.isdir("/dev/dri"):
+        return "rocm"
+    return None
+
+
+def comfy_environment(environ: dict[str, str], settings: Settings) -> dict[str, str]:
+    """The allow-listed environment of ComfyUI: never the worker's key, API key, tokens or
+    bucket credentials, whatever their names; COMFY_ENV names any more the operator passes on."""
+    passed = _PASSED | set(settings.comfy_env)
+    env = {k: v for k, v in environ.items() if k in passed or k.startswith(_PASSED_PREFIXES)}
+    env["HOME"] = _home(settings)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _home(settings: Settings) -> str:
+    """The user's own home when it can write there, else a folder of its own in the run dir."""
+    try:
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        home = ""
+    if home and os.access(home, os.W_OK):
+        return home
+    fallback = os.path.join(settings.comfy_io_dir, "home")
+    os.makedirs(fallback, mode=0o700, exist_ok=True)
+    return fallback
 
 
 def io_dir(settings: Settings, kind: str) -> str:
@@ -41,17 +65,15 @@ def io_dir(settings: Settings, kind: str) -> str:
 
 def prepare_folders(settings: Settings) -> str:
     """Empty the worker's input/output/temp folders (nothing of an earlier job survives a
-    restart) and write the model paths yaml; returns the yaml's path."""
+    restart) and write the model paths yaml; returns the yaml's path. The model folders are
+    the entrypoint's to make: ComfyUI's user may only read the model root."""
     for kind in IO_FOLDERS:
         shutil.rmtree(io_dir(settings, kind), ignore_errors=True)
         os.makedirs(io_dir(settings, kind), mode=0o700)
-    os.makedirs(settings.model_dir, exist_ok=True)
-    for folders in model_folders.FOLDERS.values():
-        for folder in folders:
-            os.makedirs(os.path.join(settings.model_dir, folder), exist_ok=True)
-    path = os.path.join(settings.run_dir, "extra_model_paths.yaml")
+    os.makedirs(io_dir(settings, "user"), mode=0o700, exist_ok=True)
+    path = os.path.join(settings.comfy_io_dir, "extra_model_paths.yaml")
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write(model_folders.extra_model_paths_yaml(settings.model_dir))
+        handle.write(model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir))
     return path
 
 
@@ -72,6 +94,10 @@ def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
         io_dir(settings, "output"),
         "--temp-directory",
         io_dir(settings, "temp"),
+        "--user-directory",
+        io_dir(settings, "user"),
+        "--database-url",
+        "sqlite:///:memory:",  # nothing of a job in a file ComfyUI keeps
         "--extra-model-paths-config",
         yaml_path,
     ]
@@ -90,82 +116,17 @@ def main() -> int:
     if not os.path.isfile(main_py):
         print(f"[comfy] comfy_init_failed: no ComfyUI at {main_py}; set COMFYUI_DIR", file=sys.stderr)
         return 1
-    argv = command(settings, prepare_folders(settings), gpu_visible())
+    gpu = gpu_visible() if settings.comfy_device == "auto" else None
+    argv = command(settings, prepare_folders(settings), gpu is not None)
+    env = comfy_environment(dict(os.environ), settings)
+    print(f"[comfy] device: {gpu or 'cpu'} (COMFY_DEVICE={settings.comfy_device})", flush=True)
     print(f"[comfy] starting ComfyUI: {shlex.join(argv)}", flush=True)
-    read_end, write_end = os.pipe()
-    if os.fork() == 0:
-        os.close(write_end)
-        relay(read_end, settings)
-        os._exit(0)
-    os.close(read_end)
-    os.dup2(write_end, 1)
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    os.chdir(settings.comfyui_dir)
-    os.execv(argv[0], argv)
+    relay = [sys.executable, "-m", "services.comfy.relay", "--comfy-url", settings.comfy_url]
+    relay += ["--tail", os.path.join(settings.comfy_io_dir, BOOT_TAIL), "--cwd", settings.comfyui_dir]
+    if settings.comfy_output_shown:
+        relay.append("--show-after-boot")
+    os.execve(sys.executable, [*relay, "--", *argv], env)  # from here on, no secret in this process
     return 1  # not reached
-
-
-def relay(pipe_fd: int, settings: Settings) -> None:
-    """Copy ComfyUI's output to ours until its pipe closes (ComfyUI and whatever it started are
-    gone). Its own session keeps it out of the group signals meant for ComfyUI, so no line of a
-    dying ComfyUI is lost."""
-    os.setsid()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    tail_path = os.path.join(settings.run_dir, BOOT_TAIL)
-    answered = threading.Event()
-    threading.Thread(target=_wait_until_answers, args=(settings, answered), daemon=True).start()
-    tail: collections.deque[bytes] = collections.deque(maxlen=40)
-    booting, show_after_boot = True, settings.comfy_output_shown
-
-    def end_of_boot() -> None:
-        with contextlib.suppress(OSError):
-            os.remove(tail_path)
-        if not show_after_boot:
-            _write(
-                b"[comfy] ComfyUI answers; its own output is not logged from now on "
-                b"(LOG_SILENT or encryption; COMFY_LOG=1 shows it)\n"
-            )
-
-    with os.fdopen(pipe_fd, "rb") as pipe:
-        for line in pipe:
-            if booting and answered.is_set():  # it answered before printing READY_LINE
-                booting = False
-                end_of_boot()
-            if booting:
-                _write(line)
-                tail.append(line)
-                _keep_tail(tail_path, tail)
-                if READY_LINE in line:
-                    booting = False
-                    end_of_boot()
-            elif show_after_boot:
-                _write(line)
-
-
-def _wait_until_answers(settings: Settings, answered: threading.Event) -> None:
-    """A fallback for a ComfyUI that does not print READY_LINE."""
-    while not answered.is_set():
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{settings.comfy_url}/system_stats", timeout=1) as response,
-        ):
-            if response.status == 200:
-                answered.set()
-        time.sleep(0.25)
-
-
-def _write(data: bytes) -> None:
-    with contextlib.suppress(OSError):  # supervisord gone at shutdown: keep draining ComfyUI's pipe
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-
-
-def _keep_tail(path: str, tail: collections.deque[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.writelines(tail)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 the ComfyUI stand-in. One stack for the module; faults that kill ComfyUI are in test_faults.py."""
 
 import base64
-import os
 import time
 
 import pytest
@@ -26,11 +25,6 @@ def run(stack, payload, **params):
 
 def comfy(stack, path):
     return requests.get(f"http://127.0.0.1:{stack.comfy_port}{path}", timeout=5).json()
-
-
-def worker_files(stack):
-    root = os.path.join(stack.run_dir, "comfy")
-    return sorted(os.path.join(d, f) for d, _, files in os.walk(root) for f in files)
 
 
 def test_empty_image_returns_a_png_of_the_right_size_and_colour(stack):
@@ -87,7 +81,7 @@ def test_preview_image_outputs_come_from_temp_and_are_removed(stack):
     }
     body = run(stack, {"workflow": workflow}).json()
     assert [o["filename"].startswith("ComfyUI_temp_") for o in body["outputs"]] == [True, True]
-    assert worker_files(stack) == []
+    assert stack.job_files() == []
 
 
 def test_cached_rerun_still_returns_its_output(stack):
@@ -249,7 +243,7 @@ def test_nothing_of_an_encrypted_job_remains(stack):
     assert result["status"] == "ok" and len(result["outputs"]) == 2
     assert comfy(stack, f"/history/{result['prompt_id']}") == {}
     assert marker not in str(comfy(stack, "/history"))
-    assert worker_files(stack) == []
+    assert stack.job_files() == []
     time.sleep(0.5)  # let the log pipe catch up
     output_b64 = result["outputs"][0]["data"]
     assert marker not in stack.log and output_b64[:40] not in stack.log and stack.private_key not in stack.log

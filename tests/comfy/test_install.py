@@ -160,3 +160,34 @@ def test_a_failing_pip_ends_with_its_own_last_lines_and_the_hint(tmp_path, capsy
     shown = capsys.readouterr().out
     assert "step 3/3" in shown and "  | " in shown  # pip's lines were shown as they came
     assert not (tmp_path / "v" / install.STAMP_FILE).exists()  # nothing claims to be installed
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["python-filter", "by-hand"])
+def test_a_tarball_member_outside_the_tree_is_refused(tmp_path, monkeypatch, data_filter):
+    if not data_filter:  # the image's Python 3.11.2 has no extraction filters
+        monkeypatch.delattr(tarfile, "data_filter")
+    commit = "d" * 40
+    source = tarball(tmp_path, commit, {"main.py": "", "../escaped.py": "x"}, top=None)
+    with pytest.raises((install.InstallError, tarfile.TarError)):
+        install.fetch(source, commit, str(tmp_path / "c"))
+    assert not (tmp_path / "escaped.py").exists() and not (tmp_path / "c").exists()
+
+
+def test_a_symlink_out_of_the_tree_is_refused_by_hand_too(tmp_path, monkeypatch):
+    monkeypatch.delattr(tarfile, "data_filter")
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "e" * 40}) as archive:
+        link = tarfile.TarInfo("ComfyUI-x/evil")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        archive.addfile(link)
+    with pytest.raises(install.InstallError, match="outside"):
+        install.fetch(str(path), "e" * 40, str(tmp_path / "c"))
+
+
+def test_a_folder_the_installer_made_is_a_source_and_names_its_commit(tmp_path):
+    commit = "f" * 40
+    install.fetch(tarball(tmp_path, commit, {"main.py": "print(1)\n"}), commit, str(tmp_path / "first"))
+    assert install.fetch(str(tmp_path / "first"), commit[:12], str(tmp_path / "second")) == commit
+    assert (tmp_path / "second" / "main.py").read_text() == "print(1)\n"
+    with pytest.raises(install.InstallError, match="not the pinned"):
+        install.fetch(str(tmp_path / "first"), "0" * 12, str(tmp_path / "third"))

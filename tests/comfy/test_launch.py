@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import requests
 import yaml
 
@@ -42,7 +43,6 @@ def test_model_paths_yaml_covers_every_folder_type_and_legacy_names(tmp_path):
     assert parsed["text_encoders"].split() == ["text_encoders", "clip"]
     assert parsed["diffusion_models"].split() == ["diffusion_models", "unet"]
     assert set(parsed) - {"base_path", "is_default"} == set(model_folders.FOLDERS)
-    assert os.path.isdir(tmp_path / "models" / "unet") and os.path.isdir(tmp_path / "models" / "checkpoints")
 
 
 def test_a_restart_wipes_what_an_interrupted_job_left(tmp_path):
@@ -53,7 +53,46 @@ def test_a_restart_wipes_what_an_interrupted_job_left(tmp_path):
     leftover.write_bytes(b"secret")
     launch.prepare_folders(s)
     assert not leftover.exists()
-    assert sorted(os.listdir(tmp_path / "run" / "comfy")) == ["input", "output", "temp"]
+    assert sorted(os.listdir(tmp_path / "run" / "comfy")) == [
+        "extra_model_paths.yaml",
+        "input",
+        "output",
+        "temp",
+        "user",
+    ]
+
+
+def test_comfyui_gets_an_allow_listed_environment(tmp_path):
+    s = settings(tmp_path, COMFY_ENV="MY_NODE_SETTING")
+    environ = {
+        "PATH": "/usr/bin",
+        "LC_ALL": "C.UTF-8",
+        "CUDA_VISIBLE_DEVICES": "1",
+        "HIP_VISIBLE_DEVICES": "0",
+        "MY_NODE_SETTING": "x",
+        "WORKER_PRIVATE_KEY_B64": "k",
+        "API_KEY": "a",
+        "HF_TOKEN": "h",
+        "RUNPOD_AI_API_KEY": "r",
+        "SOMETHING_ELSE": "s",
+    }
+    env = launch.comfy_environment(environ, s)
+    assert set(env) == {
+        "PATH",
+        "LC_ALL",
+        "CUDA_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "MY_NODE_SETTING",
+        "HOME",
+        "PYTHONUNBUFFERED",
+    }
+
+
+def test_comfyui_keeps_nothing_in_its_own_folder(tmp_path):
+    argv = " ".join(launch.command(settings(tmp_path), "/x.yaml", gpu=False))
+    assert (
+        f"--user-directory {tmp_path}/run/comfy/user" in argv and "--database-url sqlite:///:memory:" in argv
+    )
 
 
 def test_yaml_quotes_odd_paths(tmp_path):
@@ -109,3 +148,10 @@ def test_a_comfy_that_dies_at_boot_is_named_in_the_containers_last_words(tmp_pat
         assert "No module named 'no_such_module_xyz'" in words and "booting" in words
     finally:
         stack.stop()
+
+
+def test_the_device_is_auto_or_cpu(tmp_path):
+    assert settings(tmp_path).comfy_device == "auto"
+    assert settings(tmp_path, COMFY_DEVICE="CPU").comfy_device == "cpu"
+    with pytest.raises(config.ConfigError, match="COMFY_DEVICE"):
+        settings(tmp_path, COMFY_DEVICE="gpu")

@@ -15,7 +15,7 @@ from client.envelope_client import open_answer, seal_request
 from services import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, real_backend, wait_until
-from tests.workflows import decode_png, empty_image, invert_upload, png_b64
+from tests.workflows import decode_png, empty_image, invert_upload, png_b64, slow_workflow
 
 pytestmark = pytest.mark.real
 
@@ -29,41 +29,6 @@ from spandrel.architectures.Compact import Compact
 model = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
 sys.stdout.buffer.write(save({k: v.contiguous() for k, v in model.state_dict().items()}))
 """
-
-
-def slow_workflow(steps: int = 6) -> dict:
-    """Seconds of lanczos scaling on this CPU, one node after another (interruptible between them)."""
-    workflow = {
-        "1": {
-            "class_type": "EmptyImage",
-            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 7},
-        }
-    }
-    for n in range(2, steps + 2):
-        size = 3072 if n % 2 else 2048
-        workflow[str(n)] = {
-            "class_type": "ImageScale",
-            "inputs": {
-                "image": [str(n - 1), 0],
-                "upscale_method": "lanczos",
-                "width": size,
-                "height": size,
-                "crop": "disabled",
-            },
-        }
-    last = str(steps + 1)
-    workflow["90"] = {
-        "class_type": "ImageScale",
-        "inputs": {
-            "image": [last, 0],
-            "upscale_method": "nearest-exact",
-            "width": 64,
-            "height": 64,
-            "crop": "disabled",
-        },
-    }
-    workflow["91"] = {"class_type": "SaveImage", "inputs": {"images": ["90", 0], "filename_prefix": "slow"}}
-    return workflow
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +91,7 @@ def comfy(stack, path, **kwargs):
 
 def assert_nothing_left(stack):
     assert comfy(stack, "/history").json() == {}
-    root = os.path.join(stack.run_dir, "comfy")
-    assert [os.path.join(d, f) for d, _, files in os.walk(root) for f in files] == []
+    assert stack.job_files() == []
 
 
 def wait_idle(stack):
@@ -264,10 +228,11 @@ def test_cancel_interrupts_a_long_prompt_and_the_next_job_runs(stack):
 
 def test_comfyui_killed_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack):
     rpc = supervisor_state.rpc(stack.socket).supervisor
-    before = rpc.getProcessInfo("comfy")["pid"]
+    before = rpc.getProcessInfo("comfy")["pid"]  # the relay; ComfyUI is its child
+    [comfyui] = stack.children(before)
     job_id, ephemeral = start(stack, {"workflow": slow_workflow(8)})
     wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the prompt to run")
-    os.kill(before, signal.SIGKILL)
+    os.kill(comfyui, signal.SIGKILL)
     _, result = outcome(stack, job_id, ephemeral)
     assert result["error"].startswith("comfy_restarted"), result
     after = run(stack, {"workflow": empty_image(10, 10, 0x0000FF)})

@@ -1,0 +1,111 @@
+"""The `comfy` program after the launcher: run ComfyUI as a child and pass its output on,
+everything until ComfyUI first answers, afterwards only when the operator allows it.
+
+Boot output carries no job data, and hiding it turns a broken install into a silent crash
+loop; what ComfyUI prints about prompts may quote a workflow's inputs. The last boot lines are
+kept in a file for the entrypoint's last words and removed once ComfyUI answers. This process
+is the one supervisord watches, so every line of a dying ComfyUI is passed on before
+supervisord sees the program exit. It runs with ComfyUI's allow-listed environment; ComfyUI is
+in its process group, so supervisord's stop signal reaches ComfyUI itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from typing import IO
+
+# ComfyUI logs this right after its port opens and before it serves a request, so every line
+# before it is boot output
+READY_LINE = b"To see the GUI go to:"
+TAIL_LINES = 40
+DRAIN_S = 1.0
+
+
+def relay(pipe: IO[bytes], tail_path: str, comfy_url: str, show_after_boot: bool) -> None:
+    answered = threading.Event()
+    threading.Thread(target=_wait_until_answers, args=(comfy_url, answered), daemon=True).start()
+    tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
+    booting = True
+
+    def end_of_boot() -> None:
+        with contextlib.suppress(OSError):
+            os.remove(tail_path)
+        if not show_after_boot:
+            _write(
+                b"[comfy] ComfyUI answers; its own output is not logged from now on "
+                b"(LOG_SILENT or encryption; COMFY_LOG=1 shows it)\n"
+            )
+
+    for line in pipe:
+        if booting and answered.is_set():  # it answered before printing READY_LINE
+            booting = False
+            end_of_boot()
+        if booting:
+            _write(line)
+            tail.append(line)
+            _keep_tail(tail_path, tail)
+            if READY_LINE in line:
+                booting = False
+                end_of_boot()
+        elif show_after_boot:
+            _write(line)
+
+
+def _wait_until_answers(comfy_url: str, answered: threading.Event) -> None:
+    """A fallback for a ComfyUI that does not print READY_LINE."""
+    while not answered.is_set():
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(f"{comfy_url}/system_stats", timeout=1) as response,
+        ):
+            if response.status == 200:
+                answered.set()
+        time.sleep(0.25)
+
+
+def _write(data: bytes) -> None:
+    with contextlib.suppress(OSError):  # supervisord gone at shutdown: keep draining ComfyUI's pipe
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+def _keep_tail(path: str, tail: collections.deque[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.writelines(tail)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tail", required=True, help="where the last boot lines are kept")
+    parser.add_argument("--comfy-url", required=True)
+    parser.add_argument("--show-after-boot", action="store_true")
+    parser.add_argument("--cwd", required=True, help="ComfyUI's folder")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- ComfyUI's command line")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the group's stop signal is ComfyUI's to obey
+    comfy = subprocess.Popen(command, cwd=args.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    passing = threading.Thread(
+        target=relay, args=(comfy.stdout, args.tail, args.comfy_url, args.show_after_boot), daemon=True
+    )
+    passing.start()
+    code = comfy.wait()
+    # its last lines are in the pipe; a child it left behind may hold the pipe open, so do not
+    # wait for the end of it (the watchdog kills such leftovers)
+    passing.join(timeout=DRAIN_S)
+    return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+
+if __name__ == "__main__":
+    sys.exit(main())

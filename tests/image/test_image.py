@@ -1,0 +1,357 @@
+"""The image, built and run as a platform runs it (make image-test): the Dockerfile built with
+podman on a local Debian base, then each check against a container of it. Containers use the
+host's network namespace, so everything they and the tests talk to stays on loopback."""
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+import pytest
+import requests
+
+from client.envelope_client import open_answer, seal_request
+from services import envelope
+from tests import comfyui_source
+from tests.file_server import FileServer
+from tests.stack import copy_checkout, free_port, wait_until
+from tests.workflows import decode_png, empty_image, slow_workflow
+
+pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASE = "localhost/comfy-worker-base:bookworm"
+IMAGE = "localhost/comfy-worker:image-test"
+TOOLS = {"podman": "podman", "buildah": "buildah", "debootstrap": "debootstrap", "runc": "runc"}
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# what this machine's own pip uses (a local package mirror and its configuration): lent to the
+# build's RUN steps, so the image installs the same files the host would
+PIP_MOUNTS = ("/opt/pypi", "/opt/pypi-more", "/opt/wheels", "/root/.config/pip/pip.conf")
+
+
+def podman(*args, check=True, timeout=600, **kwargs):
+    env = {**os.environ, "CONTAINERS_CONF": os.path.join(HERE, "containers.conf")}
+    result = subprocess.run(
+        ["podman", *args], env=env, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"podman {' '.join(args[:3])} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+        )
+    return result
+
+
+def ensure_tools():
+    missing = [package for tool, package in TOOLS.items() if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.getuid() != 0:
+        pytest.fail(
+            f"make image-test needs {', '.join(missing)} (Debian packages); install them as root", False
+        )
+    subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=300)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, timeout=600)
+
+
+def ensure_base():
+    """A Debian bookworm base with python3 made here (no registry is reachable), trusting the
+    same certificate authorities as this machine."""
+    if podman("image", "exists", BASE, check=False).returncode == 0:
+        return
+    rootfs = tempfile.mkdtemp(prefix="rootfs-")
+    try:
+        subprocess.run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=python3,python3-venv,ca-certificates,curl",
+                "bookworm",
+                rootfs,
+                DEBIAN_MIRROR,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=900,
+        )
+        extra = "/usr/local/share/ca-certificates"
+        if os.path.isdir(extra):
+            shutil.copytree(extra, rootfs + extra, dirs_exist_ok=True)
+        subprocess.run(["chroot", rootfs, "update-ca-certificates"], check=True, capture_output=True)
+        with open(os.path.join(rootfs, "etc", "pip.conf"), "w") as handle:
+            handle.write("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            shutil.rmtree(os.path.join(rootfs, junk), ignore_errors=True)
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        podman("import", "-", BASE, stdin=tar.stdout)
+        tar.wait()
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def build(context, *extra):
+    args = ["build", "--format", "docker", "-t", IMAGE, "--build-arg", f"BASE_IMAGE={BASE}"]
+    for mount in PIP_MOUNTS:
+        if os.path.exists(mount):
+            args += ["--volume", f"{mount}:{mount}:ro"]
+    started = time.monotonic()
+    podman(*args, *extra, context, timeout=3600)
+    return time.monotonic() - started
+
+
+def context_copy(folder):
+    """The build context as a fresh clone would have it, plus the ComfyUI tarball."""
+    copy_checkout(folder)
+    source = comfyui_source.tarball(os.path.join(folder, "docker", "comfyui-source"))
+    if not source.startswith(folder):
+        shutil.copy(source, os.path.join(folder, "docker", "comfyui-source"))
+    return "docker/comfyui-source/" + os.path.basename(source)
+
+
+@pytest.fixture(scope="session")
+def image():
+    ensure_tools()
+    ensure_base()
+    context = tempfile.mkdtemp(prefix="image-context-")
+    try:
+        source = context_copy(context)
+        seconds = build(context, "--build-arg", f"COMFYUI_SOURCE={source}")
+        keygen = os.path.join(context, "services", "keygen.py")
+        with open(keygen, "a") as handle:
+            handle.write("\n# a change of the project's code\n")
+        again = build(context, "--build-arg", f"COMFYUI_SOURCE={source}")
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    size = json.loads(podman("image", "inspect", IMAGE).stdout)[0]["Size"]
+    base = json.loads(podman("image", "inspect", BASE).stdout)[0]["Size"]
+    print(
+        f"\n[image] built in {seconds:.0f} s (layer cache as it was), rebuilt after a code change in "
+        f"{again:.1f} s; image {size / 1e9:.2f} GB on a {base / 1e6:.0f} MB base"
+    )
+    return IMAGE
+
+
+class Container:
+    """One container of the image on the host's network, removed at the end."""
+
+    def __init__(self, image, env, *options, mode="api"):
+        self.name = f"cw-test-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.private, self.public = envelope.keypair()
+        base = {
+            "LAUNCH_MODE": mode,
+            "API_PORT": str(self.port),
+            "COMFY_PORT": str(free_port()),
+            "WORKER_PRIVATE_KEY_B64": self.private,
+        }
+        args = ["run", "-d", "--name", self.name, "--network", "host", *options]
+        for name, value in {**base, **env}.items():
+            args += ["-e", f"{name}={value}"]
+        podman(*args, image)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def logs(self):
+        return podman("logs", self.name, check=False).stdout + podman("logs", self.name, check=False).stderr
+
+    def answers(self, path):
+        try:
+            return requests.get(self.url + path, timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def wait_http(self, path, timeout=180):
+        wait_until(lambda: self.answers(path) or not self.running(), timeout, f"{path} of {self.name}")
+        assert self.running(), self.logs()[-4000:]
+
+    def running(self):
+        state = podman("inspect", "-f", "{{.State.Running}}", self.name, check=False).stdout.strip()
+        return state == "true"
+
+    def exec(self, *command):
+        return podman("exec", self.name, *command, check=False)
+
+    def remove(self):
+        podman("rm", "-f", "-t", "0", self.name, check=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+
+
+def sealed_run(container, payload, path="/run"):
+    request, ephemeral = seal_request(payload, container.public)
+    answer = requests.post(container.url + path, json=request, timeout=180).json()
+    return open_answer(answer, ephemeral, container.public)
+
+
+def test_api_dry_run_is_healthy_and_answers_an_encrypted_request(image):
+    with Container(image, {"DRY_RUN": "1"}) as container:
+        container.wait_http("/healthz")
+        assert (
+            requests.get(container.url + "/healthz", timeout=5).json()["server_public_key_b64"]
+            == container.public
+        )
+        healthy = lambda: podman("healthcheck", "run", container.name, check=False).returncode == 0  # noqa: E731
+        wait_until(healthy, 30, "the image's HEALTHCHECK to pass")  # `api` is RUNNING after startsecs
+        result = sealed_run(container, {"workflow": empty_image()})
+        assert result == {"status": "ok", "dry_run": True, "nodes": 2, "images": 0}
+
+
+def test_serverless_dry_run_answers_runsync_of_the_local_queue(image):
+    with Container(image, {"DRY_RUN": "1"}, mode="serverless") as container:
+        container.wait_http("/v2/LOCAL/health")
+        request, ephemeral = seal_request({"workflow": empty_image()}, container.public)
+        job = requests.post(container.url + "/v2/LOCAL/runsync", json={"input": request}, timeout=120).json()
+        assert job["status"] == "COMPLETED", job
+        assert open_answer(job["output"], ephemeral, container.public)["dry_run"] is True
+
+
+@pytest.fixture(scope="module")
+def comfy_container(image):
+    """The real ComfyUI inside the image (CPU), a mounted model volume."""
+    volume = tempfile.mkdtemp(prefix="volume-")
+    container = Container(image, {"ALLOW_PRIVATE_DOWNLOADS": "1"}, "-v", f"{volume}:/workspace")
+    container.volume = volume
+    container.wait_http("/readyz")
+    yield container
+    container.remove()
+    shutil.rmtree(volume, ignore_errors=True)
+
+
+def test_real_comfyui_in_the_image_answers_an_encrypted_job(comfy_container):
+    result = sealed_run(comfy_container, {"workflow": empty_image(40, 30, 0x00FF00)})
+    image = decode_png(result["outputs"][0])
+    assert image.size == (40, 30) and image.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+
+
+def test_comfyui_runs_as_its_own_user_without_the_workers_secrets(comfy_container):
+    """What a custom node could do, as ComfyUI's user: read every process's environment and
+    command line, and the run folder."""
+    script = (
+        "import os, sys\n"
+        "key = sys.argv[1]\n"
+        "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+        "    if int(pid) == os.getpid():\n"
+        "        continue\n"
+        "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read().replace(b'\\0', b' ').decode()\n"
+        "    uid = open(f'/proc/{pid}/status').read().split('Uid:')[1].split()[0]\n"
+        "    try:\n"
+        "        env = open(f'/proc/{pid}/environ', 'rb').read().decode()\n"
+        "    except OSError:\n"
+        "        env = 'unreadable'\n"
+        "    print(uid, 'comfyui' if cmd.startswith('/opt/comfyui-venv/bin/python -u') else 'other',\n"
+        "          'leak' if key in env + cmd else 'clean', 'readable' if env != 'unreadable' else 'unreadable')\n"
+        "for folder, _, files in os.walk('/tmp/comfy-worker'):\n"
+        "    for name in files:\n"
+        "        try:\n"
+        "            print('file', 'leak' if key in open(os.path.join(folder, name), errors='replace').read() else 'clean')\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    result = podman(
+        "exec",
+        "--user",
+        "comfy",
+        comfy_container.name,
+        "/opt/venv/bin/python",
+        "-c",
+        script,
+        comfy_container.private,
+    )
+    rows = [line.split() for line in result.stdout.splitlines()]
+    comfy_uid = podman("exec", comfy_container.name, "id", "-u", "comfy").stdout.strip()
+    assert comfy_uid != "0"
+    assert [row[0] for row in rows if row[1] == "comfyui"] == [comfy_uid]  # ComfyUI runs as comfy
+    assert not [row for row in rows if "leak" in row], rows
+    assert all(row[3] == "unreadable" for row in rows if row[0] == "0")  # root's processes are closed to it
+
+
+def test_a_mounted_volume_receives_a_download(comfy_container):
+    server = FileServer()
+    server.files = {"tiny.safetensors": os.urandom(4096)}
+    try:
+        item = {"type": "loras", "url": f"{server.url}/file/tiny.safetensors"}
+        response = requests.post(
+            comfy_container.url + "/download", json={"items": [item], "wait": True}, timeout=60
+        )
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    path = os.path.join(comfy_container.volume, "models", "loras", "tiny.safetensors")
+    with open(path, "rb") as handle:
+        assert handle.read() == server.files["tiny.safetensors"]
+    assert os.stat(path).st_uid == 0  # written by the worker, which runs as root
+    listed = requests.get(comfy_container.url + "/models/ls", params={"type": "loras"}, timeout=10).json()
+    assert [m["name"] for m in listed["models"]["loras"]] == ["tiny.safetensors"]
+
+
+def test_no_zombie_remains_after_a_process_inside_is_killed(comfy_container):
+    program = comfy_container.exec("/opt/venv/bin/python", "-c", PROGRAM_PID).stdout.strip()
+    assert program.isdigit(), program
+    kill = f"import os, signal; os.kill({program}, signal.SIGKILL)"
+    assert comfy_container.exec("/opt/venv/bin/python", "-c", kill).returncode == 0  # ComfyUI is orphaned
+    comfy_container.wait_http("/readyz")
+    time.sleep(3)
+    states = comfy_container.exec("/opt/venv/bin/python", "-c", STATES).stdout.split()
+    assert "Z" not in states, states
+
+
+def test_sigterm_while_a_job_runs_exits_0_within_10_s(image):
+    with Container(image, {}) as container:
+        container.wait_http("/readyz")
+        request, _ = seal_request({"workflow": slow_workflow(8)}, container.public)
+        requests.post(container.url + "/run", params={"async": "1"}, json=request, timeout=30)
+        time.sleep(1)
+        started = time.monotonic()
+        podman("kill", "--signal", "TERM", container.name)
+        code = podman("wait", container.name, timeout=30).stdout.strip()
+        elapsed = time.monotonic() - started
+        assert code == "0" and elapsed < 10, (code, elapsed, container.logs()[-2000:])
+
+
+def test_read_only_root_with_the_run_folder_on_tmpfs_serves_jobs(image):
+    volume = tempfile.mkdtemp(prefix="volume-")
+    options = ["--read-only", "--tmpfs", "/tmp", "-v", f"{volume}:/workspace"]
+    try:
+        with Container(image, {}, *options) as container:
+            container.wait_http("/readyz")
+            result = sealed_run(container, {"workflow": empty_image(12, 12, 0x0000FF)})
+            assert decode_png(result["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+    finally:
+        shutil.rmtree(volume, ignore_errors=True)
+
+
+def test_an_unwritable_volume_stops_the_container_naming_path_user_and_fix(image):
+    volume = tempfile.mkdtemp(prefix="volume-")
+    os.chmod(volume, 0o755)  # root's, as RunPod mounts it
+    try:
+        with Container(
+            image, {"DRY_RUN": "1"}, "--user", "1000:1000", "-v", f"{volume}:/workspace"
+        ) as container:
+            code = podman("wait", container.name, timeout=60).stdout.strip()
+            logs = container.logs()
+        assert code == "1", logs
+        assert "cannot write the model root (COMFYUI_MODEL_DIR) /workspace/models as uid 1000" in logs
+        assert "Run the container as root" in logs and "chown -R 1000 /workspace/models" in logs
+    finally:
+        shutil.rmtree(volume, ignore_errors=True)
+
+
+PROGRAM_PID = (
+    "import xmlrpc.client\n"
+    "from supervisor.xmlrpc import SupervisorTransport\n"
+    "t = SupervisorTransport(None, None, 'unix:///tmp/comfy-worker/supervisor.sock')\n"
+    "print(xmlrpc.client.ServerProxy('http://x', transport=t).supervisor.getProcessInfo('comfy')['pid'])\n"
+)
+STATES = (
+    "import os\n"
+    "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+    "    try:\n"
+    "        print(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[0])\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
