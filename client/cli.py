@@ -35,6 +35,9 @@ class JobFailed(Exception):
 def progress_bar(progress: Any, width: int = 30) -> str:
     if not isinstance(progress, dict):
         return ""
+    if isinstance(progress.get("percent"), int | float):  # an encrypted job's coarse progress
+        filled = int(width * min(progress["percent"], 100) / 100)
+        return f"[{'#' * filled}{'.' * (width - filled)}] {progress['percent']:g}%"
     node, value, maximum = progress.get("node"), progress.get("value"), progress.get("max")
     if isinstance(value, int | float) and isinstance(maximum, int | float) and maximum > 0:
         filled = int(width * min(value / maximum, 1.0))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from typing import Any
 
 from nacl.public import Box, PrivateKey, PublicKey
@@ -17,7 +18,11 @@ EphemeralKey = PrivateKey
 
 
 def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, EphemeralKey]:
-    """The envelope to send, and the ephemeral key that opens the worker's answer."""
+    """The envelope to send, and the ephemeral key that opens the worker's answer. A request
+    object gets `ts` (now, Unix seconds): a worker refuses it once it is older than its replay
+    window, whether or not it remembers having seen it."""
+    if isinstance(payload, dict) and "workflow" in payload and "ts" not in payload:
+        payload = {**payload, "ts": int(time.time())}
     ephemeral = PrivateKey.generate()
     server = PublicKey(base64.b64decode(server_public_key_b64))
     nonce = random(Box.NONCE_SIZE)

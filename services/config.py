@@ -45,6 +45,7 @@ class Settings:
     log_silent: bool = False
     comfy_log: bool | None = None  # None: decided by comfy_output_shown
     job_timeout_s: float = 600.0
+    replay_window_s: float = 600.0
     comfy_ready_timeout_s: float = 300.0
     watch_grace_s: float = 180.0
     watch_fails: int = 3
@@ -232,6 +233,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "LOG_SILENT": ("log_silent", _bool),
     "COMFY_LOG": ("comfy_log", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
+    "REPLAY_WINDOW_S": ("replay_window_s", _positive_float),
     "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
     "WATCH_GRACE_S": ("watch_grace_s", _positive_float),
     "WATCH_FAILS": ("watch_fails", _int_range(1, 100)),

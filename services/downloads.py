@@ -139,9 +139,11 @@ class Downloads:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         url_guard.resolve(parts.hostname, port, self.settings.allow_private_downloads)
         headers = {}
-        if self.settings.civitai_token and parts.hostname.endswith("civitai.com"):
+        if self.settings.civitai_token and _within(parts.hostname, "civitai.com"):
             headers["Authorization"] = f"Bearer {self.settings.civitai_token}"
-        label = f"{parts.scheme}://{parts.netloc}{parts.path}"  # no query: it may hold a token
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = f":{parts.port}" if parts.port else ""
+        label = f"{parts.scheme}://{host}{port}{parts.path}"  # no user:password@, no query: they hold secrets
         return Source(url, headers, label), os.path.basename(parts.path) or "download"
 
     def _hf_source(self, item: dict) -> tuple[Source, str]:
@@ -293,3 +295,9 @@ def _fsync(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _within(host: str, domain: str) -> bool:
+    """`host` is `domain` or one of its subdomains (never merely a name ending in it)."""
+    host = host.lower().rstrip(".")
+    return host == domain or host.endswith("." + domain)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pwd
 import secrets
 import signal
 import subprocess
@@ -121,32 +120,42 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0
     try:
-        comfy_user = prepare_folders(settings)
+        prepare_folders(settings)
     except StartError as exc:
         print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
         return 1
-    env = supervisord_environment(settings, environ)
-    env["COMFY_USER"] = comfy_user.pw_name
-    return supervise(settings, env)
+    return supervise(settings, supervisord_environment(settings, environ))
 
 
 class StartError(RuntimeError):
     """The container cannot run as it was started; the message says why and what to do."""
 
 
-def prepare_folders(settings: config.Settings) -> pwd.struct_passwd:
-    """Make the run folder and the model folders, and decide ComfyUI's user, which is returned.
+def prepare_folders(settings: config.Settings) -> None:
+    """Make the run folder and the model folders.
 
-    Started as root, ComfyUI runs as COMFY_USER: it owns only its own folder in the run dir and
-    can read but not change the model root, and it cannot read the memory or environment of
-    the processes that hold the worker's key. Started as another user, everything shares it."""
-    comfy_user = _comfy_user(settings)
-    separate = comfy_user.pw_uid != os.getuid()
+    Started as root, ComfyUI runs as COMFY_USER (the launcher drops to it): that user owns only
+    its own folder in the run dir and can read but not change the model root, and it cannot
+    read the memory or environment of the processes that hold the worker's key. Otherwise
+    everything shares one user, which is said here once."""
+    account = launch.comfy_account(settings)
     _writable(settings.run_dir, "run folder (RUN_DIR)", mode=0o700)
-    os.chmod(settings.run_dir, 0o711 if separate else 0o700)
+    os.chmod(settings.run_dir, 0o711 if account else 0o700)
     os.makedirs(settings.comfy_io_dir, mode=0o700, exist_ok=True)
-    if separate:
-        os.chown(settings.comfy_io_dir, comfy_user.pw_uid, comfy_user.pw_gid)
+    if account:
+        os.chown(settings.comfy_io_dir, account.pw_uid, account.pw_gid)
+    elif not settings.dry_run:
+        why = (
+            f"COMFY_USER={settings.comfy_user!r} is not a user of this system (the image has it)"
+            if os.getuid() == 0
+            else f"the worker was not started as root but as uid {os.getuid()}"
+        )
+        print(
+            f"[entrypoint] warning: {why}, so ComfyUI runs as the same user as the processes that "
+            "hold the worker's key and tokens, and a custom node could read them",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         _writable(settings.model_dir, "model root (COMFYUI_MODEL_DIR)", mode=0o755)
         for folders in model_folders.FOLDERS.values():
@@ -156,33 +165,6 @@ def prepare_folders(settings: config.Settings) -> pwd.struct_passwd:
         if settings.launch_mode == "api":  # the pod API writes downloads there
             raise
         print(f"[entrypoint] warning: {exc}", file=sys.stderr, flush=True)
-    return comfy_user
-
-
-def _comfy_user(settings: config.Settings) -> pwd.struct_passwd:
-    """COMFY_USER when started as root and that user exists; else the current user, said once."""
-    try:
-        current = pwd.getpwuid(os.getuid())
-    except KeyError:
-        raise StartError(
-            f"uid {os.getuid()} has no entry in /etc/passwd, so supervisord cannot run programs as it; "
-            "run the container as root or as a user of the image"
-        ) from None
-    if os.getuid() == 0:
-        try:
-            return pwd.getpwnam(settings.comfy_user)
-        except KeyError:
-            why = f"COMFY_USER={settings.comfy_user!r} is not a user of this system (the image has it)"
-    else:
-        why = f"the worker was not started as root but as {current.pw_name}"
-    if not settings.dry_run:
-        print(
-            f"[entrypoint] warning: {why}, so ComfyUI runs as {current.pw_name} like the processes "
-            "that hold the worker's key and tokens, and a custom node could read them",
-            file=sys.stderr,
-            flush=True,
-        )
-    return current
 
 
 def _writable(path: str, what: str, mode: int) -> None:

@@ -65,6 +65,8 @@ class Opened:
 
     payload: Any
     box: Box
+    epk: bytes
+    nonce: bytes
 
 
 def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
@@ -84,8 +86,8 @@ def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
         raise errors.InvalidCiphertext(f"epk must be {KEY_SIZE} bytes")
     if len(nonce) != NONCE_SIZE:
         raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
-    box = Box(private_key, PublicKey(epk))
     try:
+        box = Box(private_key, PublicKey(epk))  # a low-order epk fails the key agreement here
         plaintext = box.decrypt(ciphertext, nonce)
     except CryptoError:
         raise errors.InvalidCiphertext("the box does not open with this worker's key") from None
@@ -93,7 +95,9 @@ def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
         payload = json.loads(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
-    return Opened(payload=payload, box=box)
+    except RecursionError:
+        raise errors.InvalidJson("the decrypted payload is nested too deeply") from None
+    return Opened(payload=payload, box=box, epk=epk, nonce=nonce)
 
 
 def seal(result: Any, box: Box) -> dict:

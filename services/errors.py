@@ -63,6 +63,13 @@ class InvalidCiphertext(WorkerError):
     http_status = 400
 
 
+class ReplayedRequest(WorkerError):
+    """The same envelope again, or one whose `ts` is outside the replay window."""
+
+    code = "replayed_request"
+    http_status = 409
+
+
 class EncryptionUnavailable(WorkerError):
     code = "encryption_unavailable"
     http_status = 400

@@ -1,7 +1,8 @@
 """The one job pipeline behind both the pod API and the RunPod handler.
 
-envelope -> payload checks -> (DRY_RUN stops here) -> ComfyUI -> result -> seal.
-Adapters only authorize, decode the body and map the `Reply` to their transport.
+envelope (and its replay check) -> payload checks -> (DRY_RUN stops here) -> ComfyUI ->
+result -> seal. Adapters only authorize, decode the body and map the `Reply` to their transport.
+Progress of an encrypted job leaves only as a percentage: node ids would reveal the workflow.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from services import envelope, errors, job_request
 from services.config import Settings
 from services.offload import offload
 from services.output_store import OutputStore
+from services.replay import ReplayGuard
 
 log = logging.getLogger("worker.pipeline")
 
@@ -30,6 +32,17 @@ class Executor(Protocol):
     """Runs a checked job in ComfyUI and returns the result object of DESIGN.md section 5."""
 
     def execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict: ...
+
+
+def coarse(progress: Progress) -> Progress:
+    """Progress without node ids or class names: a percentage of the current step."""
+
+    def update(message: dict) -> None:
+        value, most = message.get("value"), message.get("max")
+        if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
+            progress({"percent": max(0, min(100, round(100 * value / most)))})
+
+    return update
 
 
 @dataclass(frozen=True)
@@ -52,13 +65,18 @@ class Pipeline:
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
         self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
+        self.replay = ReplayGuard(settings.replay_window_s)
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""
         try:
             opened = self._open(body)
+            if opened is not None:
+                self.replay.check(opened.epk, opened.nonce, opened.payload)
         except errors.WorkerError as exc:
             return self._failed(exc)
+        if opened is not None and progress is not None:
+            progress = coarse(progress)
         try:
             result = self._execute(opened.payload if opened else body, progress, cancel)
             result, status, code = self._fit(result, opened), 200, None

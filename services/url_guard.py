@@ -21,6 +21,8 @@ from services import errors
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
 def is_public(ip: str) -> bool:
@@ -28,8 +30,22 @@ def is_public(ip: str) -> bool:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return False
-    address = getattr(address, "ipv4_mapped", None) or address
+    address = embedded_ipv4(address) or address
     return address.is_global and address not in _CGNAT and not address.is_multicast
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to its destination (IPv4-mapped, 6to4, NAT64,
+    IPv4-compatible): that address, not the IPv6 form, decides where the connection goes."""
+    if address.version == 4:
+        return None
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 def resolve(host: str, port: int, allow_private: bool) -> list[str]:

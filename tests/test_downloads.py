@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from services import config, errors
+from services import config, errors, url_guard
 from services.downloads import Downloads
 from tests.file_server import FileServer
 
@@ -198,3 +198,48 @@ def test_private_addresses_are_refused_unless_allowed(tmp_path):
     ):
         with pytest.raises(errors.UrlNotAllowed):
             strict.submit([{"type": "vae", "url": url}])
+
+
+@pytest.mark.parametrize(
+    ("host", "sent"),
+    [
+        ("civitai.com", True),
+        ("files.civitai.com", True),
+        ("CIVITAI.COM", True),
+        ("evilcivitai.com", False),
+        ("civitai.com.evil.example", False),
+        ("example.com", False),
+    ],
+)
+def test_the_civitai_token_goes_to_civitai_and_its_subdomains_only(tmp_path, monkeypatch, host, sent):
+    authorizations = []
+
+    def offline_get(url, headers, allow_private, timeout=30.0):
+        authorizations.append(headers.get("Authorization"))
+        raise errors.DownloadFailed("offline")
+
+    monkeypatch.setattr(url_guard, "resolve", lambda *args: ["203.0.113.9"])
+    monkeypatch.setattr(url_guard, "get", offline_get)
+    settings = config.load(
+        {"ENCRYPTION_REQUIRED": "0", "COMFYUI_MODEL_DIR": str(tmp_path), "CIVITAI_TOKEN": "civ-secret"}
+    )
+    [download] = finish(Downloads(settings), [{"type": "loras", "url": f"https://{host}/api/download/1"}])
+    assert download.state == "failed" and authorizations
+    assert all((auth == "Bearer civ-secret") is sent for auth in authorizations)
+
+
+def test_credentials_in_a_url_appear_in_no_status_log_or_error(downloads, server, caplog):
+    port = server.server_address[1]
+    items = [
+        {
+            "type": "loras",
+            "url": f"http://user:pa55word@127.0.0.1:{port}/file/model.safetensors",
+        },
+        {"type": "vae", "url": f"http://user:pa55word@127.0.0.1:{port}/file/missing.bin?sig=qs-secret"},
+    ]
+    with caplog.at_level("INFO"):  # the level the worker logs at
+        done, failed = finish(downloads, items)
+    assert (done.state, failed.state) == ("done", "failed")
+    shown = str(done.view()) + str(failed.view()) + caplog.text
+    assert "pa55word" not in shown and "qs-secret" not in shown and "user:" not in shown
+    assert done.view()["source"] == f"http://127.0.0.1:{port}/file/model.safetensors"

@@ -15,7 +15,7 @@ PAYLOAD = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}
 def test_round_trip_with_the_client_module():
     request, ephemeral = seal_request(PAYLOAD, PUBLIC)
     opened = envelope.open_request(request, KEY)
-    assert opened.payload == PAYLOAD
+    assert {k: v for k, v in opened.payload.items() if k != "ts"} == PAYLOAD  # the client adds ts
     answer = envelope.seal({"status": "ok"}, opened.box)
     assert set(answer) == {"encrypted", "nonce", "ciphertext"}
     assert open_answer(answer, ephemeral, PUBLIC) == {"status": "ok"}

@@ -84,3 +84,21 @@ def test_an_encrypted_job_puts_only_sealed_blobs_in_the_bucket():
     [(blob, mime)] = store.objects.values()
     assert b"PNG" not in blob and mime == "application/octet-stream"
     assert open_blob(blob, ephemeral, PUBLIC) == base64.b64decode(BIG)
+
+
+class Progressing:
+    def execute(self, job, progress, cancel):
+        progress({"node": "7"})
+        progress({"node": "7", "value": 2, "max": 4})
+        return RESULT
+
+
+def test_progress_of_an_encrypted_job_is_only_a_percentage():
+    settings = config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0"})
+    seen = []
+    request, _ = seal_request({"workflow": WORKFLOW}, PUBLIC)
+    Pipeline(settings, Progressing()).run(request, seen.append)
+    assert seen == [{"percent": 50}]
+    seen.clear()
+    Pipeline(settings, Progressing()).run({"workflow": WORKFLOW}, seen.append)  # plain keeps detail
+    assert seen == [{"node": "7"}, {"node": "7", "value": 2, "max": 4}]

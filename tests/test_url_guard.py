@@ -43,6 +43,18 @@ def test_the_token_does_not_follow_a_redirect_to_another_host(server):
         ("169.254.169.254", False),
         ("100.64.1.1", False),
         ("::ffff:127.0.0.1", False),
+        ("::ffff:8.8.8.8", True),
+        ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("2002:a00:1::", False),  # 6to4 of 10.0.0.1
+        ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
+        ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
+        ("::10.0.0.1", False),  # IPv4-compatible
+        ("::169.254.169.254", False),
+        ("::1", False),
+        ("::", False),
+        ("2001:4860:4860::8888", True),
         ("fe80::1", False),
         ("nonsense", False),
     ],

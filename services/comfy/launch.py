@@ -1,10 +1,11 @@
 """supervisord's `comfy` program: prepare ComfyUI's folders, flags and environment, then hand
-over to `services.comfy.relay`, which runs ComfyUI and passes its output on.
+over to `services.comfy.relay` (run by ComfyUI's own Python), which runs ComfyUI and passes
+its output on.
 
 ComfyUI and its custom nodes are not trusted with the worker's secrets: the hand-over is an
 exec with an allow-listed environment (`comfy_environment`), so from then on no process of the
-program holds the key or a token, and the image runs the program as its own user (the
-entrypoint decides).
+program holds the key or a token; started as root, the launcher first drops to ComfyUI's own
+user (`comfy_account`), so ComfyUI cannot read the processes that do hold them.
 """
 
 from __future__ import annotations
@@ -36,37 +37,57 @@ def gpu_visible() -> str | None:
     return None
 
 
-def comfy_environment(environ: dict[str, str], settings: Settings) -> dict[str, str]:
+def comfy_account(settings: Settings) -> pwd.struct_passwd | None:
+    """ComfyUI's own user: COMFY_USER when the worker starts as root and that user exists;
+    None when ComfyUI runs as the worker's user."""
+    if os.getuid() != 0:
+        return None
+    try:
+        account = pwd.getpwnam(settings.comfy_user)
+    except KeyError:
+        return None
+    return account if account.pw_uid != 0 else None
+
+
+def comfy_environment(environ: dict[str, str], settings: Settings, home: str) -> dict[str, str]:
     """The allow-listed environment of ComfyUI: never the worker's key, API key, tokens or
     bucket credentials, whatever their names; COMFY_ENV names any more the operator passes on."""
     passed = _PASSED | set(settings.comfy_env)
     env = {k: v for k, v in environ.items() if k in passed or k.startswith(_PASSED_PREFIXES)}
-    env["HOME"] = _home(settings)
+    env["HOME"] = home
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
 
-def _home(settings: Settings) -> str:
-    """The user's own home when it can write there, else a folder of its own in the run dir."""
+def _home(settings: Settings, account: pwd.struct_passwd | None) -> str:
+    """The user's own home when it is a folder it can write, else one of its own in the run dir."""
     try:
-        home = pwd.getpwuid(os.getuid()).pw_dir
+        entry = account or pwd.getpwuid(os.getuid())
     except KeyError:
-        home = ""
-    if home and os.access(home, os.W_OK):
-        return home
+        entry = None
+    if entry and os.path.isdir(entry.pw_dir) and _owned_or_writable(entry.pw_dir, entry):
+        return entry.pw_dir
     fallback = os.path.join(settings.comfy_io_dir, "home")
     os.makedirs(fallback, mode=0o700, exist_ok=True)
+    if account:
+        os.chown(fallback, account.pw_uid, account.pw_gid)
     return fallback
+
+
+def _owned_or_writable(folder: str, entry: pwd.struct_passwd) -> bool:
+    if os.getuid() == entry.pw_uid:
+        return os.access(folder, os.W_OK)
+    return os.stat(folder).st_uid == entry.pw_uid and os.access(folder, os.W_OK)
 
 
 def io_dir(settings: Settings, kind: str) -> str:
     return os.path.join(settings.comfy_io_dir, kind)
 
 
-def prepare_folders(settings: Settings) -> str:
+def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None) -> str:
     """Empty the worker's input/output/temp folders (nothing of an earlier job survives a
-    restart) and write the model paths yaml; returns the yaml's path. The model folders are
-    the entrypoint's to make: ComfyUI's user may only read the model root."""
+    restart) and write the model paths yaml, all owned by ComfyUI's user; returns the yaml's
+    path. The model folders are the entrypoint's to make: ComfyUI's user only reads them."""
     for kind in IO_FOLDERS:
         shutil.rmtree(io_dir(settings, kind), ignore_errors=True)
         os.makedirs(io_dir(settings, kind), mode=0o700)
@@ -74,6 +95,9 @@ def prepare_folders(settings: Settings) -> str:
     path = os.path.join(settings.comfy_io_dir, "extra_model_paths.yaml")
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir))
+    if account:
+        for made in [*(io_dir(settings, kind) for kind in (*IO_FOLDERS, "user")), path]:
+            os.chown(made, account.pw_uid, account.pw_gid)
     return path
 
 
@@ -116,16 +140,25 @@ def main() -> int:
     if not os.path.isfile(main_py):
         print(f"[comfy] comfy_init_failed: no ComfyUI at {main_py}; set COMFYUI_DIR", file=sys.stderr)
         return 1
+    account = comfy_account(settings)
     gpu = gpu_visible() if settings.comfy_device == "auto" else None
-    argv = command(settings, prepare_folders(settings), gpu is not None)
-    env = comfy_environment(dict(os.environ), settings)
+    argv = command(settings, prepare_folders(settings, account), gpu is not None)
+    env = comfy_environment(dict(os.environ), settings, _home(settings, account))
     print(f"[comfy] device: {gpu or 'cpu'} (COMFY_DEVICE={settings.comfy_device})", flush=True)
-    print(f"[comfy] starting ComfyUI: {shlex.join(argv)}", flush=True)
-    relay = [sys.executable, "-m", "services.comfy.relay", "--comfy-url", settings.comfy_url]
+    print(
+        f"[comfy] starting ComfyUI as {account.pw_name if account else 'the worker user'}: {shlex.join(argv)}",
+        flush=True,
+    )
+    relay = [settings.comfy_python, "-m", "services.comfy.relay", "--comfy-url", settings.comfy_url]
     relay += ["--tail", os.path.join(settings.comfy_io_dir, BOOT_TAIL), "--cwd", settings.comfyui_dir]
     if settings.comfy_output_shown:
         relay.append("--show-after-boot")
-    os.execve(sys.executable, [*relay, "--", *argv], env)  # from here on, no secret in this process
+    if account:
+        os.setgroups([])
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    # from here on, no secret in this process: the relay and ComfyUI get only `env`
+    os.execve(settings.comfy_python, [*relay, "--", *argv], env)
     return 1  # not reached
 
 

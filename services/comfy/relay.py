@@ -2,8 +2,8 @@
 everything until ComfyUI first answers, afterwards only when the operator allows it.
 
 Boot output carries no job data, and hiding it turns a broken install into a silent crash
-loop; what ComfyUI prints about prompts may quote a workflow's inputs. The last boot lines are
-kept in a file for the entrypoint's last words and removed once ComfyUI answers. This process
+loop; what ComfyUI prints about prompts may quote a workflow's inputs. The last lines of a
+ComfyUI that died before it answered are kept in a file for the entrypoint's last words. This process
 is the one supervisord watches, so every line of a dying ComfyUI is passed on before
 supervisord sees the program exit. It runs with ComfyUI's allow-listed environment; ComfyUI is
 in its process group, so supervisord's stop signal reaches ComfyUI itself.
@@ -30,34 +30,48 @@ TAIL_LINES = 40
 DRAIN_S = 1.0
 
 
-def relay(pipe: IO[bytes], tail_path: str, comfy_url: str, show_after_boot: bool) -> None:
-    answered = threading.Event()
-    threading.Thread(target=_wait_until_answers, args=(comfy_url, answered), daemon=True).start()
-    tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
-    booting = True
+class Relay:
+    """Passes ComfyUI's lines on and remembers the last ones of its boot."""
 
-    def end_of_boot() -> None:
+    def __init__(self, tail_path: str, comfy_url: str, show_after_boot: bool) -> None:
+        self.tail_path = tail_path
+        self.show_after_boot = show_after_boot
+        self.booting = True
+        self.tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
+        self.answered = threading.Event()
+        threading.Thread(target=_wait_until_answers, args=(comfy_url, self.answered), daemon=True).start()
+
+    def run(self, pipe: IO[bytes]) -> None:
+        for line in pipe:
+            if self.booting and self.answered.is_set():  # it answered before printing READY_LINE
+                self._end_of_boot()
+            if self.booting:
+                _write(line)
+                self.tail.append(line)
+                if READY_LINE in line:
+                    self._end_of_boot()
+            elif self.show_after_boot:
+                _write(line)
+
+    def died(self) -> None:
+        """ComfyUI exited: if it never answered, its last lines are the container's last words
+        should supervisord give up (a boot in progress never overwrites them)."""
+        if not self.booting:
+            return
         with contextlib.suppress(OSError):
-            os.remove(tail_path)
-        if not show_after_boot:
+            fd = os.open(self.tail_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.writelines(self.tail)
+
+    def _end_of_boot(self) -> None:
+        self.booting = False
+        with contextlib.suppress(OSError):
+            os.remove(self.tail_path)  # it came up: an earlier failed boot is no longer the story
+        if not self.show_after_boot:
             _write(
                 b"[comfy] ComfyUI answers; its own output is not logged from now on "
                 b"(LOG_SILENT or encryption; COMFY_LOG=1 shows it)\n"
             )
-
-    for line in pipe:
-        if booting and answered.is_set():  # it answered before printing READY_LINE
-            booting = False
-            end_of_boot()
-        if booting:
-            _write(line)
-            tail.append(line)
-            _keep_tail(tail_path, tail)
-            if READY_LINE in line:
-                booting = False
-                end_of_boot()
-        elif show_after_boot:
-            _write(line)
 
 
 def _wait_until_answers(comfy_url: str, answered: threading.Event) -> None:
@@ -78,13 +92,6 @@ def _write(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
-def _keep_tail(path: str, tail: collections.deque[bytes]) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.writelines(tail)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tail", required=True, help="where the last boot lines are kept")
@@ -96,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the group's stop signal is ComfyUI's to obey
     comfy = subprocess.Popen(command, cwd=args.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    passing = threading.Thread(
-        target=relay, args=(comfy.stdout, args.tail, args.comfy_url, args.show_after_boot), daemon=True
-    )
+    relay = Relay(args.tail, args.comfy_url, args.show_after_boot)
+    passing = threading.Thread(target=relay.run, args=(comfy.stdout,), daemon=True)
     passing.start()
     code = comfy.wait()
     # its last lines are in the pipe; a child it left behind may hold the pipe open, so do not
     # wait for the end of it (the watchdog kills such leftovers)
     passing.join(timeout=DRAIN_S)
+    relay.died()
     return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
 
 

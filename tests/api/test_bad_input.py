@@ -7,7 +7,6 @@ import json
 import pytest
 import requests
 
-from client.envelope_client import open_answer, seal_request
 from tests.stack import Stack
 from tests.workflows import empty_image, invert_upload, png_b64
 
@@ -122,16 +121,6 @@ def test_save_prefix_that_leaves_the_output_folder(stack):
 )
 def test_envelope_fields_of_the_wrong_type_or_size(stack, envelope, code):
     coded(send(stack, json.dumps(envelope)), 400, code)
-
-
-def test_the_same_envelope_twice_runs_twice(stack):
-    """No replay protection: both answers are sealed to the sender's ephemeral key, so a replay
-    only makes the worker run the job again; it reveals nothing to whoever replays it."""
-    request, ephemeral = seal_request({"workflow": empty_image(8, 8, 42)}, stack.public_key)
-    for _ in range(2):
-        response = send(stack, json.dumps(request))
-        assert response.status_code == 200
-        assert open_answer(response.json(), ephemeral, stack.public_key)["status"] == "ok"
 
 
 @pytest.mark.parametrize(

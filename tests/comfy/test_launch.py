@@ -76,7 +76,7 @@ def test_comfyui_gets_an_allow_listed_environment(tmp_path):
         "RUNPOD_AI_API_KEY": "r",
         "SOMETHING_ELSE": "s",
     }
-    env = launch.comfy_environment(environ, s)
+    env = launch.comfy_environment(environ, s, "/home/x")
     assert set(env) == {
         "PATH",
         "LC_ALL",

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import glob
 import heapq
+import importlib.util
 import json
 import os
 import random
@@ -572,6 +574,15 @@ class Server:
                 asyncio.run_coroutine_threadsafe(ws.close(), self.loop)
             time.sleep(float(inputs.get("seconds", 1.0)))
             return [inputs["image"]], None
+        if kind in CUSTOM_NODES:  # ComfyUI's node API: FUNCTION returns a tuple or {"ui", "result"}
+            node_class = CUSTOM_NODES[kind]
+            declared = NODES[kind]["input"]["required"]  # inputs a node does not declare are not handed to it
+            result = getattr(node_class(), node_class.FUNCTION)(
+                **{k: v for k, v in inputs.items() if k in declared}
+            )
+            if isinstance(result, dict):
+                return list(result.get("result", ())), result.get("ui")
+            return list(result), None
         raise NodeFailure(f"standin cannot execute {kind}")
 
     def _save(self, images: list, kind: str, prefix: str, prompt: dict) -> list[dict]:
@@ -875,6 +886,30 @@ def build_app(server: Server) -> web.Application:
     return app
 
 
+CUSTOM_NODES: dict[str, type] = {}
+
+
+def load_custom_nodes(folder: str) -> None:
+    """Like ComfyUI: every module in custom_nodes/ beside main.py adds its NODE_CLASS_MAPPINGS,
+    run inside this process."""
+    for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
+        module_spec = importlib.util.spec_from_file_location(
+            f"custom_nodes.{os.path.basename(path)[:-3]}", path
+        )
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        for name, node_class in getattr(module, "NODE_CLASS_MAPPINGS", {}).items():
+            required = node_class.INPUT_TYPES().get("required", {})
+            NODES[name] = spec(
+                {key: list(value) for key, value in required.items()},
+                list(node_class.RETURN_TYPES),
+                output_node=getattr(node_class, "OUTPUT_NODE", False),
+            )
+            CUSTOM_NODES[name] = node_class
+        print(f"[standin] loaded custom nodes from {path}", flush=True)
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ComfyUI stand-in")
     parser.add_argument("--listen", default="127.0.0.1", nargs="?", const="0.0.0.0")
@@ -902,6 +937,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args(sys.argv[1:])
+    load_custom_nodes(os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes"))
     print(f"[standin] ComfyUI stand-in {VERSION} argv={sys.argv[1:]}", flush=True)
     if os.environ.get("STANDIN_HELPER") == "1":
         helper = subprocess.Popen(["sleep", "3600"])
