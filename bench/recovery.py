@@ -15,7 +15,7 @@ from services import supervisor_state
 from tests.stack import Stack, wait_until
 from tests.workflows import with_knob
 
-WATCH = {"WATCH_GRACE_S": "2", "WATCH_FAILS": "2", "WATCH_PROBE_TIMEOUT_S": "1"}
+WATCH = {"WATCH_FAILS": "2", "WATCH_PROBE_TIMEOUT_S": "1"}
 
 
 def comfy_ready(stack: Stack) -> bool:
@@ -83,7 +83,7 @@ def main() -> None:
                 lambda: requests.post(f"http://127.0.0.1:{stack.comfy_port}/prompt", json=body, timeout=5),
                 lambda: rpc.getProcessInfo("comfy")["pid"] not in (pid, 0) and comfy_ready(stack),
             )
-            time.sleep(2.5)  # past the watchdog's grace again
+            time.sleep(2.5)  # let the watchdog see the new ComfyUI before the next fault
             return seconds
 
         crashes, hangs = [], []

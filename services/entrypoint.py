@@ -12,6 +12,7 @@ import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0
     try:
+        check_not_in_use(settings)
         prepare_folders(settings)
     except StartError as exc:
         print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
@@ -129,6 +131,44 @@ def main(argv: list[str] | None = None) -> int:
 
 class StartError(RuntimeError):
     """The container cannot run as it was started; the message says why and what to do."""
+
+
+def check_not_in_use(settings: config.Settings) -> None:
+    """Two workers on one host need their own RUN_DIR and ports: say which setting collides
+    instead of letting supervisord or a program fail with a message that names neither."""
+    pid = _read_int(os.path.join(settings.run_dir, "supervisord.pid"))
+    if pid and _is_supervisord(pid):
+        raise StartError(
+            f"RUN_DIR={settings.run_dir} is in use by another worker (its supervisord has pid {pid}); "
+            "give each worker on this host its own RUN_DIR (and API_PORT, COMFY_PORT)"
+        )
+    if settings.dry_run:
+        return
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", settings.comfy_port))
+        except OSError:
+            raise StartError(
+                f"COMFY_PORT={settings.comfy_port} is taken by another program (another worker's "
+                "ComfyUI?); give each worker on this host its own COMFY_PORT (and RUN_DIR, API_PORT)"
+            ) from None
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_supervisord(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return b"supervisord" in handle.read()
+    except OSError:
+        return False
 
 
 def prepare_folders(settings: config.Settings) -> None:

@@ -1,7 +1,10 @@
 """supervisord event listener: keeps ComfyUI answering and the container honest.
 
-- Every TICK_5: probe ComfyUI's HTTP port; after WATCH_GRACE_S of uptime (ComfyUI's boot),
-  WATCH_FAILS failed probes in a row restart `comfy` (a hung process never exits by itself).
+- Every TICK_5: probe ComfyUI's HTTP port. Until a started ComfyUI first answers it is booting,
+  however long that takes, up to COMFY_BOOT_TIMEOUT_S; one that never answers by then ends the
+  container like a FATAL program. Once it has answered, WATCH_FAILS failed probes in a row
+  restart `comfy` (a hung process never exits by itself), and such a restart counts as an exit
+  toward the crash-loop limit below.
 - PROCESS_STATE_EXITED of comfy: kill what is left of its process group (a crashed ComfyUI can
   leave children holding VRAM or ports; stopasgroup only covers supervisord's own stops).
 - PROCESS_STATE_FATAL of any program, or a program that keeps exiting (WATCH_MAX_EXITS
@@ -25,6 +28,7 @@ import requests
 from supervisor import childutils
 
 from services import config, supervisor_state
+from services.comfy import relay
 from services.config import Settings
 
 FATAL_MARKER = "fatal"
@@ -39,6 +43,7 @@ class Watchdog:
         self.settings = settings
         self.rpc = supervisor_state.rpc(settings.supervisor_socket).supervisor
         self.failures = 0
+        self.answered_pid = 0  # the comfy process that has answered at least once
         self.exits: dict[str, list[float]] = {}
 
     def on_event(self, headers: dict, payload: str) -> None:
@@ -57,8 +62,18 @@ class Watchdog:
 
     def check_comfy(self) -> None:
         info = self.rpc.getProcessInfo("comfy")
-        if info["statename"] != "RUNNING" or info["now"] - info["start"] < self.settings.watch_grace_s:
+        if info["statename"] != "RUNNING":
             self.failures = 0
+            return
+        if info["pid"] != self.answered_pid:  # booting
+            if self._booted(info["pid"]) or self._answers():
+                self.answered_pid, self.failures = info["pid"], 0
+            elif info["now"] - info["start"] >= self.settings.comfy_boot_timeout_s:
+                self.shut_down(
+                    "comfy",
+                    f"did not answer within {self.settings.comfy_boot_timeout_s:g} s of starting "
+                    "(COMFY_BOOT_TIMEOUT_S)",
+                )
             return
         if self._answers():
             self.failures = 0
@@ -70,6 +85,16 @@ class Watchdog:
         self.failures = 0
         self.rpc.stopProcess("comfy")
         self.rpc.startProcess("comfy", False)
+        self.count_exit("comfy")
+
+    def _booted(self, pid: int) -> bool:
+        """The relay's word that this program's ComfyUI has opened its port (between two ticks
+        it may already have answered a job, and hung)."""
+        try:
+            with open(os.path.join(self.settings.comfy_io_dir, relay.READY_FILE), encoding="ascii") as handle:
+                return handle.read().strip() == str(pid)
+        except OSError:
+            return False
 
     def _answers(self) -> bool:
         try:
@@ -109,7 +134,8 @@ def main() -> int:
     settings = config.load()
     watchdog = Watchdog(settings)
     say(
-        f"watching comfy: grace {settings.watch_grace_s:g} s, {settings.watch_fails} failed probes restart it"
+        f"watching comfy: boot deadline {settings.comfy_boot_timeout_s:g} s, then {settings.watch_fails} "
+        "failed probes restart it"
     )
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)

@@ -1,15 +1,17 @@
 """The entrypoint validates before anything starts, then supervisord runs the right programs."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
 
 from services import supervisor_state
-from tests.stack import ROOT, Stack, wait_until
+from tests.stack import ROOT, Stack, free_port, wait_until
 
 
 def run_entrypoint(env, *args):
@@ -150,3 +152,31 @@ def test_comfyui_holds_none_of_the_workers_secrets():
             assert stack.private_key not in "".join(environ)
             assert "CUDA_VISIBLE_DEVICES=0" in environ and any(e.startswith("PATH=") for e in environ)
         assert children, "ComfyUI runs under the relay"
+
+
+def test_a_second_worker_on_the_same_run_dir_or_comfy_port_is_told_which_setting_to_change():
+    with Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready() as first:
+        same_dir = {
+            "LAUNCH_MODE": "api",
+            "ENCRYPTION_REQUIRED": "0",
+            "DRY_RUN": "1",
+            "RUN_DIR": first.run_dir,
+            "API_PORT": str(free_port()),
+        }
+        result = run_entrypoint(same_dir)
+        assert result.returncode == 1
+        assert f"RUN_DIR={first.run_dir} is in use by another worker" in result.stderr
+        other_dir = tempfile.mkdtemp(prefix="cw-")
+        try:
+            same_port = {
+                **same_dir,
+                "DRY_RUN": "0",
+                "RUN_DIR": other_dir,
+                "COMFY_PORT": str(first.comfy_port),
+            }
+            result = run_entrypoint(same_port)
+            assert result.returncode == 1
+            assert f"COMFY_PORT={first.comfy_port} is taken" in result.stderr
+        finally:
+            shutil.rmtree(other_dir, ignore_errors=True)
+        assert first.state("comfy") == "RUNNING"  # the first worker is untouched

@@ -16,7 +16,7 @@ from services.watchdog import Watchdog
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
 
-WATCH = {"WATCH_GRACE_S": "2", "WATCH_FAILS": "2", "WATCH_PROBE_TIMEOUT_S": "1"}
+WATCH = {"WATCH_FAILS": "2", "WATCH_PROBE_TIMEOUT_S": "1"}
 
 
 def comfy_pid(stack):
@@ -82,7 +82,6 @@ def test_a_boot_slower_than_startsecs_is_not_restarted():
         "ENCRYPTION_REQUIRED": "0",
         "STANDIN_BOOT_SECONDS": "8",
         "COMFY_ENV": "STANDIN_BOOT_SECONDS",
-        "WATCH_GRACE_S": "20",
         "WATCH_FAILS": "1",
     }
     stack = Stack("api", env).start(wait_for=("api", "comfy"))
@@ -173,3 +172,52 @@ def test_sigterm_during_a_pod_job_stops_everything_within_10_s():
     assert time.monotonic() - started < 10
     thread.join(30)
     assert answers and not (hasattr(answers[0], "status_code") and answers[0].status_code == 200)
+
+
+def test_a_boot_that_never_answers_ends_the_container_after_the_boot_deadline():
+    env = {
+        "DRY_RUN": "0",
+        "ENCRYPTION_REQUIRED": "0",
+        "STANDIN_BOOT_SECONDS": "600",
+        "COMFY_ENV": "STANDIN_BOOT_SECONDS",
+        "COMFY_BOOT_TIMEOUT_S": "6",
+        "WATCH_FAILS": "1",
+    }
+    stack = Stack("api", env).start()
+    try:
+        assert stack.proc.wait(timeout=60) == 1
+        assert "comfy did not answer within 6 s of starting (COMFY_BOOT_TIMEOUT_S)" in stack.log
+        assert "restarting it" not in stack.log  # booting is not hanging
+    finally:
+        stack.stop()
+
+
+def test_the_watchdogs_own_restarts_count_toward_the_crash_loop_limit(tmp_path, monkeypatch):
+    class Rpc:
+        restarts = 0
+        stopped = False
+
+        def getProcessInfo(self, name):
+            return {"statename": "RUNNING", "pid": 42 + Rpc.restarts, "start": 0, "now": 10}
+
+        def stopProcess(self, name):
+            Rpc.restarts += 1
+
+        def startProcess(self, name, wait):
+            pass
+
+        def shutdown(self):
+            Rpc.stopped = True
+
+    settings = config.load(
+        {"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path), "WATCH_FAILS": "1", "WATCH_MAX_EXITS": "3"}
+    )
+    dog = Watchdog(settings)
+    dog.rpc = Rpc()
+    monkeypatch.setattr(dog, "_booted", lambda pid: True)  # each new ComfyUI boots, then hangs
+    monkeypatch.setattr(dog, "_answers", lambda: False)
+    for _ in range(6):
+        dog.check_comfy()  # first tick of a process: booted; second: a failed probe -> restart
+        if Rpc.stopped:
+            break
+    assert Rpc.restarts == 3 and Rpc.stopped and (tmp_path / "fatal").read_text() == "comfy"

@@ -26,7 +26,7 @@ from services.offload import offload
 from services.pipeline import Pipeline
 
 log = logging.getLogger("worker.api")
-OPEN_ROUTES = {"/healthz", "/openapi.json"}
+OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}  # what platform probes and load balancers call
 HEALTH_CACHE_S = 1.0
 
 

@@ -54,7 +54,8 @@ class ComfyClient:
             return False
 
     def submit(self, prompt: dict, client_id: str, prompt_id: str) -> dict:
-        """POST /prompt; a 400 (validation) becomes `WorkflowValidationFailed` with readable node errors."""
+        """POST /prompt; a 400 (validation) becomes `WorkflowValidationFailed` with readable node
+        errors. A 200 may still carry `node_errors`: ComfyUI then queued only the valid outputs."""
         response = self._call(
             "POST", "/prompt", json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
         )

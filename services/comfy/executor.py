@@ -23,7 +23,7 @@ from typing import Any
 import websocket
 
 from services import envelope, errors
-from services.comfy.client import ComfyClient, ComfyUnreachable
+from services.comfy.client import ComfyClient, ComfyUnreachable, describe_validation_error
 from services.config import Settings
 from services.job_request import JobRequest
 from services.offload import offload
@@ -80,8 +80,12 @@ class ComfyExecutor:
             prompt = self._prepare(job)
             ws = self.client.open_socket(job.client_id, RECV_TICK_S)
             try:
-                self.client.submit(prompt, job.client_id, job.prompt_id)
+                accepted = self.client.submit(prompt, job.client_id, job.prompt_id)
                 job.submitted = True
+                if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
+                    self._stop(job)
+                    entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
+                    raise errors.WorkflowValidationFailed(describe_validation_error(accepted))
                 outcome = self._follow(job, ws, deadline, progress, cancel)
             finally:
                 ws.close()

@@ -27,6 +27,7 @@ from typing import IO
 # before it is boot output
 READY_LINE = b"To see the GUI go to:"
 TAIL_LINES = 40
+READY_FILE = "ready"  # beside the tail: the pid of the program whose ComfyUI has booted
 DRAIN_S = 1.0
 
 
@@ -35,6 +36,9 @@ class Relay:
 
     def __init__(self, tail_path: str, comfy_url: str, show_after_boot: bool) -> None:
         self.tail_path = tail_path
+        self.ready_path = os.path.join(os.path.dirname(tail_path), READY_FILE)
+        with contextlib.suppress(OSError):
+            os.remove(self.ready_path)
         self.show_after_boot = show_after_boot
         self.booting = True
         self.tail: collections.deque[bytes] = collections.deque(maxlen=TAIL_LINES)
@@ -67,6 +71,8 @@ class Relay:
         self.booting = False
         with contextlib.suppress(OSError):
             os.remove(self.tail_path)  # it came up: an earlier failed boot is no longer the story
+        with contextlib.suppress(OSError), open(self.ready_path, "w", encoding="ascii") as handle:
+            handle.write(str(os.getpid()))  # for the watchdog: this program's ComfyUI has booted
         if not self.show_after_boot:
             _write(
                 b"[comfy] ComfyUI answers; its own output is not logged from now on "

@@ -123,13 +123,14 @@ class TestApiKey:
     def client(self):
         return make_client(API_KEY="s3cret")
 
-    def test_healthz_is_open(self, client):
+    def test_healthz_and_readyz_are_open_to_probes(self, client):
         assert client.get("/healthz").status_code == 200
+        assert client.get("/readyz").status_code == 200  # DRY_RUN: ready
 
     @pytest.mark.parametrize("header", [None, "Bearer wrong", "s3cret", "Bearer s3cret "])
     def test_everything_else_needs_the_key(self, client, header):
         headers = {"Authorization": header} if header else {}
-        for method, path in (("get", "/readyz"), ("post", "/run"), ("get", "/nope")):
+        for method, path in (("get", "/ping"), ("post", "/run"), ("get", "/nope")):
             response = getattr(client, method)(path, headers=headers)
             assert response.status_code == 401, path
             assert response.get_json()["error"].startswith("unauthorized")

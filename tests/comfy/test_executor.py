@@ -112,6 +112,22 @@ def test_validation_error_names_node_class_and_message(stack):
     assert "node 3 (ImageScale): Value not in list: upscale_method: 'magic'" in error
 
 
+def test_a_workflow_with_one_invalid_output_fails_whole_and_leaves_nothing_queued(stack):
+    """ComfyUI answers 200 and queues the valid output; the job must not answer ok without it."""
+    workflow = empty_image(12, 12, 0x00FF00)
+    workflow["3"] = {"class_type": "LoadImage", "inputs": {"image": "nope.png"}}
+    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bad"}}
+    response = run(stack, {"workflow": workflow})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error.startswith("workflow_validation_failed: node 3 (LoadImage): ") and "nope.png" in error
+    wait_until(
+        lambda: comfy(stack, "/queue") == {"queue_running": [], "queue_pending": []}, 10, "an idle queue"
+    )
+    assert run(stack, {"workflow": empty_image(8, 8)}).status_code == 200  # the next job sweeps its history
+    assert comfy(stack, "/history") == {} and stack.job_files() == []
+
+
 def test_unknown_node_class(stack):
     response = run(stack, {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
     assert response.status_code == 400

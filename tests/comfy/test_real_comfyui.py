@@ -146,6 +146,17 @@ def test_validation_error_in_comfyuis_words(stack):
     assert_nothing_left(stack)
 
 
+def test_one_invalid_output_fails_the_job_and_its_valid_part_leaves_nothing(stack):
+    workflow = empty_image(12, 12, 0x00FF00)
+    workflow["3"] = {"class_type": "LoadImage", "inputs": {"image": "nope.png"}}
+    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bad"}}
+    error = run(stack, {"workflow": workflow})["error"]
+    assert error.startswith("workflow_validation_failed: node 3 (LoadImage): ") and "nope.png" in error
+    wait_idle(stack)
+    assert run(stack, {"workflow": empty_image(8, 8)})["status"] == "ok"  # sweeps the stopped part
+    assert_nothing_left(stack)
+
+
 def test_runtime_error_in_comfyuis_words(stack):
     checkpoints = os.path.join(stack.run_dir, "models", "checkpoints")
     header = b'{"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}'
