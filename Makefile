@@ -20,7 +20,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 # The real-ComfyUI tier: COMFYUI_DIR + COMFY_PYTHON when set, else .comfyui/ (make comfyui).
 test-real: $(STAMP)

@@ -26,6 +26,18 @@ def invert_upload(name: str = "red.png") -> dict:
     }
 
 
+def invalid_workflow() -> dict:
+    """Two validation errors ComfyUI words alike: a missing input and a value not in its list."""
+    workflow = empty_image()
+    del workflow["1"]["inputs"]["color"]
+    workflow["3"] = {
+        "class_type": "ImageScale",
+        "inputs": {"image": ["1", 0], "upscale_method": "magic", "width": 8, "height": 8, "crop": "disabled"},
+    }
+    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    return workflow
+
+
 def with_knob(knob: str, color: int = 1, **inputs: object) -> dict:
     """EmptyImage -> <stand-in knob node> -> SaveImage."""
     return {

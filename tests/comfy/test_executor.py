@@ -9,7 +9,7 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from tests.stack import Stack, wait_until
-from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
+from tests.workflows import decode_png, empty_image, invalid_workflow, invert_upload, png_b64, with_knob
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +97,7 @@ def test_no_history_answers_only_status_and_prompt_id(stack):
 
 
 def test_validation_error_names_node_class_and_message(stack):
-    workflow = empty_image()
-    del workflow["1"]["inputs"]["color"]
-    workflow["3"] = {
-        "class_type": "ImageScale",
-        "inputs": {"image": ["1", 0], "upscale_method": "magic", "width": 8, "height": 8, "crop": "disabled"},
-    }
-    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    workflow = invalid_workflow()
     response = run(stack, {"workflow": workflow})
     assert response.status_code == 400
     error = response.json()["error"]

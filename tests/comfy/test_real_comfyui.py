@@ -15,7 +15,7 @@ from client.envelope_client import open_answer, seal_request
 from services import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, real_backend, wait_until
-from tests.workflows import decode_png, empty_image, invert_upload, png_b64, slow_workflow
+from tests.workflows import decode_png, empty_image, invalid_workflow, invert_upload, png_b64, slow_workflow
 
 pytestmark = pytest.mark.real
 
@@ -132,13 +132,7 @@ def test_a_cached_rerun_returns_a_fresh_file(stack):
 
 
 def test_validation_error_in_comfyuis_words(stack):
-    workflow = empty_image()
-    del workflow["1"]["inputs"]["color"]
-    workflow["3"] = {
-        "class_type": "ImageScale",
-        "inputs": {"image": ["1", 0], "upscale_method": "magic", "width": 8, "height": 8, "crop": "disabled"},
-    }
-    workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}}
+    workflow = invalid_workflow()
     error = run(stack, {"workflow": workflow})["error"]
     assert error.startswith("workflow_validation_failed: ")
     assert "node 1 (EmptyImage): Required input is missing: color" in error
