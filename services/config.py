@@ -47,6 +47,7 @@ class Settings:
     job_timeout_s: float = 600.0
     replay_window_s: float = 600.0
     comfy_ready_timeout_s: float = 300.0
+    comfy_submit_timeout_s: float = 60.0
     comfy_boot_timeout_s: float = 900.0  # a heavy GPU boot with many custom nodes takes minutes
     watch_fails: int = 3
     watch_probe_timeout_s: float = 3.0
@@ -235,6 +236,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
     "REPLAY_WINDOW_S": ("replay_window_s", _positive_float),
     "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
+    "COMFY_SUBMIT_TIMEOUT_S": ("comfy_submit_timeout_s", _positive_float),
     "COMFY_BOOT_TIMEOUT_S": ("comfy_boot_timeout_s", _positive_float),
     "WATCH_FAILS": ("watch_fails", _int_range(1, 100)),
     "WATCH_PROBE_TIMEOUT_S": ("watch_probe_timeout_s", _positive_float),

@@ -116,6 +116,14 @@ class ComfyInitFailed(WorkerError):
     http_status = 503
 
 
+class ComfyBusy(WorkerError):
+    """ComfyUI answers but took no prompt in time (a slow disk listing model folders, say): the
+    worker is healthy, so this is no reason to recycle it."""
+
+    code = "comfy_busy"
+    http_status = 503
+
+
 class ComfyRestarted(WorkerError):
     """ComfyUI died or was restarted while the job was in it."""
 

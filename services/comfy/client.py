@@ -53,11 +53,16 @@ class ComfyClient:
         except ComfyUnreachable:
             return False
 
-    def submit(self, prompt: dict, client_id: str, prompt_id: str) -> dict:
+    def submit(self, prompt: dict, client_id: str, prompt_id: str, timeout: float) -> dict:
         """POST /prompt; a 400 (validation) becomes `WorkflowValidationFailed` with readable node
-        errors. A 200 may still carry `node_errors`: ComfyUI then queued only the valid outputs."""
+        errors. A 200 may still carry `node_errors`: ComfyUI then queued only the valid outputs.
+        ComfyUI lists model folders while it validates, which on a cold network volume is slow,
+        hence a limit of its own."""
         response = self._call(
-            "POST", "/prompt", json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+            "POST",
+            "/prompt",
+            timeout=timeout,
+            json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id},
         )
         if response.status_code == 400:
             try:

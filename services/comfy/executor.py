@@ -80,8 +80,8 @@ class ComfyExecutor:
             prompt = self._prepare(job)
             ws = self.client.open_socket(job.client_id, RECV_TICK_S)
             try:
-                accepted = self.client.submit(prompt, job.client_id, job.prompt_id)
-                job.submitted = True
+                job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
+                accepted = self._submit(job, prompt)
                 if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
                     self._stop(job)
                     entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
@@ -102,6 +102,22 @@ class ComfyExecutor:
             }
         finally:
             self._clean_up(job, entry)
+
+    def _submit(self, job: _Job, prompt: dict) -> dict:
+        """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
+        is busy, not dead: `comfy_busy`, and whatever it queues late is taken out again."""
+        try:
+            return self.client.submit(
+                prompt, job.client_id, job.prompt_id, self.settings.comfy_submit_timeout_s
+            )
+        except ComfyUnreachable:
+            if not self.client.ready(timeout=2.0):
+                raise
+            self._stop(job)
+            raise errors.ComfyBusy(
+                f"ComfyUI answers but took no prompt within {self.settings.comfy_submit_timeout_s:g} s "
+                "(COMFY_SUBMIT_TIMEOUT_S); try again"
+            ) from None
 
     def _wait_ready(self, deadline: float) -> None:
         """A cold start may still be booting ComfyUI: wait for it, within the job's time. Right

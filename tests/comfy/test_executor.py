@@ -122,6 +122,12 @@ def test_a_workflow_with_one_invalid_output_fails_whole_and_leaves_nothing_queue
     assert comfy(stack, "/history") == {} and stack.job_files() == []
 
 
+def test_a_prompt_slower_than_the_old_5_s_limit_is_still_taken(stack):
+    response = run(stack, {"workflow": with_knob("StandinSlowSubmit", color=11, seconds=6)})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["outputs"][0]).size == (16, 16)
+
+
 def test_unknown_node_class(stack):
     response = run(stack, {"workflow": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
     assert response.status_code == 400

@@ -115,6 +115,10 @@ NODES: dict[str, dict] = {
         },
         ["IMAGE"],
     ),
+    "StandinSlowSubmit": spec(  # POST /prompt answers after `seconds` (a cold model listing)
+        {"image": ["IMAGE"], "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0}]},
+        ["IMAGE"],
+    ),
     "StandinNoise": spec(
         {
             "width": [INT, {"default": 512, "min": 1, "max": 16384}],
@@ -556,6 +560,8 @@ class Server:
                     "progress", {"value": step, "max": steps, "prompt_id": prompt_id, "node": nid}, None
                 )
             return [inputs["image"]], None
+        if kind == "StandinSlowSubmit":
+            return [inputs["image"]], None
         if kind == "StandinNoise":
             size = (int(inputs["width"]), int(inputs["height"]))
             return [[Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))]], None
@@ -636,6 +642,11 @@ class Server:
         prompt = body["prompt"]
         if not isinstance(prompt, dict):
             return web.Response(status=500, text=BARE_500)
+        slow = [
+            n for n in prompt.values() if isinstance(n, dict) and n.get("class_type") == "StandinSlowSubmit"
+        ]
+        if slow:
+            await asyncio.sleep(float(slow[0].get("inputs", {}).get("seconds", 1.0)))
         status, result, outputs = self.validate(prompt)
         if status != 200:
             return web.json_response(result, status=status)

@@ -1,6 +1,7 @@
 """Serverless mode as RunPod runs it: the runpod SDK's real worker loop under supervisord takes
 jobs from the local RunPod queue and runs them in the ComfyUI stand-in."""
 
+import json
 import os
 import time
 
@@ -8,6 +9,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
+from services import supervisor_state
 from tests.stack import Stack, wait_until
 from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
 
@@ -154,3 +156,31 @@ def test_an_encrypted_job_leaves_nothing_in_the_logs(stack):
     output_b64 = result["outputs"][0]["data"]
     assert marker not in stack.log and output_b64[:40] not in stack.log and stack.private_key not in stack.log
     assert marker not in str(requests.get(f"http://127.0.0.1:{stack.comfy_port}/history", timeout=5).json())
+
+
+def test_a_prompt_comfyui_does_not_take_in_time_is_comfy_busy_and_keeps_the_worker(busy_stack):
+    job = runsync(busy_stack, {"workflow": with_knob("StandinSlowSubmit", color=12, seconds=4)})
+    assert job["status"] == "FAILED" and job["error"].startswith(
+        "comfy_busy: ComfyUI answers but took no prompt"
+    )
+    assert "refresh_worker" not in json.dumps(job)
+    handler = supervisor_state.rpc(busy_stack.socket).supervisor.getProcessInfo("handler")["pid"]
+    job = runsync(busy_stack, {"workflow": empty_image(10, 10)})  # the same worker takes the next job
+    assert job["status"] == "COMPLETED", job
+    assert supervisor_state.rpc(busy_stack.socket).supervisor.getProcessInfo("handler")["pid"] == handler
+    wait_until(
+        lambda: (
+            requests.get(f"http://127.0.0.1:{busy_stack.comfy_port}/queue", timeout=5).json()
+            == {"queue_running": [], "queue_pending": []}
+        ),
+        20,
+        "the late prompt to be taken out or done",
+    )
+
+
+@pytest.fixture(scope="module")
+def busy_stack():
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": API_KEY, "COMFY_SUBMIT_TIMEOUT_S": "1.5"}
+    stack = Stack("serverless", env).ready()
+    yield stack
+    stack.stop()
