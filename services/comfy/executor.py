@@ -7,6 +7,7 @@ through /view -> delete the history entry, the inputs and the outputs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -84,7 +85,8 @@ class ComfyExecutor:
                 accepted = self._submit(job, prompt)
                 if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
                     self._stop(job)
-                    entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
+                    with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
+                        entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
                     raise errors.WorkflowValidationFailed(describe_validation_error(accepted))
                 outcome = self._follow(job, ws, deadline, progress, cancel)
             finally:

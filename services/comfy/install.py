@@ -222,12 +222,12 @@ def _read(path: str) -> str:
         return ""
 
 
-def _run(command: list[str], step: str, env: dict[str, str] | None = None) -> None:
+def _run(command: list[str], step: str) -> None:
     """Run a step with its output shown as it comes; on failure raise with its last lines."""
     last: collections.deque[str] = collections.deque(maxlen=12)
     try:
         proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", env=env
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
         )
     except OSError as exc:
         raise InstallError(f"{step} failed: {command[0]}: {exc.strerror}; {INSTALL_HINT}") from None

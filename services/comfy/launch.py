@@ -60,24 +60,20 @@ def comfy_environment(environ: dict[str, str], settings: Settings, home: str) ->
 
 
 def _home(settings: Settings, account: pwd.struct_passwd | None) -> str:
-    """The user's own home when it is a folder it can write, else one of its own in the run dir."""
+    """The user's own home when it owns it and can write there (not on a read-only image), else
+    a folder of its own in the run dir."""
     try:
         entry = account or pwd.getpwuid(os.getuid())
     except KeyError:
         entry = None
-    if entry and os.path.isdir(entry.pw_dir) and _owned_or_writable(entry.pw_dir, entry):
-        return entry.pw_dir
+    home = entry.pw_dir if entry else ""
+    if home and os.path.isdir(home) and os.stat(home).st_uid == entry.pw_uid and os.access(home, os.W_OK):
+        return home
     fallback = os.path.join(settings.comfy_io_dir, "home")
     os.makedirs(fallback, mode=0o700, exist_ok=True)
     if account:
         os.chown(fallback, account.pw_uid, account.pw_gid)
     return fallback
-
-
-def _owned_or_writable(folder: str, entry: pwd.struct_passwd) -> bool:
-    if os.getuid() == entry.pw_uid:
-        return os.access(folder, os.W_OK)
-    return os.stat(folder).st_uid == entry.pw_uid and os.access(folder, os.W_OK)
 
 
 def io_dir(settings: Settings, kind: str) -> str:
