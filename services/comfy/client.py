@@ -80,6 +80,9 @@ class ComfyClient:
     def delete_history(self, prompt_ids: list[str]) -> None:
         self._call("POST", "/history", json={"delete": prompt_ids})
 
+    def clear_history(self) -> None:
+        self._call("POST", "/history", json={"clear": True})
+
     def queue(self) -> dict:
         return self._json(self._call("GET", "/queue"), "GET /queue")
 

@@ -2,7 +2,7 @@
 
 upload inputs -> open the websocket -> POST /prompt -> follow messages until `executing` with
 node null (or poll the history when the socket is gone) -> read the history -> fetch outputs
-through /view -> delete the history entry, the inputs and the outputs.
+through /view. Whatever the ending, `cleanup` then takes the history entry, inputs and outputs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ import copy
 import json
 import logging
 import mimetypes
-import os
-import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +21,7 @@ from typing import Any
 import websocket
 
 from services import envelope, errors
+from services.comfy.cleanup import Cleanup, files_of
 from services.comfy.client import ComfyClient, ComfyUnreachable, describe_validation_error
 from services.config import Settings
 from services.job_request import JobRequest
@@ -33,11 +31,10 @@ from services.pipeline import Progress
 log = logging.getLogger("worker.comfy")
 
 RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
-END_GRACE_S = 10.0  # after an interrupt, how long to wait for ComfyUI to finish the prompt
+END_GRACE_S = 3.0  # after an interrupt, how long to wait for the prompt's end (then `cleanup` watches)
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
-OUTPUT_KINDS = ("images", "gifs", "videos", "video", "audio", "files", "text")
 
 
 @dataclass
@@ -66,16 +63,16 @@ class ComfyExecutor:
     def __init__(self, settings: Settings, client: ComfyClient | None = None) -> None:
         self.settings = settings
         self.client = client or ComfyClient(settings.comfy_url)
+        self.cleanup = Cleanup(settings, self.client)
         self._output_nodes: dict[str, bool] = {}
-        self._unswept: set[str] = set()  # prompt ids whose history entry may still exist
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
-        self._lock = threading.Lock()
 
     # --- the job -----------------------------------------------------------------------------
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
         job = _Job(request)
         deadline = time.monotonic() + request.timeout_s
         entry: dict | None = None
+        self.cleanup.begin()
         try:
             self._wait_ready(deadline)
             prompt = self._prepare(job)
@@ -103,7 +100,8 @@ class ComfyExecutor:
                 "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
             }
         finally:
-            self._clean_up(job, entry)
+            prompt_id = job.prompt_id if job.submitted else None
+            self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
 
     def _submit(self, job: _Job, prompt: dict) -> dict:
         """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
@@ -190,7 +188,7 @@ class ComfyExecutor:
         if not isinstance(data, dict) or data.get("prompt_id") != job.prompt_id:
             return
         if kind == "executed":
-            job.files.extend(_files_of({"outputs": {"node": data.get("output")}}))
+            job.files.extend(files_of({"outputs": {"node": data.get("output")}}))
         elif kind == "executing":
             if data.get("node") is None:
                 outcome.done = True
@@ -312,56 +310,6 @@ class ComfyExecutor:
             "data": offload(envelope.b64, data, size=len(data)),
         }
 
-    # --- clean-up -----------------------------------------------------------------------------
-    def _clean_up(self, job: _Job, entry: dict | None) -> None:
-        """Delete the job's history entry, inputs and outputs, success or failure."""
-        shutil.rmtree(os.path.join(self.settings.comfy_io_dir, "input", job.tag), ignore_errors=True)
-        for item in job.files + _files_of(entry):
-            self._remove_output(item)
-        if entry is not None and not self._unswept:
-            self._delete_finished(job.prompt_id)  # the common case: one call, no queue lookup
-            return
-        if job.submitted:
-            with self._lock:
-                self._unswept.add(job.prompt_id)
-        if not job.unanswered:  # a hung ComfyUI would only delay the answer by more timeouts
-            self._sweep_history()
-
-    def _delete_finished(self, prompt_id: str) -> None:
-        try:
-            self.client.delete_history([prompt_id])
-        except errors.WorkerError:
-            with self._lock:
-                self._unswept.add(prompt_id)
-
-    def _sweep_history(self) -> None:
-        """Delete the history of every finished prompt of ours. A prompt still queued or running
-        (an interrupt that has not landed yet) writes its entry later: keep it for the next sweep."""
-        with self._lock:
-            ids = set(self._unswept)
-        if not ids:
-            return
-        try:
-            queue = self.client.queue()
-            active = {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
-            self.client.delete_history(sorted(ids))
-        except errors.WorkerError:
-            log.info("ComfyUI did not answer the history clean-up; retrying with the next job")
-            return
-        with self._lock:
-            self._unswept -= ids - active
-
-    def _remove_output(self, item: dict) -> None:
-        folder_type = item.get("type", "output")
-        if folder_type not in ("output", "temp"):
-            return
-        root = os.path.realpath(os.path.join(self.settings.comfy_io_dir, folder_type))
-        if folder_type == "temp":
-            root = os.path.join(root, "temp")  # ComfyUI appends "temp" to --temp-directory
-        path = os.path.realpath(os.path.join(root, item.get("subfolder", ""), item["filename"]))
-        if os.path.commonpath([path, root]) == root and os.path.isfile(path):
-            os.remove(path)
-
 
 def _replace_image_names(prompt: dict, names: dict[str, str]) -> None:
     """Point inputs that name an uploaded image at its per-job subfolder."""
@@ -386,14 +334,13 @@ def _outcome_from_history(entry: dict) -> _Outcome:
     return outcome
 
 
-def _output_items(entry: dict | None) -> Iterator[tuple[str, str, Any]]:
-    """(node id, output kind, item) for every output a history entry or `executed` message lists."""
-    for node_id, node_output in ((entry or {}).get("outputs") or {}).items():
+def _output_items(entry: dict) -> Iterator[tuple[str, str, Any]]:
+    """(node id, output kind, item) for every file entry and every text a history entry lists,
+    whatever the kind is called (`images`, `latents`, `3d`, a custom node's own). Other values
+    (flags such as `animated`, camera settings) are no outputs; they stay in `history.outputs`."""
+    for node_id, node_output in (entry.get("outputs") or {}).items():
         if isinstance(node_output, dict):
-            for kind in OUTPUT_KINDS:
-                for item in node_output.get(kind) or []:
-                    yield node_id, kind, item
-
-
-def _files_of(entry: dict | None) -> list[dict]:
-    return [item for _, _, item in _output_items(entry) if isinstance(item, dict) and "filename" in item]
+            for kind, items in node_output.items():
+                for item in items if isinstance(items, (list, tuple)) else ():
+                    if (isinstance(item, dict) and "filename" in item) or isinstance(item, str):
+                        yield node_id, kind, item

@@ -2,6 +2,7 @@
 the ComfyUI stand-in. One stack for the module; faults that kill ComfyUI are in test_faults.py."""
 
 import base64
+import json
 import time
 
 import pytest
@@ -25,6 +26,30 @@ def run(stack, payload, **params):
 
 def comfy(stack, path):
     return requests.get(f"http://127.0.0.1:{stack.comfy_port}{path}", timeout=5).json()
+
+
+def save_file(kind, extension, seconds=0.0, named=True):
+    return {
+        "class_type": "StandinSaveFile",
+        "inputs": {
+            "image": ["3", 0],
+            "kind": kind,
+            "extension": extension,
+            "seconds": seconds,
+            "named": named,
+        },
+    }
+
+
+def latent_shape(data):
+    """The shape of the tensor in a .latent (safetensors) file."""
+    size = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + size])["latent_tensor"]["shape"]
+
+
+def nothing_left(stack):
+    idle = comfy(stack, "/queue") == {"queue_running": [], "queue_pending": []}
+    return idle and comfy(stack, "/history") == {} and stack.job_files() == []
 
 
 def test_empty_image_returns_a_png_of_the_right_size_and_colour(stack):
@@ -115,11 +140,43 @@ def test_a_workflow_with_one_invalid_output_fails_whole_and_leaves_nothing_queue
     assert response.status_code == 400
     error = response.json()["error"]
     assert error.startswith("workflow_validation_failed: node 3 (LoadImage): ") and "nope.png" in error
-    wait_until(
-        lambda: comfy(stack, "/queue") == {"queue_running": [], "queue_pending": []}, 10, "an idle queue"
-    )
-    assert run(stack, {"workflow": empty_image(8, 8)}).status_code == 200  # the next job sweeps its history
-    assert comfy(stack, "/history") == {} and stack.job_files() == []
+    wait_until(lambda: nothing_left(stack), 10, "ComfyUI idle with no history and no files")
+
+
+def test_every_output_kind_is_returned_and_every_file_removed(stack):
+    """latents (SaveLatent), 3d (SaveGLB), a custom node's own kind, and a file no output names."""
+    image = {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 3}}
+    workflow = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {
+            "class_type": "SaveLatent",
+            "inputs": {"samples": ["1", 0], "filename_prefix": "latents/kinds"},
+        },
+        "3": image,
+        "4": save_file("3d", "glb"),
+        "5": save_file("meshes", "obj"),
+        "6": save_file("unused", "ckpt", named=False),
+    }
+    response = run(stack, {"workflow": workflow})
+    assert response.status_code == 200, response.text
+    outputs = {o["type"]: o for o in response.json()["outputs"]}
+    assert sorted(outputs) == ["3d", "latents", "meshes"]
+    assert outputs["3d"]["mime"] == "model/gltf-binary" and outputs["meshes"]["mime"] == "model/obj"
+    assert outputs["latents"]["filename"].endswith(".latent")
+    assert latent_shape(base64.b64decode(outputs["latents"]["data"])) == [1, 4, 8, 8]
+    assert base64.b64decode(outputs["3d"]["data"]) == b"standin file\n"
+    assert nothing_left(stack)
+
+
+def test_a_long_node_that_outlives_the_interrupt_leaves_nothing_once_it_ends(stack):
+    """The node runs 7 s deaf to the interrupt: the timeout answers first, the file comes later."""
+    started = time.monotonic()
+    workflow = {"3": empty_image()["1"], "4": save_file("3d", "glb", seconds=7)}
+    response = run(stack, {"workflow": workflow, "timeout_s": 1})
+    assert response.status_code == 504 and response.json()["error"].startswith("timeout")
+    assert time.monotonic() - started < 6.5  # answered before the node wrote its file
+    wait_until(lambda: comfy(stack, "/queue")["queue_running"] == [], 15, "the long node to end")
+    wait_until(lambda: nothing_left(stack), 5, "the late file and history entry to go")
 
 
 def test_a_prompt_slower_than_the_old_5_s_limit_is_still_taken(stack):

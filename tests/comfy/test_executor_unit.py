@@ -15,7 +15,7 @@ class FakeClient:
         return f"bytes of {filename}".encode(), "application/octet-stream"
 
 
-def test_images_gifs_videos_audio_and_text_are_all_returned():
+def test_every_kind_with_files_or_text_is_returned_whatever_its_name():
     client = FakeClient()
     executor = ComfyExecutor(config.load({"ENCRYPTION_REQUIRED": "0"}), client)
     entry = {
@@ -29,6 +29,10 @@ def test_images_gifs_videos_audio_and_text_are_all_returned():
             "11": {"audio": [{"filename": "c.flac", "subfolder": "", "type": "output"}]},
             "12": {"text": ["a caption"]},
             "13": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}], "animated": [False]},
+            "14": {"latents": [{"filename": "l_00001_.latent", "subfolder": "latents", "type": "output"}]},
+            "15": {"3d": [{"filename": "m.glb", "subfolder": "mesh", "type": "output"}]},
+            "16": {"result": ["mesh/m.glb", None]},
+            "17": {"point_clouds": [{"filename": "p.ply", "subfolder": "", "type": "output"}]},
         }
     }
     outputs = executor._fetch_outputs(entry)
@@ -39,31 +43,12 @@ def test_images_gifs_videos_audio_and_text_are_all_returned():
         ("11", "audio", "audio/flac"),
         ("12", "text", "text/plain"),
         ("13", "images", "image/png"),
+        ("14", "latents", "application/octet-stream"),
+        ("15", "3d", "model/gltf-binary"),
+        ("16", "result", "text/plain"),
+        ("17", "point_clouds", "application/octet-stream"),
     ]
     assert ("b.mp4", "vid", "output") in client.viewed and ("p.png", "", "temp") in client.viewed
     text = next(o for o in outputs if o["type"] == "text")
     assert base64.b64decode(text["data"]) == b"a caption" and text["filename"] is None
     assert all(o["size"] == len(base64.b64decode(o["data"])) for o in outputs)
-
-
-class HistoryClient:
-    def __init__(self, running):
-        self.running = running
-        self.deleted = []
-
-    def queue(self):
-        return {"queue_running": [[0, pid, {}, {}, []] for pid in self.running], "queue_pending": []}
-
-    def delete_history(self, ids):
-        self.deleted.append(list(ids))
-
-
-def test_history_of_a_prompt_still_running_is_deleted_by_a_later_sweep():
-    client = HistoryClient(running={"slow"})
-    executor = ComfyExecutor(config.load({"ENCRYPTION_REQUIRED": "0"}), client)
-    executor._unswept = {"slow", "done"}
-    executor._sweep_history()
-    assert client.deleted == [["done", "slow"]] and executor._unswept == {"slow"}
-    client.running = set()
-    executor._sweep_history()
-    assert client.deleted[-1] == ["slow"] and executor._unswept == set()

@@ -3,6 +3,8 @@ in both launch modes: encrypted jobs checked by their pixels, ComfyUI's own erro
 model fetched, listed, loaded and run, timeout, cancel and a killed ComfyUI. After every job
 nothing of it is left in ComfyUI's history or its input, output and temp folders."""
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -83,6 +85,14 @@ def run(stack, payload):
     return outcome(stack, *start(stack, payload))[1]
 
 
+def cancel(stack, job_id):
+    if stack.mode == "api":
+        cancelled = requests.post(stack.url + f"/jobs/{job_id}/cancel", headers=AUTH, timeout=10)
+    else:
+        cancelled = requests.post(stack.url + f"/v2/LOCAL/cancel/{job_id}", headers=AUTH, timeout=10)
+    assert cancelled.status_code == 200
+
+
 def comfy(stack, path, **kwargs):
     return requests.request(
         kwargs.pop("method", "GET"), f"http://127.0.0.1:{stack.comfy_port}{path}", timeout=10, **kwargs
@@ -92,6 +102,11 @@ def comfy(stack, path, **kwargs):
 def assert_nothing_left(stack):
     assert comfy(stack, "/history").json() == {}
     assert stack.job_files() == []
+
+
+def nothing_left(stack):
+    idle = comfy(stack, "/queue").json() == {"queue_running": [], "queue_pending": []}
+    return idle and comfy(stack, "/history").json() == {} and stack.job_files() == []
 
 
 def wait_idle(stack):
@@ -146,9 +161,7 @@ def test_one_invalid_output_fails_the_job_and_its_valid_part_leaves_nothing(stac
     workflow["4"] = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bad"}}
     error = run(stack, {"workflow": workflow})["error"]
     assert error.startswith("workflow_validation_failed: node 3 (LoadImage): ") and "nope.png" in error
-    wait_idle(stack)
-    assert run(stack, {"workflow": empty_image(8, 8)})["status"] == "ok"  # sweeps the stopped part
-    assert_nothing_left(stack)
+    wait_until(lambda: nothing_left(stack), 30, "the queued part to end and leave nothing")
 
 
 def test_runtime_error_in_comfyuis_words(stack):
@@ -219,16 +232,54 @@ def test_timeout_interrupts_a_long_prompt_and_the_next_job_runs(stack):
 def test_cancel_interrupts_a_long_prompt_and_the_next_job_runs(stack):
     job_id, ephemeral = start(stack, {"workflow": slow_workflow(8)})
     wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the prompt to run")
-    if stack.mode == "api":
-        cancelled = requests.post(stack.url + f"/jobs/{job_id}/cancel", headers=AUTH, timeout=10)
-    else:
-        cancelled = requests.post(stack.url + f"/v2/LOCAL/cancel/{job_id}", headers=AUTH, timeout=10)
-    assert cancelled.status_code == 200
+    cancel(stack, job_id)
     state, _ = outcome(stack, job_id, ephemeral)
     assert state.lower() == "cancelled"
     wait_idle(stack)
     assert run(stack, {"workflow": empty_image(9, 9)})["status"] == "ok"
     assert_nothing_left(stack)
+
+
+def test_save_latent_returns_the_latent_file(stack):
+    workflow = {
+        "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "2": {"class_type": "SaveLatent", "inputs": {"samples": ["1", 0], "filename_prefix": "latents/real"}},
+    }
+    [output] = run(stack, {"workflow": workflow})["outputs"]
+    assert output["type"] == "latents" and output["filename"].endswith(".latent")
+    data = base64.b64decode(output["data"])
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert header["latent_tensor"]["shape"] == [1, 4, 8, 8]
+    assert_nothing_left(stack)
+
+
+def test_a_cancel_mid_node_leaves_nothing_once_the_node_ends(stack):
+    """A file is written, then one lanczos node runs ~10 s, deaf to the interrupt: the job answers
+    `cancelled` while ComfyUI still runs it; once it ends, nothing of it is left, no next job needed."""
+    workflow = empty_image(8, 8, 0x00FF00, prefix="early")
+    workflow["3"] = {
+        "class_type": "EmptyImage",
+        "inputs": {"width": 2048, "height": 2048, "batch_size": 12, "color": 1},
+    }
+    workflow["4"] = {
+        "class_type": "ImageScale",
+        "inputs": {
+            "image": ["3", 0],
+            "upscale_method": "lanczos",
+            "width": 4096,
+            "height": 4096,
+            "crop": "disabled",
+        },
+    }
+    workflow["5"] = {"class_type": "SaveImage", "inputs": {"images": ["4", 0], "filename_prefix": "late"}}
+    job_id, ephemeral = start(stack, {"workflow": workflow})
+    wait_until(lambda: any("early" in path for path in stack.job_files()), 60, "the first file")
+    time.sleep(0.5)  # into the lanczos node
+    cancel(stack, job_id)
+    state, _ = outcome(stack, job_id, ephemeral)
+    assert state.lower() == "cancelled"
+    assert comfy(stack, "/queue").json()["queue_running"] != []  # the node still runs
+    wait_until(lambda: nothing_left(stack), 60, "the node to end and its prompt to leave nothing")
 
 
 def test_comfyui_killed_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack):

@@ -14,6 +14,13 @@ nodes of the last prompt are not run again), and offers knobs as extra node clas
                                        closes every websocket, refuses new ones for
                                        `refuse_seconds` (at most until the prompt ends),
                                        then sleeps `seconds`
+  StandinSaveFile {image, kind, extension, seconds, named}
+                                       an output node that runs `seconds` deaf to interrupts
+                                       (one long node), then writes a file into output/files/
+                                       and reports it under `kind` (a 3d model, a custom
+                                       node's own kind), or under nothing when `named` is false
+
+SaveLatent writes a safetensors file as ComfyUI does (`latents` output).
 
 Environment knobs: STANDIN_BOOT_SECONDS (slow start-up before the port opens), STANDIN_HELPER=1
 (start a child process, as custom nodes do, to show what a crash leaves behind).
@@ -118,6 +125,22 @@ NODES: dict[str, dict] = {
     "StandinSlowSubmit": spec(  # POST /prompt answers after `seconds` (a cold model listing)
         {"image": ["IMAGE"], "seconds": ["FLOAT", {"default": 1.0, "min": 0.0, "max": 3600.0}]},
         ["IMAGE"],
+    ),
+    "StandinSaveFile": spec(
+        {
+            "image": ["IMAGE"],
+            "kind": ["STRING", {"default": "3d"}],
+            "extension": ["STRING", {"default": "glb"}],
+            "seconds": ["FLOAT", {"default": 0.0, "min": 0.0, "max": 3600.0}],
+            "named": ["BOOLEAN", {"default": True}],
+        },
+        [],
+        output_node=True,
+    ),
+    "SaveLatent": spec(
+        {"samples": ["LATENT"], "filename_prefix": ["STRING", {"default": "latents/ComfyUI"}]},
+        [],
+        output_node=True,
     ),
     "StandinNoise": spec(
         {
@@ -562,6 +585,34 @@ class Server:
             return [inputs["image"]], None
         if kind == "StandinSlowSubmit":
             return [inputs["image"]], None
+        if kind == "StandinSaveFile":
+            time.sleep(float(inputs.get("seconds", 0.0)))  # deaf to interrupts, as one long node is
+            item = self._write(f"files/{prompt_id[:8]}", "." + str(inputs["extension"]), b"standin file\n")
+            return [], ({str(inputs["kind"]): [item]} if inputs.get("named", True) else None)
+        if kind == "SaveLatent":
+            width, height = inputs["samples"]["samples"]
+            tensor = {
+                "dtype": "F32",
+                "shape": [1, 4, height, width],
+                "data_offsets": [0, 16 * width * height],
+            }
+            header = {
+                "latent_tensor": tensor,
+                "latent_format_version_0": {
+                    "dtype": "F32",
+                    "shape": [0],
+                    "data_offsets": [16 * width * height] * 2,
+                },
+            }
+            if not self.args.disable_metadata:
+                header["__metadata__"] = {"prompt": json.dumps(prompt)}
+            head = json.dumps(header).encode()
+            data = len(head).to_bytes(8, "little") + head + bytes(16 * width * height)
+            return [], {
+                "latents": [
+                    self._write(str(inputs.get("filename_prefix", "latents/ComfyUI")), ".latent", data)
+                ]
+            }
         if kind == "StandinNoise":
             size = (int(inputs["width"]), int(inputs["height"]))
             return [[Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))]], None
@@ -590,6 +641,18 @@ class Server:
                 return list(result.get("result", ())), result.get("ui")
             return list(result), None
         raise NodeFailure(f"standin cannot execute {kind}")
+
+    def _write(self, prefix: str, extension: str, data: bytes) -> dict:
+        """One file in the output folder, named as ComfyUI names them (prefix_00001_.ext)."""
+        full = os.path.abspath(os.path.join(self.output_dir, prefix))
+        folder, stem = os.path.dirname(full), os.path.basename(full)
+        os.makedirs(folder, exist_ok=True)
+        counter = 1 + sum(1 for name in os.listdir(folder) if name.startswith(stem + "_"))
+        name = f"{stem}_{counter:05}_{extension}"
+        with open(os.path.join(folder, name), "wb") as handle:
+            handle.write(data)
+        subfolder = os.path.relpath(folder, self.output_dir)
+        return {"filename": name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
 
     def _save(self, images: list, kind: str, prefix: str, prompt: dict) -> list[dict]:
         if kind == "PreviewImage":
