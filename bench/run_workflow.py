@@ -1,8 +1,10 @@
 """A tiny workflow through `/run` against the same calls made directly to the same ComfyUI
-stand-in (websocket, POST /prompt, wait for the end, GET /history, GET /view), same run.
+(websocket, POST /prompt, wait for the end, GET /history, GET /view), same run, for each
+backend there is: the real ComfyUI (COMFYUI_DIR/COMFY_PYTHON or .comfyui/, as make test-real)
+and the stand-in.
 
 Each iteration varies the colour so that nothing is answered from ComfyUI's cache. Reports
-medians, p90 and the ratio, plain and encrypted.
+medians, p90, the ratio and the difference in ms, plain and encrypted; targets: +2 ms and 1.3x.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import requests
 import websocket
 
 from client.envelope_client import open_answer, seal_request
-from tests.stack import Stack
+from tests.stack import STANDIN, Backend, Stack, real_backend
 from tests.workflows import empty_image
 
 
@@ -62,9 +64,26 @@ def summary(samples: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--iterations", type=int, default=60)
+    parser.add_argument("--backend", choices=["real", "standin", "both"], default="both")
     args = parser.parse_args()
-    with Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "LOG_SILENT": "1"}) as stack:
-        stack.wait_http("/readyz", timeout=60)
+    backends = []
+    if args.backend in ("real", "both"):
+        try:
+            backends.append(real_backend())
+        except RuntimeError as exc:
+            if args.backend == "real":
+                raise SystemExit(str(exc)) from None
+            print(f"real ComfyUI: not measured ({exc})")
+    if args.backend in ("standin", "both"):
+        backends.append(STANDIN)
+    for backend in backends:
+        measure(backend, args.iterations)
+
+
+def measure(backend: Backend, iterations: int) -> None:
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "LOG_SILENT": "1"}
+    with Stack("api", env, backend=backend) as stack:
+        stack.wait_http("/readyz", timeout=180)
         comfy_url = f"http://127.0.0.1:{stack.comfy_port}"
         session = requests.Session()
         kinds = {
@@ -74,7 +93,7 @@ def main() -> None:
         }
         samples: dict[str, list[float]] = {name: [] for name in kinds}
         color = 0
-        for i in range(args.iterations + 5):
+        for i in range(iterations + 5):
             for name, call in kinds.items():  # interleaved: drift on a shared machine hits all three
                 color += 1
                 started = time.perf_counter()
@@ -82,9 +101,12 @@ def main() -> None:
                 if i >= 5:  # warm-up
                     samples[name].append(time.perf_counter() - started)
         base = statistics.median(samples["direct ComfyUI (4 calls)"])
+        print(f"backend: {backend.name} ComfyUI")
         for name, values in samples.items():
-            print(f"{name:26s} {summary(values)}   ratio {statistics.median(values) / base:5.2f}")
-        print(f"({args.iterations} iterations each, EmptyImage 64x64 -> SaveImage, 1 gevent worker)")
+            median = statistics.median(values)
+            extra = (median - base) * 1000
+            print(f"  {name:26s} {summary(values)}   ratio {median / base:5.2f}   {extra:+6.2f} ms")
+        print(f"  ({iterations} iterations each, EmptyImage 64x64 -> SaveImage, 1 gevent worker)")
 
 
 if __name__ == "__main__":
