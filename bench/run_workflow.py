@@ -47,6 +47,15 @@ def direct(comfy_url: str, workflow: dict, session: requests.Session) -> None:
     assert session.get(comfy_url + "/view", params=image, timeout=30).status_code == 200
 
 
+def settle(comfy_url: str, session: requests.Session) -> None:
+    """Untimed: wait for the worker's clean-up of the last job (it owns ComfyUI's history and
+    output folder, and would sweep a direct prompt's files)."""
+    for _ in range(200):
+        if session.get(comfy_url + "/history", timeout=30).json() == {}:
+            return
+        time.sleep(0.005)
+
+
 def through_run(url: str, workflow: dict, session: requests.Session, public_key: str | None) -> None:
     body, ephemeral = (
         seal_request({"workflow": workflow}, public_key) if public_key else ({"workflow": workflow}, None)
@@ -96,6 +105,7 @@ def measure(backend: Backend, iterations: int) -> None:
         for i in range(iterations + 5):
             for name, call in kinds.items():  # interleaved: drift on a shared machine hits all three
                 color += 1
+                settle(comfy_url, session)
                 started = time.perf_counter()
                 call(empty_image(64, 64, color, prefix="bench"))
                 if i >= 5:  # warm-up

@@ -12,8 +12,9 @@ worker, or the serverless handler), so this object knows every job in flight:
 - a prompt that outlived its job (an interrupt lands only at the next node boundary) is watched
   until it ends, and then the same.
 
-A job starts only once a clean-up in progress has finished (`begin` takes the same lock), so a
-sweep never removes the inputs of a job that is starting.
+All of it runs on one thread of its own, after the job answered (a job's answer does not wait
+for its clean-up); a job counts as in flight until its clean-up ran, and a starting job waits for
+a sweep in progress (`begin` takes the same lock), so a sweep never removes a running job's files.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import shutil
 import threading
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from services import errors
 from services.comfy import launch
@@ -36,15 +38,25 @@ log = logging.getLogger("worker.comfy")
 WATCH_TICK_S = 0.5  # how often a prompt that outlived its job is looked for
 
 
+@dataclass(frozen=True)
+class _Ended:
+    tag: str
+    prompt_id: str | None
+    entry: dict | None
+    files: tuple[dict, ...]
+    sweep: bool
+
+
 class Cleanup:
     def __init__(self, settings: Settings, client: ComfyClient) -> None:
         self.settings = settings
         self.client = client
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
         self._in_flight = 0
         self._ended: set[str] = set()  # prompts that ended, their files gone, their entry not yet
         self._late: set[str] = set()  # prompts still in ComfyUI when their job answered
-        self._watching = False
+        self._jobs: queue.Queue[_Ended] = queue.Queue()
+        self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
         """A job starts: from now until `end`, nothing of ComfyUI's folders is swept wholesale."""
@@ -57,23 +69,46 @@ class Cleanup:
         """A job ended, however. `entry` is its history entry when the prompt finished, `files`
         what its `executed` messages named; `sweep=False` when ComfyUI stopped answering (a hung
         ComfyUI is the watchdog's, and more calls would only delay the answer)."""
+        self._jobs.put(_Ended(tag, prompt_id, entry, tuple(files), sweep))
         with self._lock:
-            self._in_flight -= 1
-            shutil.rmtree(os.path.join(launch.io_dir(self.settings, "input"), tag), ignore_errors=True)
-            self._remove(files)
-            if prompt_id is not None:
-                if entry is not None:
-                    self._remove(files_of(entry))
-                    self._ended.add(prompt_id)
-                else:
-                    self._late.add(prompt_id)
-            if sweep:
-                self._sweep()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="cleanup", daemon=True)
+                self._thread.start()
+
+    def _work(self) -> None:
+        """Take ended jobs one after another; while a prompt of ours outlives its job, sweep
+        every WATCH_TICK_S until it has gone (a restarted ComfyUI answers an empty queue)."""
+        while True:
+            try:
+                job = self._jobs.get(timeout=WATCH_TICK_S if self._late else None)
+            except queue.Empty:
+                job = None
+            with self._lock:
+                try:
+                    if job is not None:
+                        self._take(job)
+                    elif self._late:
+                        self._sweep()
+                except Exception as exc:  # the thread must outlive any one failure
+                    log.warning("clean-up failed: %s", type(exc).__name__)
+
+    def _take(self, job: _Ended) -> None:
+        self._in_flight -= 1
+        shutil.rmtree(os.path.join(launch.io_dir(self.settings, "input"), job.tag), ignore_errors=True)
+        self._remove(job.files)
+        if job.prompt_id is not None:
+            if job.entry is not None:
+                self._remove(files_of(job.entry))
+                self._ended.add(job.prompt_id)
+            else:
+                self._late.add(job.prompt_id)
+        if job.sweep:
+            self._sweep()
 
     def _sweep(self) -> None:
         try:
-            queue = self.client.queue()
-            active = {item[1] for item in queue.get("queue_running", []) + queue.get("queue_pending", [])}
+            state = self.client.queue()
+            active = {item[1] for item in state.get("queue_running", []) + state.get("queue_pending", [])}
             if self._in_flight == 0 and not active:
                 self.client.clear_history()
                 for kind in launch.IO_FOLDERS:
@@ -90,36 +125,26 @@ class Cleanup:
             self._late -= finished
         except errors.WorkerError:
             log.info("ComfyUI did not answer the clean-up; it is tried again")
-        if self._late and not self._watching:
-            self._watching = True
-            threading.Thread(target=self._watch, name="cleanup-watch", daemon=True).start()
-
-    def _watch(self) -> None:
-        """Sweep until no prompt of ours is left in ComfyUI; a restarted ComfyUI answers an
-        empty queue, which ends the watch too."""
-        while True:
-            time.sleep(WATCH_TICK_S)
-            with self._lock:
-                try:
-                    self._sweep()
-                except OSError as exc:
-                    log.warning("clean-up: %s", exc)
-                if not self._late:
-                    self._watching = False
-                    return
 
     def _remove(self, files: Iterable[dict]) -> None:
         for item in files:
-            folder_type = item.get("type", "output")
-            if folder_type not in ("output", "temp"):
-                continue
-            root = os.path.realpath(launch.io_dir(self.settings, folder_type))
-            if folder_type == "temp":
-                root = os.path.join(root, "temp")  # ComfyUI appends "temp" to --temp-directory
-            path = os.path.realpath(os.path.join(root, str(item.get("subfolder", "")), str(item["filename"])))
-            if os.path.commonpath([path, root]) == root:
+            path = local_path(self.settings, item)
+            if path is not None:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.remove(path)
+
+
+def local_path(settings: Settings, item: dict) -> str | None:
+    """Where a file entry of ComfyUI's (`filename`, `subfolder`, `type`) lies in the worker's
+    output or temp folder; None for other folders and for names that would leave them."""
+    folder_type = item.get("type", "output")
+    if folder_type not in ("output", "temp"):
+        return None
+    root = os.path.realpath(launch.io_dir(settings, folder_type))
+    if folder_type == "temp":
+        root = os.path.join(root, "temp")  # ComfyUI appends "temp" to --temp-directory
+    path = os.path.realpath(os.path.join(root, str(item.get("subfolder", "")), str(item["filename"])))
+    return path if os.path.commonpath([path, root]) == root and path != root else None
 
 
 def files_of(entry: dict | None) -> list[dict]:

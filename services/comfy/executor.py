@@ -1,8 +1,12 @@
 """Run one checked job in ComfyUI and leave nothing of it behind.
 
-upload inputs -> open the websocket -> POST /prompt -> follow messages until `executing` with
-node null (or poll the history when the socket is gone) -> read the history -> fetch outputs
-through /view. Whatever the ending, `cleanup` then takes the history entry, inputs and outputs.
+take the open websocket (or open one) -> upload inputs -> POST /prompt -> follow messages until
+`executing` with node null (or poll the history when the socket is gone) -> read the history ->
+read the outputs from the worker's output folder (through /view where that fails). Whatever the
+ending, `cleanup` then takes the history entry, inputs and outputs, after the answer.
+
+The websocket of a job that ended normally stays open for the next one: its messages carry
+prompt ids, so what arrives late for an earlier prompt is ignored.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import copy
 import json
 import logging
 import mimetypes
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,7 +27,7 @@ from typing import Any
 import websocket
 
 from services import envelope, errors
-from services.comfy.cleanup import Cleanup, files_of
+from services.comfy.cleanup import Cleanup, files_of, local_path
 from services.comfy.client import ComfyClient, ComfyUnreachable, describe_validation_error
 from services.config import Settings
 from services.job_request import JobRequest
@@ -33,6 +39,7 @@ log = logging.getLogger("worker.comfy")
 RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
 END_GRACE_S = 3.0  # after an interrupt, how long to wait for the prompt's end (then `cleanup` watches)
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
+SPARE_MAX_AGE_S = 30.0  # an idle socket is read by nobody: past this, open a fresh one
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
 
@@ -42,21 +49,18 @@ class _Outcome:
     done: bool = False
     error: dict | None = None
     interrupted: bool = False
+    on_socket: bool = False  # the end came over the job's first socket, which is still good
 
 
 @dataclass
 class _Job:
     request: JobRequest
     prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    tag: str = field(default_factory=lambda: f"job-{uuid.uuid4().hex[:16]}")  # its input subfolder
+    client_id: str = ""
     files: list[dict] = field(default_factory=list)  # every file an `executed` message named
     submitted: bool = False
     unanswered: bool = False  # ComfyUI stopped answering: leave its history to a later sweep
-
-    @property
-    def tag(self) -> str:
-        """Per-job input subfolder."""
-        return f"job-{self.client_id[:16]}"
 
 
 class ComfyExecutor:
@@ -66,6 +70,8 @@ class ComfyExecutor:
         self.cleanup = Cleanup(settings, self.client)
         self._output_nodes: dict[str, bool] = {}
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
+        self._spare: tuple[str, websocket.WebSocket, float] | None = None  # client id, socket, since
+        self._lock = threading.Lock()
 
     # --- the job -----------------------------------------------------------------------------
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
@@ -75,9 +81,10 @@ class ComfyExecutor:
         self.cleanup.begin()
         try:
             self._wait_ready(deadline)
-            prompt = self._prepare(job)
-            ws = self.client.open_socket(job.client_id, RECV_TICK_S)
+            job.client_id, ws = self._socket()
+            keep = False
             try:
+                prompt = self._prepare(job)
                 job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
                 accepted = self._submit(job, prompt)
                 if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
@@ -86,8 +93,9 @@ class ComfyExecutor:
                         entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
                     raise errors.WorkflowValidationFailed(describe_validation_error(accepted))
                 outcome = self._follow(job, ws, deadline, progress, cancel)
+                keep = outcome.on_socket
             finally:
-                ws.close()
+                self._release(job.client_id, ws, keep)
             entry = self._history_entry(job)
             self._last_success = time.monotonic()
             self._raise_for(outcome, entry)
@@ -102,6 +110,25 @@ class ComfyExecutor:
         finally:
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
+
+    def _socket(self) -> tuple[str, websocket.WebSocket]:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            client_id, ws, since = spare
+            if time.monotonic() - since < SPARE_MAX_AGE_S:
+                return client_id, ws
+            ws.close()
+        client_id = uuid.uuid4().hex
+        return client_id, self.client.open_socket(client_id, RECV_TICK_S)
+
+    def _release(self, client_id: str, ws: websocket.WebSocket, keep: bool) -> None:
+        """Keep a socket that saw its prompt to the end for the next job; close any other."""
+        with self._lock:
+            if keep and self._spare is None:
+                self._spare, ws = (client_id, ws, time.monotonic()), None
+        if ws is not None:
+            ws.close()
 
     def _submit(self, job: _Job, prompt: dict) -> dict:
         """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
@@ -148,7 +175,7 @@ class ComfyExecutor:
         loaders, samplers) stay cached; ComfyUI ignores inputs its nodes do not declare."""
         for node in prompt.values():
             if self._is_output_node(node["class_type"]):
-                node.setdefault("inputs", {})[NONCE_INPUT] = job.client_id
+                node.setdefault("inputs", {})[NONCE_INPUT] = job.prompt_id
 
     def _is_output_node(self, class_type: str) -> bool:
         if class_type not in self._output_nodes:
@@ -174,6 +201,7 @@ class ComfyExecutor:
                     continue
                 if isinstance(raw, str) and raw:
                     self._on_message(job, raw, outcome, progress)
+            outcome.on_socket = current is ws
             return outcome
         finally:
             if current is not None and current is not ws:
@@ -294,9 +322,7 @@ class ComfyExecutor:
 
     def _fetch_one(self, node_id: str, kind: str, item: Any) -> dict:
         if isinstance(item, dict) and "filename" in item:
-            data, content_type = self.client.view(
-                item["filename"], item.get("subfolder", ""), item.get("type", "output")
-            )
+            data, content_type = self._read(item)
             mime = mimetypes.guess_type(item["filename"])[0] or content_type or "application/octet-stream"
             filename = item["filename"]
         else:
@@ -309,6 +335,23 @@ class ComfyExecutor:
             "size": len(data),
             "data": offload(envelope.b64, data, size=len(data)),
         }
+
+    def _read(self, item: dict) -> tuple[bytes, str | None]:
+        """From the worker's own output folder (no HTTP round trip); through /view where the
+        file is elsewhere or not readable by the worker."""
+        path = local_path(self.settings, item)
+        if path is not None:
+            try:
+                size = os.path.getsize(path)
+                return offload(_read_file, path, size=size), None
+            except OSError:
+                pass
+        return self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+
+
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _replace_image_names(prompt: dict, names: dict[str, str]) -> None:

@@ -3,11 +3,13 @@ wholesale (stray files, all history) when no job is in flight; a prompt that out
 is watched until it ends."""
 
 import os
+import time
 
 import pytest
 
 from services import config
 from services.comfy.cleanup import Cleanup
+from services.comfy.client import ComfyUnreachable
 from tests.stack import wait_until
 
 
@@ -80,8 +82,8 @@ def test_with_another_job_in_flight_only_the_jobs_own_files_and_entry_go(io):
         }
     }
     cleanup.end("job-a", "a", mine, [], sweep=True)
-    assert files(io) == ["output/other_00001_.png"]
-    assert comfy.deleted == [["a"]] and comfy.cleared == 0
+    wait_until(lambda: comfy.deleted == [["a"]], 5, "the clean-up")
+    assert files(io) == ["output/other_00001_.png"] and comfy.cleared == 0
 
 
 def test_when_no_job_is_in_flight_everything_goes_also_files_no_output_names(io):
@@ -91,7 +93,8 @@ def test_when_no_job_is_in_flight_everything_goes_also_files_no_output_names(io)
     put(io, "output/checkpoints/trained.safetensors")  # written by a node, named by no output
     put(io, "output/a_00001_.png")
     cleanup.end("job-a", "a", entry("a_00001_.png"), [], sweep=True)
-    assert files(io) == [] and comfy.cleared == 1
+    wait_until(lambda: comfy.cleared == 1, 5, "the clean-up")
+    assert files(io) == []
     assert sorted(os.listdir(io.comfy_io_dir)) == ["input", "output", "temp"]
 
 
@@ -102,6 +105,8 @@ def test_a_prompt_that_outlived_its_job_is_swept_when_it_ends(io):
     comfy.running = ["late"]
     cleanup.end("job-l", "late", None, [], sweep=True)
     late_file = put(io, "output/late_00001_.glb")  # written after the job answered
+    wait_until(lambda: cleanup._late == {"late"}, 5, "the clean-up to see the late prompt")
+    time.sleep(1)
     assert comfy.cleared == 0 and os.path.exists(late_file)
     comfy.running = []
     wait_until(lambda: comfy.cleared == 1 and files(io) == [], 5, "the watcher to sweep")
@@ -122,13 +127,18 @@ def test_a_late_finisher_ending_while_another_job_runs_takes_its_named_files(io)
     assert files(io) == ["output/busy_00001_.png"] and comfy.cleared == 0
 
 
-def test_a_hung_comfyui_is_not_asked_but_the_files_its_messages_named_are_removed(io):
+def test_under_a_hung_comfyui_the_files_its_messages_named_are_still_removed(io):
     comfy = FakeComfy()
-    comfy.queue = None  # any call would fail the test
+
+    def hung():
+        raise ComfyUnreachable("ComfyUI did not answer GET /queue (ReadTimeout)")
+
+    comfy.queue = hung
     cleanup = Cleanup(io, comfy)
     cleanup.begin()
     put(io, "input/job-h/in.png")
     put(io, "output/h.png")
     put(io, "output/../../outside.png")
     cleanup.end("job-h", "h", None, [{"filename": "h.png"}, {"filename": "../../outside.png"}], sweep=False)
-    assert files(io) == [] and os.path.exists(os.path.join(io.run_dir, "outside.png"))
+    wait_until(lambda: files(io) == [], 5, "the clean-up")
+    assert os.path.exists(os.path.join(io.run_dir, "outside.png"))
