@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) -m bench.download
 	$(PY) -m bench.recovery
 	$(PY) -m bench.hub
+	$(PY) -m bench.footprint
 
 keygen: $(STAMP)
 	$(PY) -m services.keygen

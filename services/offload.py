@@ -28,6 +28,23 @@ def offload(function: Callable[..., T], *args: Any, size: int | None = None) -> 
     raise value
 
 
+def start(function: Callable[..., T], *args: Any) -> Callable[[], T]:
+    """Begin work off the hub and go on; the returned function waits for its result (or raises
+    its exception). Lets a greenlet read the next chunk while a thread writes the last one."""
+    if not monkey.is_module_patched("threading"):
+        value = function(*args)
+        return lambda: value
+    pending = get_hub().threadpool.spawn(_capture, function, args)
+
+    def result() -> T:
+        ok, value = pending.get()
+        if ok:
+            return value
+        raise value
+
+    return result
+
+
 def _capture(function: Callable[..., T], args: tuple) -> tuple[bool, Any]:
     """gevent prints a traceback for an exception that escapes a pool thread (which could
     carry job data into the logs); hand it back to the caller instead."""
