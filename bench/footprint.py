@@ -16,21 +16,26 @@ import requests
 from tests.stack import Stack
 
 
-def session_processes(session: int) -> dict[int, str]:
-    found = {}
+def descendants(root: int) -> dict[int, str]:
+    """The process `root` and every process below it, with their command lines."""
+    parents, commands = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                stat = handle.read()
+                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+                commands[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-        if int(stat.rsplit(")", 1)[1].split()[3]) == session:
-            found[int(entry)] = command
-    return found
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
+        found.update(children)
+        frontier += children
+    return {pid: commands.get(pid, "?") for pid in found}
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
@@ -71,7 +76,7 @@ def main() -> None:
         with Stack(mode, {"LOG_SILENT": "1"}).ready() as stack:
             time.sleep(5)
             total_rss = total_pss = 0
-            for pid, command in sorted(session_processes(stack.proc.pid).items()):
+            for pid, command in sorted(descendants(stack.proc.pid).items()):
                 rss, pss = memory_kib(pid)
                 total_rss, total_pss = total_rss + rss, total_pss + pss
                 print(f"  {pid:>7}  RSS {rss / 1024:6.1f} MiB  PSS {pss / 1024:6.1f} MiB  {command[:70]}")
