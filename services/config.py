@@ -100,6 +100,11 @@ class Settings:
         return os.path.join(self.run_dir, "supervisor.sock")
 
     @property
+    def fatal_marker(self) -> str:
+        """Written by the watchdog when it ends the container, read by the entrypoint: exit 1."""
+        return os.path.join(self.run_dir, "fatal")
+
+    @property
     def comfy_io_dir(self) -> str:
         """Parent of ComfyUI's input/output/temp folders, owned by the worker."""
         return os.path.join(self.run_dir, "comfy")

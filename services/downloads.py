@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from huggingface_hub import hf_hub_url
-
 from services import errors, model_store, url_guard
 from services.config import Settings
 from services.offload import offload, start
@@ -152,6 +150,8 @@ class Downloads:
             raise errors.InvalidRequest("a Hugging Face download needs 'repo_id' and 'filename' strings")
         if revision is not None and not isinstance(revision, str):
             raise errors.InvalidRequest("'revision' must be a string")
+        from huggingface_hub import hf_hub_url  # here: at start-up it costs the API ~30 ms and MBs
+
         url = hf_hub_url(repo_id, filename, revision=revision, endpoint=self.settings.hf_endpoint)
         headers = {"Authorization": f"Bearer {self.settings.hf_token}"} if self.settings.hf_token else {}
         label = f"hf://{repo_id}/{filename}" + (f"@{revision}" if revision else "")

@@ -19,19 +19,17 @@ one line each.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import sys
 import time
 
-import requests
 from supervisor import childutils
 
 from services import config, supervisor_state
 from services.comfy import relay
 from services.config import Settings
-
-FATAL_MARKER = "fatal"
 
 
 def say(message: str) -> None:
@@ -97,11 +95,17 @@ class Watchdog:
             return False
 
     def _answers(self) -> bool:
+        """GET /system_stats with the standard library: this process stays small (no requests)."""
+        probe = http.client.HTTPConnection(
+            "127.0.0.1", self.settings.comfy_port, timeout=self.settings.watch_probe_timeout_s
+        )
         try:
-            url = f"{self.settings.comfy_url}/system_stats"
-            return requests.get(url, timeout=self.settings.watch_probe_timeout_s).status_code == 200
-        except requests.RequestException:
+            probe.request("GET", "/system_stats")
+            return probe.getresponse().status == 200
+        except (OSError, http.client.HTTPException):
             return False
+        finally:
+            probe.close()
 
     def count_exit(self, program: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -123,7 +127,7 @@ class Watchdog:
             say(f"could not kill leftover process group {pid} of comfy")
 
     def shut_down(self, program: str, why: str) -> None:
-        with open(os.path.join(self.settings.run_dir, FATAL_MARKER), "w") as marker:
+        with open(self.settings.fatal_marker, "w") as marker:
             marker.write(program)
         say(f"{program} {why} -> shutting supervisord down so the container exits non-zero")
         self.exits.clear()

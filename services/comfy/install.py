@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import urllib.request
 
 HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCK = os.path.join(HOME, "comfyui-requirements.lock")
@@ -194,6 +193,8 @@ def extract(archive: tarfile.TarFile, member: tarfile.TarInfo, folder: str) -> N
 
 
 def _download(url: str, path: str) -> None:
+    import urllib.request  # here: the entrypoint, PID 1 for the container's life, imports this module
+
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(path, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0)
