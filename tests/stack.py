@@ -7,6 +7,7 @@ by its own supervisord pid (never by name).
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -73,9 +74,19 @@ def real_backend() -> Backend:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range: outgoing connections take their local
+    ports from that range, and one could take ours before a slow-booting server binds it."""
+    with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
+        low = int(handle.read().split()[0])
+    for _ in range(100):
+        port = random.randint(10000, low - 1)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
