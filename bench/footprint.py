@@ -75,14 +75,21 @@ def main() -> None:
         print(f"{mode}: start -> answering   median {statistics.median(starts):.2f} s  (of {args.starts})")
         with Stack(mode, {"LOG_SILENT": "1"}).ready() as stack:
             time.sleep(5)
-            total_rss = total_pss = 0
+            total_rss = total_pss = emulator_rss = 0
             for pid, command in sorted(descendants(stack.proc.pid).items()):
                 rss, pss = memory_kib(pid)
                 total_rss, total_pss = total_rss + rss, total_pss + pss
+                if "local_queue" in command:
+                    emulator_rss = rss
                 print(f"  {pid:>7}  RSS {rss / 1024:6.1f} MiB  PSS {pss / 1024:6.1f} MiB  {command[:70]}")
             print(
                 f"  idle total              RSS {total_rss / 1024:6.1f} MiB  PSS {total_pss / 1024:6.1f} MiB"
             )
+            if emulator_rss:
+                print(
+                    "  without the local queue (it does not run on RunPod): "
+                    f"RSS {(total_rss - emulator_rss) / 1024:6.1f} MiB"
+                )
 
 
 if __name__ == "__main__":
