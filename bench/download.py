@@ -1,5 +1,7 @@
 """`/download` of a 1 GiB file (sha256 on) against `curl -o` of the same file from the same
-loopback server, in the same run; then a resume after the API worker is killed at about half.
+loopback server, in the same run; the same file as a Hugging Face download against
+huggingface_hub's own `hf_hub_download` (its HTTP path: its Xet path needs the real Hub); then a
+resume after the API worker is killed at about half.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -31,6 +34,25 @@ def kill_api_worker(stack: Stack) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def hub_download(endpoint: str, folder: str) -> float:
+    """huggingface_hub's own download of the same file, timed inside its own process (the
+    library's import is not counted); returns seconds."""
+    code = (
+        "import sys, time\n"
+        "from huggingface_hub import hf_hub_download\n"
+        "started = time.perf_counter()\n"
+        "hf_hub_download('org/model', 'big.safetensors', revision='main', local_dir=sys.argv[1], "
+        "endpoint=sys.argv[2], force_download=True)\n"
+        "print(time.perf_counter() - started)\n"
+    )
+    env = {**os.environ, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": folder}
+    done = subprocess.run(
+        [sys.executable, "-c", code, folder, endpoint], env=env, capture_output=True, text=True, check=True
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return float(done.stdout.split()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=1024)
@@ -40,7 +62,7 @@ def main() -> None:
     data = os.urandom(size)
     digest = hashlib.sha256(data).hexdigest()
     server = FileServer()
-    server.files = {"big.safetensors": data}
+    server.files = {"big.safetensors": data, "org/model@main/big.safetensors": data}
     server.rate = 200 * 1024 * 1024  # pace for the resume run only (/slow/)
     scratch = tempfile.mkdtemp(prefix="bench-dl-")
     env = {
@@ -49,6 +71,7 @@ def main() -> None:
         "API_KEY": KEY,
         "ALLOW_PRIVATE_DOWNLOADS": "1",
         "LOG_SILENT": "1",
+        "HF_ENDPOINT": server.url,
     }
     try:
         with Stack("api", env) as stack:
@@ -96,6 +119,50 @@ def main() -> None:
             print(
                 f"speed /download : curl = {curl_s / ours_s:.2f}x, : curl+fsync = {synced_s / ours_s:.2f}x "
                 f"({args.mib} MiB, loopback, median of {args.rounds} interleaved rounds, order alternating; target 0.9x)"
+            )
+
+            hub_times, hf_times = [], []
+            hf_item = {
+                "type": "checkpoints",
+                "repo_id": "org/model",
+                "filename": "big.safetensors",
+                "revision": "main",
+                "sha256": digest,
+            }
+
+            def with_hub_library() -> None:
+                hub_times.append(hub_download(server.url, os.path.join(scratch, "hub")))
+
+            def with_worker_from_hub() -> None:
+                started = time.perf_counter()
+                result = requests.post(
+                    stack.url + "/download",
+                    json={"items": [hf_item], "wait": True},
+                    headers=AUTH,
+                    timeout=900,
+                ).json()
+                hf_times.append(time.perf_counter() - started)
+                assert result["downloads"][0]["state"] == "done", result
+                os.remove(target)
+
+            for round_ in range(args.rounds):
+                for run in (
+                    (with_hub_library, with_worker_from_hub)
+                    if round_ % 2
+                    else (with_worker_from_hub, with_hub_library)
+                ):
+                    os.sync()
+                    run()
+            hub_s, hf_s = statistics.median(hub_times), statistics.median(hf_times)
+            print(
+                f"huggingface_hub hf_hub_download (HTTP path)  median {hub_s:6.2f} s  {size / hub_s / 1e6:7.1f} MB/s"
+            )
+            print(
+                f"/download of the same Hugging Face file      median {hf_s:6.2f} s  {size / hf_s / 1e6:7.1f} MB/s"
+            )
+            print(
+                f"speed /download : huggingface_hub = {hub_s / hf_s:.2f}x (same server; the library neither checks "
+                "sha256 nor fsyncs; its Xet path needs the real Hub)"
             )
 
             slow = {

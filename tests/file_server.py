@@ -5,11 +5,13 @@
 /drop/<name>       the first response sends half the body and closes; later ones behave
 /lie/<name>        announces more bytes than it sends, every time
 /redirect/<path>   302 to the `redirect_to` URL
-/<repo>/resolve/<revision>/<path>   Hugging Face's resolve route over `files`
+/<repo>/resolve/<revision>/<path>   Hugging Face's resolve route over `files` (GET and HEAD, with the
+                   commit and ETag headers huggingface_hub reads)
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -27,7 +29,13 @@ class FileServer(ThreadingHTTPServer):
         self.rate = 2 * 1024 * 1024
         self.redirect_to = ""
         self.dropped: set[str] = set()
+        self.etags: dict[str, str] = {}
         threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def etag(self, name: str) -> str:
+        if name not in self.etags:
+            self.etags[name] = hashlib.sha256(self.files[name]).hexdigest()
+        return self.etags[name]
 
     def handle_error(self, request: object, client_address: object) -> None:
         return  # clients that hang up mid-body (the tests' dropped connections) are expected
@@ -51,7 +59,10 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:
         return
 
-    def do_GET(self) -> None:
+    def do_HEAD(self) -> None:
+        self.do_GET(head=True)
+
+    def do_GET(self, head: bool = False) -> None:
         record = {
             "path": self.path,
             "range": self.headers.get("Range"),
@@ -94,7 +105,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
         self.send_header("Content-Length", str(len(body) + (1000 if kind == "lie" else 0)))
         self.send_header("Accept-Ranges", "bytes")
+        if hf:  # what huggingface_hub's own client reads from the Hub
+            self.send_header("X-Repo-Commit", "0" * 40)
+            self.send_header("ETag", f'"{self.server.etag(name)}"')
         self.end_headers()
+        if head:
+            return
         if kind == "drop" and name not in self.server.dropped:
             self.server.dropped.add(name)
             body = body[: len(body) // 2]
