@@ -5,8 +5,8 @@ The worker owns ComfyUI's input, output and temp folders (the launcher gives Com
 its own under RUN_DIR and empties them at every start). Jobs run in one process (one gunicorn
 worker, or the serverless handler), so this object knows every job in flight:
 
-- a job that ends takes its inputs, the files its outputs name and its history entry with it at
-  once, whatever other jobs are running;
+- a job that ends takes its inputs, the files its outputs name and its history entry with it,
+  whatever other jobs are running;
 - when no job is in flight and ComfyUI's queue is empty, everything in the three folders and all
   of ComfyUI's history goes (files no output names, a late finisher's files);
 - a prompt that outlived its job (an interrupt lands only at the next node boundary) is watched
@@ -59,7 +59,7 @@ class Cleanup:
         self._thread: threading.Thread | None = None
 
     def begin(self) -> None:
-        """A job starts: from now until `end`, nothing of ComfyUI's folders is swept wholesale."""
+        """A job starts: until its clean-up ran, nothing of ComfyUI's folders is swept wholesale."""
         with self._lock:
             self._in_flight += 1
 
@@ -68,7 +68,7 @@ class Cleanup:
     ) -> None:
         """A job ended, however. `entry` is its history entry when the prompt finished, `files`
         what its `executed` messages named; `sweep=False` when ComfyUI stopped answering (a hung
-        ComfyUI is the watchdog's, and more calls would only delay the answer)."""
+        ComfyUI is the watchdog's). Returns at once; the clean-up thread does the rest."""
         self._jobs.put(_Ended(tag, prompt_id, entry, tuple(files), sweep))
         with self._lock:
             if self._thread is None:
