@@ -59,3 +59,18 @@ def test_readyz_follows_comfy(stack):
     assert body.status_code == 503 and body.json()["comfy"]["state"] == "STOPPED"
     rpc.startProcess("comfy")
     stack.wait_http("/readyz")
+
+
+def test_a_comfyui_restarted_between_two_jobs_does_not_fail_the_next(stack):
+    """The websocket kept from the last job died with the old ComfyUI: the next job reconnects."""
+    first, _ = run(stack, {"workflow": empty_image(6, 6, 0x010203)})
+    assert first.status_code == 200, first.text
+    before = comfy_pid(stack)
+    rpc = supervisor_state.rpc(stack.socket).supervisor
+    rpc.stopProcess("comfy")
+    rpc.startProcess("comfy")
+    assert comfy_pid(stack) != before
+    stack.wait_http("/readyz", timeout=60)
+    response, _ = run(stack, {"workflow": empty_image(7, 7, 0x0000FF)})
+    assert response.status_code == 200, response.text
+    assert decode_png(response.json()["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 0, 255)
