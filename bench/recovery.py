@@ -1,11 +1,8 @@
-"""Restart figures: crash -> ready and hang -> ready (the stand-in's own boot time stated),
-entrypoint start -> /healthz 200, and the idle RSS of our processes (everything but ComfyUI)
-in each mode."""
+"""Restart figures: crash -> ready and hang -> ready (the stand-in's own boot time stated).
+Start time and idle memory are bench/footprint.py's."""
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 import uuid
 
@@ -25,28 +22,6 @@ def comfy_ready(stack: Stack) -> bool:
         return False
 
 
-def rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as handle:
-        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:"))
-
-
-def descendants(pid: int) -> list[int]:
-    found = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{task}/children") as handle:
-            for child in map(int, handle.read().split()):
-                found += [child, *descendants(child)]
-    return found
-
-
-def our_rss_mib(stack: Stack) -> float:
-    """Entrypoint, supervisord and every program except comfy (with their children)."""
-    comfy = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("comfy")["pid"]
-    excluded = {comfy, *descendants(comfy)} if comfy else set()
-    pids = [stack.proc.pid, *descendants(stack.proc.pid)]
-    return sum(rss_kib(pid) for pid in pids if pid not in excluded) / 1024
-
-
 def timed(action, until, timeout: float = 120) -> float:
     started = time.monotonic()
     action()
@@ -55,18 +30,6 @@ def timed(action, until, timeout: float = 120) -> float:
 
 
 def main() -> None:
-    starts = []
-    for _ in range(3):
-        stack = Stack("api", {"DRY_RUN": "1", "ENCRYPTION_REQUIRED": "0"})
-        started = time.monotonic()
-        stack.start()
-        stack.wait_http("/healthz", timeout=60)
-        starts.append(time.monotonic() - started)
-        stack.stop()
-    print(
-        f"entrypoint start -> /healthz 200 (api, DRY_RUN): median {statistics.median(starts):.2f} s of {starts}"
-    )
-
     with Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", **WATCH}) as stack:
         stack.wait_http("/readyz", timeout=60)
         rpc = supervisor_state.rpc(stack.socket).supervisor
@@ -94,15 +57,6 @@ def main() -> None:
         print(
             f"hang -> ready again:  {', '.join(f'{t:.2f}' for t in hangs)} s (watchdog: TICK_5, {WATCH['WATCH_FAILS']} failed probes of {WATCH['WATCH_PROBE_TIMEOUT_S']} s)"
         )
-
-    for mode, wait_path in (("api", "/healthz"), ("serverless", "/v2/LOCAL/health")):
-        with Stack(mode, {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}) as stack:
-            stack.wait_http(wait_path, timeout=60)
-            wait_until(lambda stack=stack: comfy_ready(stack), 60, "comfy")
-            time.sleep(5)
-            print(
-                f"idle RSS of our processes, {mode} mode (entrypoint, supervisord, watchdog, programs; not ComfyUI): {our_rss_mib(stack):.0f} MiB"
-            )
 
 
 if __name__ == "__main__":
