@@ -19,7 +19,6 @@ one line each.
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import sys
@@ -95,17 +94,7 @@ class Watchdog:
             return False
 
     def _answers(self) -> bool:
-        """GET /system_stats with the standard library: this process stays small (no requests)."""
-        probe = http.client.HTTPConnection(
-            "127.0.0.1", self.settings.comfy_port, timeout=self.settings.watch_probe_timeout_s
-        )
-        try:
-            probe.request("GET", "/system_stats")
-            return probe.getresponse().status == 200
-        except (OSError, http.client.HTTPException):
-            return False
-        finally:
-            probe.close()
+        return relay.answers(self.settings.comfy_url, self.settings.watch_probe_timeout_s)
 
     def count_exit(self, program: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now

@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from typing import IO
+from urllib.parse import urlsplit
 
 # ComfyUI logs this right after its port opens and before it serves a request, so every line
 # before it is boot output
@@ -80,15 +81,25 @@ class Relay:
             )
 
 
+def answers(comfy_url: str, timeout: float) -> bool:
+    """GET /system_stats answers 200. The standard library's http.client: the processes that ask
+    (this relay, the watchdog) stay small."""
+    parts = urlsplit(comfy_url)
+    probe = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+    try:
+        probe.request("GET", "/system_stats")
+        return probe.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        probe.close()
+
+
 def _wait_until_answers(comfy_url: str, answered: threading.Event) -> None:
     """A fallback for a ComfyUI that does not print READY_LINE."""
     while not answered.is_set():
-        with (
-            contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{comfy_url}/system_stats", timeout=1) as response,
-        ):
-            if response.status == 200:
-                answered.set()
+        if answers(comfy_url, timeout=1):
+            answered.set()
         time.sleep(0.25)
 
 
