@@ -7,7 +7,6 @@ line each (RSS, and PSS, which shares common pages fairly). Targets: start <= 1.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -17,25 +16,20 @@ from tests.stack import Stack
 
 
 def descendants(root: int) -> dict[int, str]:
-    """The process `root` and every process below it, with their command lines."""
-    parents, commands = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    """The process `root` and every process below it (Stack.children), with their command lines."""
+    found, frontier = [root], [root]
+    while frontier:
+        children = Stack.children(frontier.pop())
+        found += children
+        frontier += children
+    commands = {}
+    for pid in found:
         try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                commands[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                commands[pid] = handle.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except OSError:
             continue
-    found, frontier = {root}, [root]
-    while frontier:
-        parent = frontier.pop()
-        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in found]
-        found.update(children)
-        frontier += children
-    return {pid: commands.get(pid, "?") for pid in found}
+    return commands
 
 
 def memory_kib(pid: int) -> tuple[int, int]:
