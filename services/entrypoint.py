@@ -1,21 +1,17 @@
 """The container's entrypoint: check the configuration, then hand over to supervisord.
 
 A bad value stops here, before any program starts, with a message that names the variable.
-It stays as supervisord's parent only to pass signals on and to turn a FATAL shutdown into a
-non-zero exit.
+Then it becomes services.supervise, supervisord's parent for the container's life.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import secrets
-import signal
 import socket
-import subprocess
 import sys
-import time
+from typing import NoReturn
 
 from services import config, envelope, model_folders
 from services.comfy import install, launch
@@ -222,66 +218,9 @@ def _writable(path: str, what: str, mode: int) -> None:
         ) from None
 
 
-def reap_session(session: int) -> None:
-    """Kill what is left of supervisord's session: a supervisord that died abruptly (killed, or
-    its log pipe gone) leaves its programs running, and ComfyUI would keep its GPU memory."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == session:  # the session id, 6th field of /proc/<pid>/stat
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(entry), signal.SIGKILL)
-                print(f"[entrypoint] killed leftover process {entry}", file=sys.stderr, flush=True)
-
-
-def wait_reaping(child: subprocess.Popen) -> int:
-    """Wait for supervisord, reaping every other child that ends meanwhile: as a container's
-    PID 1 the entrypoint inherits whatever is orphaned inside it (a crashed ComfyUI's helpers),
-    and an unreaped orphan stays a zombie."""
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            return child.returncode or 0
-        if pid == child.pid:
-            child.returncode = os.waitstatus_to_exitcode(status)
-            return child.returncode
-
-
-def reap_orphans(seconds: float = 2.0) -> None:
-    """After supervisord: collect what reap_session killed and orphans still ending."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            time.sleep(0.05)
-
-
-def nudge(socket_path: str, child: subprocess.Popen, seconds: float = 3.0) -> None:
-    """Knock once on supervisord's control socket as soon as it listens. supervisord starts its
-    programs only after its first poll returns, which without any traffic takes its full 1 s
-    timeout: a connection makes it return at once (start -> API answering, 1.6 s -> 0.6 s)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and child.poll() is None:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as knock:
-            try:
-                knock.connect(socket_path)
-                return
-            except OSError:
-                time.sleep(0.01)
-
-
-def supervise(settings: config.Settings, env: dict[str, str]) -> int:
-    """Run supervisord, pass the platform's signals on, and exit non-zero when the watchdog
-    shut it down because a program went FATAL (supervisord itself would exit 0)."""
+def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
+    """Become services.supervise (same pid, a fraction of the memory), which runs supervisord
+    for the container's life."""
     marker = settings.fatal_marker
     if os.path.exists(marker):
         os.remove(marker)
@@ -289,39 +228,10 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> int:
         f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
         flush=True,
     )
-    # its own session: whatever it leaves behind can be found and ended (reap_session)
-    command = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
-    child = subprocess.Popen(command, env=env, start_new_session=True)
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, lambda received, _frame: child.send_signal(received))
-    nudge(settings.supervisor_socket, child)
-    code = wait_reaping(child)
-    reap_session(child.pid)
-    reap_orphans()
-    if os.path.exists(marker):
-        with open(marker, encoding="utf-8") as handle:
-            program = handle.read()
-        print(last_words(settings, program), file=sys.stderr, flush=True)
-        return 1
-    return code
-
-
-def last_words(settings: config.Settings, program: str) -> str:
-    """Why the container stops: for a ComfyUI that never came up, the last lines it printed
-    (boot output only: the launcher drops them once ComfyUI answers)."""
-    words = f"[entrypoint] exiting 1: program {program} failed for good"
-    if program != "comfy":
-        return words
-    try:
-        with open(
-            os.path.join(settings.comfy_io_dir, launch.BOOT_TAIL), encoding="utf-8", errors="replace"
-        ) as handle:
-            tail = handle.read().rstrip().splitlines()
-    except OSError:
-        return words
-    return "\n".join(
-        [f"{words}; the last lines ComfyUI printed:", *(f"[entrypoint]   {line}" for line in tail)]
-    )
+    boot_tail = os.path.join(settings.comfy_io_dir, launch.BOOT_TAIL)
+    supervisord = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
+    command = ["-m", "services.supervise", marker, settings.supervisor_socket, boot_tail, "--"]
+    os.execve(sys.executable, [sys.executable, *command, *supervisord], env)
 
 
 if __name__ == "__main__":

@@ -158,7 +158,7 @@ class Stack:
         return self
 
     def stop(self, timeout: float = 15) -> int | None:
-        """SIGTERM supervisord (the entrypoint execs it, so it is our child's pid)."""
+        """SIGTERM the entrypoint (services.supervise by then), which passes it on to supervisord."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
