@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
 MODES = ("api", "serverless")
+RESPONSE_FORMATS = ("worker", "worker-comfyui")
 _HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
@@ -42,6 +43,7 @@ class Settings:
     encryption_required: bool = True
     dry_run: bool = False
     no_history: bool = False
+    response_format: str = "worker"  # or "worker-comfyui": the answer shape of that worker
     log_silent: bool = False
     comfy_log: bool | None = None  # None: decided by comfy_output_shown
     job_timeout_s: float = 600.0
@@ -149,6 +151,13 @@ def _mode(name: str, raw: str) -> str:
     return value
 
 
+def _response_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in RESPONSE_FORMATS:
+        raise ConfigError(f"{name}={raw!r} is not an answer shape; use one of: {', '.join(RESPONSE_FORMATS)}")
+    return value
+
+
 def _device(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in ("auto", "cpu"):
@@ -236,6 +245,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
     "DRY_RUN": ("dry_run", _bool),
     "NO_HISTORY": ("no_history", _bool),
+    "RESPONSE_FORMAT": ("response_format", _response_format),
     "LOG_SILENT": ("log_silent", _bool),
     "COMFY_LOG": ("comfy_log", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),

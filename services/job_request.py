@@ -10,10 +10,11 @@ import base64
 import binascii
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from services import errors
+from services.config import RESPONSE_FORMATS
 from services.offload import offload
 
 MAX_NODES = 10_000
@@ -36,9 +37,15 @@ class JobRequest:
     images: tuple[InputImage, ...]
     no_history: bool
     timeout_s: float
+    output_format: str = "worker"
+    # worker-comfyui's per-request key for ComfyUI's API nodes: handed to ComfyUI in the prompt's
+    # extra_data (which ComfyUI keeps out of its history), never logged or echoed
+    comfy_org_api_key: str | None = field(default=None, repr=False)
 
 
-def parse(payload: Any, *, default_timeout_s: float, no_history_default: bool) -> JobRequest:
+def parse(
+    payload: Any, *, default_timeout_s: float, no_history_default: bool, output_format: str = "worker"
+) -> JobRequest:
     """Turn a decoded payload into a `JobRequest`, or raise the error that says what is wrong."""
     if not isinstance(payload, dict):
         raise errors.InvalidRequest(f"the payload must be a JSON object, got {_kind(payload)}")
@@ -54,6 +61,8 @@ def parse(payload: Any, *, default_timeout_s: float, no_history_default: bool) -
         images=_images(options.get("images")),
         no_history=_flag(options, "no_history", no_history_default),
         timeout_s=_timeout(options.get("timeout_s"), default_timeout_s),
+        output_format=_output_format(options.get("output_format"), output_format),
+        comfy_org_api_key=_api_key(options.get("comfy_org_api_key")),
     )
 
 
@@ -154,6 +163,22 @@ def _timeout(value: Any, default: float) -> float:
     ):
         raise errors.InvalidRequest("'timeout_s' must be a positive number of seconds")
     return min(float(value), default)
+
+
+def _output_format(value: Any, default: str) -> str:
+    if value is None:
+        return default
+    if value not in RESPONSE_FORMATS:
+        raise errors.InvalidRequest(f"'output_format' must be one of: {', '.join(RESPONSE_FORMATS)}")
+    return value
+
+
+def _api_key(value: Any) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.isprintable() or len(value) > 4096:
+        raise errors.InvalidRequest("'comfy_org_api_key' must be a string (a Comfy.org API key)")
+    return value
 
 
 def _looks_like_graph_export(value: Any) -> bool:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from nacl.public import PrivateKey
 
-from services import envelope, errors, job_request
+from services import envelope, errors, job_request, worker_comfyui
 from services.config import Settings
 from services.offload import offload
 from services.output_store import OutputStore
@@ -78,8 +78,15 @@ class Pipeline:
         if opened is not None and progress is not None:
             progress = coarse(progress)
         try:
-            result = self._execute(opened.payload if opened else body, progress, cancel)
-            result, status, code = self._fit(result, opened), 200, None
+            job = job_request.parse(
+                opened.payload if opened else body,
+                default_timeout_s=self.settings.job_timeout_s,
+                no_history_default=self.settings.no_history,
+                output_format=self.settings.response_format,
+            )
+            result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
+            if job.output_format == "worker-comfyui":
+                result = worker_comfyui.answer(result)
         except errors.WorkerError as exc:
             result, status, code = exc.to_dict(), exc.http_status, exc.code
             log.info("job failed: %s", exc.code)
@@ -99,12 +106,7 @@ class Pipeline:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None
 
-    def _execute(self, payload: Any, progress: Progress | None, cancel: Any) -> dict:
-        job = job_request.parse(
-            payload,
-            default_timeout_s=self.settings.job_timeout_s,
-            no_history_default=self.settings.no_history,
-        )
+    def _execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict:
         if self.settings.dry_run:
             return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}
         if self.executor is None:

@@ -59,6 +59,13 @@ def test_bad_launch_mode_lists_the_modes(raw):
         load(LAUNCH_MODE=raw)
 
 
+def test_response_format_is_ours_or_worker_comfyuis():
+    assert load().response_format == "worker"
+    assert load(RESPONSE_FORMAT="Worker-ComfyUI").response_format == "worker-comfyui"
+    with pytest.raises(config.ConfigError, match=r"RESPONSE_FORMAT='runpod'.*worker, worker-comfyui"):
+        load(RESPONSE_FORMAT="runpod")
+
+
 @pytest.mark.parametrize("name,field", [("API_PORT", "api_port"), ("COMFY_PORT", "comfy_port")])
 def test_ports(name, field):
     assert getattr(load(**{name: "80"}), field) == 80

@@ -16,7 +16,7 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services import config, envelope, errors, logs, model_store, supervisor_state
-from services.api import openapi
+from services.api import openapi, runpod_routes
 from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
 from services.comfy.executor import ComfyExecutor
@@ -35,14 +35,18 @@ def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
     return Response(offload(_dumps, body, size=size), status=status, mimetype="application/json")
 
 
-def _payload_size(body: Any) -> int:
-    """Bytes of output data or ciphertext in a result (or an async job's result)."""
-    if not isinstance(body, dict):
-        return 0
-    inner = body.get("result") if isinstance(body.get("result"), dict) else body
-    outputs = inner.get("outputs") if isinstance(inner.get("outputs"), list) else []
-    return len(inner.get("ciphertext") or "") + sum(
-        len(o.get("data") or "") for o in outputs if isinstance(o, dict)
+def payload_response(body: dict, status: int = 200) -> Response:
+    """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
+    (pod async jobs) or `output` (the RunPod-shaped routes)."""
+    return json_response(body, status, size=_payload_size(body))
+
+
+def _payload_size(body: dict) -> int:
+    """Bytes of output data or ciphertext in a result."""
+    inner = next((body[k] for k in ("result", "output") if isinstance(body.get(k), dict)), body)
+    outputs = next((inner[k] for k in ("outputs", "images") if isinstance(inner.get(k), list)), [])
+    return len(str(inner.get("ciphertext") or "")) + sum(
+        len(str(o.get("data") or "")) for o in outputs if isinstance(o, dict)
     )
 
 
@@ -137,15 +141,14 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             job = jobs.start(_json_body())
             return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
         reply = pipeline.run(_json_body())
-        return json_response(reply.body, reply.status, size=_payload_size(reply.body))
+        return payload_response(reply.body, reply.status)
 
     @app.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
         job = jobs.get(job_id)
         if job is None:
             raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
-        view = job.view()
-        return json_response(view, size=_payload_size(view))
+        return payload_response(job.view())
 
     @app.post("/jobs/<job_id>/cancel")
     def job_cancel(job_id: str) -> Response:
@@ -177,6 +180,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     def models_ls() -> Response:
         listing = model_store.listing(settings.model_dir, request.args.get("type"))
         return json_response({"model_dir": settings.model_dir, "models": listing})
+
+    app.register_blueprint(runpod_routes.blueprint(pipeline, jobs, _json_body, payload_response))
 
     @app.errorhandler(errors.WorkerError)
     def worker_error(exc: errors.WorkerError) -> Response:

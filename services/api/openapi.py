@@ -276,6 +276,7 @@ def document() -> dict:
             }
         },
     }
+    paths.update(_runpod_paths())
     return {
         "openapi": "3.0.3",
         "info": {"title": "comfy-worker pod API", "version": "1"},
@@ -285,4 +286,67 @@ def document() -> dict:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API_KEY"}},
         },
         "security": [{"bearer": []}],
+    }
+
+
+ENDPOINT_ID = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+RUNPOD_JOB = {
+    "type": "object",
+    "required": ["id", "status"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["IN_QUEUE", "IN_PROGRESS", "COMPLETED", "FAILED", "CANCELLED"]},
+        "output": {},
+        "error": {"type": "string"},
+    },
+}
+
+
+def _runpod_paths() -> dict:
+    """RunPod's job routes, for clients written against a RunPod endpoint (worker-comfyui's)."""
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["input"],
+                    "properties": {"input": {"$ref": "#/components/schemas/RunRequest"}},
+                }
+            }
+        },
+    }
+    job = _json(RUNPOD_JOB, "the job as RunPod reports it (a failed job is 200 with status FAILED)")
+    return {
+        "/v2/{endpoint_id}/runsync": {
+            "post": {
+                "summary": "RunPod-style: run and wait (endpoint_id is any name)",
+                "parameters": [ENDPOINT_ID],
+                "requestBody": body,
+                "responses": {"200": job, **_errors(400, *COMMON)},
+            }
+        },
+        "/v2/{endpoint_id}/run": {
+            "post": {
+                "summary": "RunPod-style: start a job",
+                "parameters": [ENDPOINT_ID],
+                "requestBody": body,
+                "responses": {"200": job, **_errors(400, *COMMON)},
+            }
+        },
+        "/v2/{endpoint_id}/status/{job_id}": {
+            method: {
+                "summary": "RunPod-style: a job's status and output",
+                "parameters": [ENDPOINT_ID, JOB_ID],
+                "responses": {"200": job, **_errors(404, *COMMON)},
+            }
+            for method in ("get", "post")
+        },
+        "/v2/{endpoint_id}/cancel/{job_id}": {
+            "post": {
+                "summary": "RunPod-style: cancel a job",
+                "parameters": [ENDPOINT_ID, JOB_ID],
+                "responses": {"200": job, **_errors(404, *COMMON)},
+            }
+        },
     }

@@ -53,7 +53,9 @@ class ComfyClient:
         except ComfyUnreachable:
             return False
 
-    def submit(self, prompt: dict, client_id: str, prompt_id: str, timeout: float) -> dict:
+    def submit(
+        self, prompt: dict, client_id: str, prompt_id: str, timeout: float, extra_data: dict | None = None
+    ) -> dict:
         """POST /prompt; a 400 (validation) becomes `WorkflowValidationFailed` with readable node
         errors. A 200 may still carry `node_errors`: ComfyUI then queued only the valid outputs.
         ComfyUI lists model folders while it validates, which on a cold network volume is slow,
@@ -62,7 +64,12 @@ class ComfyClient:
             "POST",
             "/prompt",
             timeout=timeout,
-            json={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id},
+            json={
+                "prompt": prompt,
+                "client_id": client_id,
+                "prompt_id": prompt_id,
+                **({"extra_data": extra_data} if extra_data else {}),
+            },
         )
         if response.status_code == 400:
             try:

@@ -135,7 +135,11 @@ class ComfyExecutor:
         is busy, not dead: `comfy_busy`, and whatever it queues late is taken out again."""
         try:
             return self.client.submit(
-                prompt, job.client_id, job.prompt_id, self.settings.comfy_submit_timeout_s
+                prompt,
+                job.client_id,
+                job.prompt_id,
+                self.settings.comfy_submit_timeout_s,
+                extra_data=_extra_data(job.request),
             )
         except ComfyUnreachable:
             if not self.client.ready(timeout=2.0):
@@ -375,6 +379,14 @@ def _outcome_from_history(entry: dict) -> _Outcome:
             elif message[0] == "execution_interrupted":
                 outcome.interrupted = True
     return outcome
+
+
+def _extra_data(request: JobRequest) -> dict | None:
+    """What ComfyUI's API nodes read from the prompt's extra_data (ComfyUI drops it from the
+    history it keeps, execution.py SENSITIVE_EXTRA_DATA_KEYS)."""
+    if request.comfy_org_api_key is None:
+        return None
+    return {"api_key_comfy_org": request.comfy_org_api_key}
 
 
 def _output_items(entry: dict) -> Iterator[tuple[str, str, Any]]:

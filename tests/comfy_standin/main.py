@@ -448,7 +448,7 @@ class Server:
                     self.running_node = nid
                     self._progress_state(prompt_id, nid, "running", sid)
                     self.send("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, sid)
-                    result, ui = self._run_node(prompt, nid, values, prompt_id, sid)
+                    result, ui = self._run_node(prompt, nid, values, prompt_id, extra)
                     executed.append(nid)
                 values[nid], new_cache[sig] = result, (result, ui)
                 if ui is not None:
@@ -493,6 +493,8 @@ class Server:
         self.cache = new_cache
         self.refuse_sockets_until = 0.0
         print(f"Prompt executed in {time.perf_counter() - started:.2f} seconds", flush=True)
+        for key in SENSITIVE_EXTRA_DATA_KEYS:  # ComfyUI keeps these out of its history
+            extra.pop(key, None)
         self.history[prompt_id] = {
             "prompt": [number, prompt_id, prompt, extra, outputs],
             "outputs": ui_outputs,
@@ -544,7 +546,7 @@ class Server:
         return json.dumps([node["class_type"], inputs], sort_keys=True, default=str)
 
     def _run_node(
-        self, prompt: dict, nid: str, values: dict, prompt_id: str, sid: str | None
+        self, prompt: dict, nid: str, values: dict, prompt_id: str, extra: dict
     ) -> tuple[list, dict | None]:
         node = prompt[nid]
         kind = node["class_type"]
@@ -634,8 +636,13 @@ class Server:
         if kind in CUSTOM_NODES:  # ComfyUI's node API: FUNCTION returns a tuple or {"ui", "result"}
             node_class = CUSTOM_NODES[kind]
             declared = NODES[kind]["input"]["required"]  # inputs a node does not declare are not handed to it
+            hidden = {  # what ComfyUI hands a node from the prompt's extra_data (execution.py)
+                name: extra.get(HIDDEN_FROM_EXTRA[source])
+                for name, source in node_class.INPUT_TYPES().get("hidden", {}).items()
+                if source in HIDDEN_FROM_EXTRA
+            }
             result = getattr(node_class(), node_class.FUNCTION)(
-                **{k: v for k, v in inputs.items() if k in declared}
+                **{k: v for k, v in inputs.items() if k in declared}, **hidden
             )
             if isinstance(result, dict):
                 return list(result.get("result", ())), result.get("ui")
@@ -961,6 +968,8 @@ def build_app(server: Server) -> web.Application:
 
 
 CUSTOM_NODES: dict[str, type] = {}
+HIDDEN_FROM_EXTRA = {"API_KEY_COMFY_ORG": "api_key_comfy_org", "AUTH_TOKEN_COMFY_ORG": "auth_token_comfy_org"}
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 
 def load_custom_nodes(folder: str) -> None:
