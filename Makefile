@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-real image image-test comfyui comfyui-lock smoke lint bench keygen venv clean
+.PHONY: run test test-real image image-test comfyui comfyui-lock smoke lint bench dist keygen venv clean
 
 $(STAMP): requirements.txt requirements-dev.txt requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,8 +64,12 @@ bench: $(STAMP)
 	$(PY) -m bench.hub
 	$(PY) -m bench.footprint
 
+# The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
+dist: $(STAMP)
+	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
+
 keygen: $(STAMP)
 	$(PY) -m services.keygen
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist client.egg-info comfy_worker.egg-info

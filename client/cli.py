@@ -1,12 +1,15 @@
-"""Command-line client: run a workflow file on a pod or a RunPod endpoint and save its outputs.
+"""The `comfy-worker` command: run a workflow file on a pod or a RunPod endpoint and save its
+outputs, manage a pod's models, make a worker key.
 
-    python -m client.cli keygen
-    python -m client.cli run workflow.json --url http://pod:8000 [--server-key PUB] [--api-key KEY]
-    python -m client.cli run workflow.json --endpoint ID --api-key KEY [--runpod-url URL] [--server-key PUB]
+    comfy-worker keygen
+    comfy-worker run workflow.json --url http://pod:8000 [--server-key PUB] [--api-key KEY]
+    comfy-worker run workflow.json --endpoint ID --api-key KEY [--runpod-url URL] [--server-key PUB]
+    comfy-worker download --url http://pod:8000 --type checkpoints (--from URL | --repo-id R --filename F)
+    comfy-worker models --url http://pod:8000 [--type loras]
 
 With a server public key the payload (workflow and input images) is sealed and the answer
-opened locally. Progress is drawn on stderr while the job runs. Exit status: 0 done, 1 the job
-failed (its error code is printed), 2 bad usage or unreachable worker.
+opened locally. Progress is drawn on stderr while a job or a download runs. Exit status: 0 done,
+1 the job or download failed (its error code is printed), 2 bad usage or unreachable worker.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 import requests
 from nacl.public import PrivateKey
 
-from client.envelope_client import open_answer, open_blob, seal_request
+from .envelope_client import open_answer, open_blob, seal_request
 
 DEFAULT_RUNPOD_URL = "https://api.runpod.ai/v2"
 POLL_S = 0.5
@@ -48,7 +51,10 @@ def progress_bar(progress: Any, width: int = 30) -> str:
 def build_payload(workflow_file: str, images: list[str], timeout_s: float | None) -> dict:
     with open(workflow_file, encoding="utf-8") as handle:
         workflow = json.load(handle)
-    payload: dict[str, Any] = {"workflow": workflow}
+    payload: dict[str, Any] = {
+        "workflow": workflow,
+        "output_format": "worker",
+    }  # whatever RESPONSE_FORMAT says
     if images:
         payload["images"] = []
         for spec in images:
@@ -67,9 +73,7 @@ class Runner:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.session = requests.Session()
-        if args.api_key:
-            self.session.headers["Authorization"] = f"Bearer {args.api_key}"
+        self.session = _session(args.api_key)
 
     def run(self, payload: dict) -> dict:
         body, self.ephemeral = (payload, None)
@@ -148,6 +152,59 @@ def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
     return written
 
 
+def download(args: argparse.Namespace) -> int:
+    """Start one model download on a pod and follow it to its end."""
+    session = _session(args.api_key)
+    item = {"type": args.type, "sha256": args.sha256, "target": args.name}
+    if args.source:
+        item["url"] = args.source
+    else:
+        item.update(repo_id=args.repo_id, filename=args.filename, revision=args.revision)
+    base = args.url.rstrip("/")
+    started = _json_or_error(
+        session.post(f"{base}/download", json={"items": [{k: v for k, v in item.items() if v}]}, timeout=60)
+    )
+    if "downloads" not in started:
+        raise JobFailed(started.get("error"))
+    state = started["downloads"][0]
+    while state["state"] in ("queued", "running"):
+        if not args.quiet:
+            done, total = state.get("bytes_done") or 0, state.get("total")
+            shown = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB" if total else f"{done / 1e6:.1f} MB"
+            sys.stderr.write(f"\r{state['filename']}: {shown:<40}")
+        time.sleep(POLL_S)
+        state = _json_or_error(session.get(f"{base}/download/{state['id']}", timeout=30))
+        if "state" not in state:
+            raise JobFailed(state.get("error"))
+    if not args.quiet:
+        sys.stderr.write("\n")
+    if state["state"] == "failed":
+        raise JobFailed(state.get("error"))
+    print(f"{state['type']}/{state['filename']} {state['state']}")
+    return 0
+
+
+def models(args: argparse.Namespace) -> int:
+    """One line per model file on the pod's volume: type/name and size."""
+    params = {"type": args.type} if args.type else None
+    listing = _json_or_error(
+        _session(args.api_key).get(f"{args.url.rstrip('/')}/models/ls", params=params, timeout=30)
+    )
+    if "models" not in listing:
+        raise JobFailed(listing.get("error"))
+    for kind, files in sorted(listing["models"].items()):
+        for entry in files:
+            print(f"{kind}/{entry['name']}\t{entry['size']}")
+    return 0
+
+
+def _session(api_key: str | None) -> requests.Session:
+    session = requests.Session()
+    if api_key:
+        session.headers["Authorization"] = f"Bearer {api_key}"
+    return session
+
+
 def _json_or_error(response: requests.Response) -> Any:
     try:
         return response.json()
@@ -157,7 +214,7 @@ def _json_or_error(response: requests.Response) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m client.cli", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="comfy-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("keygen", help="print a new worker key pair")
@@ -177,7 +234,34 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--timeout", type=float, help="per-job timeout in seconds")
     run.add_argument("--out", default="outputs", help="folder for the outputs")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    fetch = commands.add_parser("download", help="download a model onto a pod's volume")
+    fetch.add_argument("--url", required=True, help="pod API base URL")
+    fetch.add_argument("--api-key", help="API_KEY of the pod")
+    fetch.add_argument("--type", required=True, help="model folder: checkpoints, loras, vae, ...")
+    source = fetch.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from", dest="source", help="an http(s) URL")
+    source.add_argument("--repo-id", help="a Hugging Face repository (with --filename)")
+    fetch.add_argument("--filename", help="the file in the Hugging Face repository")
+    fetch.add_argument("--revision", help="a Hugging Face revision")
+    fetch.add_argument("--name", help="the file name on the volume")
+    fetch.add_argument("--sha256", help="refuse the file unless it has this sha256")
+    fetch.add_argument("--quiet", action="store_true", help="no progress line")
+    listing = commands.add_parser("models", help="list the models on a pod's volume")
+    listing.add_argument("--url", required=True, help="pod API base URL")
+    listing.add_argument("--api-key", help="API_KEY of the pod")
+    listing.add_argument("--type", help="only this model folder")
     args = parser.parse_args(argv)
+    if args.command == "download" and args.repo_id and not args.filename:
+        parser.error("--repo-id needs --filename")
+    if args.command in ("download", "models"):
+        try:
+            return download(args) if args.command == "download" else models(args)
+        except JobFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except (OSError, ValueError, requests.RequestException) as exc:
+            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 2
 
     if args.command == "keygen":
         key = PrivateKey.generate()

@@ -16,7 +16,7 @@ import os
 import sys
 import tempfile
 
-from client.cli import DEFAULT_RUNPOD_URL, JobFailed, Runner, build_payload
+from .cli import DEFAULT_RUNPOD_URL, JobFailed, Runner, build_payload
 
 TINY_WORKFLOW = {
     "1": {

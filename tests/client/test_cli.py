@@ -1,5 +1,9 @@
-"""The client CLI and the seed's encrypted-run recipe against a live pod and the local queue."""
+"""The `comfy-worker` command as a user installs it (the wheel of `make dist` in a fresh virtual
+environment, run from a folder that is not the checkout), against a live pod and the local
+queue; and the seed's encrypted-run recipe."""
 
+import glob
+import hashlib
 import json
 import os
 import subprocess
@@ -8,15 +12,44 @@ import sys
 import pytest
 from PIL import Image
 
-from tests.stack import ROOT, Stack
+from tests.file_server import FileServer
+from tests.stack import ROOT, Stack, copy_checkout
 from tests.workflows import empty_image, invert_upload, png_b64, with_knob
 
 KEY = "cli-key"
 
 
 @pytest.fixture(scope="module")
+def cli(tmp_path_factory):
+    work = tmp_path_factory.mktemp("client")
+    source, venv, elsewhere = work / "source", work / "venv", work / "elsewhere"
+    copy_checkout(str(source))
+    made = subprocess.run(
+        ["make", "-C", str(source), "dist", f"VENV={ROOT}/.venv"], capture_output=True, text=True, timeout=600
+    )
+    assert made.returncode == 0, made.stdout + made.stderr
+    [wheel] = glob.glob(str(source / "dist" / "comfy_worker-*.whl"))
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q"]
+    subprocess.run([*pip, wheel, "-c", os.path.join(ROOT, "requirements.lock")], check=True, timeout=600)
+    elsewhere.mkdir()
+
+    def run(*args, env=None):
+        return subprocess.run(
+            [str(venv / "bin" / "comfy-worker"), *args],
+            cwd=elsewhere,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="module")
 def pod():
-    stack = Stack("api", {"DRY_RUN": "0", "API_KEY": KEY}).ready()
+    stack = Stack("api", {"DRY_RUN": "0", "API_KEY": KEY, "ALLOW_PRIVATE_DOWNLOADS": "1"}).ready()
     yield stack
     stack.stop()
 
@@ -28,24 +61,13 @@ def serverless():
     stack.stop()
 
 
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-
-
 def workflow_file(tmp_path, workflow):
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(workflow))
     return str(path)
 
 
-def test_keygen():
+def test_keygen(cli):
     result = cli("keygen")
     lines = result.stdout.splitlines()
     assert (
@@ -55,7 +77,7 @@ def test_keygen():
     )
 
 
-def test_encrypted_run_on_a_pod_with_an_input_image_and_progress(pod, tmp_path):
+def test_encrypted_run_on_a_pod_with_an_input_image_and_progress(cli, pod, tmp_path):
     red = tmp_path / "red.png"
     red.write_bytes(__import__("base64").b64decode(png_b64(10, 6)))
     workflow = invert_upload("red.png")
@@ -82,7 +104,7 @@ def test_encrypted_run_on_a_pod_with_an_input_image_and_progress(pod, tmp_path):
     assert "node 4" not in result.stderr
 
 
-def test_failed_job_exits_1_with_the_code(pod, tmp_path):
+def test_failed_job_exits_1_with_the_code(cli, pod, tmp_path):
     result = cli(
         "run",
         workflow_file(tmp_path, with_knob("StandinFail", message="bad")),
@@ -96,12 +118,12 @@ def test_failed_job_exits_1_with_the_code(pod, tmp_path):
     assert result.returncode == 1 and "execution_failed: node 2 (StandinFail): bad" in result.stderr
 
 
-def test_wrong_api_key_exits_1_with_unauthorized(pod, tmp_path):
+def test_wrong_api_key_exits_1_with_unauthorized(cli, pod, tmp_path):
     result = cli("run", workflow_file(tmp_path, empty_image()), "--url", pod.url, "--api-key", "nope")
     assert result.returncode == 1 and "unauthorized" in result.stderr
 
 
-def test_encrypted_run_on_the_local_runpod_queue(serverless, tmp_path):
+def test_encrypted_run_on_the_local_runpod_queue(cli, serverless, tmp_path):
     result = cli(
         "run",
         workflow_file(tmp_path, with_knob("StandinSlow", color=0xFFFFFF, seconds=2, steps=4)),
@@ -122,7 +144,7 @@ def test_encrypted_run_on_the_local_runpod_queue(serverless, tmp_path):
     assert "%" in result.stderr and "node 2" not in result.stderr
 
 
-def test_runpod_failure_exits_1(serverless, tmp_path):
+def test_runpod_failure_exits_1(cli, serverless, tmp_path):
     target = ("--endpoint", "LOCAL", "--runpod-url", f"{serverless.url}/v2", "--api-key", KEY)
     sealed = cli(
         "run",
@@ -156,3 +178,28 @@ def test_seed_recipe_with_the_seed_environment(serverless):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = json.loads(result.stdout)
     assert summary["status"] == "ok" and summary["outputs"][0]["mime"] == "image/png"
+
+
+def test_the_command_only_from_the_wheel_has_no_checkout_to_lean_on(cli):
+    result = cli("--help")
+    assert result.returncode == 0 and "comfy-worker" in result.stdout
+    for command in ("run", "download", "models", "keygen"):
+        assert command in result.stdout
+
+
+def test_download_then_models_on_a_pod(cli, pod):
+    server = FileServer()
+    server.files = {"tiny.safetensors": b"weights" * 1000}
+    try:
+        digest = hashlib.sha256(server.files["tiny.safetensors"]).hexdigest()
+        target = ("--url", pod.url, "--api-key", KEY)
+        url = f"{server.url}/file/tiny.safetensors"
+        fetched = cli("download", *target, "--type", "loras", "--from", url, "--sha256", digest)
+        assert fetched.returncode == 0, fetched.stderr
+        assert fetched.stdout.strip() == "loras/tiny.safetensors done"
+        listed = cli("models", *target, "--type", "loras")
+        assert listed.returncode == 0 and listed.stdout.splitlines() == ["loras/tiny.safetensors\t7000"]
+        wrong = cli("download", *target, "--type", "vae", "--from", url, "--sha256", "0" * 64)
+        assert wrong.returncode == 1 and "checksum_mismatch" in wrong.stderr
+    finally:
+        server.stop()
