@@ -102,6 +102,11 @@ class Settings:
         return os.path.join(self.run_dir, "supervisor.sock")
 
     @property
+    def comfy_starts_file(self) -> str:
+        """How often ComfyUI was started: written by the launcher, read for /metrics."""
+        return os.path.join(self.run_dir, "comfy-starts")
+
+    @property
     def fatal_marker(self) -> str:
         """Written by the watchdog when it ends the container, read by the entrypoint: exit 1."""
         return os.path.join(self.run_dir, "fatal")

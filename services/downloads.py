@@ -17,7 +17,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from services import errors, model_store, url_guard
@@ -70,9 +70,18 @@ class Download:
         }
 
 
+class DownloadObserver(Protocol):
+    """What the pod API's metrics learn of downloads (services.metrics)."""
+
+    def received(self, size: int) -> None: ...
+
+    def download_failed(self, code: str) -> None: ...
+
+
 class Downloads:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, observer: DownloadObserver | None = None) -> None:
         self.settings = settings
+        self.observer = observer
         self.by_id: dict[str, Download] = {}
         self.active: dict[str, Download] = {}  # target path -> running transfer
         self.lock = threading.Lock()
@@ -166,12 +175,14 @@ class Downloads:
         except errors.WorkerError as exc:
             download.state, download.error = "failed", exc.message
             log.info("download %s failed: %s", download.id, exc.code)
+            self._failed(exc.code)
         except OSError as exc:
             download.state, download.error = (
                 "failed",
                 f"download_failed: {type(exc).__name__} writing the file",
             )
             log.info("download %s failed: %s", download.id, type(exc).__name__)
+            self._failed(errors.DownloadFailed.code)
         finally:
             download.finished = time.time()
             with self.lock:
@@ -259,6 +270,8 @@ class Downloads:
                     break
                 pending = [start(sink.write, chunk)] + ([start(digest.update, chunk)] if digest else [])
                 received += len(chunk)
+                if self.observer is not None:
+                    self.observer.received(len(chunk))
                 download.bytes_done = offset + received
                 download.rate = received / max(time.monotonic() - started, 1e-6)
                 if download.total is not None and download.bytes_done > download.total:
@@ -281,6 +294,10 @@ class Downloads:
         os.replace(partial, download.path)
         offload(_fsync, os.path.dirname(download.path))
         download.bytes_done = os.path.getsize(download.path)
+
+    def _failed(self, code: str) -> None:
+        if self.observer is not None:
+            self.observer.download_failed(code)
 
     def _prune(self) -> None:
         now = time.time()

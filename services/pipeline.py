@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,14 @@ from services.replay import ReplayGuard
 log = logging.getLogger("worker.pipeline")
 
 Progress = Callable[[dict], None]
+
+
+class JobObserver(Protocol):
+    """What the pod API's metrics learn of each job (services.metrics)."""
+
+    def job_started(self) -> None: ...
+
+    def job_ended(self, reply: Reply, seconds: float) -> None: ...
 
 
 class Executor(Protocol):
@@ -59,8 +68,10 @@ class Pipeline:
         executor: Executor | None,
         result_limit_bytes: int | None = None,
         output_store: OutputStore | None = None,
+        observer: JobObserver | None = None,
     ) -> None:
         self.settings = settings
+        self.observer = observer
         self.executor = executor
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
@@ -69,6 +80,15 @@ class Pipeline:
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""
+        if self.observer is None:
+            return self._run(body, progress, cancel)
+        started = time.monotonic()
+        self.observer.job_started()
+        reply = self._run(body, progress, cancel)
+        self.observer.job_ended(reply, time.monotonic() - started)
+        return reply
+
+    def _run(self, body: Any, progress: Progress | None, cancel: Any) -> Reply:
         try:
             opened = self._open(body)
             if opened is not None:

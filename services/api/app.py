@@ -22,6 +22,8 @@ from services.comfy.client import ComfyClient
 from services.comfy.executor import ComfyExecutor
 from services.config import Settings
 from services.downloads import Downloads
+from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from services.metrics import Metrics
 from services.offload import offload
 from services.pipeline import Pipeline
 
@@ -87,10 +89,11 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
             )
     comfy = ComfyClient(settings.comfy_url)
-    pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy))
     health = ComfyHealth(settings, comfy)
+    metrics = Metrics(settings, lambda: settings.dry_run or health.read()["ready"])
+    pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy), observer=metrics)
     jobs = AsyncJobs(pipeline)
-    downloads = Downloads(settings)
+    downloads = Downloads(settings, observer=metrics)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
     app = Flask("comfy-worker")
@@ -128,6 +131,11 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     def ping() -> Response:
         """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
         return json_response({"ok": True})
+
+    @app.get("/metrics")
+    def metrics_page() -> Response:
+        """Prometheus text format; behind API_KEY like every route but the probes."""
+        return Response(metrics.render(), mimetype=METRICS_CONTENT_TYPE)
 
     @app.get("/readyz")
     def readyz() -> Response:

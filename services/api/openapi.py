@@ -151,6 +151,18 @@ def document() -> dict:
                 "responses": {"200": _json(OBJECT, "health"), **_errors(405)},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(*COMMON),
+                },
+            }
+        },
         "/readyz": {
             "get": {
                 "summary": "200 when a job would run now (open: probes send no token)",

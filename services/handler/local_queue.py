@@ -16,12 +16,16 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from services import config, logs
+
+if TYPE_CHECKING:
+    from services.metrics import QueueMetrics
 
 log = logging.getLogger("worker.local_queue")
 
@@ -67,7 +71,8 @@ class Job:
 class Queue:
     """Job table and FIFO; one condition variable wakes every waiter on any change."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[[Job], None] | None = None) -> None:
+        self.on_end = on_end  # told of each job that ends (the metrics)
         self.jobs: dict[str, Job] = {}
         self.pending: deque[str] = deque()
         self.to_stop: set[str] = set()
@@ -112,6 +117,7 @@ class Queue:
                 self.counts["completed"] += 1
             if job.status in FINAL:
                 log.info("job %s %s", job.id, job.status)
+                self._ended(job)
             self.changed.notify_all()
 
     def streamed(self, job_id: str, result: dict) -> None:
@@ -131,6 +137,7 @@ class Queue:
             else:
                 self.to_stop.add(job_id)
             job.status, job.finished = "CANCELLED", time.time()
+            self._ended(job)
             self.changed.notify_all()
             return job
 
@@ -153,6 +160,10 @@ class Queue:
                 "workers": {"idle": 0 if running else 1, "running": 1 if running else 0},
             }
 
+    def _ended(self, job: Job) -> None:
+        if self.on_end is not None:
+            self.on_end(job)
+
     def _prune(self) -> None:
         now = time.time()
         for job_id in [
@@ -168,13 +179,38 @@ class LocalQueueServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], endpoint_id: str, api_key: str | None, worker_token: str
+        self,
+        address: tuple[str, int],
+        endpoint_id: str,
+        api_key: str | None,
+        worker_token: str,
+        settings: config.Settings | None = None,
     ) -> None:
         super().__init__(address, _Handler)
-        self.queue = Queue()
+        self.queue = Queue(on_end=self._job_ended)
         self.endpoint_id = endpoint_id
         self.api_key = api_key
         self.worker_token = worker_token
+        self.settings = settings or config.Settings()
+        self._metrics: QueueMetrics | None = None
+
+    def metrics(self) -> QueueMetrics:
+        """Made on first use (a job ended, or a scrape): prometheus_client costs this process
+        4 MiB, which an idle queue nobody scrapes need not pay."""
+        if self._metrics is None:
+            from services.comfy import relay
+            from services.metrics import QueueMetrics
+
+            self._metrics = QueueMetrics(
+                self.settings,
+                ready=lambda: self.settings.dry_run or relay.answers(self.settings.comfy_url, 2.0),
+                in_flight=lambda: self.queue.health()["jobs"]["inProgress"],
+            )
+        return self._metrics
+
+    def _job_ended(self, job: Job) -> None:
+        seconds = (job.finished or time.time()) - (job.started or job.created)
+        self.metrics().job_ended(job.status, job.error, seconds)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -197,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if parts[:1] == ["worker"] and len(parts) >= 3:
                 self._worker(method, parts[1], parts[2:], query)
+            elif parts == ["metrics"] and method == "GET":
+                self._metrics_page()
             elif parts[:2] == ["v2", self.server.endpoint_id] and len(parts) >= 3:
                 self._public(method, parts[2], parts[3:], query)
             else:
@@ -237,6 +275,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, q.health())
         else:
             self._send(404, {"error": "not found"})
+
+    def _metrics_page(self) -> None:
+        if not self._authorized_client():
+            self._send(401, {"error": "Unauthorized"})
+            return
+        page = self.server.metrics().render()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
 
     def _authorized_client(self) -> bool:
         key = self.server.api_key
@@ -308,6 +357,7 @@ def main() -> int:
         settings.local_endpoint_id,
         settings.api_key,
         settings.runpod_worker_key or "",
+        settings,
     )
     log.info("RunPod-style queue on port %d under /v2/%s/", settings.api_port, settings.local_endpoint_id)
     if not settings.api_key:

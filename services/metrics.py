@@ -1,0 +1,140 @@
+"""Prometheus metrics: `GET /metrics` of the pod API and of the local queue, behind API_KEY.
+
+Labels are outcomes and stable error codes only, never anything of a job. The job pipeline and
+the downloads report through the small observer methods below (the local queue reports each job
+it saw end); what can be read at any time (readiness, jobs in flight on the queue, ComfyUI's
+starts) is read when Prometheus scrapes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from services.config import Settings
+
+if TYPE_CHECKING:
+    from services.pipeline import Reply
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+JOB_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+def comfy_starts(settings: Settings) -> int:
+    """How often the launcher started ComfyUI (services.comfy.launch counts them)."""
+    try:
+        with open(settings.comfy_starts_file, encoding="ascii") as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def error_code(error: object) -> str:
+    """The stable code in front of `<code>: <detail>`; "other" for anything else (an exception
+    the runpod SDK reported as JSON)."""
+    if not error:
+        return ""
+    code = str(error).split(":", 1)[0]
+    return code if code.replace("_", "").replace(" ", "").isalpha() and len(code) <= 40 else "other"
+
+
+class _JobMetrics:
+    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs = Counter(
+            "comfy_worker_jobs", "Jobs by outcome and error code", ["outcome", "code"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "comfy_worker_job_duration_seconds",
+            "Time to answer a job",
+            buckets=JOB_SECONDS,
+            registry=self.registry,
+        )
+        self.registry.register(_Scraped(settings, ready))
+
+    def ended(self, outcome: str, code: str, seconds: float) -> None:
+        self.duration.observe(seconds)
+        self.jobs.labels(outcome, code).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class Metrics(_JobMetrics):
+    """The pod API's: observer of the pipeline and of the downloads."""
+
+    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+        super().__init__(settings, ready)
+        self.in_flight = Gauge("comfy_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
+        self.download_bytes = Counter(
+            "comfy_worker_download_bytes", "Bytes received by model downloads", registry=self.registry
+        )
+        self.download_failures = Counter(
+            "comfy_worker_download_failures",
+            "Failed model downloads by error code",
+            ["code"],
+            registry=self.registry,
+        )
+
+    def job_started(self) -> None:
+        self.in_flight.inc()
+
+    def job_ended(self, reply: Reply, seconds: float) -> None:
+        self.in_flight.dec()
+        code = reply.error_code or ""
+        self.ended(
+            "completed" if reply.status == 200 else "cancelled" if code == "cancelled" else "failed",
+            code,
+            seconds,
+        )
+
+    def received(self, size: int) -> None:
+        self.download_bytes.inc(size)
+
+    def download_failed(self, code: str) -> None:
+        self.download_failures.labels(code).inc()
+
+
+class QueueMetrics(_JobMetrics):
+    """The local queue's (serverless off RunPod): jobs as the queue saw them end. An encrypted
+    job's error travels sealed in its output, so there it counts as completed."""
+
+    OUTCOMES = {
+        "COMPLETED": "completed",
+        "FAILED": "failed",
+        "CANCELLED": "cancelled",
+        "TIMED_OUT": "timeout",
+    }
+
+    def __init__(self, settings: Settings, ready: Callable[[], bool], in_flight: Callable[[], int]) -> None:
+        super().__init__(settings, ready)
+        self.registry.register(_InFlight(in_flight))
+
+    def job_ended(self, status: str, error: object, seconds: float) -> None:
+        self.ended(self.OUTCOMES.get(status, "failed"), error_code(error), seconds)
+
+
+class _InFlight:
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("comfy_worker_jobs_in_flight", "Jobs running now", value=self.count())
+
+
+class _Scraped:
+    """Values read when Prometheus asks."""
+
+    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+        self.settings = settings
+        self.ready = ready
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(self.ready()))
+        starts = comfy_starts(self.settings)
+        yield CounterMetricFamily(
+            "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", value=max(starts - 1, 0)
+        )
