@@ -58,6 +58,8 @@ class Settings:
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
+    image_url_max_mb: float = 32.0
+    image_url_timeout_s: float = 30.0
     bucket_endpoint_url: str | None = None
     bucket_access_key_id: str | None = None
     bucket_secret_access_key: str | None = None
@@ -265,6 +267,8 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),
+    "IMAGE_URL_MAX_MB": ("image_url_max_mb", _positive_float),
+    "IMAGE_URL_TIMEOUT_S": ("image_url_timeout_s", _positive_float),
     "BUCKET_ENDPOINT_URL": ("bucket_endpoint_url", _optional),
     "BUCKET_ACCESS_KEY_ID": ("bucket_access_key_id", _optional),
     "BUCKET_SECRET_ACCESS_KEY": ("bucket_secret_access_key", _optional),

@@ -75,6 +75,13 @@ class EncryptionUnavailable(WorkerError):
     http_status = 400
 
 
+class ImageFetchFailed(WorkerError):
+    """An input image given by URL could not be fetched (never names the URL)."""
+
+    code = "image_fetch_failed"
+    http_status = 400
+
+
 class InvalidRequest(WorkerError):
     """The payload around the workflow is malformed (images, timeout, flags)."""
 

@@ -10,6 +10,7 @@ import base64
 import binascii
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,15 @@ class JobRequest:
 
 
 def parse(
-    payload: Any, *, default_timeout_s: float, no_history_default: bool, output_format: str = "worker"
+    payload: Any,
+    *,
+    default_timeout_s: float,
+    no_history_default: bool,
+    output_format: str = "worker",
+    fetch: Callable[[str], bytes] | None = None,
 ) -> JobRequest:
+    """`fetch` gets the bytes of an image given by URL (services.image_fetch); without it such
+    images are refused."""
     """Turn a decoded payload into a `JobRequest`, or raise the error that says what is wrong."""
     if not isinstance(payload, dict):
         raise errors.InvalidRequest(f"the payload must be a JSON object, got {_kind(payload)}")
@@ -58,7 +66,7 @@ def parse(
         raise errors.InvalidRequest("the payload has no 'workflow' (an API-format ComfyUI workflow)")
     return JobRequest(
         workflow=validate_workflow(workflow),
-        images=_images(options.get("images")),
+        images=_images(options.get("images"), fetch),
         no_history=_flag(options, "no_history", no_history_default),
         timeout_s=_timeout(options.get("timeout_s"), default_timeout_s),
         output_format=_output_format(options.get("output_format"), output_format),
@@ -99,15 +107,15 @@ def decode_base64_image(text: Any) -> bytes:
     return data
 
 
-def _images(value: Any) -> tuple[InputImage, ...]:
+def _images(value: Any, fetch: Callable[[str], bytes] | None) -> tuple[InputImage, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise errors.InvalidRequest("'images' must be a list of {name, image}")
+        raise errors.InvalidRequest("'images' must be a list of {name, image} or {name, url}")
     images, seen = [], set()
     for index, item in enumerate(value):
         if not isinstance(item, dict):
-            raise errors.InvalidRequest(f"images[{index}] must be an object with 'name' and 'image'")
+            raise errors.InvalidRequest(f"images[{index}] must be an object with 'name' and 'image' or 'url'")
         name = item.get("name")
         if not isinstance(name, str) or not _safe_name(name):
             raise errors.InvalidRequest(
@@ -116,17 +124,29 @@ def _images(value: Any) -> tuple[InputImage, ...]:
         if name in seen:
             raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
         seen.add(name)
-        try:
-            image = item.get("image")
-            data = offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
-        except (ValueError, binascii.Error):
-            raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
+        if "url" in item and "image" not in item:
+            data = _fetched(index, name, item["url"], fetch)
+        else:
+            try:
+                image = item.get("image")
+                data = offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
+            except (ValueError, binascii.Error):
+                raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
         if not _is_image(data):
             raise errors.InvalidRequest(
-                f"images[{index}].image is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
+                f"images[{index}] ({_short(name)!r}) is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
             )
         images.append(InputImage(name=name, data=data))
     return tuple(images)
+
+
+def _fetched(index: int, name: str, url: Any, fetch: Callable[[str], bytes] | None) -> bytes:
+    if fetch is None:
+        raise errors.InvalidRequest(f"images[{index}]: images by URL are not taken here")
+    try:
+        return fetch(url)
+    except errors.ImageFetchFailed as exc:
+        raise errors.ImageFetchFailed(f"images[{index}] ({_short(name)!r}): {exc.detail}") from None
 
 
 def _is_image(data: bytes) -> bool:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from nacl.public import PrivateKey
 
-from services import envelope, errors, job_request, worker_comfyui
+from services import envelope, errors, image_fetch, job_request, worker_comfyui
 from services.config import Settings
 from services.offload import offload
 from services.output_store import OutputStore
@@ -103,6 +103,7 @@ class Pipeline:
                 default_timeout_s=self.settings.job_timeout_s,
                 no_history_default=self.settings.no_history,
                 output_format=self.settings.response_format,
+                fetch=lambda url: image_fetch.fetch(url, self.settings),
             )
             result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
             if job.output_format == "worker-comfyui":

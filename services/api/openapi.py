@@ -60,8 +60,12 @@ SCHEMAS = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "required": ["name", "image"],
-                            "properties": {"name": {"type": "string"}, "image": {"type": "string"}},
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "image": {"type": "string", "description": "base64, a data: prefix allowed"},
+                                "url": {"type": "string", "description": "http(s), fetched by the worker"},
+                            },
                         },
                     },
                     "no_history": {"type": "boolean"},
