@@ -75,6 +75,13 @@ class EncryptionUnavailable(WorkerError):
     http_status = 400
 
 
+class NotAvailable(WorkerError):
+    """The route exists but this worker does not do it as configured (DRY_RUN, its mode)."""
+
+    code = "not_available"
+    http_status = 409
+
+
 class ImageFetchFailed(WorkerError):
     """An input image given by URL could not be fetched (never names the URL)."""
 

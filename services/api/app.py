@@ -19,6 +19,7 @@ from services import config, envelope, errors, logs, model_store, supervisor_sta
 from services.api import openapi, runpod_routes
 from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
+from services.comfy.control import ComfyControl
 from services.comfy.executor import ComfyExecutor
 from services.config import Settings
 from services.downloads import Downloads
@@ -93,6 +94,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     metrics = Metrics(settings, lambda: settings.dry_run or health.read()["ready"])
     pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy), observer=metrics)
     jobs = AsyncJobs(pipeline)
+    control = ComfyControl(settings, comfy)
     downloads = Downloads(settings, observer=metrics)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
@@ -131,6 +133,15 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     def ping() -> Response:
         """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
         return json_response({"ok": True})
+
+    @app.post("/comfy/restart")
+    def comfy_restart() -> Response:
+        """Answers once ComfyUI answers again; its jobs in flight get comfy_restarted."""
+        return json_response(control.restart())
+
+    @app.post("/comfy/free")
+    def comfy_free() -> Response:
+        return json_response(control.free())
 
     @app.get("/metrics")
     def metrics_page() -> Response:

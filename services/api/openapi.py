@@ -17,7 +17,7 @@ def _errors(*statuses: int) -> dict:
         401: "unauthorized: API_KEY missing or wrong",
         404: "not found",
         405: "method not allowed",
-        409: "interrupted",
+        409: "interrupted, not_available (DRY_RUN), replayed_request",
         413: "body_too_large",
         422: "execution_failed or checksum_mismatch",
         502: "comfy_error",
@@ -153,6 +153,18 @@ def document() -> dict:
                 "summary": "liveness, the public key, and ComfyUI's state",
                 "security": [],
                 "responses": {"200": _json(OBJECT, "health"), **_errors(405)},
+            }
+        },
+        "/comfy/restart": {
+            "post": {
+                "summary": "restart ComfyUI through supervisord; answers when it answers again",
+                "responses": {"200": _json(OBJECT, "restarted"), **_errors(409, 503, *COMMON)},
+            }
+        },
+        "/comfy/free": {
+            "post": {
+                "summary": "have ComfyUI unload its models and free memory",
+                "responses": {"200": _json(OBJECT, "freed"), **_errors(409, 503, *COMMON)},
             }
         },
         "/metrics": {

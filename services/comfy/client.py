@@ -96,6 +96,12 @@ class ComfyClient:
     def delete_from_queue(self, prompt_id: str) -> None:
         self._call("POST", "/queue", json={"delete": [prompt_id]})
 
+    def free(self) -> None:
+        """Unload models and free memory (ComfyUI does it between prompts)."""
+        response = self._call("POST", "/free", json={"unload_models": True, "free_memory": True})
+        if response.status_code != 200:
+            raise ComfyUnreachable(f"POST /free answered HTTP {response.status_code}")
+
     def interrupt(self, prompt_id: str) -> None:
         self._call("POST", "/interrupt", json={"prompt_id": prompt_id})
 

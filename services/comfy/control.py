@@ -1,0 +1,79 @@
+"""ComfyUI on demand (pod mode): restart it through supervisord, or have it free its memory.
+
+A restart stops and starts the `comfy` program (its jobs in flight answer `comfy_restarted`, as
+when it dies) and answers once ComfyUI is ready again (as /readyz says it); two restarts asked at once share one.
+Freeing goes through ComfyUI's own `POST /free`, which unloads models and drops its caches
+between prompts.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xmlrpc.client
+
+from services import errors, supervisor_state
+from services.comfy.client import ComfyClient, ComfyUnreachable
+from services.config import Settings
+
+PROGRAM = "comfy"
+
+
+class ComfyControl:
+    def __init__(self, settings: Settings, client: ComfyClient) -> None:
+        self.settings = settings
+        self.client = client
+        self._restarting = threading.Lock()
+        self._last_restart_ended = -float("inf")
+
+    def restart(self) -> dict:
+        self._refuse_dry_run()
+        asked = time.monotonic()
+        with self._restarting:
+            if self._last_restart_ended > asked:  # another request restarted it meanwhile
+                return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
+            self._cycle()
+            self._wait_answering(asked + self.settings.comfy_boot_timeout_s)
+            self._last_restart_ended = time.monotonic()
+        return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
+
+    def free(self) -> dict:
+        self._refuse_dry_run()
+        try:
+            self.client.free()
+        except ComfyUnreachable:
+            raise errors.ComfyInitFailed("ComfyUI does not answer; nothing to free") from None
+        return {"freed": True}
+
+    def _refuse_dry_run(self) -> None:
+        if self.settings.dry_run:
+            raise errors.NotAvailable("DRY_RUN=1: ComfyUI is not run")
+
+    def _cycle(self) -> None:
+        supervisor = supervisor_state.rpc(self.settings.supervisor_socket).supervisor
+        try:
+            supervisor.stopProcess(PROGRAM, True)
+        except xmlrpc.client.Fault as fault:
+            if "NOT_RUNNING" not in fault.faultString:
+                raise errors.ComfyInitFailed(
+                    f"supervisord would not stop ComfyUI: {fault.faultString}"
+                ) from None
+        try:
+            supervisor.startProcess(PROGRAM, False)
+        except xmlrpc.client.Fault as fault:
+            raise errors.ComfyInitFailed(
+                f"supervisord would not start ComfyUI: {fault.faultString}"
+            ) from None
+
+    def _wait_answering(self, deadline: float) -> None:
+        """Ready as /readyz means it: supervisord counts it RUNNING (after startsecs) and it answers."""
+        while not (
+            supervisor_state.process_state(self.settings.supervisor_socket, PROGRAM) == "RUNNING"
+            and self.client.ready(timeout=2.0)
+        ):
+            if time.monotonic() >= deadline:
+                raise errors.ComfyInitFailed(
+                    f"ComfyUI did not answer within {self.settings.comfy_boot_timeout_s:g} s of its restart "
+                    "(COMFY_BOOT_TIMEOUT_S)"
+                )
+            time.sleep(0.25)
