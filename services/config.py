@@ -58,6 +58,7 @@ class Settings:
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
+    warmup_workflow: str | None = None
     image_url_max_mb: float = 32.0
     image_url_timeout_s: float = 30.0
     bucket_endpoint_url: str | None = None
@@ -267,6 +268,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),
+    "WARMUP_WORKFLOW": ("warmup_workflow", _optional_path),
     "IMAGE_URL_MAX_MB": ("image_url_max_mb", _positive_float),
     "IMAGE_URL_TIMEOUT_S": ("image_url_timeout_s", _positive_float),
     "BUCKET_ENDPOINT_URL": ("bucket_endpoint_url", _optional),

@@ -13,7 +13,7 @@ import socket
 import sys
 from typing import NoReturn
 
-from services import config, envelope, model_folders
+from services import config, envelope, errors, model_folders
 from services.comfy import install, launch
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.env_file:
             environ = ensure_dev_comfyui(settings, environ)
             settings = config.load(environ)
+        check_warmup(settings)
     except config.ConfigError as exc:
         print(f"[entrypoint] configuration error: {exc}", file=sys.stderr, flush=True)
         return 2
@@ -122,6 +123,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
         return 1
     return supervise(settings, supervisord_environment(settings, environ))
+
+
+def check_warmup(settings: config.Settings) -> None:
+    """WARMUP_WORKFLOW must be a workflow a job could send, checked before anything starts."""
+    if settings.warmup_workflow is None:
+        return
+    from services.comfy.warmup import load  # here: the workflow checks bring gevent along
+
+    try:
+        load(settings.warmup_workflow)
+    except errors.WorkerError as exc:
+        raise config.ConfigError(f"WARMUP_WORKFLOW={settings.warmup_workflow}: {exc.detail}") from None
 
 
 class StartError(RuntimeError):

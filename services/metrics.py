@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from services.comfy import starts
 from services.config import Settings
 
 if TYPE_CHECKING:
@@ -21,15 +22,6 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JOB_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
-
-
-def comfy_starts(settings: Settings) -> int:
-    """How often the launcher started ComfyUI (services.comfy.launch counts them)."""
-    try:
-        with open(settings.comfy_starts_file, encoding="ascii") as handle:
-            return int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
 
 
 def error_code(error: object) -> str:
@@ -134,7 +126,7 @@ class _Scraped:
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(self.ready()))
-        starts = comfy_starts(self.settings)
+        count = starts.read(self.settings.comfy_starts_file)
         yield CounterMetricFamily(
-            "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", value=max(starts - 1, 0)
+            "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", value=max(count - 1, 0)
         )

@@ -21,6 +21,7 @@ from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
 from services.comfy.control import ComfyControl
 from services.comfy.executor import ComfyExecutor
+from services.comfy.warmup import Warmup, start_warmup
 from services.config import Settings
 from services.downloads import Downloads
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -62,20 +63,24 @@ def error_response(exc: errors.WorkerError) -> Response:
 
 
 class ComfyHealth:
-    """ComfyUI's process state (from supervisord) and readiness, cached briefly for busy probes."""
+    """ComfyUI's process state (from supervisord), its warm-up, and readiness (it answers and
+    the warm-up of its current start ended), cached briefly for busy probes."""
 
-    def __init__(self, settings: Settings, comfy: ComfyClient) -> None:
+    def __init__(self, settings: Settings, comfy: ComfyClient, warmup: Warmup | None = None) -> None:
         self.settings = settings
         self.comfy = comfy
+        self.warmup = warmup
         self._cached: tuple[float, dict] | None = None
 
-    def read(self) -> dict:
+    def read(self, fresh: bool = False) -> dict:
         now = time.monotonic()
-        if self._cached and now - self._cached[0] < HEALTH_CACHE_S:
+        if not fresh and self._cached and now - self._cached[0] < HEALTH_CACHE_S:
             return self._cached[1]
         state = supervisor_state.process_state(self.settings.supervisor_socket, "comfy")
         ready = not self.settings.dry_run and state == "RUNNING" and self.comfy.ready(timeout=2.0)
-        value = {"state": state, "ready": ready}
+        if self.warmup is not None:
+            ready = ready and self.warmup.ready()
+        value = {"state": state, "ready": ready, "warmup": self.warmup.view() if self.warmup else None}
         self._cached = (now, value)
         return value
 
@@ -90,11 +95,16 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
             )
     comfy = ComfyClient(settings.comfy_url)
-    health = ComfyHealth(settings, comfy)
+    warmup = None
+    if pipeline is None:
+        executor = ComfyExecutor(settings, comfy)
+        warmup = start_warmup(settings, executor)
+    health = ComfyHealth(settings, comfy, warmup)
     metrics = Metrics(settings, lambda: settings.dry_run or health.read()["ready"])
-    pipeline = pipeline or Pipeline(settings, ComfyExecutor(settings, comfy), observer=metrics)
+    if pipeline is None:
+        pipeline = Pipeline(settings, executor, observer=metrics)
     jobs = AsyncJobs(pipeline)
-    control = ComfyControl(settings, comfy)
+    control = ComfyControl(settings, comfy, lambda: health.read(fresh=True)["ready"])
     downloads = Downloads(settings, observer=metrics)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 

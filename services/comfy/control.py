@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 import xmlrpc.client
+from collections.abc import Callable
 
 from services import errors, supervisor_state
 from services.comfy.client import ComfyClient, ComfyUnreachable
@@ -20,9 +21,11 @@ PROGRAM = "comfy"
 
 
 class ComfyControl:
-    def __init__(self, settings: Settings, client: ComfyClient) -> None:
+    def __init__(self, settings: Settings, client: ComfyClient, ready: Callable[[], bool]) -> None:
+        """`ready`: what /readyz says, read afresh (ComfyUI RUNNING, answering, warmed up)."""
         self.settings = settings
         self.client = client
+        self.ready = ready
         self._restarting = threading.Lock()
         self._last_restart_ended = -float("inf")
 
@@ -33,7 +36,7 @@ class ComfyControl:
             if self._last_restart_ended > asked:  # another request restarted it meanwhile
                 return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
             self._cycle()
-            self._wait_answering(asked + self.settings.comfy_boot_timeout_s)
+            self._wait_ready(asked + self._limit())
             self._last_restart_ended = time.monotonic()
         return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
 
@@ -65,15 +68,15 @@ class ComfyControl:
                 f"supervisord would not start ComfyUI: {fault.faultString}"
             ) from None
 
-    def _wait_answering(self, deadline: float) -> None:
-        """Ready as /readyz means it: supervisord counts it RUNNING (after startsecs) and it answers."""
-        while not (
-            supervisor_state.process_state(self.settings.supervisor_socket, PROGRAM) == "RUNNING"
-            and self.client.ready(timeout=2.0)
-        ):
+    def _limit(self) -> float:
+        """COMFY_BOOT_TIMEOUT_S, plus JOB_TIMEOUT_S for the warm-up when there is one."""
+        warmup = self.settings.job_timeout_s if self.settings.warmup_workflow else 0.0
+        return self.settings.comfy_boot_timeout_s + warmup
+
+    def _wait_ready(self, deadline: float) -> None:
+        while not self.ready():
             if time.monotonic() >= deadline:
                 raise errors.ComfyInitFailed(
-                    f"ComfyUI did not answer within {self.settings.comfy_boot_timeout_s:g} s of its restart "
-                    "(COMFY_BOOT_TIMEOUT_S)"
+                    f"ComfyUI was not ready within {self._limit():g} s of its restart"
                 )
             time.sleep(0.25)

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,15 +72,21 @@ class ComfyExecutor:
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
         self._spare: tuple[str, websocket.WebSocket, float] | None = None  # client id, socket, since
         self._lock = threading.Lock()
+        self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
 
     # --- the job -----------------------------------------------------------------------------
-    def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
+    def execute(
+        self, request: JobRequest, progress: Progress | None, cancel: Any, gated: bool = True
+    ) -> dict:
+        """`gated`: wait for the gate (the warm-up of ComfyUI's current start) first."""
         job = _Job(request)
         deadline = time.monotonic() + request.timeout_s
         entry: dict | None = None
         self.cleanup.begin()
         try:
             self._wait_ready(deadline)
+            if gated and self.gate is not None:
+                self.gate(deadline)
             job.client_id, ws = self._socket()
             keep = False
             try:

@@ -18,6 +18,7 @@ import shutil
 import sys
 
 from services import config, model_folders
+from services.comfy import starts
 from services.config import Settings
 
 IO_FOLDERS = ("input", "output", "temp")
@@ -126,18 +127,6 @@ def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
     return argv + shlex.split(settings.comfy_args)
 
 
-def count_start(path: str) -> None:
-    """One more ComfyUI start (its restarts are a metric); written whole or not at all."""
-    try:
-        with open(path, encoding="ascii") as handle:
-            starts = int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        starts = 0
-    with open(path + ".tmp", "w", encoding="ascii") as handle:
-        handle.write(f"{starts + 1}\n")
-    os.replace(path + ".tmp", path)
-
-
 def main() -> int:
     try:
         settings = config.load()
@@ -148,7 +137,7 @@ def main() -> int:
     if not os.path.isfile(main_py):
         print(f"[comfy] comfy_init_failed: no ComfyUI at {main_py}; set COMFYUI_DIR", file=sys.stderr)
         return 1
-    count_start(settings.comfy_starts_file)
+    starts.count(settings.comfy_starts_file)
     account = comfy_account(settings)
     gpu = gpu_visible() if settings.comfy_device == "auto" else None
     argv = command(settings, prepare_folders(settings, account), gpu is not None)

@@ -8,6 +8,7 @@ because the SDK would put a traceback into the job record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from services import config, errors, logs
 from services.comfy.executor import ComfyExecutor
+from services.comfy.warmup import start_warmup
 from services.output_store import OutputStore
 from services.pipeline import Pipeline
 
@@ -62,12 +64,17 @@ def main() -> int:
         return 2
     import runpod  # only the serverless process pays for importing the SDK
 
+    executor = ComfyExecutor(settings)
+    warmup = start_warmup(settings, executor)
     pipeline = Pipeline(
         settings,
-        ComfyExecutor(settings),
+        executor,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024),
         output_store=OutputStore.from_settings(settings),
     )
+    if warmup is not None:  # take no job before the first warm-up ended
+        with contextlib.suppress(errors.ComfyInitFailed):
+            warmup.wait(time.monotonic() + settings.comfy_boot_timeout_s + settings.job_timeout_s)
     runpod.serverless.start({"handler": make_handler(pipeline, runpod.serverless.progress_update)})
     return 0
 
