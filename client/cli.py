@@ -152,6 +152,15 @@ def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
     return written
 
 
+def run_workflow(args: argparse.Namespace) -> int:
+    """Run the workflow file and write its outputs, one path a line."""
+    runner = Runner(args)
+    result = runner.run(build_payload(args.workflow, args.image, args.timeout))
+    for path in write_outputs(result, args.out, runner):
+        print(path)
+    return 0
+
+
 def download(args: argparse.Namespace) -> int:
     """Start one model download on a pod and follow it to its end."""
     session = _session(args.api_key)
@@ -253,34 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "download" and args.repo_id and not args.filename:
         parser.error("--repo-id needs --filename")
-    if args.command in ("download", "models"):
-        try:
-            return download(args) if args.command == "download" else models(args)
-        except JobFailed as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        except (OSError, ValueError, requests.RequestException) as exc:
-            print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
-
     if args.command == "keygen":
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={base64.b64encode(bytes(key)).decode()}")
         print(f"SERVER_PUBLIC_KEY_B64={base64.b64encode(bytes(key.public_key)).decode()}")
         return 0
-    runner = Runner(args)
+    command = {"run": run_workflow, "download": download, "models": models}[args.command]
     try:
-        result = runner.run(build_payload(args.workflow, args.image, args.timeout))
-        paths = write_outputs(result, args.out, runner)
+        return command(args)
     except JobFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (OSError, ValueError, requests.RequestException) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    for path in paths:
-        print(path)
-    return 0
 
 
 if __name__ == "__main__":
