@@ -95,14 +95,10 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
             )
     comfy = ComfyClient(settings.comfy_url)
-    warmup = None
-    if pipeline is None:
-        executor = ComfyExecutor(settings, comfy)
-        warmup = start_warmup(settings, executor)
-    health = ComfyHealth(settings, comfy, warmup)
+    executor = ComfyExecutor(settings, comfy) if pipeline is None else None  # tests bring their own
+    health = ComfyHealth(settings, comfy, start_warmup(settings, executor) if executor else None)
     metrics = Metrics(settings, lambda: settings.dry_run or health.read()["ready"])
-    if pipeline is None:
-        pipeline = Pipeline(settings, executor, observer=metrics)
+    pipeline = pipeline or Pipeline(settings, executor, observer=metrics)
     jobs = AsyncJobs(pipeline)
     control = ComfyControl(settings, comfy, lambda: health.read(fresh=True)["ready"])
     downloads = Downloads(settings, observer=metrics)
