@@ -20,7 +20,7 @@ from PIL import Image
 from client.envelope_client import open_answer, seal_request
 from services import worker_comfyui
 from tests.stack import STANDIN, Stack, wait_until
-from tests.workflows import empty_image, invert_upload, png_b64
+from tests.workflows import empty_image, invert_upload, png_b64, slow_workflow, with_knob
 
 API_KEY = "compat-endpoint-key"
 COMFY_ORG_KEY = "comfyui-0123456789abcdef-compat-secret"
@@ -239,6 +239,28 @@ def test_the_async_form_runs_and_is_polled(stack):
 
     wait_until(finished, 120, "the async job to finish")
     assert seen["status"] == "COMPLETED" and len(saved_images(seen["output"])) == 1
+
+
+def test_a_job_cancelled_through_the_runpod_routes_is_cancelled(stack, backend):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    slow = with_knob("StandinSlow", seconds=20, steps=20) if backend is STANDIN else slow_workflow(24)
+    started = requests.post(
+        f"{endpoint(stack)}/run", headers=headers, json={"input": {"workflow": slow}}, timeout=30
+    )
+    job_id = started.json()["id"]
+    wait_until(
+        lambda: (
+            requests.get(f"{endpoint(stack)}/status/{job_id}", headers=headers, timeout=10).json()["status"]
+            == "IN_PROGRESS"
+        ),
+        30,
+        "the job to start",
+    )
+    cancelled = requests.post(f"{endpoint(stack)}/cancel/{job_id}", headers=headers, timeout=10).json()
+    assert cancelled == {"id": job_id, "status": "CANCELLED"}
+    wait_until(lambda: stack.job_files() == [], 30, "ComfyUI to drop the cancelled prompt")
+    status = requests.get(f"{endpoint(stack)}/status/{job_id}", headers=headers, timeout=10).json()
+    assert status["status"] == "CANCELLED"
 
 
 def test_without_the_key_the_endpoint_is_closed(stack):

@@ -35,7 +35,7 @@ def blueprint(
     @routes.post("/runsync")
     def runsync(endpoint_id: str) -> Response:
         reply = pipeline.run(_input(read_body()))
-        return respond({"id": f"sync-{uuid.uuid4()}", **_outcome(reply.body, "COMPLETED")})
+        return respond({"id": f"sync-{uuid.uuid4()}", **_outcome(reply.body)})
 
     @routes.post("/run")
     def run(endpoint_id: str) -> Response:
@@ -48,8 +48,7 @@ def blueprint(
 
     @routes.post("/cancel/<job_id>")
     def cancel(endpoint_id: str, job_id: str) -> Response:
-        job = _known(jobs.cancel(job_id))
-        return respond({"id": job.id, "status": STATUS["cancelled" if job.finished is None else job.state]})
+        return respond(_view(_known(jobs.cancel(job_id))))
 
     return routes
 
@@ -66,19 +65,18 @@ def _known(job: AsyncJob | None) -> AsyncJob:
     return job
 
 
-def _outcome(body: dict, success: str) -> dict:
+def _outcome(body: dict) -> dict:
     """A handler's answer as RunPod reports it: `error` taken out and the job FAILED (what is
     left stays as its output), anything else is the output. A sealed answer has no `error`."""
     if "error" not in body:
-        return {"status": success, "output": body}
+        return {"status": "COMPLETED", "output": body}
     rest = {k: v for k, v in body.items() if k != "error"}
     return {"status": "FAILED", "error": body["error"], **({"output": rest} if rest else {})}
 
 
 def _view(job: AsyncJob) -> dict:
+    if job.state == "cancelled" or job.cancel.is_set():
+        return {"id": job.id, "status": "CANCELLED"}
     if job.result is None:
-        return {"id": job.id, "status": STATUS["cancelled" if job.cancel.is_set() else job.state]}
-    return {
-        "id": job.id,
-        **_outcome(job.result, STATUS[job.state] if job.state == "cancelled" else "COMPLETED"),
-    }
+        return {"id": job.id, "status": STATUS[job.state]}
+    return {"id": job.id, **_outcome(job.result)}
