@@ -70,6 +70,13 @@ def test_outputs_over_the_cap_become_urls_and_sealed_blobs(s3):
         blob = requests.get(output["url"], timeout=30).content
         assert b"PNG" not in blob[:64]
         assert open_blob(blob, ephemeral, stack.public_key)[:4] == b"\x89PNG"
+
+        compat = runsync(
+            stack, {"workflow": empty_image(300, 200, 0xFF00FF), "output_format": "worker-comfyui"}
+        )
+        [image] = compat["output"]["images"]  # worker-comfyui's S3 form: the URL in `data`
+        assert image["type"] == "s3_url" and image["filename"].endswith(".png")
+        assert requests.get(image["data"], timeout=30).content[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         stack.stop()
 
