@@ -504,7 +504,7 @@ class Server:
                 for nid in ui_outputs
             },
         }
-        self.running = None
+        self.running, self.running_node = None, None
         self.status()
         self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
 
@@ -906,13 +906,9 @@ class Server:
         self.sockets[sid] = ws  # a reconnect with the same id replaces the old socket
         remaining = {"status": {"exec_info": {"queue_remaining": self.queue_remaining()}}, "sid": sid}
         outbox.put_nowait(json.dumps({"type": "status", "data": remaining}))
-        if self.running and self.running[3].get("client_id") == sid:
-            current = {
-                "node": self.running_node,
-                "display_node": self.running_node,
-                "prompt_id": self.running[1],
-            }
-            outbox.put_nowait(json.dumps({"type": "executing", "data": current}))
+        # as ComfyUI's server.py: only while a node of this client's prompt runs, and only its id
+        if self.running and self.running[3].get("client_id") == sid and self.running_node is not None:
+            outbox.put_nowait(json.dumps({"type": "executing", "data": {"node": self.running_node}}))
 
         async def pump() -> None:
             while not ws.closed:
