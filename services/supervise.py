@@ -20,7 +20,7 @@ import time
 def main(argv: list[str]) -> int:
     marker, socket_path, boot_tail, separator, *command = argv
     if separator != "--" or not command:
-        print(f"[entrypoint] usage: {__doc__.strip().splitlines()[-1]}", file=sys.stderr)
+        _say(f"[entrypoint] usage: {__doc__.strip().splitlines()[-1]}")
         return 2
     # its own session: whatever it leaves behind can be found and ended (reap_session)
     child = os.posix_spawn(command[0], command, os.environ, setsid=True)
@@ -33,9 +33,16 @@ def main(argv: list[str]) -> int:
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
             program = handle.read()
-        print(last_words(program, boot_tail), file=sys.stderr, flush=True)
+        _say(last_words(program, boot_tail))
         return 1
     return code
+
+
+def _say(text: str) -> None:
+    """To stderr, unless it is gone (the log pipe of a dying container or a killed test run):
+    the clean-up after supervisord must run to its end either way."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _pass_on(child: int, number: int) -> None:
@@ -92,7 +99,7 @@ def reap_session(session: int) -> None:
         if int(fields[3]) == session:  # the session id, 6th field of /proc/<pid>/stat
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
-                print(f"[entrypoint] killed leftover process {entry}", file=sys.stderr, flush=True)
+                _say(f"[entrypoint] killed leftover process {entry}")
 
 
 def reap_orphans(seconds: float = 2.0) -> None:

@@ -94,6 +94,37 @@ def test_sigterm_stops_everything_within_10_s_with_exit_code_0():
     assert code == 0 and time.monotonic() - started < 10
 
 
+def test_nothing_outlives_a_stop_after_the_log_pipe_is_gone():
+    """A container's (or a test run's) log reader may die first: supervisord then fails on its
+    own output, and the clean-up after it must still end every program (not stop at its first
+    line of output)."""
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.entrypoint"],
+        cwd=ROOT,
+        env=stack.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: stack.state("comfy") == "RUNNING" and stack.state("api") == "RUNNING", 60, "programs"
+        )
+        rpc = supervisor_state.rpc(stack.socket).supervisor
+        programs = [rpc.getProcessInfo(name)["pid"] for name in ("api", "comfy", "watchdog")]
+        proc.stdout.close()  # nobody reads the container's output any more
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        wait_until(
+            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in programs), 15, "every program to end"
+        )
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(stack.run_dir, ignore_errors=True)
+
+
 def test_programs_do_not_outlive_a_supervisord_that_died_abruptly():
     stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready()
     try:

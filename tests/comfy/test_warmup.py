@@ -49,8 +49,8 @@ def slow_warmup(tmp_path_factory, backend):
 
 def test_a_pod_is_not_ready_and_holds_jobs_until_the_warmup_ran_after_each_start(backend, slow_warmup):
     env = {**backend.env, "DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY}
-    with Stack("api", {**env, "WARMUP_WORKFLOW": slow_warmup}, backend=backend) as stack:
-        stack.start(wait_for=("api", "comfy"))
+    stack = Stack("api", {**env, "WARMUP_WORKFLOW": slow_warmup}, backend=backend)
+    with stack.start(wait_for=("api", "comfy")):
         wait_until(lambda: comfy_running_a_prompt(stack), 60, "ComfyUI to run the warm-up")
         assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 503
         assert healthz(stack)["state"] == "running"
@@ -74,8 +74,7 @@ def test_a_pod_is_not_ready_and_holds_jobs_until_the_warmup_ran_after_each_start
 def test_a_failing_warmup_is_logged_with_its_code_shown_and_jobs_still_run(tmp_path_factory):
     failing = warmup_file(tmp_path_factory, with_knob("StandinFail", message="no checkpoint"))
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "WARMUP_WORKFLOW": failing}
-    with Stack("api", env) as stack:
-        stack.ready()
+    with Stack("api", env).ready() as stack:
         assert healthz(stack) == {"state": "failed", "error": "execution_failed", "runs": 1}
         assert "warm-up failed: execution_failed" in stack.log
         assert (
@@ -87,8 +86,8 @@ def test_a_failing_warmup_is_logged_with_its_code_shown_and_jobs_still_run(tmp_p
 def test_the_serverless_worker_takes_no_job_before_the_warmup_ended(tmp_path_factory):
     slow = warmup_file(tmp_path_factory, with_knob("StandinSlow", seconds=5, steps=5))
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "WARMUP_WORKFLOW": slow}
-    with Stack("serverless", env) as stack:
-        stack.start(wait_for=("handler", "localqueue", "comfy"))
+    stack = Stack("serverless", env)
+    with stack.start(wait_for=("handler", "localqueue", "comfy")):
         stack.wait_http("/v2/LOCAL/health")
         job = requests.post(
             f"{stack.url}/v2/LOCAL/run", json={"input": {"workflow": empty_image()}}, timeout=10
