@@ -132,6 +132,8 @@ class Stack:
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self, wait_for: tuple[str, ...] = ()) -> Stack:
+        if self.proc is not None:  # a second worker on the same run dir and ports, and a leak
+            raise RuntimeError("this stack was started already (`with Stack(...)` starts it)")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.entrypoint"],
             cwd=ROOT,
