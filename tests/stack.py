@@ -134,7 +134,17 @@ class Stack:
     def start(self, wait_for: tuple[str, ...] = ()) -> Stack:
         if self.proc is not None:  # a second worker on the same run dir and ports, and a leak
             raise RuntimeError("this stack was started already (`with Stack(...)` starts it)")
-        self.proc = subprocess.Popen(
+        self.proc = self.spawn()
+        Stack.running.add(self)
+        threading.Thread(target=self._read_log, daemon=True).start()
+        for name in wait_for:
+            self.wait_state(name, "RUNNING", timeout=30)
+        return self
+
+    def spawn(self) -> subprocess.Popen:
+        """The entrypoint as the container runs it, its output on a pipe; `start` also reads
+        that pipe and tracks the stack for the end of the session."""
+        return subprocess.Popen(
             [sys.executable, "-m", "services.entrypoint"],
             cwd=ROOT,
             env=self.env,
@@ -142,11 +152,6 @@ class Stack:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        Stack.running.add(self)
-        threading.Thread(target=self._read_log, daemon=True).start()
-        for name in wait_for:
-            self.wait_state(name, "RUNNING", timeout=30)
-        return self
 
     def ready(self) -> Stack:
         """Start, then wait until the mode's programs run and it answers like a client expects:

@@ -99,14 +99,7 @@ def test_nothing_outlives_a_stop_after_the_log_pipe_is_gone():
     own output, and the clean-up after it must still end every program (not stop at its first
     line of output)."""
     stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.entrypoint"],
-        cwd=ROOT,
-        env=stack.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = stack.spawn()  # not start(): this test owns the pipe, and closes it
     try:
         wait_until(
             lambda: stack.state("comfy") == "RUNNING" and stack.state("api") == "RUNNING", 60, "programs"
