@@ -17,7 +17,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random
 
-from services import errors
+from services import errors, json_text
 
 NONCE_SIZE = Box.NONCE_SIZE
 KEY_SIZE = PublicKey.SIZE
@@ -25,6 +25,7 @@ _FIELDS = ("epk", "nonce", "ciphertext")
 
 
 B64_SLICE = 3 * 256 * 1024  # a multiple of 3: slices encode to the same text as the whole
+UNB64_SLICE = 4 * 256 * 1024  # a multiple of 4: slices decode to the same bytes as the whole
 
 
 def b64(data: bytes) -> str:
@@ -38,10 +39,18 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: Any) -> bytes:
-    """Standard base64 with padding; anything else is not an envelope we made."""
+    """Standard base64 with padding; anything else is not an envelope we made. In slices, as
+    `b64`; padding is taken only at the very end, as a decode of the whole would."""
     if not isinstance(text, str):
         raise ValueError("not a string")
-    return base64.b64decode(text.encode("ascii"), validate=True)
+    if len(text) <= UNB64_SLICE:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    if len(text) % 4 or "=" in text[: len(text) - 2]:
+        raise binascii.Error("padding inside the text")
+    return b"".join(
+        base64.b64decode(text[i : i + UNB64_SLICE].encode("ascii"), validate=True)
+        for i in range(0, len(text), UNB64_SLICE)
+    )
 
 
 def keypair() -> tuple[str, str]:
@@ -102,7 +111,7 @@ def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
 
 def seal(result: Any, box: Box) -> dict:
     """Seal `result` (any JSON value) to the client's ephemeral key with a fresh nonce."""
-    sealed = box.encrypt(json.dumps(result, separators=(",", ":")).encode("utf-8"), random(NONCE_SIZE))
+    sealed = box.encrypt(json_text.dumps(result).encode("utf-8"), random(NONCE_SIZE))
     return {"encrypted": True, "nonce": b64(sealed.nonce), "ciphertext": b64(sealed.ciphertext)}
 
 

@@ -6,7 +6,6 @@ ComfyUI answers a non-dict prompt with a bare 500 and a graph export with a conf
 
 from __future__ import annotations
 
-import base64
 import binascii
 import math
 import re
@@ -14,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services import errors
+from services import envelope, errors
 from services.config import RESPONSE_FORMATS
 from services.offload import offload
 
@@ -100,8 +99,7 @@ def decode_base64_image(text: Any) -> bytes:
     """Standard base64, with an optional `data:<mime>;base64,` prefix as browsers make it."""
     if not isinstance(text, str):
         raise ValueError("not a string")
-    text = _DATA_URI.sub("", text.strip(), count=1)
-    data = base64.b64decode(text, validate=True)
+    data = envelope.unb64(_DATA_URI.sub("", text.strip(), count=1))
     if not data:
         raise ValueError("empty")
     return data

@@ -122,7 +122,8 @@ class Pipeline:
 
     def _open(self, body: Any) -> envelope.Opened | None:
         if envelope.is_envelope(body):
-            return envelope.open_request(body, self.private_key)
+            size = len(body["ciphertext"]) if isinstance(body.get("ciphertext"), str) else 0
+            return offload(envelope.open_request, body, self.private_key, size=size)
         if self.settings.encryption_required:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None

@@ -9,13 +9,14 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import threading
 import time
 from typing import Any
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services import config, envelope, errors, logs, model_store, supervisor_state
+from services import config, envelope, errors, json_text, logs, model_store, supervisor_state
 from services.api import openapi, runpod_routes
 from services.api.async_jobs import AsyncJobs
 from services.comfy.client import ComfyClient
@@ -32,11 +33,12 @@ from services.pipeline import Pipeline
 log = logging.getLogger("worker.api")
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}  # what platform probes and load balancers call
 HEALTH_CACHE_S = 1.0
+HEALTH_STALE_S = 10.0  # an older value is never answered: the probe waits for a fresh one
 
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
     """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
-    return Response(offload(_dumps, body, size=size), status=status, mimetype="application/json")
+    return Response(offload(json_text.dumps, body, size=size), status=status, mimetype="application/json")
 
 
 def payload_response(body: dict, status: int = 200) -> Response:
@@ -54,35 +56,46 @@ def _payload_size(body: dict) -> int:
     )
 
 
-def _dumps(body: Any) -> str:
-    return json.dumps(body, separators=(",", ":"))
-
-
 def error_response(exc: errors.WorkerError) -> Response:
     return json_response(exc.to_dict(), exc.http_status)
 
 
 class ComfyHealth:
     """ComfyUI's process state (from supervisord), its warm-up, and readiness (it answers and
-    the warm-up of its current start ended), cached briefly for busy probes."""
+    the warm-up of its current start ended), cached briefly for busy probes.
+
+    A probe never waits on a busy ComfyUI: once the cached value is older than HEALTH_CACHE_S
+    (and younger than HEALTH_STALE_S) it is answered while one refresh runs beside it."""
 
     def __init__(self, settings: Settings, comfy: ComfyClient, warmup: Warmup | None = None) -> None:
         self.settings = settings
         self.comfy = comfy
         self.warmup = warmup
         self._cached: tuple[float, dict] | None = None
+        self._refreshing = threading.Lock()
 
     def read(self, fresh: bool = False) -> dict:
-        now = time.monotonic()
-        if not fresh and self._cached and now - self._cached[0] < HEALTH_CACHE_S:
-            return self._cached[1]
-        state = supervisor_state.process_state(self.settings.supervisor_socket, "comfy")
-        ready = not self.settings.dry_run and state == "RUNNING" and self.comfy.ready(timeout=2.0)
-        if self.warmup is not None:
-            ready = ready and self.warmup.ready()
-        value = {"state": state, "ready": ready, "warmup": self.warmup.view() if self.warmup else None}
-        self._cached = (now, value)
-        return value
+        cached = self._cached
+        age = time.monotonic() - cached[0] if cached else None
+        if fresh or age is None or age >= HEALTH_STALE_S:
+            return self._refresh()
+        if age >= HEALTH_CACHE_S and self._refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh, args=(self._refreshing,), daemon=True).start()
+        return cached[1]
+
+    def _refresh(self, held: threading.Lock | None = None) -> dict:
+        try:
+            now = time.monotonic()
+            state = supervisor_state.process_state(self.settings.supervisor_socket, "comfy")
+            ready = not self.settings.dry_run and state == "RUNNING" and self.comfy.ready(timeout=2.0)
+            if self.warmup is not None:
+                ready = ready and self.warmup.ready()
+            value = {"state": state, "ready": ready, "warmup": self.warmup.view() if self.warmup else None}
+            self._cached = (now, value)
+            return value
+        finally:
+            if held is not None:
+                held.release()
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> Flask:
@@ -239,6 +252,6 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 def _json_body() -> Any:
     raw = request.get_data(cache=False)
     try:
-        return json.loads(raw)
+        return offload(json.loads, raw, size=len(raw))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise errors.InvalidJson("the body is not valid JSON") from None
