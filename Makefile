@@ -62,6 +62,7 @@ bench: $(STAMP)
 	$(PY) -m bench.download
 	$(PY) -m bench.recovery
 	$(PY) -m bench.hub
+	$(PY) -m bench.health
 	$(PY) -m bench.footprint
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.

@@ -93,14 +93,18 @@ def main() -> None:
         done.set()
         for thread in clients:
             thread.join()
-    print(f"backend: {backend.name}; {args.clients} clients, a {len(image) * 3 // 4 / 1e6:.1f} MB PNG each way")
+    print(
+        f"backend: {backend.name}; {args.clients} clients, a {len(image) * 3 // 4 / 1e6:.1f} MB PNG each way"
+    )
     for path in PROBES:
         print(f"{path:9s} idle: {summary(idle[path])}")
         print(f"{path:9s} busy: {summary(busy[path])}")
     worst_busy = max(p99(busy[p]) for p in PROBES)
     worst_idle = max(p99(idle[p]) for p in PROBES)
     print(f"{len(answered)} jobs answered ok, {len(failed)} failed while measuring and after")
-    print(f"health p99 busy {worst_busy:.1f} ms (target 100 ms); busy : idle p99 = {worst_busy / worst_idle:.2f}")
+    print(
+        f"health p99 busy {worst_busy:.1f} ms (target 100 ms); busy : idle p99 = {worst_busy / worst_idle:.2f}"
+    )
 
 
 if __name__ == "__main__":
