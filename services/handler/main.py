@@ -23,17 +23,44 @@ from services.pipeline import Pipeline
 PROGRESS_INTERVAL_S = 0.5
 
 
-def throttled(send: Callable[[dict], None], interval: float = PROGRESS_INTERVAL_S) -> Callable[[dict], None]:
-    """Pass progress on at most once per `interval` (RunPod posts each update over HTTP)."""
-    last = [-float("inf")]
+class Throttled:
+    """Passes progress on at most once per `interval` (RunPod posts each update over HTTP). The
+    last update of a burst follows once its interval has passed, so a status read during a long
+    node shows that node, not the one before it; `close` drops what is still held."""
 
-    def update(message: dict) -> None:
-        now = time.monotonic()
-        if now - last[0] >= interval:
-            last[0] = now
-            send(message)
+    def __init__(self, send: Callable[[dict], None], interval: float = PROGRESS_INTERVAL_S) -> None:
+        self._send = send
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._last = -float("inf")
+        self._held: dict | None = None
+        self._timer: threading.Timer | None = None
 
-    return update
+    def __call__(self, message: dict) -> None:
+        with self._lock:
+            wait = self._last + self._interval - time.monotonic()
+            if wait > 0 or self._timer is not None:
+                self._held = message
+                if self._timer is None:
+                    self._timer = threading.Timer(wait, self._flush)
+                    self._timer.daemon = True
+                    self._timer.start()
+                return
+            self._last = time.monotonic()
+        self._send(message)
+
+    def _flush(self) -> None:
+        with self._lock:
+            message, self._held, self._timer = self._held, None, None
+            self._last = time.monotonic()
+        if message is not None:
+            self._send(message)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._held, self._timer = None, None
 
 
 def make_handler(
@@ -41,12 +68,15 @@ def make_handler(
 ) -> Callable[[dict], Awaitable[dict]]:
     async def handler(job: dict) -> dict:
         cancel = threading.Event()
-        progress = throttled(lambda message: send_progress(job, message)) if send_progress else None
+        progress = Throttled(lambda message: send_progress(job, message)) if send_progress else None
         try:
             reply = await asyncio.to_thread(pipeline.run, job.get("input"), progress, cancel)
         except asyncio.CancelledError:
             cancel.set()
             raise
+        finally:
+            if progress is not None:
+                progress.close()
         body = dict(reply.body)
         if reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True

@@ -7,10 +7,11 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 from client.envelope_client import open_answer, seal_request
 from services import config, envelope, errors
-from services.handler.main import make_handler, throttled
+from services.handler.main import Throttled, make_handler
 from services.pipeline import Pipeline
 from tests.stack import ROOT
 
@@ -97,10 +98,38 @@ def test_cancel_sets_the_event_the_executor_watches():
 
 def test_progress_is_throttled():
     sent = []
-    update = throttled(sent.append, interval=3600)
+    update = Throttled(sent.append, interval=3600)
     for value in range(10):
         update({"value": value})
     assert sent == [{"value": 0}]
+    update.close()
+
+
+def test_the_last_update_of_a_burst_follows_after_the_interval():
+    """A long node after fast ones: its status must name it, not the node before it."""
+    sent, arrived = [], threading.Event()
+
+    def send(message):
+        sent.append(message)
+        if message == {"node": "4"}:
+            arrived.set()
+
+    update = Throttled(send, interval=0.2)
+    for node in ("1", "2", "3", "4"):
+        update({"node": node})
+    assert sent == [{"node": "1"}]
+    assert arrived.wait(10)
+    assert sent == [{"node": "1"}, {"node": "4"}]
+
+
+def test_nothing_held_is_sent_after_close():
+    sent = []
+    update = Throttled(sent.append, interval=0.2)
+    update({"node": "1"})
+    update({"node": "2"})
+    update.close()
+    time.sleep(0.4)  # twice the interval: the held update would have gone by now
+    assert sent == [{"node": "1"}]
 
 
 def test_one_shot_run_of_the_real_runpod_worker():
