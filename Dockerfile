@@ -56,6 +56,7 @@ ENV LAUNCH_MODE=serverless \
     COMFYUI_DIR=/opt/ComfyUI \
     COMFY_PYTHON=/opt/comfyui-venv/bin/python \
     COMFY_PORT=8188 \
+    COMFY_USER_REQUIRED=1 \
     ENCRYPTION_REQUIRED=1 \
     DRY_RUN=0 \
     NO_HISTORY=0 \

@@ -39,6 +39,7 @@ class Settings:
     comfy_env: tuple[str, ...] = ()  # more variables ComfyUI may see (it never gets the secrets)
     comfy_device: str = "auto"
     comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
+    comfy_user_required: bool = False  # the image: no own user for ComfyUI stops the start
     private_key_b64: str | None = None
     encryption_required: bool = True
     dry_run: bool = False
@@ -249,6 +250,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_ENV": ("comfy_env", _names),
     "COMFY_DEVICE": ("comfy_device", _device),
     "COMFY_USER": ("comfy_user", _text),
+    "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
     "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
     "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
     "DRY_RUN": ("dry_run", _bool),

@@ -7,14 +7,16 @@ Then it becomes services.supervise, supervisord's parent for the container's lif
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import pwd
 import secrets
 import socket
 import sys
 from typing import NoReturn
 
 from services import config, envelope, errors, model_folders
-from services.comfy import install, launch
+from services.comfy import account, install, launch
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
@@ -30,6 +32,7 @@ def supervisord_environment(settings: config.Settings, environ: dict[str, str]) 
         WORKER_HOME=HOME,
         WORKER_PYTHON=sys.executable,
         PYTHONUNBUFFERED="1",
+        COMFY_USER=settings.comfy_user,  # as settled: the launcher runs ComfyUI as this user
     )
     if settings.private_key_b64:
         env["WORKER_PRIVATE_KEY_B64"] = settings.private_key_b64
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         check_not_in_use(settings)
-        prepare_folders(settings)
+        settings = settle_comfy_user(settings)
     except StartError as exc:
         print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
         return 1
@@ -179,6 +182,64 @@ def _is_supervisord(pid: int) -> bool:
         return False
 
 
+def settle_comfy_user(settings: config.Settings) -> config.Settings:
+    """Make the folders, with ComfyUI's own user settled: started as root, ComfyUI gets
+    COMFY_USER, made when it does not exist, which must reach what ComfyUI needs. Where it
+    cannot be had, one line says why and what to do; then the image (COMFY_USER_REQUIRED) stops,
+    and elsewhere ComfyUI runs as root with prepare_folders' warning. The settings returned name
+    the user ComfyUI runs as."""
+    try:
+        user: pwd.struct_passwd | None = pwd.getpwnam(settings.comfy_user)
+    except KeyError:
+        user = None
+    if os.getuid() != 0 or settings.dry_run or (user is not None and user.pw_uid == 0):
+        prepare_folders(settings)
+        return settings
+    try:
+        if user is None:
+            user = account.create(settings.comfy_user)
+            print(
+                f"[entrypoint] made ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}), a system user "
+                "without a login shell",
+                flush=True,
+            )
+        prepare_folders(settings)
+        blocked = account.unreachable(user, comfy_needs(settings))
+        if blocked is None:
+            return settings
+        problem = f"ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}) cannot reach {blocked}"
+    except account.AccountError as exc:
+        problem = str(exc)
+    line = (
+        f"{problem}: make it readable for that user, use the image, or set COMFY_USER=root to let "
+        "ComfyUI share the worker's user knowingly"
+    )
+    if settings.comfy_user_required:
+        raise StartError(f"{line} (COMFY_USER_REQUIRED)")
+    print(f"[entrypoint] {line}", file=sys.stderr, flush=True)
+    settings = dataclasses.replace(settings, comfy_user="root")
+    prepare_folders(settings)
+    return settings
+
+
+def comfy_needs(settings: config.Settings) -> list[tuple[str, int]]:
+    """What ComfyUI's user must reach: its interpreter (through every link), its environment,
+    ComfyUI's tree, the model folders and its own folder in the run dir (the relay is copied
+    there)."""
+    readable = os.R_OK | os.X_OK
+    needs = [
+        (settings.comfy_python, os.X_OK),
+        (os.path.dirname(os.path.dirname(settings.comfy_python)), readable),
+        (settings.comfyui_dir, readable),
+        (os.path.join(settings.comfyui_dir, "main.py"), os.R_OK),
+        (settings.model_dir, readable),
+        (settings.comfy_io_dir, readable),
+    ]
+    if settings.baked_model_dir:
+        needs.append((settings.baked_model_dir, readable))
+    return needs
+
+
 def prepare_folders(settings: config.Settings) -> None:
     """Make the run folder and the model folders.
 
@@ -186,15 +247,14 @@ def prepare_folders(settings: config.Settings) -> None:
     its own folder in the run dir and can read but not change the model root, and it cannot
     read the memory or environment of the processes that hold the worker's key. Otherwise
     everything shares one user, which is said here once."""
-    account = launch.comfy_account(settings)
+    user = account.comfy_account(settings)
     _writable(settings.run_dir, "run folder (RUN_DIR)", mode=0o700)
-    os.chmod(settings.run_dir, 0o711 if account else 0o700)
+    os.chmod(settings.run_dir, 0o711 if user else 0o700)
     os.makedirs(settings.comfy_io_dir, mode=0o700, exist_ok=True)
-    if account:
-        os.chown(settings.comfy_io_dir, account.pw_uid, account.pw_gid)
-    elif not settings.dry_run:
+    os.chown(settings.comfy_io_dir, *((user.pw_uid, user.pw_gid) if user else (os.getuid(), os.getgid())))
+    if not user and not settings.dry_run:
         why = (
-            f"COMFY_USER={settings.comfy_user!r} is not a user of this system (the image has it)"
+            "ComfyUI has no user of its own (COMFY_USER=root)"
             if os.getuid() == 0
             else f"the worker was not started as root but as uid {os.getuid()}"
         )

@@ -121,6 +121,7 @@ class Stack:
             **backend.env,
             "COMFYUI_MODEL_DIR": os.path.join(self.run_dir, "models"),
             "DRY_RUN": "1",
+            "COMFY_USER": "root",  # no system user made per test; tests of the boundary name one
         }
         if self.private_key:
             self.env["WORKER_PRIVATE_KEY_B64"] = self.private_key

@@ -68,8 +68,9 @@ def test_env_defaults_equal_the_configuration_defaults():
     )
     defaults = config.Settings()
     differing = {f.name for f in fields(defaults) if getattr(image, f.name) != getattr(defaults, f.name)}
-    # the image's own interpreter for ComfyUI and models, and the key given above
-    assert differing == {"comfy_python", "baked_model_dir", "private_key_b64"}
+    # the image's own interpreter for ComfyUI and models, the key given above, and the image
+    # guarantees ComfyUI a user of its own
+    assert differing == {"comfy_python", "baked_model_dir", "private_key_b64", "comfy_user_required"}
     assert env["COMFY_PYTHON"] == "/opt/comfyui-venv/bin/python"
 
 

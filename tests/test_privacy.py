@@ -6,15 +6,18 @@ in the real ComfyUI."""
 
 import base64
 import os
+import pwd
 import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 
 import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
+from services import supervisor_state
 from tests.stack import ROOT, STANDIN, Stack
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="separate users need a root start (CI runs as root)")
@@ -106,3 +109,25 @@ def test_the_hunt_finds_the_key_when_comfyui_runs_as_root(comfyui):
     with Stack("api", env).ready() as stack:
         found = hunt(stack)
         assert "/environ" in found and ".env.local" in found
+
+
+def uid_of(pid):
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("Uid:"))
+
+
+def test_started_as_root_without_its_user_comfyui_gets_a_user_of_its_own(comfyui):
+    """As on a RunPod pod or a plain VM: COMFY_USER does not exist, so the start makes it."""
+    name = f"cw{uuid.uuid4().hex[:10]}"
+    env = {"DRY_RUN": "0", "API_KEY": API_KEY, "COMFY_USER": name, **comfyui}
+    try:
+        with Stack("api", env).ready() as stack:
+            made = pwd.getpwnam(name)
+            assert made.pw_uid != 0 and f"made ComfyUI's user '{name}' (uid {made.pw_uid})" in stack.log
+            relay = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("comfy")["pid"]
+            [comfyui_pid] = stack.children(relay)
+            assert uid_of(relay) == uid_of(comfyui_pid) == made.pw_uid
+            assert hunt(stack) == "nothing"
+            assert "ComfyUI runs as" not in stack.log
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)

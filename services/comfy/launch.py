@@ -1,6 +1,6 @@
 """supervisord's `comfy` program: prepare ComfyUI's folders, flags and environment, then hand
-over to `services.comfy.relay` (run by ComfyUI's own Python), which runs ComfyUI and passes
-its output on.
+over to the relay (`services/comfy/relay.py`, copied beside ComfyUI's folders and run by
+ComfyUI's own Python), which runs ComfyUI and passes its output on.
 
 ComfyUI and its custom nodes are not trusted with the worker's secrets: the hand-over is an
 exec with an allow-listed environment (`comfy_environment`), so from then on no process of the
@@ -10,6 +10,7 @@ user (`comfy_account`), so ComfyUI cannot read the processes that do hold them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -19,10 +20,12 @@ import sys
 
 from services import config, model_folders
 from services.comfy import starts
+from services.comfy.account import comfy_account
 from services.config import Settings
 
 IO_FOLDERS = ("input", "output", "temp")
 BOOT_TAIL = "boot.log"  # in comfy_io_dir: ComfyUI's last boot lines, for the entrypoint
+RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 # what ComfyUI gets of the worker's environment: paths, locale, GPU runtimes, thread limits
 _PASSED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "HF_HOME", "HF_HUB_OFFLINE"}
 _PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "PYTORCH_", "TORCH_", "OMP_", "MKL_")
@@ -36,18 +39,6 @@ def gpu_visible() -> str | None:
     if os.path.exists("/dev/kfd") and os.path.isdir("/dev/dri"):
         return "rocm"
     return None
-
-
-def comfy_account(settings: Settings) -> pwd.struct_passwd | None:
-    """ComfyUI's own user: COMFY_USER when the worker starts as root and that user exists;
-    None when ComfyUI runs as the worker's user."""
-    if os.getuid() != 0:
-        return None
-    try:
-        account = pwd.getpwnam(settings.comfy_user)
-    except KeyError:
-        return None
-    return account if account.pw_uid != 0 else None
 
 
 def comfy_environment(environ: dict[str, str], settings: Settings, home: str) -> dict[str, str]:
@@ -90,12 +81,31 @@ def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None
         os.makedirs(io_dir(settings, kind), mode=0o700)
     os.makedirs(io_dir(settings, "user"), mode=0o700, exist_ok=True)
     path = os.path.join(settings.comfy_io_dir, "extra_model_paths.yaml")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir))
+    yaml = model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir)
+    _write_new(path, yaml.encode("utf-8"), 0o600)
     if account:
         for made in [*(io_dir(settings, kind) for kind in (*IO_FOLDERS, "user")), path]:
-            os.chown(made, account.pw_uid, account.pw_gid)
+            os.chown(made, account.pw_uid, account.pw_gid, follow_symlinks=False)
     return path
+
+
+def place_relay(settings: Settings) -> str:
+    """A copy of the relay (standard library only) in ComfyUI's own folder: ComfyUI's user runs
+    it and may not be able to enter the checkout."""
+    target = os.path.join(settings.comfy_io_dir, "relay.py")
+    with open(RELAY, "rb") as source:
+        _write_new(target, source.read(), 0o644)
+    return target
+
+
+def _write_new(path: str, data: bytes, mode: int) -> None:
+    """Replace `path` with a new file: in a folder ComfyUI's user owns, a link it put there must
+    not lead a write of this (root) process elsewhere."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
@@ -147,10 +157,11 @@ def main() -> int:
         f"[comfy] starting ComfyUI as {account.pw_name if account else 'the worker user'}: {shlex.join(argv)}",
         flush=True,
     )
-    relay = [settings.comfy_python, "-m", "services.comfy.relay", "--comfy-url", settings.comfy_url]
+    relay = [settings.comfy_python, place_relay(settings), "--comfy-url", settings.comfy_url]
     relay += ["--tail", os.path.join(settings.comfy_io_dir, BOOT_TAIL), "--cwd", settings.comfyui_dir]
     if settings.comfy_output_shown:
         relay.append("--show-after-boot")
+    os.chdir(settings.comfy_io_dir)  # the checkout may be closed to ComfyUI's user
     if account:
         os.setgroups([])
         os.setgid(account.pw_gid)
