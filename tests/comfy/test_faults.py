@@ -1,6 +1,9 @@
 """ComfyUI dying or hanging under a job: a clear error code within seconds, never a hang, and
 the next job runs once supervisord has ComfyUI back."""
 
+import contextlib
+import os
+import signal
 import time
 
 import pytest
@@ -79,3 +82,23 @@ def test_a_comfyui_restarted_between_two_jobs_does_not_fail_the_next(stack):
     response, _ = run(stack, {"workflow": empty_image(7, 7, 0x0000FF)})
     assert response.status_code == 200, response.text
     assert decode_png(response.json()["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_probes_answer_at_once_while_comfyui_does_not(stack):
+    """A frozen ComfyUI (SIGSTOP: its port takes connections, nothing answers): every probe
+    answers within a platform probe's 1 s, and /readyz turns 503 once the refresh that runs
+    beside the answers found ComfyUI silent."""
+    stack.wait_http("/readyz")
+    [comfyui] = stack.children(comfy_pid(stack))
+    os.kill(comfyui, signal.SIGSTOP)
+    try:
+
+        def not_ready():
+            assert requests.get(stack.url + "/healthz", timeout=1).status_code == 200
+            return requests.get(stack.url + "/readyz", timeout=1).status_code == 503
+
+        wait_until(not_ready, 30, "/readyz to answer 503")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(comfyui, signal.SIGCONT)
+    stack.wait_http("/readyz", timeout=60)
