@@ -37,8 +37,14 @@ HEALTH_STALE_S = 10.0  # an older value is never answered: the probe waits for a
 
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
-    """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
-    return Response(offload(json_text.dumps, body, size=size), status=status, mimetype="application/json")
+    """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub,
+    spliced (services.json_text); the rest, every probe among them, as plain compact JSON."""
+    text = offload(json_text.dumps, body, size=size) if size >= json_text.SPLICED else _dumps(body)
+    return Response(text, status=status, mimetype="application/json")
+
+
+def _dumps(body: Any) -> str:
+    return json.dumps(body, separators=(",", ":"))
 
 
 def payload_response(body: dict, status: int = 200) -> Response:
