@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -16,6 +17,13 @@ from dataclasses import dataclass, fields
 
 MODES = ("api", "serverless")
 RESPONSE_FORMATS = ("worker", "worker-comfyui")
+MAX_INSTANCES = 64  # COMFY_INSTANCE (0-based) is checked against it too
+GPU_VISIBILITY = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+)
 _HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
@@ -38,6 +46,9 @@ class Settings:
     comfy_args: str = ""
     comfy_env: tuple[str, ...] = ()  # more variables ComfyUI may see (it never gets the secrets)
     comfy_device: str = "auto"
+    comfy_instances: int | None = None  # None: `auto`, one per GPU; the entrypoint settles it
+    comfy_instance: int = 0  # which of them this process is (supervisord sets it per program)
+    gpu_visibility: tuple[tuple[str, str], ...] = ()  # the GPU runtimes' *_VISIBLE_DEVICES as set
     comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
     comfy_user_required: bool = False  # the image: no own user for ComfyUI stops the start
     private_key_b64: str | None = None
@@ -98,8 +109,25 @@ class Settings:
         return not self.log_silent and self.private_key_b64 is None
 
     @property
+    def instance_count(self) -> int:
+        return self.comfy_instances or 1
+
+    def instance(self, number: int) -> Settings:
+        """The settings of ComfyUI instance `number`: its own port, folders and start count."""
+        return dataclasses.replace(self, comfy_instance=number)
+
+    @property
+    def comfy_program(self) -> str:
+        """Its supervisord program: `comfy` for the first, as with a single ComfyUI."""
+        return "comfy" if self.comfy_instance == 0 else f"comfy-{self.comfy_instance}"
+
+    @property
+    def instance_port(self) -> int:
+        return self.comfy_port + self.comfy_instance
+
+    @property
     def comfy_url(self) -> str:
-        return f"http://127.0.0.1:{self.comfy_port}"
+        return f"http://127.0.0.1:{self.instance_port}"
 
     @property
     def supervisor_socket(self) -> str:
@@ -108,7 +136,7 @@ class Settings:
     @property
     def comfy_starts_file(self) -> str:
         """How often ComfyUI was started: written by the launcher, read for /metrics."""
-        return os.path.join(self.run_dir, "comfy-starts")
+        return os.path.join(self.run_dir, f"{self.comfy_program}-starts")
 
     @property
     def fatal_marker(self) -> str:
@@ -118,7 +146,7 @@ class Settings:
     @property
     def comfy_io_dir(self) -> str:
         """Parent of ComfyUI's input/output/temp folders, owned by the worker."""
-        return os.path.join(self.run_dir, "comfy")
+        return os.path.join(self.run_dir, self.comfy_program)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -165,6 +193,18 @@ def _response_format(name: str, raw: str) -> str:
     if value not in RESPONSE_FORMATS:
         raise ConfigError(f"{name}={raw!r} is not an answer shape; use one of: {', '.join(RESPONSE_FORMATS)}")
     return value
+
+
+def _instances(name: str, raw: str) -> int | None:
+    value = raw.strip().lower()
+    if value == "auto":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_INSTANCES:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number of ComfyUI instances; use auto (one per GPU) or "
+            f"a whole number from 1 to {MAX_INSTANCES}"
+        )
+    return int(value)
 
 
 def _device(name: str, raw: str) -> str:
@@ -249,6 +289,8 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_ARGS": ("comfy_args", _text),
     "COMFY_ENV": ("comfy_env", _names),
     "COMFY_DEVICE": ("comfy_device", _device),
+    "COMFY_INSTANCES": ("comfy_instances", _instances),
+    "COMFY_INSTANCE": ("comfy_instance", _int_range(0, MAX_INSTANCES - 1)),
     "COMFY_USER": ("comfy_user", _text),
     "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
     "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
@@ -298,6 +340,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     for name, (field, parse) in _VARIABLES.items():
         if name in env:
             values[field] = parse(name, env[name])
+    values["gpu_visibility"] = tuple((name, env[name]) for name in GPU_VISIBILITY if name in env)
     settings = Settings(**values)
     if settings.encryption_required and not settings.private_key_b64:
         raise ConfigError(

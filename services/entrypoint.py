@@ -7,6 +7,7 @@ Then it becomes services.supervise, supervisord's parent for the container's lif
 from __future__ import annotations
 
 import argparse
+import configparser
 import dataclasses
 import os
 import pwd
@@ -16,15 +17,16 @@ import sys
 from typing import NoReturn
 
 from services import config, envelope, errors, model_folders
-from services.comfy import account, install, launch
+from services.comfy import account, devices, install, launch
 
 HOME = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
+INSTANCE_PROGRAMS = "instances.conf"  # in RUN_DIR, included by CONF
 
 
 def supervisord_environment(settings: config.Settings, environ: dict[str, str]) -> dict[str, str]:
     """The environment supervisord and its programs get: the caller's plus the conf's names."""
-    env = dict(environ)
+    env = {k: v for k, v in environ.items() if k != "COMFY_INSTANCE"}  # supervisord sets it per program
     env.update(
         LAUNCH_MODE=settings.launch_mode,
         RUN_DIR=settings.run_dir,
@@ -33,6 +35,7 @@ def supervisord_environment(settings: config.Settings, environ: dict[str, str]) 
         WORKER_PYTHON=sys.executable,
         PYTHONUNBUFFERED="1",
         COMFY_USER=settings.comfy_user,  # as settled: the launcher runs ComfyUI as this user
+        COMFY_INSTANCES=str(settings.instance_count),  # as settled: every program sees the number
     )
     if settings.private_key_b64:
         env["WORKER_PRIVATE_KEY_B64"] = settings.private_key_b64
@@ -120,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
         return 0
     try:
+        settings = settle_instances(settings)
         check_not_in_use(settings)
         settings = settle_comfy_user(settings)
+        write_instance_programs(settings)
     except StartError as exc:
         print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
         return 1
@@ -155,15 +160,51 @@ def check_not_in_use(settings: config.Settings) -> None:
         )
     if settings.dry_run:
         return
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", settings.comfy_port))
-        except OSError:
-            raise StartError(
-                f"COMFY_PORT={settings.comfy_port} is taken by another program (another worker's "
-                "ComfyUI?); give each worker on this host its own COMFY_PORT (and RUN_DIR, API_PORT)"
-            ) from None
+    for number in range(settings.instance_count):
+        port = settings.instance(number).instance_port
+        with socket.socket() as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                which = f"COMFY_PORT={port}" if number == 0 else f"port {port} (COMFY_PORT + {number})"
+                raise StartError(
+                    f"{which} is taken by another program (another worker's ComfyUI?); give each "
+                    "worker on this host its own COMFY_PORT (and RUN_DIR, API_PORT); ComfyUI instance i "
+                    "listens on COMFY_PORT + i"
+                ) from None
+
+
+def settle_instances(settings: config.Settings) -> config.Settings:
+    """COMFY_INSTANCES as a number (`auto`: one per GPU this container can use), each instance
+    and its device said once."""
+    gpus = devices.of(settings)
+    count = devices.instances(settings.comfy_instances, gpus)
+    settings = dataclasses.replace(settings, comfy_instances=count)
+    if not settings.dry_run:
+        for number in range(count):
+            print(
+                f"[entrypoint] ComfyUI instance {number} ({settings.instance(number).comfy_program}): "
+                f"port {settings.instance(number).instance_port}, {gpus.describe(number)}",
+                flush=True,
+            )
+    return settings
+
+
+def write_instance_programs(settings: config.Settings) -> None:
+    """supervisord programs for instances 1.. (`comfy-1`, ...): copies of the conf's `comfy`
+    program (which is instance 0) that tell the launcher their number. Written at every start,
+    empty for a single instance, into the run folder the conf includes."""
+    parser = configparser.RawConfigParser()
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(CONF)
+    program = dict(parser.items("program:comfy"))
+    sections = []
+    for number in range(1, settings.instance_count):
+        lines = [f"[program:comfy-{number}]", *(f"{key}={value}" for key, value in program.items())]
+        sections.append("\n".join([*lines, f'environment=COMFY_INSTANCE="{number}"', ""]))
+    with open(os.path.join(settings.run_dir, INSTANCE_PROGRAMS), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(sections))
 
 
 def _read_int(path: str) -> int | None:
@@ -233,7 +274,7 @@ def comfy_needs(settings: config.Settings) -> list[tuple[str, int]]:
         (settings.comfyui_dir, readable),
         (os.path.join(settings.comfyui_dir, "main.py"), os.R_OK),
         (settings.model_dir, readable),
-        (settings.comfy_io_dir, readable),
+        *((settings.instance(number).comfy_io_dir, readable) for number in range(settings.instance_count)),
     ]
     if settings.baked_model_dir:
         needs.append((settings.baked_model_dir, readable))
@@ -250,8 +291,11 @@ def prepare_folders(settings: config.Settings) -> None:
     user = account.comfy_account(settings)
     _writable(settings.run_dir, "run folder (RUN_DIR)", mode=0o700)
     os.chmod(settings.run_dir, 0o711 if user else 0o700)
-    os.makedirs(settings.comfy_io_dir, mode=0o700, exist_ok=True)
-    os.chown(settings.comfy_io_dir, *((user.pw_uid, user.pw_gid) if user else (os.getuid(), os.getgid())))
+    owner = (user.pw_uid, user.pw_gid) if user else (os.getuid(), os.getgid())
+    for number in range(settings.instance_count):
+        io_dir = settings.instance(number).comfy_io_dir
+        os.makedirs(io_dir, mode=0o700, exist_ok=True)
+        os.chown(io_dir, *owner)
     if not user and not settings.dry_run:
         why = (
             "ComfyUI has no user of its own (COMFY_USER=root)"

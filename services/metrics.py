@@ -33,8 +33,11 @@ def error_code(error: object) -> str:
     return code if code.replace("_", "").replace(" ", "").isalpha() and len(code) <= 40 else "other"
 
 
+Instances = Callable[[], list[dict]]  # each ComfyUI instance: {"id", "ready"} and, in the API, "busy"
+
+
 class _JobMetrics:
-    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+    def __init__(self, settings: Settings, ready: Callable[[], bool], instances: Instances) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "comfy_worker_jobs", "Jobs by outcome and error code", ["outcome", "code"], registry=self.registry
@@ -45,7 +48,7 @@ class _JobMetrics:
             buckets=JOB_SECONDS,
             registry=self.registry,
         )
-        self.registry.register(_Scraped(settings, ready))
+        self.registry.register(_Scraped(settings, ready, instances))
 
     def ended(self, outcome: str, code: str, seconds: float) -> None:
         self.duration.observe(seconds)
@@ -58,8 +61,11 @@ class _JobMetrics:
 class Metrics(_JobMetrics):
     """The pod API's: observer of the pipeline and of the downloads."""
 
-    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
-        super().__init__(settings, ready)
+    def __init__(
+        self, settings: Settings, ready: Callable[[], bool], instances: Instances, waiting: Callable[[], int]
+    ) -> None:
+        super().__init__(settings, ready, instances)
+        self.registry.register(_Waiting(waiting))
         self.in_flight = Gauge("comfy_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
         self.download_bytes = Counter(
             "comfy_worker_download_bytes", "Bytes received by model downloads", registry=self.registry
@@ -101,8 +107,14 @@ class QueueMetrics(_JobMetrics):
         "TIMED_OUT": "timeout",
     }
 
-    def __init__(self, settings: Settings, ready: Callable[[], bool], in_flight: Callable[[], int]) -> None:
-        super().__init__(settings, ready)
+    def __init__(
+        self,
+        settings: Settings,
+        ready: Callable[[], bool],
+        instances: Instances,
+        in_flight: Callable[[], int],
+    ) -> None:
+        super().__init__(settings, ready, instances)
         self.registry.register(_InFlight(in_flight))
 
     def job_ended(self, status: str, error: object, seconds: float) -> None:
@@ -117,16 +129,45 @@ class _InFlight:
         yield GaugeMetricFamily("comfy_worker_jobs_in_flight", "Jobs running now", value=self.count())
 
 
-class _Scraped:
-    """Values read when Prometheus asks."""
+class _Waiting:
+    def __init__(self, count: Callable[[], int]) -> None:
+        self.count = count
 
-    def __init__(self, settings: Settings, ready: Callable[[], bool]) -> None:
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "comfy_worker_jobs_waiting", "Jobs waiting for a free ComfyUI instance", value=self.count()
+        )
+
+
+class _Scraped:
+    """Values read when Prometheus asks; per ComfyUI instance under the label `comfy_instance`
+    (Prometheus keeps `instance` for the scraped target)."""
+
+    def __init__(self, settings: Settings, ready: Callable[[], bool], instances: Instances) -> None:
         self.settings = settings
         self.ready = ready
+        self.instances = instances
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(self.ready()))
-        count = starts.read(self.settings.comfy_starts_file)
-        yield CounterMetricFamily(
-            "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", value=max(count - 1, 0)
+        views = self.instances()
+        each_ready = GaugeMetricFamily(
+            "comfy_worker_comfyui_ready", "1 when the ComfyUI instance takes jobs", labels=["comfy_instance"]
         )
+        each_busy = GaugeMetricFamily(
+            "comfy_worker_comfyui_busy", "1 while the ComfyUI instance runs a job", labels=["comfy_instance"]
+        )
+        restarts = CounterMetricFamily(
+            "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", labels=["comfy_instance"]
+        )
+        for view in views:
+            label = [str(view["id"])]
+            each_ready.add_metric(label, int(view["ready"]))
+            if "busy" in view:
+                each_busy.add_metric(label, int(view["busy"]))
+            count = starts.read(self.settings.instance(view["id"]).comfy_starts_file)
+            restarts.add_metric(label, max(count - 1, 0))
+        yield each_ready
+        if each_busy.samples:
+            yield each_busy
+        yield restarts

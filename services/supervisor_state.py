@@ -20,3 +20,11 @@ def process_state(socket_path: str, name: str) -> str:
         return "UNKNOWN" if "BAD_NAME" not in fault.faultString else "ABSENT"
     except OSError:
         return "NO_SUPERVISOR"
+
+
+def process_infos(socket_path: str) -> dict[str, dict]:
+    """Every program's info by name; empty when supervisord cannot be asked."""
+    try:
+        return {info["name"]: info for info in rpc(socket_path).supervisor.getAllProcessInfo()}
+    except (xmlrpc.client.Fault, OSError):
+        return {}

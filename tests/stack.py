@@ -73,20 +73,26 @@ def real_backend() -> Backend:
     return Backend("real", comfyui_dir, python)
 
 
-def free_port() -> int:
-    """A free port below the kernel's ephemeral range: outgoing connections take their local
-    ports from that range, and one could take ours before a slow-booting server binds it."""
+def free_port(count: int = 1) -> int:
+    """A free port (the first of `count` in a row) below the kernel's ephemeral range: outgoing
+    connections take their local ports from that range, and one could take ours before a
+    slow-booting server binds it."""
     with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as handle:
         low = int(handle.read().split()[0])
     for _ in range(100):
-        port = random.randint(10000, low - 1)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = random.randint(10000, low - count)
+        if all(_bindable(p) for p in range(port, port + count)):
             return port
     raise RuntimeError("no free port found below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -109,7 +115,9 @@ class Stack:
         self.mode = mode
         self.run_dir = tempfile.mkdtemp(prefix="cw-")
         self.port = free_port()
-        self.comfy_port = free_port()
+        instances = (env or {}).get("COMFY_INSTANCES", "1")
+        self.instances = int(instances) if instances.isdigit() else 1
+        self.comfy_port = free_port(self.instances)  # instance i listens on COMFY_PORT + i
         self.private_key, self.public_key = envelope.keypair() if key else (None, None)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -209,9 +217,14 @@ class Stack:
         infos = supervisor_state.rpc(self.socket).supervisor.getAllProcessInfo()
         return {info["name"]: info["statename"] for info in infos}
 
+    def comfy_dir(self, instance: int = 0) -> str:
+        """ComfyUI instance's own folder in the run dir."""
+        return os.path.join(self.run_dir, "comfy" if instance == 0 else f"comfy-{instance}")
+
     def job_files(self) -> list[str]:
-        """Every file in ComfyUI's input, output and temp folders (jobs must leave none)."""
-        roots = [os.path.join(self.run_dir, "comfy", kind) for kind in ("input", "output", "temp")]
+        """Every file in each ComfyUI instance's input, output and temp folders (jobs must leave none)."""
+        kinds = ("input", "output", "temp")
+        roots = [os.path.join(self.comfy_dir(i), kind) for i in range(self.instances) for kind in kinds]
         return sorted(os.path.join(d, f) for root in roots for d, _, files in os.walk(root) for f in files)
 
     @staticmethod

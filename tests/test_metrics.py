@@ -65,13 +65,17 @@ def test_jobs_by_outcome_and_code_durations_and_readiness(stack):
     assert after["comfy_worker_ready"] == 1
 
 
+RESTARTS = 'comfy_worker_comfyui_restarts_total{comfy_instance="0"}'
+
+
 def test_a_comfyui_restart_is_counted(stack):
-    before = scrape(stack)["comfy_worker_comfyui_restarts_total"]
+    before = scrape(stack)[RESTARTS]
     rpc = supervisor_state.rpc(stack.socket)
     rpc.supervisor.stopProcess("comfy")
     rpc.supervisor.startProcess("comfy")
     wait_until(lambda: scrape(stack)["comfy_worker_ready"] == 1, 60, "ComfyUI back")
-    assert scrape(stack)["comfy_worker_comfyui_restarts_total"] == before + 1
+    after = scrape(stack)
+    assert after[RESTARTS] == before + 1 and after['comfy_worker_comfyui_ready{comfy_instance="0"}'] == 1
 
 
 def test_download_bytes_and_failures(stack):

@@ -214,10 +214,10 @@ def test_the_watchdogs_own_restarts_count_toward_the_crash_loop_limit(tmp_path, 
     )
     dog = Watchdog(settings)
     dog.rpc = Rpc()
-    monkeypatch.setattr(dog, "_booted", lambda pid: True)  # each new ComfyUI boots, then hangs
-    monkeypatch.setattr(dog, "_answers", lambda: False)
+    monkeypatch.setattr(dog, "_booted", lambda own, pid: True)  # each new ComfyUI boots, then hangs
+    monkeypatch.setattr(dog, "_answers", lambda own: False)
     for _ in range(6):
-        dog.check_comfy()  # first tick of a process: booted; second: a failed probe -> restart
+        dog.check_comfy("comfy")  # first tick of a process: booted; second: a failed probe -> restart
         if Rpc.stopped:
             break
     assert Rpc.restarts == 3 and Rpc.stopped and (tmp_path / "fatal").read_text() == "comfy"

@@ -6,6 +6,7 @@ logic lives in `services.pipeline`. Served by gunicorn with gevent workers.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hmac
 import json
 import logging
@@ -19,10 +20,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from services import config, envelope, errors, json_text, logs, model_store, supervisor_state
 from services.api import openapi, runpod_routes
 from services.api.async_jobs import AsyncJobs
+from services.comfy import devices
 from services.comfy.client import ComfyClient
 from services.comfy.control import ComfyControl
-from services.comfy.executor import ComfyExecutor
-from services.comfy.warmup import Warmup, start_warmup
+from services.comfy.pool import ComfyPool
+from services.comfy.warmup import start_warmup
 from services.config import Settings
 from services.downloads import Downloads
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -67,41 +69,75 @@ def error_response(exc: errors.WorkerError) -> Response:
 
 
 class ComfyHealth:
-    """ComfyUI's process state (from supervisord), its warm-up, and readiness (it answers and
-    the warm-up of its current start ended), cached briefly for busy probes.
+    """Each ComfyUI instance's process state (from supervisord), device, warm-up, whether it runs
+    a job, and readiness (it answers and the warm-up of its current start ended); ready while one
+    instance is. The top-level state and warm-up are instance 0's, as with a single ComfyUI.
 
     A probe never waits on a busy ComfyUI: once the cached value is older than HEALTH_CACHE_S
     (and younger than HEALTH_STALE_S) it is answered while one refresh runs beside it."""
 
-    def __init__(self, settings: Settings, comfy: ComfyClient, warmup: Warmup | None = None) -> None:
+    def __init__(self, settings: Settings, pool: ComfyPool | None) -> None:
         self.settings = settings
-        self.comfy = comfy
-        self.warmup = warmup
+        self.pool = pool
+        self.gpus = devices.of(settings)
+        numbers = range(settings.instance_count)
+        self.clients = (
+            [i.executor.client for i in pool.instances]
+            if pool
+            else [ComfyClient(settings.instance(n).comfy_url) for n in numbers]
+        )
         self._cached: tuple[float, dict] | None = None
         self._refreshing = threading.Lock()
 
     def read(self, fresh: bool = False) -> dict:
         cached = self._cached
         age = time.monotonic() - cached[0] if cached else None
-        if fresh or age is None or age >= HEALTH_STALE_S:
-            return self._refresh()
+        if fresh or cached is None or age is None or age >= HEALTH_STALE_S:
+            return self._busy(self._refresh())
         if age >= HEALTH_CACHE_S and self._refreshing.acquire(blocking=False):
             threading.Thread(target=self._refresh, args=(self._refreshing,), daemon=True).start()
-        return cached[1]
+        return self._busy(cached[1])
+
+    def _busy(self, value: dict) -> dict:
+        """Whether an instance runs a job, as of now."""
+        if self.pool is None:
+            return value
+        jobs = [instance.jobs for instance in self.pool.instances]
+        return {**value, "instances": [{**view, "busy": jobs[view["id"]] > 0} for view in value["instances"]]}
 
     def _refresh(self, held: threading.Lock | None = None) -> dict:
         try:
             now = time.monotonic()
-            state = supervisor_state.process_state(self.settings.supervisor_socket, "comfy")
-            ready = not self.settings.dry_run and state == "RUNNING" and self.comfy.ready(timeout=2.0)
-            if self.warmup is not None:
-                ready = ready and self.warmup.ready()
-            value = {"state": state, "ready": ready, "warmup": self.warmup.view() if self.warmup else None}
+            infos = supervisor_state.process_infos(self.settings.supervisor_socket)
+            views = [self._instance(number, infos) for number in range(self.settings.instance_count)]
+            first = views[0]
+            value = {
+                "state": first["state"],
+                "ready": any(view["ready"] for view in views),
+                "warmup": first["warmup"],
+                "instances": views,
+            }
             self._cached = (now, value)
             return value
         finally:
             if held is not None:
                 held.release()
+
+    def _instance(self, number: int, infos: dict[str, dict]) -> dict:
+        program = self.settings.instance(number).comfy_program
+        state = infos[program]["statename"] if program in infos else "NO_SUPERVISOR"
+        warmup = self.pool.instances[number].warmup if self.pool else None
+        ready = not self.settings.dry_run and state == "RUNNING" and self.clients[number].ready(timeout=2.0)
+        if warmup is not None:
+            ready = ready and warmup.ready()
+        return {
+            "id": number,
+            "device": self.gpus.describe(number),
+            "state": state,
+            "ready": ready,
+            "busy": False,
+            "warmup": warmup.view() if warmup else None,
+        }
 
 
 def create_app(settings: Settings | None = None, pipeline: Pipeline | None = None) -> Flask:
@@ -113,13 +149,22 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             log.warning(
                 "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
             )
-    comfy = ComfyClient(settings.comfy_url)
-    executor = ComfyExecutor(settings, comfy) if pipeline is None else None  # tests bring their own
-    health = ComfyHealth(settings, comfy, start_warmup(settings, executor) if executor else None)
-    metrics = Metrics(settings, lambda: settings.dry_run or health.read()["ready"])
-    pipeline = pipeline or Pipeline(settings, executor, observer=metrics)
+    pool = ComfyPool.of(settings, start_warmup) if pipeline is None else None  # tests bring their own
+    health = ComfyHealth(settings, pool)
+    metrics = Metrics(
+        settings,
+        lambda: settings.dry_run or health.read()["ready"],
+        lambda: health.read()["instances"],
+        lambda: pool.waiting if pool else 0,
+    )
+    pipeline = pipeline or Pipeline(settings, pool, observer=metrics)
     jobs = AsyncJobs(pipeline)
-    control = ComfyControl(settings, comfy, lambda: health.read(fresh=True)["ready"])
+    controls = [
+        ComfyControl(
+            settings.instance(n), client, lambda n=n: health.read(fresh=True)["instances"][n]["ready"]
+        )
+        for n, client in enumerate(health.clients)
+    ]
     downloads = Downloads(settings, observer=metrics)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
@@ -159,14 +204,26 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
         return json_response({"ok": True})
 
+    def chosen_controls() -> list[ComfyControl]:
+        """Every instance's, or the one `?instance=i` names."""
+        asked = request.args.get("instance")
+        if asked is None:
+            return controls
+        if not asked.isdigit() or int(asked) >= len(controls):
+            raise errors.InvalidRequest(f"instance must be a number from 0 to {len(controls) - 1}")
+        return [controls[int(asked)]]
+
     @app.post("/comfy/restart")
     def comfy_restart() -> Response:
-        """Answers once ComfyUI answers again; its jobs in flight get comfy_restarted."""
-        return json_response(control.restart())
+        """Answers once ComfyUI answers again; its jobs in flight get comfy_restarted. Several
+        instances restart side by side."""
+        chosen = chosen_controls()
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as side_by_side:
+            return json_response(_merged(list(side_by_side.map(ComfyControl.restart, chosen))))
 
     @app.post("/comfy/free")
     def comfy_free() -> Response:
-        return json_response(control.free())
+        return json_response(_merged([control.free() for control in chosen_controls()]))
 
     @app.get("/metrics")
     def metrics_page() -> Response:
@@ -253,6 +310,18 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         return error_response(errors.WorkerError("unexpected server error"))
 
     return app
+
+
+def _merged(answers: list[dict]) -> dict:
+    """One instance's answer as it is; several: each key over all (the longest time, else all
+    true), and each instance's own answer."""
+    if len(answers) == 1:
+        return answers[0]
+    merged = {
+        key: max(a[key] for a in answers) if key == "seconds" else all(a[key] for a in answers)
+        for key in answers[0]
+    }
+    return {**merged, "instances": answers}
 
 
 def _json_body() -> Any:

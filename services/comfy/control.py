@@ -1,6 +1,7 @@
-"""ComfyUI on demand (pod mode): restart it through supervisord, or have it free its memory.
+"""ComfyUI on demand (pod mode): restart it through supervisord, or have it free its memory;
+one control per ComfyUI instance.
 
-A restart stops and starts the `comfy` program (its jobs in flight answer `comfy_restarted`, as
+A restart stops and starts the instance's program (`comfy`, `comfy-1`, ...) (its jobs in flight answer `comfy_restarted`, as
 when it dies) and answers once ComfyUI is ready again (as /readyz says it); two restarts asked at once share one.
 Freeing goes through ComfyUI's own `POST /free`, which unloads models and drops its caches
 between prompts.
@@ -16,8 +17,6 @@ from collections.abc import Callable
 from services import errors, supervisor_state
 from services.comfy.client import ComfyClient, ComfyUnreachable
 from services.config import Settings
-
-PROGRAM = "comfy"
 
 
 class ComfyControl:
@@ -55,14 +54,14 @@ class ComfyControl:
     def _cycle(self) -> None:
         supervisor = supervisor_state.rpc(self.settings.supervisor_socket).supervisor
         try:
-            supervisor.stopProcess(PROGRAM, True)
+            supervisor.stopProcess(self.settings.comfy_program, True)
         except xmlrpc.client.Fault as fault:
             if "NOT_RUNNING" not in fault.faultString:
                 raise errors.ComfyInitFailed(
                     f"supervisord would not stop ComfyUI: {fault.faultString}"
                 ) from None
         try:
-            supervisor.startProcess(PROGRAM, False)
+            supervisor.startProcess(self.settings.comfy_program, False)
         except xmlrpc.client.Fault as fault:
             raise errors.ComfyInitFailed(
                 f"supervisord would not start ComfyUI: {fault.faultString}"

@@ -76,11 +76,17 @@ class ComfyExecutor:
 
     # --- the job -----------------------------------------------------------------------------
     def execute(
-        self, request: JobRequest, progress: Progress | None, cancel: Any, gated: bool = True
+        self,
+        request: JobRequest,
+        progress: Progress | None,
+        cancel: Any,
+        gated: bool = True,
+        deadline: float | None = None,
     ) -> dict:
-        """`gated`: wait for the gate (the warm-up of ComfyUI's current start) first."""
+        """`gated`: wait for the gate (the warm-up of ComfyUI's current start) first.
+        `deadline`: when the job's time began before (it waited for a free instance)."""
         job = _Job(request)
-        deadline = time.monotonic() + request.timeout_s
+        deadline = time.monotonic() + request.timeout_s if deadline is None else deadline
         entry: dict | None = None
         self.cleanup.begin()
         try:

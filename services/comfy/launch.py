@@ -11,7 +11,6 @@ user (`comfy_account`), so ComfyUI cannot read the processes that do hold them.
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
 import shlex
@@ -19,7 +18,7 @@ import shutil
 import sys
 
 from services import config, model_folders
-from services.comfy import starts
+from services.comfy import devices, starts
 from services.comfy.account import comfy_account
 from services.config import Settings
 
@@ -29,16 +28,6 @@ RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 # what ComfyUI gets of the worker's environment: paths, locale, GPU runtimes, thread limits
 _PASSED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "HF_HOME", "HF_HUB_OFFLINE"}
 _PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "PYTORCH_", "TORCH_", "OMP_", "MKL_")
-
-
-def gpu_visible() -> str | None:
-    """The GPU a stock torch build could use, by its vendor's device files: NVIDIA's
-    /dev/nvidiaN, AMD ROCm's /dev/kfd (with /dev/dri)."""
-    if glob.glob("/dev/nvidia[0-9]*"):
-        return "nvidia"
-    if os.path.exists("/dev/kfd") and os.path.isdir("/dev/dri"):
-        return "rocm"
-    return None
 
 
 def comfy_environment(environ: dict[str, str], settings: Settings, home: str) -> dict[str, str]:
@@ -116,7 +105,7 @@ def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
         "--listen",
         "127.0.0.1",
         "--port",
-        str(settings.comfy_port),
+        str(settings.instance_port),
         "--disable-auto-launch",
         "--disable-metadata",
         "--input-directory",
@@ -149,12 +138,15 @@ def main() -> int:
         return 1
     starts.count(settings.comfy_starts_file)
     account = comfy_account(settings)
-    gpu = gpu_visible() if settings.comfy_device == "auto" else None
-    argv = command(settings, prepare_folders(settings, account), gpu is not None)
+    gpus = devices.of(settings)
+    argv = command(settings, prepare_folders(settings, account), gpu=bool(gpus.ids))
     env = comfy_environment(dict(os.environ), settings, _home(settings, account))
-    print(f"[comfy] device: {gpu or 'cpu'} (COMFY_DEVICE={settings.comfy_device})", flush=True)
+    env.update(gpus.environment(settings.comfy_instance, settings.instance_count))
+    name = f"[{settings.comfy_program}]"
+    device = gpus.describe(settings.comfy_instance)
+    print(f"{name} device: {device} (COMFY_DEVICE={settings.comfy_device})", flush=True)
     print(
-        f"[comfy] starting ComfyUI as {account.pw_name if account else 'the worker user'}: {shlex.join(argv)}",
+        f"{name} starting ComfyUI as {account.pw_name if account else 'the worker user'}: {shlex.join(argv)}",
         flush=True,
     )
     relay = [settings.comfy_python, place_relay(settings), "--comfy-url", settings.comfy_url]

@@ -198,15 +198,29 @@ class LocalQueueServer(ThreadingHTTPServer):
         """Made on first use (a job ended, or a scrape): prometheus_client costs this process
         4 MiB, which an idle queue nobody scrapes need not pay."""
         if self._metrics is None:
-            from services.comfy import relay
             from services.metrics import QueueMetrics
 
             self._metrics = QueueMetrics(
                 self.settings,
-                ready=lambda: self.settings.dry_run or relay.answers(self.settings.comfy_url, 2.0),
+                ready=lambda: self.settings.dry_run or any(view["ready"] for view in self._instances()),
+                instances=self._instances,
                 in_flight=lambda: self.queue.health()["jobs"]["inProgress"],
             )
         return self._metrics
+
+    def _instances(self) -> list[dict]:
+        """Each ComfyUI instance and whether it answers (the handler, another process, runs the
+        jobs: which instance is busy is its to know)."""
+        from services.comfy import relay
+
+        return [
+            {
+                "id": n,
+                "ready": not self.settings.dry_run
+                and relay.answers(self.settings.instance(n).comfy_url, 2.0),
+            }
+            for n in range(self.settings.instance_count)
+        ]
 
     def _job_ended(self, job: Job) -> None:
         seconds = (job.finished or time.time()) - (job.started or job.created)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from services import config, errors, logs
-from services.comfy.executor import ComfyExecutor
+from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
 from services.output_store import OutputStore
 from services.pipeline import Pipeline
@@ -94,19 +94,30 @@ def main() -> int:
         return 2
     import runpod  # only the serverless process pays for importing the SDK
 
-    executor = ComfyExecutor(settings)
-    warmup = start_warmup(settings, executor)
+    pool = ComfyPool.of(settings, start_warmup)
     pipeline = Pipeline(
         settings,
-        executor,
+        pool,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024),
         output_store=OutputStore.from_settings(settings),
     )
-    if warmup is not None:  # take no job before the first warm-up ended
-        with contextlib.suppress(errors.ComfyInitFailed):
-            warmup.wait(time.monotonic() + settings.comfy_boot_timeout_s + settings.job_timeout_s)
-    runpod.serverless.start({"handler": make_handler(pipeline, runpod.serverless.progress_update)})
+    limit = time.monotonic() + settings.comfy_boot_timeout_s + settings.job_timeout_s
+    for instance in pool.instances:  # take no job before the first warm-ups ended
+        if instance.warmup is not None:
+            with contextlib.suppress(errors.ComfyInitFailed):
+                instance.warmup.wait(limit)
+    worker = {"handler": make_handler(pipeline, runpod.serverless.progress_update)}
+    if len(pool.instances) > 1:
+        worker["concurrency_modifier"] = lambda _current: concurrency(pool)
+    runpod.serverless.start(worker)
     return 0
+
+
+def concurrency(pool: ComfyPool) -> int:
+    """As many jobs at once as instances are in the pool. Not only the idle ones: the SDK
+    changes its concurrency only once no job is in flight, so the number must stay put while
+    instances come and go between jobs; it moves when one is taken out for good."""
+    return max(1, pool.usable())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,20 @@ def test_healthz_publishes_the_public_key_and_mode(client):
     body = client.get("/healthz").get_json()
     assert body["ok"] is True and body["mode"] == "api" and body["dry_run"] is True
     assert body["server_public_key_b64"] == PUBLIC and body["encryption_required"] is True
-    assert body["comfy"] == {"state": "NO_SUPERVISOR", "ready": False, "warmup": None}
+    instance = {
+        "id": 0,
+        "device": "cpu",
+        "state": "NO_SUPERVISOR",
+        "ready": False,
+        "busy": False,
+        "warmup": None,
+    }
+    assert body["comfy"] == {
+        "state": "NO_SUPERVISOR",
+        "ready": False,
+        "warmup": None,
+        "instances": [instance],
+    }
 
 
 def test_readyz_is_ready_in_dry_run(client):

@@ -1,0 +1,144 @@
+"""Several ComfyUIs (one per GPU) as one executor: the worker schedules, ComfyUI does not queue.
+
+Each instance runs at most one prompt. A job takes an idle instance that is not out of the pool,
+one whose ComfyUI has booted and warmed up first; when none is idle it waits, first come first
+served, within its own time. Every instance has its own executor (socket, clean-up, warm-up
+gate), so a crash, a hang, a cancel or a clean-up reaches only the job on it. An instance whose
+program supervisord gave up on (FATAL), or the watchdog stopped, is out until it runs again.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services import errors, supervisor_state
+from services.comfy import relay
+from services.comfy.executor import ComfyExecutor
+from services.comfy.warmup import Warmup
+from services.config import Settings
+from services.job_request import JobRequest
+from services.pipeline import Progress
+
+WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
+OUT = ("FATAL", "STOPPED")  # a program in these states takes no job
+
+
+@dataclass
+class Instance:
+    settings: Settings
+    executor: ComfyExecutor
+    warmup: Warmup | None = None
+    jobs: int = 0  # at most 1 in a pool; a single ComfyUI takes them all, as before the pool
+
+    @property
+    def number(self) -> int:
+        return self.settings.comfy_instance
+
+
+class ComfyPool:
+    def __init__(self, settings: Settings, instances: list[Instance]) -> None:
+        self.settings = settings
+        self.instances = instances
+        self._changed = threading.Condition()
+        self._waiting: collections.deque[object] = collections.deque()
+
+    @classmethod
+    def of(
+        cls, settings: Settings, make_warmup: Callable[[Settings, ComfyExecutor], Warmup | None]
+    ) -> ComfyPool:
+        """An executor (and its warm-up) for each of the COMFY_INSTANCES instances."""
+        instances = []
+        for number in range(settings.instance_count):
+            own = settings.instance(number)
+            executor = ComfyExecutor(own)
+            instances.append(Instance(own, executor, make_warmup(own, executor)))
+        return cls(settings, instances)
+
+    def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
+        deadline = time.monotonic() + request.timeout_s
+        instance = self._take(request, deadline, cancel)
+        try:
+            return instance.executor.execute(request, progress, cancel, deadline=deadline)
+        finally:
+            with self._changed:
+                instance.jobs -= 1
+                self._changed.notify_all()
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting for an instance."""
+        return len(self._waiting)
+
+    def usable(self) -> int:
+        """Instances that can take a job now or once their current one ended (not out)."""
+        states = self._states()
+        return sum(1 for instance in self.instances if states.get(instance.number, ("", 0))[0] not in OUT)
+
+    def _take(self, request: JobRequest, deadline: float, cancel: Any) -> Instance:
+        if len(self.instances) == 1:  # nothing to choose: the executor waits for its ComfyUI
+            return self._claim_single(request, deadline, cancel)
+        ticket = object()
+        with self._changed:
+            self._waiting.append(ticket)
+        try:
+            while True:
+                states = self._states()
+                with self._changed:
+                    if self._waiting[0] is ticket:
+                        free = [i for i in self.instances if not i.jobs and states[i.number][0] not in OUT]
+                        if free:
+                            chosen = min(free, key=lambda i: (not self._ready(i, states[i.number]), i.number))
+                            chosen.jobs += 1
+                            return chosen
+                    _check(request, deadline, cancel)
+                    self._changed.wait(min(WAIT_TICK_S, max(deadline - time.monotonic(), 0.01)))
+        finally:
+            with self._changed:
+                self._waiting.remove(ticket)
+                self._changed.notify_all()
+
+    def _claim_single(self, request: JobRequest, deadline: float, cancel: Any) -> Instance:
+        """One ComfyUI, as before the pool: jobs share it and ComfyUI's queue orders them."""
+        [instance] = self.instances
+        _check(request, deadline, cancel)
+        with self._changed:
+            instance.jobs += 1
+        return instance
+
+    def _states(self) -> dict[int, tuple[str, int]]:
+        """(state, pid) of each instance's program, in one call to supervisord."""
+        if len(self.instances) == 1:
+            return {0: ("RUNNING", 0)}
+        infos = supervisor_state.process_infos(self.settings.supervisor_socket)
+        states = {}
+        for instance in self.instances:
+            info = infos.get(instance.settings.comfy_program, {"statename": "STOPPED", "pid": 0})
+            states[instance.number] = (info["statename"], info["pid"])
+        return states
+
+    @staticmethod
+    def _ready(instance: Instance, state: tuple[str, int]) -> bool:
+        """Its ComfyUI booted (the relay's word) and its warm-up ended."""
+        name, pid = state
+        if name != "RUNNING" or (instance.warmup is not None and not instance.warmup.ready()):
+            return False
+        try:
+            with open(os.path.join(instance.settings.comfy_io_dir, relay.READY_FILE), encoding="ascii") as f:
+                return f.read().strip() == str(pid)
+        except OSError:
+            return False
+
+
+def _check(request: JobRequest, deadline: float, cancel: Any) -> None:
+    if cancel is not None and cancel.is_set():
+        raise errors.Interrupted("the job was cancelled")
+    if time.monotonic() >= deadline:
+        raise errors.JobTimeout(
+            f"the job did not finish within {request.timeout_s:g} s (no ComfyUI instance was free)"
+        )

@@ -1,0 +1,282 @@
+"""COMFY_INSTANCES=2 through the real supervisord stack (stand-in ComfyUIs): each instance runs
+one job at a time, a third job waits for one, a crash, a hang, a cancel or a timeout touches only
+its own instance, an instance that goes FATAL leaves the pool, and nothing of any job is left."""
+
+import json
+import os
+import signal
+import socket
+import threading
+
+import pytest
+import requests
+
+from services import supervisor_state
+from tests.stack import Stack, wait_until
+from tests.workflows import decode_png, empty_image, with_knob
+
+KEY = "pool-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ENV = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY, "COMFY_INSTANCES": "2", "WATCH_FAILS": "2"}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    stack = Stack("api", {**ENV, "JOB_TIMEOUT_S": "60"}).start(wait_for=("api", "comfy", "comfy-1"))
+    wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both instances ready")
+    yield stack
+    stack.stop()
+
+
+_colors = iter(range(1, 1 << 24))
+
+
+def slow(seconds):
+    """A stand-in node that takes `seconds`, with inputs of its own: ComfyUI caches a node whose
+    inputs it has seen, and a cached node takes no time."""
+    return with_knob("StandinSlow", color=next(_colors), seconds=seconds, steps=seconds)
+
+
+def instances(stack):
+    return requests.get(f"{stack.url}/healthz", timeout=10).json()["comfy"]["instances"]
+
+
+def comfy(stack, instance, path):
+    return requests.get(f"http://127.0.0.1:{stack.comfy_port + instance}{path}", timeout=10).json()
+
+
+def running(stack, instance):
+    return comfy(stack, instance, "/queue")["queue_running"]
+
+
+def submit(stack, workflow, **fields):
+    response = requests.post(
+        f"{stack.url}/run",
+        params={"async": "1"},
+        json={"workflow": workflow, **fields},
+        headers=AUTH,
+        timeout=30,
+    )
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def ended(stack, job_id, timeout=60):
+    seen = {}
+
+    def done():
+        seen.update(requests.get(f"{stack.url}/jobs/{job_id}", headers=AUTH, timeout=10).json())
+        return seen["state"] in ("completed", "failed", "cancelled")
+
+    wait_until(done, timeout, f"job {job_id} to end")
+    return seen
+
+
+def relay_pid(stack, instance):
+    program = "comfy" if instance == 0 else f"comfy-{instance}"
+    return supervisor_state.rpc(stack.socket).supervisor.getProcessInfo(program)["pid"]
+
+
+def busy_instance(stack):
+    """The instance that runs the one job in flight, as /healthz says."""
+    [instance] = [view["id"] for view in instances(stack) if view["busy"]]
+    return instance
+
+
+def nothing_left(stack):
+    quiet = all(comfy(stack, i, "/history") == {} and not running(stack, i) for i in range(2))
+    return quiet and stack.job_files() == []
+
+
+def test_each_instance_runs_one_job_and_a_third_waits_for_a_free_one(stack):
+    first, second = submit(stack, slow(3)), submit(stack, slow(3))
+    wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "both instances to run a job")
+    views = instances(stack)
+    assert [v["busy"] for v in views] == [True, True] and [v["device"] for v in views] == ["cpu", "cpu"]
+    third = submit(stack, empty_image(5, 5, 0x0000FF))
+    wait_until(
+        lambda: (
+            "comfy_worker_jobs_waiting 1.0"
+            in requests.get(f"{stack.url}/metrics", headers=AUTH, timeout=10).text
+        ),
+        10,
+        "the third job to wait for an instance",
+    )
+    assert all(comfy(stack, i, "/queue")["queue_pending"] == [] for i in range(2))  # ComfyUI queues nothing
+    assert requests.get(f"{stack.url}/jobs/{third}", headers=AUTH, timeout=10).json()["state"] == "running"
+    for job_id in (first, second, third):
+        assert ended(stack, job_id)["state"] == "completed"
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_a_crash_costs_only_the_job_on_that_instance(stack):
+    doomed = submit(stack, slow(20))
+    wait_until(lambda: any(running(stack, i) for i in range(2)), 30, "the job to run")
+    victim = busy_instance(stack)
+    other = submit(stack, slow(3))
+    wait_until(lambda: running(stack, 1 - victim), 30, "the other instance to run its job")
+    before = relay_pid(stack, victim)
+    [comfyui] = stack.children(before)
+    os.kill(comfyui, signal.SIGKILL)
+    assert ended(stack, doomed)["result"]["error"].startswith("comfy_restarted")
+    assert ended(stack, other)["state"] == "completed"
+    wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "the killed instance back")
+    assert relay_pid(stack, victim) != before and relay_pid(stack, 1 - victim)
+    assert ended(stack, submit(stack, empty_image(6, 6)))["state"] == "completed"
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_a_hung_instance_is_restarted_alone(stack):
+    hung = submit(stack, with_knob("StandinHang"))
+    wait_until(lambda: any(view["busy"] for view in instances(stack)), 30, "the job to take an instance")
+    victim = busy_instance(stack)
+    other_pid = relay_pid(stack, 1 - victim)
+    before = relay_pid(stack, victim)
+    assert ended(stack, hung, timeout=90)["result"]["error"].startswith("comfy_restarted")
+    assert relay_pid(stack, victim) != before and relay_pid(stack, 1 - victim) == other_pid
+    wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "the hung instance back")
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_cancel_and_timeout_reach_the_instance_that_runs_the_job(stack):
+    keeper = submit(stack, slow(8))
+    wait_until(lambda: any(running(stack, i) for i in range(2)), 30, "the first job to run")
+    second = 1 - busy_instance(stack)
+    cancelled = submit(stack, slow(30))
+    wait_until(lambda: running(stack, second), 30, "the second instance to run its job")
+    requests.post(f"{stack.url}/jobs/{cancelled}/cancel", headers=AUTH, timeout=10)
+    assert ended(stack, cancelled)["state"] == "cancelled"
+    timed_out = submit(stack, slow(30), timeout_s=1)
+    assert ended(stack, timed_out)["result"]["error"].startswith("timeout")
+    assert running(stack, 1 - second)  # the first job went on meanwhile
+    assert ended(stack, keeper)["state"] == "completed"
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_a_job_that_never_gets_an_instance_times_out(stack):
+    blockers = [submit(stack, slow(6)) for _ in range(2)]
+    wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "both instances busy")
+    starved = submit(stack, empty_image(4, 4), timeout_s=1)
+    answer = ended(stack, starved)
+    assert (
+        answer["result"]["error"].startswith("timeout")
+        and "no ComfyUI instance was free" in answer["result"]["error"]
+    )
+    for job_id in blockers:
+        assert ended(stack, job_id)["state"] == "completed"
+
+
+def test_readyz_follows_the_instances(stack):
+    rpc = supervisor_state.rpc(stack.socket).supervisor
+
+    def readyz():
+        return requests.get(f"{stack.url}/readyz", timeout=5).status_code
+
+    try:
+        rpc.stopProcess("comfy-1")
+        wait_until(lambda: [i["ready"] for i in instances(stack)] == [True, False], 30, "one ready")
+        assert readyz() == 200
+        rpc.stopProcess("comfy")
+        wait_until(lambda: readyz() == 503, 30, "/readyz to say no instance is ready")
+    finally:
+        for program in ("comfy", "comfy-1"):
+            if rpc.getProcessInfo(program)["statename"] != "RUNNING":
+                rpc.startProcess(program)
+    wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both ready again")
+    assert readyz() == 200
+
+
+def test_restart_and_free_act_on_one_instance_or_all(stack):
+    before = [relay_pid(stack, i) for i in range(2)]
+    one = requests.post(f"{stack.url}/comfy/restart", params={"instance": "1"}, headers=AUTH, timeout=120)
+    assert one.status_code == 200 and one.json()["restarted"] is True
+    assert relay_pid(stack, 0) == before[0] and relay_pid(stack, 1) != before[1]
+    both = requests.post(f"{stack.url}/comfy/restart", headers=AUTH, timeout=120)
+    assert both.status_code == 200 and [a["restarted"] for a in both.json()["instances"]] == [True, True]
+    assert relay_pid(stack, 0) != before[0]
+    assert requests.post(f"{stack.url}/comfy/free", headers=AUTH, timeout=30).json()["freed"] is True
+    bad = requests.post(f"{stack.url}/comfy/free", params={"instance": "2"}, headers=AUTH, timeout=30)
+    assert bad.status_code == 400 and bad.json()["error"].startswith("invalid_request")
+
+
+def test_an_instance_that_goes_fatal_leaves_the_pool_and_jobs_go_on():
+    """Instance 1 cannot bind its port at a restart (another program took it): supervisord gives
+    up on it, the watchdog takes it out, and the container keeps serving on instance 0."""
+    with Stack("api", ENV).start(wait_for=("api", "comfy", "comfy-1")) as stack:
+        wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both instances ready")
+        rpc = supervisor_state.rpc(stack.socket).supervisor
+        rpc.stopProcess("comfy-1")
+        squatter = socket.socket()
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        wait_until(lambda: squatted(squatter, stack.comfy_port + 1), 30, "comfy-1's port to be free")
+        try:
+            rpc.startProcess("comfy-1", False)
+            wait_until(lambda: "taken out of the pool" in stack.log, 60, "the watchdog to take comfy-1 out")
+            assert "comfy-1 is FATAL -> taken out of the pool; 1 of 2 ComfyUI instances left" in stack.log
+            assert [i["state"] for i in instances(stack)] == ["RUNNING", "FATAL"]
+            assert requests.get(f"{stack.url}/readyz", timeout=5).status_code == 200
+            results = []
+            jobs = [
+                threading.Thread(
+                    target=lambda: results.append(
+                        requests.post(
+                            f"{stack.url}/run",
+                            json={"workflow": empty_image(7, 7, 0x00FF00)},
+                            headers=AUTH,
+                            timeout=60,
+                        )
+                    )
+                )
+                for _ in range(2)
+            ]
+            for job in jobs:
+                job.start()
+            for job in jobs:
+                job.join()
+            assert [r.status_code for r in results] == [200, 200]
+            pixel = decode_png(results[0].json()["outputs"][0]).convert("RGB").getpixel((0, 0))
+            assert pixel == (0, 255, 0) and stack.proc.poll() is None
+        finally:
+            squatter.close()
+
+
+def squatted(squatter, port):
+    try:
+        squatter.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    squatter.listen()
+    return True
+
+
+def test_serverless_takes_as_many_jobs_at_once_as_there_are_instances():
+    with Stack("serverless", {**ENV, "JOB_TIMEOUT_S": "60"}).ready() as stack:
+        wait_until(lambda: all(comfy(stack, i, "/system_stats") for i in range(2)), 60, "both instances")
+        ids = [
+            requests.post(
+                f"{stack.url}/v2/LOCAL/run", json={"input": {"workflow": slow(4)}}, headers=AUTH, timeout=30
+            ).json()["id"]
+            for _ in range(2)
+        ]
+
+        def statuses():
+            return [
+                requests.get(f"{stack.url}/v2/LOCAL/status/{i}", headers=AUTH, timeout=10).json()["status"]
+                for i in ids
+            ]
+
+        wait_until(lambda: statuses() == ["IN_PROGRESS", "IN_PROGRESS"], 30, "both jobs in progress at once")
+        wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "each instance to run one")
+        wait_until(lambda: statuses() == ["COMPLETED", "COMPLETED"], 60, "both jobs to complete")
+        wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_each_instance_warms_up_once(tmp_path):
+    warmup = tmp_path / "warmup.json"
+    warmup.write_text(json.dumps(empty_image(3, 3)))
+    with Stack("api", {**ENV, "WARMUP_WORKFLOW": str(warmup)}).start(
+        wait_for=("api", "comfy", "comfy-1")
+    ) as stack:
+        wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both instances warmed up")
+        assert [i["warmup"] for i in instances(stack)] == [{"state": "done", "error": None, "runs": 1}] * 2
+        wait_until(lambda: nothing_left(stack), 30, "the warm-ups leave nothing")
