@@ -63,6 +63,8 @@ bench: $(STAMP)
 	$(PY) -m bench.recovery
 	$(PY) -m bench.hub
 	$(PY) -m bench.health
+	$(PY) -m bench.health --instances 2
+	$(PY) -m bench.pool
 	$(PY) -m bench.footprint
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.

@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from client.envelope_client import open_answer, seal_request
-from tests.stack import STANDIN, Stack, real_backend
+from tests.stack import STANDIN, Stack, real_backend, wait_until
 
 PROBES = ("/healthz", "/readyz", "/ping")
 ROUND_TRIP = {
@@ -45,6 +45,15 @@ def probe_latencies(url: str, seconds: float) -> dict[str, list[float]]:
     return samples
 
 
+def all_ready(stack: Stack) -> bool:
+    try:
+        return all(
+            i["ready"] for i in requests.get(stack.url + "/healthz", timeout=5).json()["comfy"]["instances"]
+        )
+    except requests.RequestException:
+        return False
+
+
 def p99(samples: list[float]) -> float:
     ms = sorted(s * 1000 for s in samples)
     return ms[max(0, int(len(ms) * 0.99) - 1)]
@@ -60,6 +69,7 @@ def main() -> None:
     parser.add_argument("--backend", choices=["real", "standin"], default=None)
     parser.add_argument("--clients", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--instances", type=int, default=1, help="COMFY_INSTANCES")
     args = parser.parse_args()
     backend = STANDIN
     if args.backend != "standin":
@@ -70,9 +80,9 @@ def main() -> None:
                 raise SystemExit(str(exc)) from None
             print(f"real ComfyUI not installed, the stand-in instead ({exc})")
     image = noise_png()
-    env = {"DRY_RUN": "0", "LOG_SILENT": "1", "JOB_TIMEOUT_S": "300"}
+    env = {"DRY_RUN": "0", "LOG_SILENT": "1", "JOB_TIMEOUT_S": "300", "COMFY_INSTANCES": str(args.instances)}
     with Stack("api", env, backend=backend) as stack:
-        stack.wait_http("/readyz", timeout=180)
+        wait_until(lambda: all_ready(stack), 300, "every ComfyUI instance ready")
         idle = probe_latencies(stack.url, 5)
         done, answered, failed = threading.Event(), [], []
 
@@ -94,7 +104,8 @@ def main() -> None:
         for thread in clients:
             thread.join()
     print(
-        f"backend: {backend.name}; {args.clients} clients, a {len(image) * 3 // 4 / 1e6:.1f} MB PNG each way"
+        f"backend: {backend.name}, {args.instances} ComfyUI instance(s); {args.clients} clients, "
+        f"a {len(image) * 3 // 4 / 1e6:.1f} MB PNG each way"
     )
     for path in PROBES:
         print(f"{path:9s} idle: {summary(idle[path])}")

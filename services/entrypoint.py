@@ -247,6 +247,7 @@ def settle_comfy_user(settings: config.Settings) -> config.Settings:
         prepare_folders(settings)
         blocked = account.unreachable(user, comfy_needs(settings))
         if blocked is None:
+            warn_unread_models(settings, user)
             return settings
         problem = f"ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}) cannot reach {blocked}"
     except account.AccountError as exc:
@@ -264,21 +265,31 @@ def settle_comfy_user(settings: config.Settings) -> config.Settings:
 
 
 def comfy_needs(settings: config.Settings) -> list[tuple[str, int]]:
-    """What ComfyUI's user must reach: its interpreter (through every link), its environment,
-    ComfyUI's tree, the model folders and its own folder in the run dir (the relay is copied
-    there)."""
+    """What ComfyUI's user must reach to run at all: its interpreter (through every link), its
+    environment, ComfyUI's tree and its own folders in the run dir (the relay is copied there)."""
     readable = os.R_OK | os.X_OK
-    needs = [
+    return [
         (settings.comfy_python, os.X_OK),
         (os.path.dirname(os.path.dirname(settings.comfy_python)), readable),
         (settings.comfyui_dir, readable),
         (os.path.join(settings.comfyui_dir, "main.py"), os.R_OK),
-        (settings.model_dir, readable),
         *((settings.instance(number).comfy_io_dir, readable) for number in range(settings.instance_count)),
     ]
-    if settings.baked_model_dir:
-        needs.append((settings.baked_model_dir, readable))
-    return needs
+
+
+def warn_unread_models(settings: config.Settings, user: pwd.struct_passwd) -> None:
+    """Model folders ComfyUI's user cannot read: ComfyUI runs, but sees no model there (a volume
+    mounted 0700, say). Said, not fatal: the folder is the operator's."""
+    folders = [path for path in (settings.model_dir, settings.baked_model_dir) if path]
+    blocked = account.unreachable(user, [(path, os.R_OK | os.X_OK) for path in folders])
+    if blocked is not None:
+        print(
+            f"[entrypoint] warning: ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}) cannot reach "
+            f"{blocked}, so ComfyUI sees no model below it: make it readable for that user "
+            f"(chmod o+rx {blocked})",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def prepare_folders(settings: config.Settings) -> None:

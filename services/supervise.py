@@ -118,8 +118,11 @@ def last_words(program: str, boot_tail: str) -> str:
     """Why the container stops: for a ComfyUI that never came up, the last lines it printed
     (boot output only: the launcher drops them once ComfyUI answers)."""
     words = f"[entrypoint] exiting 1: program {program} failed for good"
-    if program != "comfy":
+    if program != "comfy" and not program.startswith("comfy-"):
         return words
+    if program != "comfy":  # instance i keeps its tail in its own folder beside instance 0's
+        run_dir, name = os.path.dirname(os.path.dirname(boot_tail)), os.path.basename(boot_tail)
+        boot_tail = os.path.join(run_dir, program, name)
     try:
         with open(boot_tail, encoding="utf-8", errors="replace") as handle:
             tail = handle.read().rstrip().splitlines()

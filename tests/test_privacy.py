@@ -131,3 +131,18 @@ def test_started_as_root_without_its_user_comfyui_gets_a_user_of_its_own(comfyui
             assert "ComfyUI runs as" not in stack.log
     finally:
         subprocess.run(["userdel", name], capture_output=True, check=False)
+
+
+def test_a_model_folder_comfyuis_user_cannot_read_is_said_and_comfyui_still_runs(comfyui):
+    closed = tempfile.mkdtemp(prefix="volume-")  # 0700, as a mounted host folder may be
+    env = {"DRY_RUN": "0", "API_KEY": API_KEY, "COMFY_USER": "nobody", **comfyui}
+    env["COMFYUI_MODEL_DIR"] = os.path.join(closed, "models")
+    try:
+        with Stack("api", env).ready() as stack:
+            relay = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("comfy")["pid"]
+            assert uid_of(relay) == pwd.getpwnam("nobody").pw_uid  # still a user of its own
+            assert f"cannot reach {closed}, so ComfyUI sees no model below it" in stack.log
+            assert f"(chmod o+rx {closed})" in stack.log
+            assert hunt(stack) == "nothing"
+    finally:
+        shutil.rmtree(closed)

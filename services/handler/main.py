@@ -64,8 +64,13 @@ class Throttled:
 
 
 def make_handler(
-    pipeline: Pipeline, send_progress: Callable[[dict, dict], None] | None = None
+    pipeline: Pipeline,
+    send_progress: Callable[[dict, dict], None] | None = None,
+    recycle_on_restart: bool = True,
 ) -> Callable[[dict], Awaitable[dict]]:
+    """`recycle_on_restart`: ask RunPod for a fresh worker after ComfyUI died under a job; not
+    with several instances, where the others' jobs go on and the dead one restarts alone."""
+
     async def handler(job: dict) -> dict:
         cancel = threading.Event()
         progress = Throttled(lambda message: send_progress(job, message)) if send_progress else None
@@ -78,7 +83,7 @@ def make_handler(
             if progress is not None:
                 progress.close()
         body = dict(reply.body)
-        if reply.error_code == errors.ComfyRestarted.code:
+        if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True
         return body
 
@@ -106,8 +111,9 @@ def main() -> int:
         if instance.warmup is not None:
             with contextlib.suppress(errors.ComfyInitFailed):
                 instance.warmup.wait(limit)
-    worker = {"handler": make_handler(pipeline, runpod.serverless.progress_update)}
-    if len(pool.instances) > 1:
+    single = len(pool.instances) == 1
+    worker = {"handler": make_handler(pipeline, runpod.serverless.progress_update, recycle_on_restart=single)}
+    if not single:
         worker["concurrency_modifier"] = lambda _current: concurrency(pool)
     runpod.serverless.start(worker)
     return 0

@@ -1,9 +1,14 @@
 """COMFY_INSTANCES=auto counts the GPUs this container can use. No GPU here: fake /dev folders."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from services import config
 from services.comfy import devices
+from tests.stack import ROOT
 
 
 @pytest.fixture
@@ -90,3 +95,27 @@ def test_instances_get_their_own_port_folders_and_program(tmp_path):
         tmp_path / "comfy-1"
     )
     assert settings.comfy_starts_file != second.comfy_starts_file
+
+
+@pytest.mark.parametrize("value", ["zero", "0"])
+def test_a_bad_number_of_instances_stops_the_start_naming_the_variable(value, tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "ENCRYPTION_REQUIRED": "0",
+        "RUN_DIR": str(tmp_path),
+        "COMFY_INSTANCES": value,
+    }
+    started = subprocess.run(
+        [sys.executable, "-m", "services.entrypoint"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2
+    assert (
+        f"configuration error: COMFY_INSTANCES={value!r} is not a number of ComfyUI instances"
+        in started.stderr
+    )
+    assert "starting supervisord" not in started.stdout

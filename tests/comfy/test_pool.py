@@ -11,9 +11,10 @@ import threading
 import pytest
 import requests
 
+from client.envelope_client import open_answer, seal_request
 from services import supervisor_state
 from tests.stack import Stack, wait_until
-from tests.workflows import decode_png, empty_image, with_knob
+from tests.workflows import decode_png, empty_image, slow_workflow, with_knob
 
 KEY = "pool-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -280,3 +281,40 @@ def test_each_instance_warms_up_once(tmp_path):
         wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both instances warmed up")
         assert [i["warmup"] for i in instances(stack)] == [{"state": "done", "error": None, "runs": 1}] * 2
         wait_until(lambda: nothing_left(stack), 30, "the warm-ups leave nothing")
+
+
+def test_two_instances_run_encrypted_jobs_side_by_side_and_a_kill_costs_only_its_own(backend):
+    """make test: two stand-ins; make test-real: two unmodified ComfyUIs on the CPU."""
+    env = {"DRY_RUN": "0", "API_KEY": KEY, "COMFY_INSTANCES": "2", "JOB_TIMEOUT_S": "180"}
+    with Stack("api", env, backend=backend).start(wait_for=("api", "comfy", "comfy-1")) as stack:
+        wait_until(lambda: all(i["ready"] for i in instances(stack)), 180, "both instances ready")
+
+        def start(workflow):
+            request, ephemeral = seal_request({"workflow": workflow}, stack.public_key)
+            response = requests.post(
+                f"{stack.url}/run", params={"async": "1"}, json=request, headers=AUTH, timeout=30
+            )
+            assert response.status_code == 202, response.text
+            return response.json()["id"], ephemeral
+
+        def answer(job):
+            job_id, ephemeral = job
+            return open_answer(ended(stack, job_id, timeout=240)["result"], ephemeral, stack.public_key)
+
+        red, blue = start(empty_image(20, 10, 0xFF0000)), start(empty_image(10, 20, 0x0000FF))
+        for job, size, rgb in ((red, (20, 10), (255, 0, 0)), (blue, (10, 20), (0, 0, 255))):
+            image = decode_png(answer(job)["outputs"][0])
+            assert image.size == size and image.convert("RGB").getpixel((3, 3)) == rgb
+
+        long = slow_workflow(8) if backend.name == "real" else slow(30)
+        doomed = start(long)
+        wait_until(lambda: any(view["busy"] for view in instances(stack)), 60, "the first job to take one")
+        victim = busy_instance(stack)
+        spared = start(slow_workflow(6) if backend.name == "real" else slow(4))
+        wait_until(lambda: running(stack, victim) and running(stack, 1 - victim), 60, "both instances to run")
+        [comfyui] = stack.children(relay_pid(stack, victim))
+        os.kill(comfyui, signal.SIGKILL)
+        assert answer(doomed)["error"].startswith("comfy_restarted")
+        assert answer(spared)["status"] == "ok"
+        wait_until(lambda: all(i["ready"] for i in instances(stack)), 180, "the killed instance back")
+        wait_until(lambda: nothing_left(stack), 60, "nothing left in either instance")

@@ -64,6 +64,9 @@ def test_comfy_restart_asks_the_platform_to_recycle_the_worker():
 
     answer = run(make_handler(Pipeline(settings(), Executor(die))), {"workflow": WORKFLOW})
     assert answer["error"].startswith("comfy_restarted") and answer["refresh_worker"] is True
+    pooled = make_handler(Pipeline(settings(), Executor(die)), recycle_on_restart=False)
+    answer = run(pooled, {"workflow": WORKFLOW})  # the other instances' jobs go on
+    assert answer["error"].startswith("comfy_restarted") and "refresh_worker" not in answer
 
 
 def test_an_unexpected_exception_is_returned_without_a_traceback():

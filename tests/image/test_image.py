@@ -355,3 +355,30 @@ STATES = (
     "    except OSError:\n"
     "        pass\n"
 )
+
+
+def test_two_comfyui_instances_in_the_container_run_two_jobs_at_once(image):
+    with Container(image, {"COMFY_INSTANCES": "2", "COMFY_PORT": str(free_port(2))}) as container:
+
+        def instances():
+            return requests.get(container.url + "/healthz", timeout=5).json()["comfy"]["instances"]
+
+        wait_until(lambda: all(i["ready"] for i in instances()), 300, "both ComfyUI instances ready")
+        assert "ComfyUI instance 1 (comfy-1)" in container.logs()
+        jobs = []
+        for steps in (6, 7):
+            request, ephemeral = seal_request({"workflow": slow_workflow(steps)}, container.public)
+            started = requests.post(container.url + "/run", params={"async": "1"}, json=request, timeout=30)
+            jobs.append((started.json()["id"], ephemeral))
+        wait_until(
+            lambda: [i["busy"] for i in instances()] == [True, True], 60, "both instances busy at once"
+        )
+        for job_id, ephemeral in jobs:
+            seen = {}
+
+            def ended(job_id=job_id, seen=seen):
+                seen.update(requests.get(f"{container.url}/jobs/{job_id}", timeout=10).json())
+                return seen["state"] in ("completed", "failed", "cancelled")
+
+            wait_until(ended, 300, f"job {job_id}")
+            assert open_answer(seen["result"], ephemeral, container.public)["status"] == "ok"
