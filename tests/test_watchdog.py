@@ -7,7 +7,6 @@ import socket
 import threading
 import time
 import uuid
-from typing import ClassVar
 
 import pytest
 import requests
@@ -224,37 +223,41 @@ def test_the_watchdogs_own_restarts_count_toward_the_crash_loop_limit(tmp_path, 
     assert Rpc.restarts == 3 and Rpc.stopped and (tmp_path / "fatal").read_text() == "comfy"
 
 
-def test_with_several_instances_only_the_last_one_lost_ends_the_container(tmp_path):
-    class Rpc:
-        stopped: ClassVar[list] = []
-        shut = False
+class Supervisor:
+    """supervisord as the watchdog calls it: what it was asked to stop, whether to shut down."""
 
-        def stopProcess(self, name):
-            Rpc.stopped.append(name)
+    def __init__(self):
+        self.stopped, self.shut = [], False
 
-        def shutdown(self):
-            Rpc.shut = True
+    def stopProcess(self, name):
+        self.stopped.append(name)
 
-    settings = config.load({"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path), "COMFY_INSTANCES": "3"})
+    def shutdown(self):
+        self.shut = True
+
+
+def watchdog_of(tmp_path, instances):
+    settings = config.load(
+        {"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path), "COMFY_INSTANCES": instances}
+    )
     dog = Watchdog(settings)
-    dog.rpc = Rpc()
+    dog.rpc = Supervisor()
+    return dog
+
+
+def test_with_several_instances_only_the_last_one_lost_ends_the_container(tmp_path):
+    dog = watchdog_of(tmp_path, "3")
     dog.give_up("comfy-1", "is FATAL")
-    for moment in range(settings.watch_max_exits):  # comfy-2 keeps dying
+    for moment in range(dog.settings.watch_max_exits):  # comfy-2 keeps dying
         dog.count_exit("comfy-2", now=moment)
-    assert Rpc.stopped == ["comfy-1", "comfy-2"] and not Rpc.shut and dog.out == {"comfy-1", "comfy-2"}
+    assert (
+        dog.rpc.stopped == ["comfy-1", "comfy-2"] and not dog.rpc.shut and dog.out == {"comfy-1", "comfy-2"}
+    )
     dog.give_up("comfy", "is FATAL")
-    assert Rpc.shut and (tmp_path / "fatal").read_text() == "comfy"
+    assert dog.rpc.shut and (tmp_path / "fatal").read_text() == "comfy"
 
 
 def test_a_program_other_than_comfyui_ends_the_container_whatever_the_instances(tmp_path):
-    class Rpc:
-        shut = False
-
-        def shutdown(self):
-            Rpc.shut = True
-
-    settings = config.load({"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path), "COMFY_INSTANCES": "2"})
-    dog = Watchdog(settings)
-    dog.rpc = Rpc()
+    dog = watchdog_of(tmp_path, "2")
     dog.give_up("api", "is FATAL")
-    assert Rpc.shut and (tmp_path / "fatal").read_text() == "api"
+    assert dog.rpc.shut and (tmp_path / "fatal").read_text() == "api"
