@@ -363,6 +363,7 @@ def test_two_comfyui_instances_in_the_container_run_two_jobs_at_once(image):
         def instances():
             return requests.get(container.url + "/healthz", timeout=5).json()["comfy"]["instances"]
 
+        container.wait_http("/readyz", timeout=300)  # one instance ready
         wait_until(lambda: all(i["ready"] for i in instances()), 300, "both ComfyUI instances ready")
         assert "ComfyUI instance 1 (comfy-1)" in container.logs()
         jobs = []
