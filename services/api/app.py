@@ -91,10 +91,9 @@ class ComfyHealth:
 
     def read(self, fresh: bool = False) -> dict:
         cached = self._cached
-        age = time.monotonic() - cached[0] if cached else None
-        if fresh or cached is None or age is None or age >= HEALTH_STALE_S:
+        if fresh or cached is None or time.monotonic() - cached[0] >= HEALTH_STALE_S:
             return self._busy(self._refresh())
-        if age >= HEALTH_CACHE_S and self._refreshing.acquire(blocking=False):
+        if time.monotonic() - cached[0] >= HEALTH_CACHE_S and self._refreshing.acquire(blocking=False):
             threading.Thread(target=self._refresh, args=(self._refreshing,), daemon=True).start()
         return self._busy(cached[1])
 

@@ -32,6 +32,13 @@ COMMON = (401, 405, 413)
 OBJECT = {"type": "object"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 DOWNLOAD_ID = {"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}
+INSTANCE = {
+    "name": "instance",
+    "in": "query",
+    "required": False,
+    "description": "one ComfyUI instance (0-based, COMFY_INSTANCES); every instance without it",
+    "schema": {"type": "string"},
+}
 
 SCHEMAS = {
     "Error": {
@@ -158,13 +165,15 @@ def document() -> dict:
         "/comfy/restart": {
             "post": {
                 "summary": "restart ComfyUI through supervisord; answers when it answers again",
-                "responses": {"200": _json(OBJECT, "restarted"), **_errors(409, 503, *COMMON)},
+                "parameters": [INSTANCE],
+                "responses": {"200": _json(OBJECT, "restarted"), **_errors(400, 409, 503, *COMMON)},
             }
         },
         "/comfy/free": {
             "post": {
                 "summary": "have ComfyUI unload its models and free memory",
-                "responses": {"200": _json(OBJECT, "freed"), **_errors(409, 503, *COMMON)},
+                "parameters": [INSTANCE],
+                "responses": {"200": _json(OBJECT, "freed"), **_errors(400, 409, 503, *COMMON)},
             }
         },
         "/metrics": {
