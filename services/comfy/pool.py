@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services import errors, supervisor_state
+from services import errors
 from services.comfy import relay
 from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
@@ -115,6 +115,9 @@ class ComfyPool:
         """(state, pid) of each instance's program, in one call to supervisord."""
         if len(self.instances) == 1:
             return {0: ("RUNNING", 0)}
+        # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
+        from services import supervisor_state
+
         infos = supervisor_state.process_infos(self.settings.supervisor_socket)
         states = {}
         for instance in self.instances:
