@@ -18,7 +18,7 @@ import requests
 from PIL import Image
 
 from client.envelope_client import open_answer, seal_request
-from tests.stack import STANDIN, Stack, real_backend, wait_until
+from tests.stack import STANDIN, Stack, installed_real_backend, wait_until
 
 PROBES = ("/healthz", "/readyz", "/ping")
 ROUND_TRIP = {
@@ -71,14 +71,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--instances", type=int, default=1, help="COMFY_INSTANCES")
     args = parser.parse_args()
-    backend = STANDIN
-    if args.backend != "standin":
-        try:
-            backend = real_backend()
-        except RuntimeError as exc:
-            if args.backend == "real":
-                raise SystemExit(str(exc)) from None
-            print(f"real ComfyUI not installed, the stand-in instead ({exc})")
+    real = installed_real_backend(args.backend == "real") if args.backend != "standin" else None
+    backend = real or STANDIN
     image = noise_png()
     env = {"DRY_RUN": "0", "LOG_SILENT": "1", "JOB_TIMEOUT_S": "300", "COMFY_INSTANCES": str(args.instances)}
     with Stack("api", env, backend=backend) as stack:

@@ -16,7 +16,7 @@ import requests
 
 from bench.footprint import descendants, memory_kib
 from services import supervisor_state
-from tests.stack import STANDIN, Backend, Stack, real_backend, wait_until
+from tests.stack import STANDIN, Backend, Stack, installed_real_backend, wait_until
 from tests.workflows import with_knob
 
 _colors = itertools.count(1)
@@ -123,20 +123,14 @@ def main() -> None:
             f"stand-in, {args.jobs} jobs of a 1 s node: 1 instance {one:.2f} jobs/s, 2 instances {two:.2f} jobs/s"
         )
         print(f"  2 : 1 instances = {two / one:.2f}x (target 1.9x)")
-    if args.backend in ("real", "both"):
-        try:
-            real = real_backend()
-        except RuntimeError as exc:
-            if args.backend == "real":
-                raise SystemExit(str(exc)) from None
-            print(f"real ComfyUI: not measured ({exc})")
-        else:
-            one = jobs_per_second(real, 1, cpu_bound, args.jobs)
-            two = jobs_per_second(real, 2, cpu_bound, args.jobs)
-            print(
-                f"real ComfyUI, {args.jobs} CPU-bound jobs: 1 instance {one:.2f} jobs/s, 2 instances {two:.2f} jobs/s"
-            )
-            print(f"  2 : 1 instances = {two / one:.2f}x (this machine has 2 cores; ComfyUI uses both alone)")
+    real = installed_real_backend(args.backend == "real") if args.backend != "standin" else None
+    if real is not None:
+        one = jobs_per_second(real, 1, cpu_bound, args.jobs)
+        two = jobs_per_second(real, 2, cpu_bound, args.jobs)
+        print(
+            f"real ComfyUI, {args.jobs} CPU-bound jobs: 1 instance {one:.2f} jobs/s, 2 instances {two:.2f} jobs/s"
+        )
+        print(f"  2 : 1 instances = {two / one:.2f}x (this machine has 2 cores; ComfyUI uses both alone)")
     idle_memory()
 
 

@@ -19,7 +19,7 @@ import requests
 import websocket
 
 from client.envelope_client import open_answer, seal_request
-from tests.stack import STANDIN, Backend, Stack, real_backend
+from tests.stack import STANDIN, Backend, Stack, installed_real_backend
 from tests.workflows import empty_image
 
 
@@ -76,13 +76,9 @@ def main() -> None:
     parser.add_argument("--backend", choices=["real", "standin", "both"], default="both")
     args = parser.parse_args()
     backends = []
-    if args.backend in ("real", "both"):
-        try:
-            backends.append(real_backend())
-        except RuntimeError as exc:
-            if args.backend == "real":
-                raise SystemExit(str(exc)) from None
-            print(f"real ComfyUI: not measured ({exc})")
+    real = installed_real_backend(args.backend == "real") if args.backend != "standin" else None
+    if real is not None:
+        backends.append(real)
     if args.backend in ("standin", "both"):
         backends.append(STANDIN)
     for backend in backends:

@@ -37,7 +37,7 @@ Instances = Callable[[], list[dict]]  # each ComfyUI instance: {"id", "ready"} a
 
 
 class _JobMetrics:
-    def __init__(self, settings: Settings, ready: Callable[[], bool], instances: Instances) -> None:
+    def __init__(self, settings: Settings, instances: Instances) -> None:
         self.registry = CollectorRegistry()
         self.jobs = Counter(
             "comfy_worker_jobs", "Jobs by outcome and error code", ["outcome", "code"], registry=self.registry
@@ -48,7 +48,7 @@ class _JobMetrics:
             buckets=JOB_SECONDS,
             registry=self.registry,
         )
-        self.registry.register(_Scraped(settings, ready, instances))
+        self.registry.register(_Scraped(settings, instances))
 
     def ended(self, outcome: str, code: str, seconds: float) -> None:
         self.duration.observe(seconds)
@@ -61,10 +61,8 @@ class _JobMetrics:
 class Metrics(_JobMetrics):
     """The pod API's: observer of the pipeline and of the downloads."""
 
-    def __init__(
-        self, settings: Settings, ready: Callable[[], bool], instances: Instances, waiting: Callable[[], int]
-    ) -> None:
-        super().__init__(settings, ready, instances)
+    def __init__(self, settings: Settings, instances: Instances, waiting: Callable[[], int]) -> None:
+        super().__init__(settings, instances)
         self.registry.register(_Waiting(waiting))
         self.in_flight = Gauge("comfy_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
         self.download_bytes = Counter(
@@ -110,11 +108,10 @@ class QueueMetrics(_JobMetrics):
     def __init__(
         self,
         settings: Settings,
-        ready: Callable[[], bool],
         instances: Instances,
         in_flight: Callable[[], int],
     ) -> None:
-        super().__init__(settings, ready, instances)
+        super().__init__(settings, instances)
         self.registry.register(_InFlight(in_flight))
 
     def job_ended(self, status: str, error: object, seconds: float) -> None:
@@ -143,14 +140,14 @@ class _Scraped:
     """Values read when Prometheus asks; per ComfyUI instance under the label `comfy_instance`
     (Prometheus keeps `instance` for the scraped target)."""
 
-    def __init__(self, settings: Settings, ready: Callable[[], bool], instances: Instances) -> None:
+    def __init__(self, settings: Settings, instances: Instances) -> None:
         self.settings = settings
-        self.ready = ready
         self.instances = instances
 
     def collect(self) -> Iterator[Metric]:
-        yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(self.ready()))
         views = self.instances()
+        ready = self.settings.dry_run or any(view["ready"] for view in views)  # what /readyz says
+        yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(ready))
         each_ready = GaugeMetricFamily(
             "comfy_worker_comfyui_ready", "1 when the ComfyUI instance takes jobs", labels=["comfy_instance"]
         )

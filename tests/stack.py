@@ -73,6 +73,18 @@ def real_backend() -> Backend:
     return Backend("real", comfyui_dir, python)
 
 
+def installed_real_backend(required: bool) -> Backend | None:
+    """For the benchmarks: the real backend, or None (and why, printed) when it is not installed
+    and the caller can go on without it."""
+    try:
+        return real_backend()
+    except RuntimeError as exc:
+        if required:
+            raise SystemExit(str(exc)) from None
+        print(f"real ComfyUI: not measured ({exc})")
+        return None
+
+
 def free_port(count: int = 1) -> int:
     """A free port (the first of `count` in a row) below the kernel's ephemeral range: outgoing
     connections take their local ports from that range, and one could take ours before a

@@ -150,12 +150,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
             )
     pool = ComfyPool.of(settings, start_warmup) if pipeline is None else None  # tests bring their own
     health = ComfyHealth(settings, pool)
-    metrics = Metrics(
-        settings,
-        lambda: settings.dry_run or health.read()["ready"],
-        lambda: health.read()["instances"],
-        lambda: pool.waiting if pool else 0,
-    )
+    metrics = Metrics(settings, lambda: health.read()["instances"], lambda: pool.waiting if pool else 0)
     pipeline = pipeline or Pipeline(settings, pool, observer=metrics)
     jobs = AsyncJobs(pipeline)
     controls = [

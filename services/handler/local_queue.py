@@ -202,7 +202,6 @@ class LocalQueueServer(ThreadingHTTPServer):
 
             self._metrics = QueueMetrics(
                 self.settings,
-                ready=lambda: self.settings.dry_run or any(view["ready"] for view in self._instances()),
                 instances=self._instances,
                 in_flight=lambda: self.queue.health()["jobs"]["inProgress"],
             )
