@@ -12,6 +12,7 @@ import binascii
 import dataclasses
 import os
 import sys
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
@@ -89,6 +90,10 @@ class Settings:
     comfyui_install_dir: str = os.path.join(_HOME, ".comfyui")
     runpod_job_url: str | None = None
     runpod_worker_key: str | None = None
+    state_url: str | None = None  # Redis shared by a fleet of workers; unset: state stays in the process
+    state_prefix: str = "comfy-worker"
+    job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
+    job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
 
     @property
     def on_runpod(self) -> bool:
@@ -224,6 +229,26 @@ def _names(name: str, raw: str) -> tuple[str, ...]:
     return names
 
 
+def _prefix(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or not all(c.isalnum() or c in "-_.:" for c in value):
+        raise ConfigError(f"{name}={raw!r} must be letters, digits, '-', '_', '.' or ':'")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL (its value is not shown)")
+    try:
+        urllib.parse.urlsplit(value).port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ConfigError(f"{name} holds a port that is not a number (its value is not shown)") from None
+    return value
+
+
 def _text(_name: str, raw: str) -> str:
     return raw
 
@@ -330,6 +355,10 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFYUI_LOCK": ("comfyui_lock", _path),
     "RUNPOD_WEBHOOK_GET_JOB": ("runpod_job_url", _optional),
     "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
+    "STATE_URL": ("state_url", _redis_url),
+    "STATE_PREFIX": ("state_prefix", _prefix),
+    "JOB_TTL_S": ("job_ttl_s", _positive_float),
+    "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
 }
 
 
@@ -359,6 +388,7 @@ def describe(settings: Settings) -> str:
         "bucket_secret_access_key",
         "hf_token",
         "civitai_token",
+        "state_url",
     }
     lines = []
     for f in fields(settings):

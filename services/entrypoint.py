@@ -125,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = settle_instances(settings)
         check_not_in_use(settings)
+        check_shared_state(settings)
         settings = settle_comfy_user(settings)
         write_instance_programs(settings)
     except StartError as exc:
@@ -147,6 +148,19 @@ def check_warmup(settings: config.Settings) -> None:
 
 class StartError(RuntimeError):
     """The container cannot run as it was started; the message says why and what to do."""
+
+
+def check_shared_state(settings: config.Settings) -> None:
+    """A fleet's Redis (STATE_URL) that does not answer stops the start: a pod that cannot reach
+    it would accept no async job and guard no replay across the fleet."""
+    if not settings.state_url:
+        return
+    from services.state_store import StateStore  # here: only a fleet's worker needs redis
+
+    try:
+        StateStore(settings).ping()
+    except errors.StateUnavailable as exc:
+        raise StartError(f"{exc.detail}; check STATE_URL (its value is not shown) and that Redis runs") from None
 
 
 def check_not_in_use(settings: config.Settings) -> None:

@@ -190,3 +190,17 @@ class InsufficientSpace(WorkerError):
 class DownloadNotFound(WorkerError):
     code = "download_not_found"
     http_status = 404
+
+
+class StateUnavailable(WorkerError):
+    """The Redis the fleet shares (STATE_URL) does not answer; async jobs wait for it."""
+
+    code = "state_unavailable"
+    http_status = 503
+
+
+class WorkerLost(WorkerError):
+    """The pod that ran the job went silent (killed, cut off) after the job reached ComfyUI."""
+
+    code = "worker_lost"
+    http_status = 503

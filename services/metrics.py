@@ -9,7 +9,7 @@ starts) is read when Prometheus scrapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -75,6 +75,10 @@ class Metrics(_JobMetrics):
             registry=self.registry,
         )
 
+    def watch_shared(self, jobs: SharedQueue) -> None:
+        """The fleet's queue (STATE_URL): jobs waiting in it, taken over, lost with their pod."""
+        self.registry.register(_Shared(jobs))
+
     def job_started(self) -> None:
         self.in_flight.inc()
 
@@ -116,6 +120,37 @@ class QueueMetrics(_JobMetrics):
 
     def job_ended(self, status: str, error: object, seconds: float) -> None:
         self.ended(self.OUTCOMES.get(status, "failed"), error_code(error), seconds)
+
+
+class SharedQueue(Protocol):
+    taken_over: int
+    lost: int
+
+    def waiting(self) -> int | None: ...
+
+
+class _Shared:
+    def __init__(self, jobs: SharedQueue) -> None:
+        self.jobs = jobs
+
+    def collect(self) -> Iterator[Metric]:
+        waiting = self.jobs.waiting()
+        if waiting is not None:  # Redis does not answer: no sample rather than a wrong one
+            yield GaugeMetricFamily(
+                "comfy_worker_shared_jobs_waiting",
+                "Async jobs in the fleet's queue that no pod has started",
+                value=waiting,
+            )
+        yield CounterMetricFamily(
+            "comfy_worker_jobs_taken_over",
+            "Jobs a silent pod took and never started, taken over by this pod",
+            value=self.jobs.taken_over,
+        )
+        yield CounterMetricFamily(
+            "comfy_worker_jobs_worker_lost",
+            "Jobs this pod answered worker_lost for (their pod went silent)",
+            value=self.jobs.lost,
+        )
 
 
 class _InFlight:

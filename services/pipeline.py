@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nacl.public import PrivateKey
 
@@ -23,6 +23,9 @@ from services.config import Settings
 from services.offload import offload
 from services.output_store import OutputStore
 from services.replay import ReplayGuard
+
+if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
+    from services.state_store import StateStore
 
 log = logging.getLogger("worker.pipeline")
 
@@ -69,14 +72,16 @@ class Pipeline:
         result_limit_bytes: int | None = None,
         output_store: OutputStore | None = None,
         observer: JobObserver | None = None,
+        shared: StateStore | None = None,
     ) -> None:
+        """`shared`: the fleet's Redis (STATE_URL), which remembers envelopes for every worker."""
         self.settings = settings
         self.observer = observer
         self.executor = executor
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
         self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
-        self.replay = ReplayGuard(settings.replay_window_s)
+        self.replay = ReplayGuard(settings.replay_window_s, shared)
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""

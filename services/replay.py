@@ -2,24 +2,34 @@
 
 An `(epk, nonce)` pair seen within the window is refused, and a plaintext that carries `ts`
 (Unix seconds) outside the window is refused, so a recorded request cannot be sent again
-later either. The memory is the process's own: a restarted worker forgets what it saw, and
-a second worker never saw it; a client that needs more puts `ts` into every request (the
-bundled client does), which bounds a replay to the window whatever the worker remembers.
+later either. Without STATE_URL the memory is the process's own: a restarted worker forgets
+what it saw, and a second worker never saw it. With STATE_URL every worker of the fleet also
+remembers the pair in Redis for the window, so a replay to any of them is refused; while Redis
+does not answer, each worker falls back on its own memory. A client that needs more puts `ts`
+into every request (the bundled client does), which bounds a replay to the window whatever the
+workers remember.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services import errors
 
+if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
+    from services.state_store import StateStore
+
+log = logging.getLogger("worker.replay")
+
 
 class ReplayGuard:
-    def __init__(self, window_s: float) -> None:
+    def __init__(self, window_s: float, shared: StateStore | None = None) -> None:
         self.window_s = window_s
+        self.shared = shared
         self._seen: dict[bytes, float] = {}
         self._order: collections.deque[tuple[float, bytes]] = collections.deque()
         self._lock = threading.Lock()
@@ -46,3 +56,16 @@ class ReplayGuard:
                 raise errors.ReplayedRequest("this envelope was already received; seal every request anew")
             self._seen[key] = now + self.window_s
             self._order.append((now + self.window_s, key))
+        if self.shared is not None:
+            self._check_shared(key)
+
+    def _check_shared(self, key: bytes) -> None:
+        try:
+            first = self.shared.first_time(key, self.window_s)
+        except errors.StateUnavailable:
+            log.warning("replay memory: the shared state does not answer; this worker's own memory only")
+            return
+        if not first:
+            raise errors.ReplayedRequest(
+                "this envelope was already received by the fleet; seal every request anew"
+            )

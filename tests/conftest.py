@@ -29,3 +29,17 @@ def backend(request) -> Backend:
         return real_backend()
     except RuntimeError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One real redis-server for the test session (each parallel runner its own); tests that
+    kill Redis start their own."""
+    from tests.redis_server import RedisServer
+
+    try:
+        server = RedisServer().start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()

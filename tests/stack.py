@@ -177,9 +177,14 @@ class Stack:
     def ready(self) -> Stack:
         """Start, then wait until the mode's programs run and it answers like a client expects:
         /readyz (ComfyUI answers, or DRY_RUN) in api mode, the local queue's health otherwise."""
+        return self.start().wait_ready()
+
+    def wait_ready(self) -> Stack:
+        """`ready` for a stack started already (several started side by side boot faster)."""
         dry_run = self.env.get("DRY_RUN") == "1"
         programs = ("api",) if self.mode == "api" else ("handler", "localqueue")
-        self.start(wait_for=programs if dry_run else (*programs, "comfy"))
+        for name in programs if dry_run else (*programs, "comfy"):
+            self.wait_state(name, "RUNNING", timeout=30)
         key = self.env.get("API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else None
         self.wait_http("/readyz" if self.mode == "api" else "/v2/LOCAL/health", headers=headers)

@@ -151,8 +151,17 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     pool = ComfyPool.of(settings, start_warmup) if pipeline is None else None  # tests bring their own
     health = ComfyHealth(settings, pool)
     metrics = Metrics(settings, lambda: health.read()["instances"], lambda: pool.waiting if pool else 0)
-    pipeline = pipeline or Pipeline(settings, pool, observer=metrics)
-    jobs = AsyncJobs(pipeline)
+    store = shared_jobs = None
+    if settings.state_url:  # imported only here: redis is for workers that share a fleet's state
+        from services.api.shared_jobs import SharedJobs
+        from services.state_store import StateStore
+
+        store = StateStore(settings)
+    pipeline = pipeline or Pipeline(settings, pool, observer=metrics, shared=store)
+    if store is not None:
+        shared_jobs = SharedJobs(settings, pipeline, store, pool.spare if pool else lambda own: 1 - own)
+        metrics.watch_shared(shared_jobs)
+    jobs = shared_jobs or AsyncJobs(pipeline)
     controls = [
         ComfyControl(
             settings.instance(n), client, lambda n=n: health.read(fresh=True)["instances"][n]["ready"]
@@ -164,6 +173,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 
     app = Flask("comfy-worker")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
+    app.extensions["comfy_worker_jobs"] = jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
 
     @app.before_request
     def authorize() -> Response | None:
@@ -186,6 +196,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 "dry_run": settings.dry_run,
                 "encryption_required": settings.encryption_required,
                 "comfy": health.read(),
+                "shared_state": {"up": store.up} if store else None,
             }
         )
 
@@ -227,8 +238,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     @app.get("/readyz")
     def readyz() -> Response:
         comfy_health = health.read()
-        ready = settings.dry_run or comfy_health["ready"]
-        return json_response({"ready": ready, "comfy": comfy_health}, 200 if ready else 503)
+        ready = (settings.dry_run or comfy_health["ready"]) and (store is None or store.up)
+        body = {"ready": ready, "comfy": comfy_health, "shared_state": {"up": store.up} if store else None}
+        return json_response(body, 200 if ready else 503)
 
     @app.post("/run")
     def run() -> Response:

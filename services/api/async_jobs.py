@@ -2,7 +2,8 @@
 
 Proxies in front of pods cut HTTP requests at about 100 s, so long jobs run in the background
 (a greenlet under gunicorn's gevent worker) and are kept in memory for `KEEP_S` after they end.
-State lives in the one API worker process; a restart of the API forgets it.
+Without STATE_URL, state lives in the one API worker process and a restart of the API forgets
+it; with it, services.api.shared_jobs keeps jobs in Redis for the fleet.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class AsyncJobs:
         if job is not None and job.finished is None:
             job.cancel.set()
         return job
+
+    def close(self) -> None:
+        """Nothing to hand back: these jobs live and end with the process."""
 
     def _run(self, job: AsyncJob, body: Any) -> None:
         job.state = "running"

@@ -19,3 +19,11 @@ control_socket_disable = True
 accesslog = None if _settings.log_silent else "-"
 errorlog = "-"
 loglevel = "info"
+
+
+def worker_exit(_server: object, worker: object) -> None:
+    """On SIGTERM: async jobs taken from the fleet's queue but not started go back to it."""
+    app = getattr(worker, "wsgi", None)
+    jobs = getattr(app, "extensions", {}).get("comfy_worker_jobs")
+    if jobs is not None:
+        jobs.close()

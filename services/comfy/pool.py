@@ -80,6 +80,15 @@ class ComfyPool:
         states = self._states()
         return sum(1 for instance in self.instances if states.get(instance.number, ("", 0))[0] not in OUT)
 
+    def spare(self, own: int) -> int:
+        """How many more jobs would start now, when `own` jobs were given to the pool that may
+        not have reached an instance yet: idle instances that are not out, less the jobs
+        waiting for one, and at most as many as are not out less `own`."""
+        states = self._states()
+        usable = [i for i in self.instances if states[i.number][0] not in OUT]
+        idle = sum(1 for i in usable if not i.jobs) - len(self._waiting)
+        return max(0, min(idle, len(usable) - own))
+
     def _take(self, request: JobRequest, deadline: float, cancel: Any) -> Instance:
         if len(self.instances) == 1:  # nothing to choose: the executor waits for its ComfyUI
             return self._claim_single(request, deadline, cancel)
