@@ -160,7 +160,9 @@ def check_shared_state(settings: config.Settings) -> None:
     try:
         StateStore(settings).ping()
     except errors.StateUnavailable as exc:
-        raise StartError(f"{exc.detail}; check STATE_URL (its value is not shown) and that Redis runs") from None
+        raise StartError(
+            f"{exc.detail}; check STATE_URL (its value is not shown) and that Redis runs"
+        ) from None
 
 
 def check_not_in_use(settings: config.Settings) -> None:
