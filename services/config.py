@@ -34,6 +34,17 @@ class ConfigError(ValueError):
     """A variable holds a value the worker cannot start with."""
 
 
+SECRETS = (  # Settings fields never logged and never handed to ComfyUI
+    "api_key",
+    "private_key_b64",
+    "runpod_worker_key",
+    "bucket_secret_access_key",
+    "hf_token",
+    "civitai_token",
+    "state_url",
+)
+
+
 @dataclass(frozen=True)
 class Settings:
     launch_mode: str = "serverless"
@@ -94,6 +105,10 @@ class Settings:
     state_prefix: str = "comfy-worker"
     job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
     job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
+
+    @property
+    def secret_values(self) -> frozenset[str]:
+        return frozenset(v for v in (getattr(self, name) for name in SECRETS) if v)
 
     @property
     def on_runpod(self) -> bool:
@@ -381,19 +396,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
 
 def describe(settings: Settings) -> str:
     """One line per setting for the start-up log, with secrets masked."""
-    secret = {
-        "api_key",
-        "private_key_b64",
-        "runpod_worker_key",
-        "bucket_secret_access_key",
-        "hf_token",
-        "civitai_token",
-        "state_url",
-    }
     lines = []
     for f in fields(settings):
         value = getattr(settings, f.name)
-        if f.name in secret:
+        if f.name in SECRETS:
             value = "(set)" if value else "(unset)"
         lines.append(f"{f.name}={value}")
     return " ".join(lines)

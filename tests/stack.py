@@ -6,6 +6,7 @@ by its own supervisord pid (never by name).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -204,6 +205,33 @@ class Stack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         Stack.running.discard(self)
         return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL every process of the stack at once, as a pod that loses its machine: no
+        hand-over, no clean-up (its session, which supervisord's programs keep)."""
+        assert self.proc is not None
+        sessions = {self.proc.pid, supervisor_state.rpc(self.socket).supervisor.getPID()}
+        for pid in self.sessions(sessions):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait()
+        wait_until(lambda: not self.sessions(sessions), 10, "the killed stack's processes to go")
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        Stack.running.discard(self)
+
+    @staticmethod
+    def sessions(ids: set[int]) -> list[int]:
+        """The live processes of these sessions (the entrypoint's, and supervisord's own)."""
+        found = []
+        for entry in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) in ids and fields[0] != "Z":
+                found.append(int(entry))
+        return found
 
     def __enter__(self) -> Stack:
         return self if self.proc is not None else self.start()

@@ -21,7 +21,7 @@ def _errors(*statuses: int) -> dict:
         413: "body_too_large",
         422: "execution_failed or checksum_mismatch",
         502: "comfy_error",
-        503: "comfy_init_failed or comfy_restarted",
+        503: "comfy_init_failed, comfy_restarted, state_unavailable (STATE_URL) or worker_lost",
         504: "timeout",
         507: "output_too_large",
     }
@@ -240,7 +240,7 @@ def document() -> dict:
                 "parameters": [JOB_ID],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
-                    **_errors(404, *COMMON),
+                    **_errors(404, 503, *COMMON),
                 },
             }
         },
@@ -250,7 +250,7 @@ def document() -> dict:
                 "parameters": [JOB_ID],
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
-                    **_errors(404, *COMMON),
+                    **_errors(404, 503, *COMMON),
                 },
             }
         },
@@ -368,14 +368,14 @@ def _runpod_paths() -> dict:
                 "summary": "RunPod-style: start a job",
                 "parameters": [ENDPOINT_ID],
                 "requestBody": body,
-                "responses": {"200": job, **_errors(400, *COMMON)},
+                "responses": {"200": job, **_errors(400, 503, *COMMON)},
             }
         },
         "/v2/{endpoint_id}/status/{job_id}": {
             method: {
                 "summary": "RunPod-style: a job's status and output",
                 "parameters": [ENDPOINT_ID, JOB_ID],
-                "responses": {"200": job, **_errors(404, *COMMON)},
+                "responses": {"200": job, **_errors(404, 503, *COMMON)},
             }
             for method in ("get", "post")
         },
@@ -383,7 +383,7 @@ def _runpod_paths() -> dict:
             "post": {
                 "summary": "RunPod-style: cancel a job",
                 "parameters": [ENDPOINT_ID, JOB_ID],
-                "responses": {"200": job, **_errors(404, *COMMON)},
+                "responses": {"200": job, **_errors(404, 503, *COMMON)},
             }
         },
     }

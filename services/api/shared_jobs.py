@@ -221,12 +221,13 @@ class SharedJobs:
 
     def _run(self, entry_id: str, job_id: str, body_text: bytes) -> None:
         cancel = threading.Event()
+        started = not self._closing and self._start(entry_id, job_id)
         with self._lock:
-            if self._held.pop(entry_id, None) is None:  # handed back meanwhile
-                return
-            self._running[job_id] = cancel
+            self._held.pop(entry_id, None)
+            if started:  # even when handed back meanwhile: its entry is gone, it runs here
+                self._running[job_id] = cancel
         try:
-            if self._start(entry_id, job_id):
+            if started:
                 self._execute(job_id, body_text, cancel)
         finally:
             with self._lock:

@@ -31,10 +31,16 @@ _PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "PYTORCH
 
 
 def comfy_environment(environ: dict[str, str], settings: Settings, home: str) -> dict[str, str]:
-    """The allow-listed environment of ComfyUI: never the worker's key, API key, tokens or
-    bucket credentials, whatever their names; COMFY_ENV names any more the operator passes on."""
+    """The allow-listed environment of ComfyUI: never the worker's key, API key, tokens, bucket
+    credentials or STATE_URL, whatever their names (also when COMFY_ENV names them); COMFY_ENV
+    names any more the operator passes on."""
     passed = _PASSED | set(settings.comfy_env)
-    env = {k: v for k, v in environ.items() if k in passed or k.startswith(_PASSED_PREFIXES)}
+    secrets = settings.secret_values
+    env = {
+        k: v
+        for k, v in environ.items()
+        if (k in passed or k.startswith(_PASSED_PREFIXES)) and v not in secrets
+    }
     env["HOME"] = home
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -99,12 +99,18 @@ def main() -> int:
         return 2
     import runpod  # only the serverless process pays for importing the SDK
 
+    shared = None
+    if settings.state_url:  # the fleet's replay memory; redis is imported only when it is set
+        from services.state_store import StateStore
+
+        shared = StateStore(settings)
     pool = ComfyPool.of(settings, start_warmup)
     pipeline = Pipeline(
         settings,
         pool,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024),
         output_store=OutputStore.from_settings(settings),
+        shared=shared,
     )
     limit = time.monotonic() + settings.comfy_boot_timeout_s + settings.job_timeout_s
     for instance in pool.instances:  # take no job before the first warm-ups ended

@@ -88,6 +88,13 @@ def test_comfyui_gets_an_allow_listed_environment(tmp_path):
     }
 
 
+def test_no_secret_reaches_comfyui_even_when_comfy_env_names_it(tmp_path):
+    secrets = {"STATE_URL": "redis://:pw@redis:6379/0", "API_KEY": "a-key", "HF_TOKEN": "hf-token"}
+    s = settings(tmp_path, COMFY_ENV="STATE_URL,API_KEY,HF_TOKEN,MY_NODE_SETTING", **secrets)
+    env = launch.comfy_environment({"PATH": "/usr/bin", "MY_NODE_SETTING": "x", **secrets}, s, "/home/x")
+    assert set(env) == {"PATH", "MY_NODE_SETTING", "HOME", "PYTHONUNBUFFERED"}
+
+
 def test_comfyui_keeps_nothing_in_its_own_folder(tmp_path):
     argv = " ".join(launch.command(settings(tmp_path), "/x.yaml", gpu=False))
     assert (
