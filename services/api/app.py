@@ -254,7 +254,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     def job_status(job_id: str) -> Response:
         job = jobs.get(job_id)
         if job is None:
-            raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
+            raise errors.JobNotFound("no such job (ended jobs are kept for JOB_TTL_S, an hour by default)")
         return payload_response(job.view())
 
     @app.post("/jobs/<job_id>/cancel")

@@ -1,7 +1,7 @@
 """Asynchronous `/run` for pod mode: start a job, then poll its state, progress and result.
 
 Proxies in front of pods cut HTTP requests at about 100 s, so long jobs run in the background
-(a greenlet under gunicorn's gevent worker) and are kept in memory for `KEEP_S` after they end.
+(a greenlet under gunicorn's gevent worker) and are kept in memory for JOB_TTL_S after they end.
 Without STATE_URL, state lives in the one API worker process and a restart of the API forgets
 it; with it, services.api.shared_jobs keeps jobs in Redis for the fleet.
 """
@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.pipeline import Pipeline
-
-KEEP_S = 3600.0
 
 
 @dataclass
@@ -41,6 +39,7 @@ class AsyncJob:
 class AsyncJobs:
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
+        self.keep_s = pipeline.settings.job_ttl_s
         self.jobs: dict[str, AsyncJob] = {}
 
     def start(self, body: Any) -> AsyncJob:
@@ -78,5 +77,5 @@ class AsyncJobs:
 
     def _prune(self) -> None:
         now = time.time()
-        for job_id in [j.id for j in self.jobs.values() if j.finished and now - j.finished > KEEP_S]:
+        for job_id in [j.id for j in self.jobs.values() if j.finished and now - j.finished > self.keep_s]:
             del self.jobs[job_id]

@@ -61,7 +61,7 @@ def _input(body: Any) -> Any:
 
 def _known(job: AsyncJob | None) -> AsyncJob:
     if job is None:
-        raise errors.JobNotFound("no such job (finished jobs are kept for an hour)")
+        raise errors.JobNotFound("no such job (ended jobs are kept for JOB_TTL_S, an hour by default)")
     return job
 
 

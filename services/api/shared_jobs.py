@@ -159,12 +159,12 @@ class SharedJobs:
             self._closing = True
             held, self._held = list(self._held), {}
         self._changed.set()
+        log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
         if not held:
             return
         idle_ms = int(self.settings.job_claim_timeout_s * 1000) * 2
         try:
             self.store.redis.xclaim(self.stream, GROUP, self.name, 0, held, idle=idle_ms, justid=True)
-            log.info("handed back %d job(s) taken but not started", len(held))
         except Error as exc:
             log.warning(
                 "could not hand back %d job(s): %s; they are taken over after the claim timeout",
