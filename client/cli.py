@@ -48,7 +48,20 @@ def progress_bar(progress: Any, width: int = 30) -> str:
     return f"[{'.' * width}] node {node}"
 
 
-def build_payload(workflow_file: str, images: list[str], timeout_s: float | None) -> dict:
+def model_item(spec: str) -> dict:
+    """`TYPE=URL[#sha256]` as a job's `models` item."""
+    model_type, sep, rest = spec.partition("=")
+    url, _, sha256 = rest.partition("#")
+    if not sep or not model_type or not url.startswith(("http://", "https://")):
+        raise ValueError(
+            f"--model {spec!r}: give TYPE=URL or TYPE=URL#sha256, e.g. loras=https://.../x.safetensors"
+        )
+    return {"type": model_type, "url": url, **({"sha256": sha256} if sha256 else {})}
+
+
+def build_payload(
+    workflow_file: str, images: list[str], timeout_s: float | None, models: list[str] | None = None
+) -> dict:
     with open(workflow_file, encoding="utf-8") as handle:
         workflow = json.load(handle)
     payload: dict[str, Any] = {
@@ -65,6 +78,8 @@ def build_payload(workflow_file: str, images: list[str], timeout_s: float | None
             payload["images"].append({"name": os.path.basename(name), "image": data})
     if timeout_s:
         payload["timeout_s"] = timeout_s
+    if models:
+        payload["models"] = [model_item(spec) for spec in models]
     return payload
 
 
@@ -155,7 +170,7 @@ def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
 def run_workflow(args: argparse.Namespace) -> int:
     """Run the workflow file and write its outputs, one path a line."""
     runner = Runner(args)
-    result = runner.run(build_payload(args.workflow, args.image, args.timeout))
+    result = runner.run(build_payload(args.workflow, args.image, args.timeout, args.model))
     for path in write_outputs(result, args.out, runner):
         print(path)
     return 0
@@ -241,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--server-key", help="the worker's public key (base64): encrypt the job")
     run.add_argument("--image", action="append", default=[], help="input image as NAME=PATH (or PATH)")
     run.add_argument("--timeout", type=float, help="per-job timeout in seconds")
+    run.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="a model the job needs on the volume, as TYPE=URL[#sha256] (fetched once, then cached)",
+    )
     run.add_argument("--out", default="outputs", help="folder for the outputs")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch = commands.add_parser("download", help="download a model onto a pod's volume")
@@ -262,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "download" and args.repo_id and not args.filename:
         parser.error("--repo-id needs --filename")
+    if args.command == "run":
+        for spec in args.model:
+            try:
+                model_item(spec)
+            except ValueError as exc:
+                parser.error(str(exc))
     if args.command == "keygen":
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={base64.b64encode(bytes(key)).decode()}")

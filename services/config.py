@@ -105,6 +105,9 @@ class Settings:
     state_prefix: str = "comfy-worker"
     job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
     job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
+    model_cache_gb: float | None = None  # cap of on-demand model downloads; None: no cap
+    model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
+    model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
 
     @property
     def secret_values(self) -> frozenset[str]:
@@ -199,6 +202,10 @@ def _positive_float(name: str, raw: str) -> float:
     if not value > 0 or value != value or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number greater than 0")
     return value
+
+
+def _optional_positive_float(name: str, raw: str) -> float | None:
+    return _positive_float(name, raw) if raw.strip() else None
 
 
 def _mode(name: str, raw: str) -> str:
@@ -374,6 +381,9 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "STATE_PREFIX": ("state_prefix", _prefix),
     "JOB_TTL_S": ("job_ttl_s", _positive_float),
     "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
+    "MODEL_CACHE_GB": ("model_cache_gb", _optional_positive_float),
+    "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
+    "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),
 }
 
 

@@ -2,8 +2,12 @@
 
 Each transfer writes a hidden `.part` file in the target's folder, resumes it with a Range
 request after a dropped connection or a killed worker, checks size and sha256, fsyncs and
-renames it into place. Two requests for one target share one transfer. Transfers run in the
-background (a greenlet in the API); hashing and fsync run off the gevent hub.
+renames it into place. One file has one transfer at a time across every process and machine
+sharing the volume: it runs under a lock file beside the target (services.volume_lock); the
+others wait and then use the file, or take over a dead holder's partial file. What a transfer
+brings is on-demand, counted against MODEL_CACHE_GB (services.model_cache). `/download` runs
+transfers in the background (a greenlet in the API); a job's models run them in the job's
+thread (services.job_models). Hashing and fsync run off the gevent hub.
 """
 
 from __future__ import annotations
@@ -16,17 +20,23 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from services import errors, model_store, url_guard
 from services.config import Settings
+from services.model_cache import ModelCache
 from services.offload import offload, start
+from services.volume_lock import VolumeLock
 
 log = logging.getLogger("worker.downloads")
 
-CHUNK = 1024 * 1024  # per read; a dropped connection costs at most this (urllib3 drops a half-read chunk)
+CHUNK = (
+    model_store.CHUNK
+)  # per read; a dropped connection costs at most this (urllib3 drops a half-read chunk)
+FOREVER_S = 10 * 365 * 24 * 3600.0
 ATTEMPTS = 4  # one transfer plus three resumes after dropped connections
 KEEP_S = 24 * 3600
 ACTIVE = ("queued", "running")
@@ -78,10 +88,17 @@ class DownloadObserver(Protocol):
     def download_failed(self, code: str) -> None: ...
 
 
+class TookTooLong(errors.DownloadFailed):
+    """The transfer (or the wait for another worker's) passed its deadline."""
+
+
 class Downloads:
-    def __init__(self, settings: Settings, observer: DownloadObserver | None = None) -> None:
+    def __init__(
+        self, settings: Settings, observer: DownloadObserver | None = None, cache: ModelCache | None = None
+    ) -> None:
         self.settings = settings
         self.observer = observer
+        self.cache = cache or ModelCache(settings)
         self.by_id: dict[str, Download] = {}
         self.active: dict[str, Download] = {}  # target path -> running transfer
         self.lock = threading.Lock()
@@ -95,7 +112,7 @@ class Downloads:
             raise errors.InvalidRequest(
                 "send a list of downloads: [{type, url | repo_id+filename, filename?, sha256?}]"
             )
-        planned = [self._plan(index, item) for index, item in enumerate(items)]
+        planned = [self.plan(index, item) for index, item in enumerate(items)]
         started = []
         with self.lock:
             self._prune()
@@ -119,7 +136,8 @@ class Downloads:
     def all(self) -> list[Download]:
         return list(self.by_id.values())
 
-    def _plan(self, index: int, item: Any) -> Download:
+    def plan(self, index: int, item: Any) -> Download:
+        """One item of `/download` or of a job's `models`, checked; nothing is fetched yet."""
         if not isinstance(item, dict):
             raise errors.InvalidRequest(f"item {index} must be an object")
         model_type = model_store.check_type(item.get("type"))
@@ -167,10 +185,37 @@ class Downloads:
         return Source(url, headers, label), os.path.basename(filename)
 
     # --- the transfer --------------------------------------------------------------------------
+    def fetch(
+        self,
+        download: Download,
+        present: Callable[[], bool],
+        deadline: float | None = None,
+        stop: Callable[[], None] | None = None,
+    ) -> str:
+        """The file on the volume, "exists" or "done": under the lock beside it, `present()` is
+        asked first (again, once a transfer by another worker ended), then it is transferred.
+        `deadline` (monotonic) bounds waiting and transfer alike; `stop` raises to give up."""
+        deadline = time.monotonic() + FOREVER_S if deadline is None else deadline
+        os.makedirs(os.path.dirname(download.path), exist_ok=True)
+        lock = VolumeLock(model_store.lock_path(download.path), self.settings.model_lock_stale_s)
+        if not lock.acquire(deadline, stop):
+            raise TookTooLong("another worker's transfer of it did not end in time")
+        self.cache.heartbeat.add(lock)
+        try:
+            if present():
+                return "exists"
+            self._transfer(download, lock, deadline)
+            return "done"
+        finally:
+            self.cache.heartbeat.discard(lock)
+            lock.release()
+
     def _run(self, download: Download) -> None:
         download.state = "running"
         try:
-            download.state = self._transfer(download)
+            download.state = self.fetch(
+                download, lambda: os.path.isfile(download.path) and self._already_there(download)
+            )
             log.info("download %s %s", download.id, download.state)
         except errors.WorkerError as exc:
             download.state, download.error = "failed", exc.message
@@ -189,40 +234,48 @@ class Downloads:
                 self.active.pop(download.path, None)
             download.ended.set()
 
-    def _transfer(self, download: Download) -> str:
-        os.makedirs(os.path.dirname(download.path), exist_ok=True)
-        if os.path.isfile(download.path) and self._already_there(download):
-            return "exists"
+    def _transfer(self, download: Download, lock: VolumeLock, deadline: float) -> None:
         partial = model_store.partial_path(download.path)
-        digest = None
-        for _ in range(ATTEMPTS):
-            have = os.path.getsize(partial) if os.path.exists(partial) else 0
-            headers = {**download.source.headers, **({"Range": f"bytes={have}-"} if have else {})}
-            response = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
-            try:
-                if response.status_code == 416 and have:  # the partial is complete, or stale
-                    download.total = _total_of(response, None)
-                    if download.total == have:
+        reserved = False
+        try:
+            for _ in range(ATTEMPTS):
+                have = os.path.getsize(partial) if os.path.exists(partial) else 0
+                headers = {**download.source.headers, **({"Range": f"bytes={have}-"} if have else {})}
+                response = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
+                try:
+                    if response.status_code == 416 and have:  # the partial is complete, or stale
+                        download.total = _total_of(response, None)
+                        if download.total == have:
+                            digest = None
+                            break
+                        os.remove(partial)
+                        continue
+                    if response.status_code not in (200, 206):
+                        raise errors.DownloadFailed(f"the server answered HTTP {response.status_code}")
+                    resumed = response.status_code == 206
+                    download.total = _total_of(response, have if resumed else 0)
+                    if not reserved:
+                        self.cache.reserve(download.type, download.name, download.total or 0, deadline)
+                        reserved = True
+                    self._check_space(download, have if resumed else 0)
+                    complete, digest = self._receive(
+                        download, response, partial, have if resumed else 0, lock, deadline
+                    )
+                    if complete:
                         break
-                    os.remove(partial)
-                    continue
-                if response.status_code not in (200, 206):
-                    raise errors.DownloadFailed(f"the server answered HTTP {response.status_code}")
-                resumed = response.status_code == 206
-                download.total = _total_of(response, have if resumed else 0)
-                self._check_space(download, have if resumed else 0)
-                complete, digest = self._receive(download, response, partial, have if resumed else 0)
-                if complete:
-                    break
-            finally:
-                response.close()
-            log.info("download %s: connection dropped, resuming", download.id)
-        else:
-            raise errors.DownloadFailed(
-                "the connection kept dropping; ask again to resume from the partial file"
-            )
-        self._finish(download, partial, digest)
-        return "done"
+                finally:
+                    response.close()
+                log.info("download %s: connection dropped, resuming", download.id)
+            else:
+                raise errors.DownloadFailed(
+                    "the connection kept dropping; ask again to resume from the partial file"
+                )
+            self._finish(download, partial, digest)
+        except BaseException:
+            if reserved:
+                self.cache.forget(download.type, download.name)
+            raise
+        self.cache.recorded(download.type, download.name, download.sha256)
 
     def _already_there(self, download: Download) -> bool:
         """The final file matches the remote size (asked for with a one-byte Range) and hash."""
@@ -234,7 +287,7 @@ class Downloads:
         download.total = _total_of(probe, 0)
         if download.total is None or os.path.getsize(download.path) != download.total:
             return False
-        return download.sha256 is None or offload(_sha256_of, download.path) == download.sha256
+        return download.sha256 is None or offload(model_store.sha256_of, download.path) == download.sha256
 
     def _check_space(self, download: Download, have: int) -> None:
         if download.total is None:
@@ -244,47 +297,56 @@ class Downloads:
             raise errors.InsufficientSpace(f"{download.total - have} bytes needed, {free} free")
 
     def _receive(
-        self, download: Download, response: Any, partial: str, offset: int
+        self, download: Download, response: Any, partial: str, offset: int, lock: VolumeLock, deadline: float
     ) -> tuple[bool, str | None]:
         """Append the body to the partial file, hashing as it goes. A chunk is written on one
         pool thread and hashed on another while the hub reads the next one. Returns whether the
-        body came whole and, when a sha256 is expected, that of the whole partial file."""
+        body came whole and, when a sha256 is expected, that of the whole partial file. At the
+        deadline the connection is closed (a server that trickles never ends a chunk)."""
         started, received = time.monotonic(), 0
         download.bytes_done = offset
         digest = hashlib.sha256() if download.sha256 is not None else None
         if digest is not None and offset:
-            offload(_hash_into, digest, partial)
+            offload(model_store.hash_into, digest, partial)
         chunks = response.iter_content(CHUNK)
-        with open(partial, "ab" if offset else "wb") as handle:
-            sink = _Sink(handle)
-            pending: list = []
-            while True:
-                try:
-                    chunk = next(chunks, None)
-                except Exception as exc:  # requests/urllib3 errors of a dropped connection
-                    _wait(pending)
-                    log.info("download %s: %s after %d bytes", download.id, type(exc).__name__, received)
-                    return False, None
-                _wait(pending)  # a failed write raises its OSError here
-                if chunk is None:
-                    break
-                pending = [start(sink.write, chunk)] + ([start(digest.update, chunk)] if digest else [])
-                received += len(chunk)
-                if self.observer is not None:
-                    self.observer.received(len(chunk))
-                download.bytes_done = offset + received
-                download.rate = received / max(time.monotonic() - started, 1e-6)
-                if download.total is not None and download.bytes_done > download.total:
-                    _wait(pending)
-                    handle.close()
-                    os.remove(partial)
-                    raise errors.DownloadFailed("the server sent more bytes than it announced")
+        cutoff = threading.Timer(max(deadline - time.monotonic(), 0), response.close)
+        cutoff.daemon = True
+        cutoff.start()
+        try:
+            with open(partial, "ab" if offset else "wb") as handle:
+                sink = _Sink(handle)
+                pending: list = []
+                while True:
+                    try:
+                        chunk = next(chunks, None)
+                    except Exception as exc:  # requests/urllib3 errors of a dropped connection
+                        _wait(pending)
+                        _check(lock, deadline)
+                        log.info("download %s: %s after %d bytes", download.id, type(exc).__name__, received)
+                        return False, None
+                    _wait(pending)  # a failed write raises its OSError here
+                    _check(lock, deadline)
+                    if chunk is None:
+                        break
+                    pending = [start(sink.write, chunk)] + ([start(digest.update, chunk)] if digest else [])
+                    received += len(chunk)
+                    if self.observer is not None:
+                        self.observer.received(len(chunk))
+                    download.bytes_done = offset + received
+                    download.rate = received / max(time.monotonic() - started, 1e-6)
+                    if download.total is not None and download.bytes_done > download.total:
+                        _wait(pending)
+                        handle.close()
+                        os.remove(partial)
+                        raise errors.DownloadFailed("the server sent more bytes than it announced")
+        finally:
+            cutoff.cancel()
         complete = download.total is None or download.bytes_done == download.total
         return complete, digest.hexdigest() if digest is not None and complete else None
 
     def _finish(self, download: Download, partial: str, digest: str | None) -> None:
         if download.sha256 is not None:
-            digest = digest or offload(_sha256_of, partial)
+            digest = digest or offload(model_store.sha256_of, partial)
             if digest != download.sha256:
                 os.remove(partial)
                 raise errors.ChecksumMismatch(
@@ -303,6 +365,13 @@ class Downloads:
         now = time.time()
         for download_id in [d.id for d in self.by_id.values() if d.finished and now - d.finished > KEEP_S]:
             del self.by_id[download_id]
+
+
+def _check(lock: VolumeLock, deadline: float) -> None:
+    if not lock.held:
+        raise errors.DownloadFailed("another worker took the transfer over (this one was silent too long)")
+    if time.monotonic() >= deadline:
+        raise TookTooLong("the transfer did not end in time")
 
 
 def _total_of(response: Any, offset: int | None) -> int | None:
@@ -338,18 +407,6 @@ class _Sink:
 def _wait(pending: list) -> None:
     for result in pending:
         result()
-
-
-def _hash_into(digest: Any, path: str) -> None:
-    with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-
-
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    _hash_into(digest, path)
-    return digest.hexdigest()
 
 
 def _fsync(path: str) -> None:

@@ -204,3 +204,17 @@ class WorkerLost(WorkerError):
 
     code = "worker_lost"
     http_status = 503
+
+
+class ModelFetchFailed(WorkerError):
+    """A model a job named could not be made sure of: `models[i]: <why>`, never its URL or host."""
+
+    code = "model_fetch_failed"
+    http_status = 502
+
+
+class ModelCacheFull(WorkerError):
+    """MODEL_CACHE_GB leaves no room for the file, even after evicting what no job uses."""
+
+    code = "model_cache_full"
+    http_status = 507

@@ -41,6 +41,8 @@ class JobRequest:
     # worker-comfyui's per-request key for ComfyUI's API nodes: handed to ComfyUI in the prompt's
     # extra_data (which ComfyUI keeps out of its history), never logged or echoed
     comfy_org_api_key: str | None = field(default=None, repr=False)
+    # models to make sure of on the volume first (services.job_models checks each item)
+    models: tuple[dict, ...] = field(default=(), repr=False)
 
 
 def parse(
@@ -70,7 +72,26 @@ def parse(
         timeout_s=_timeout(options.get("timeout_s"), default_timeout_s),
         output_format=_output_format(options.get("output_format"), output_format),
         comfy_org_api_key=_api_key(options.get("comfy_org_api_key")),
+        models=_models(options.get("models")),
     )
+
+
+MAX_MODELS = 64
+
+
+def _models(models: Any) -> tuple[dict, ...]:
+    if models is None:
+        return ()
+    if (
+        not isinstance(models, list)
+        or len(models) > MAX_MODELS
+        or not all(isinstance(m, dict) for m in models)
+    ):
+        raise errors.InvalidRequest(
+            f"'models' must be a list of at most {MAX_MODELS} objects: "
+            "{type, url | repo_id+filename+revision?, filename?, sha256?}"
+        )
+    return tuple(models)
 
 
 def validate_workflow(workflow: Any) -> dict:

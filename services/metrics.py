@@ -18,6 +18,7 @@ from services.comfy import starts
 from services.config import Settings
 
 if TYPE_CHECKING:
+    from services.job_models import JobModels
     from services.pipeline import Reply
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -78,6 +79,10 @@ class Metrics(_JobMetrics):
     def watch_shared(self, jobs: SharedQueue) -> None:
         """The fleet's queue (STATE_URL): jobs waiting in it, taken over, lost with their pod."""
         self.registry.register(_Shared(jobs))
+
+    def watch_models(self, models: JobModels) -> None:
+        """On-demand models of jobs: cache hits, transfers, evictions (bytes: the downloads')."""
+        self.registry.register(_Models(models))
 
     def job_started(self) -> None:
         self.in_flight.inc()
@@ -151,6 +156,23 @@ class _Shared:
             "Jobs this pod answered worker_lost for (their pod went silent)",
             value=self.jobs.lost,
         )
+
+
+class _Models:
+    def __init__(self, models: JobModels) -> None:
+        self.models = models
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value, what in (
+            ("model_cache_hits", self.models.cache.hits, "A job's model found on the volume (no transfer)"),
+            ("model_transfers", self.models.transfers, "A job's model transferred by this worker"),
+            (
+                "model_evictions",
+                self.models.cache.evictions,
+                "On-demand models evicted by this worker (MODEL_CACHE_GB)",
+            ),
+        ):
+            yield CounterMetricFamily(f"comfy_worker_{name}", what, value=value)
 
 
 class _InFlight:

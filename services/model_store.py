@@ -8,12 +8,15 @@ never listed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import unicodedata
+from typing import Any
 
 from services import errors, model_folders
 
 PARTIAL_SUFFIX = ".part"
+CHUNK = 1024 * 1024
 TYPES: tuple[str, ...] = tuple(
     dict.fromkeys(f for folders in model_folders.FOLDERS.values() for f in folders)
 )
@@ -55,6 +58,12 @@ def partial_path(path: str) -> str:
     return os.path.join(folder, f".{name}{PARTIAL_SUFFIX}")
 
 
+def lock_path(path: str) -> str:
+    """The transfer lock beside the target (services.volume_lock), hidden like the partial."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.lock")
+
+
 def listing(model_dir: str, model_type: str | None = None) -> dict[str, list[dict]]:
     """Every type folder with its files (subfolders as `sub/name`), size and mtime."""
     types = (check_type(model_type),) if model_type is not None else TYPES
@@ -74,3 +83,15 @@ def listing(model_dir: str, model_type: str | None = None) -> dict[str, list[dic
                 )
         result[kind] = entries
     return result
+
+
+def hash_into(digest: Any, path: str) -> None:
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    hash_into(digest, path)
+    return digest.hexdigest()

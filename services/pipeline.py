@@ -1,7 +1,7 @@
 """The one job pipeline behind both the pod API and the RunPod handler.
 
-envelope (and its replay check) -> payload checks -> (DRY_RUN stops here) -> ComfyUI ->
-result -> seal. Adapters only authorize, decode the body and map the `Reply` to their transport.
+envelope (and its replay check) -> payload checks -> the job's models on the volume ->
+(DRY_RUN stops here) -> ComfyUI -> result -> seal. Adapters only authorize, decode the body and map the `Reply` to their transport.
 Progress of an encrypted job leaves only as a percentage: node ids would reveal the workflow.
 """
 
@@ -20,6 +20,8 @@ from nacl.public import PrivateKey
 
 from services import envelope, errors, image_fetch, job_request, worker_comfyui
 from services.config import Settings
+from services.downloads import Downloads
+from services.job_models import JobModels
 from services.offload import offload
 from services.output_store import OutputStore
 from services.replay import ReplayGuard
@@ -73,8 +75,10 @@ class Pipeline:
         output_store: OutputStore | None = None,
         observer: JobObserver | None = None,
         shared: StateStore | None = None,
+        models: JobModels | None = None,
     ) -> None:
-        """`shared`: the fleet's Redis (STATE_URL), which remembers envelopes for every worker."""
+        """`shared`: the fleet's Redis (STATE_URL), which remembers envelopes for every worker.
+        `models`: what makes sure of a job's models (by default with downloads of its own)."""
         self.settings = settings
         self.observer = observer
         self.executor = executor
@@ -82,6 +86,7 @@ class Pipeline:
         self.output_store = output_store
         self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
         self.replay = ReplayGuard(settings.replay_window_s, shared)
+        self.models = models or JobModels(settings, Downloads(settings))
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""
@@ -110,7 +115,11 @@ class Pipeline:
                 output_format=self.settings.response_format,
                 fetch=lambda url: image_fetch.fetch(url, self.settings),
             )
-            result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
+            markers = self.models.ensure(job.models, progress, cancel) if job.models else []
+            try:
+                result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
+            finally:
+                self.models.release(markers)
             if job.output_format == "worker-comfyui":
                 result = worker_comfyui.answer(result)
         except errors.WorkerError as exc:

@@ -27,6 +27,7 @@ from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
 from services.config import Settings
 from services.downloads import Downloads
+from services.job_models import JobModels
 from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from services.metrics import Metrics
 from services.offload import offload
@@ -157,7 +158,10 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         from services.state_store import StateStore
 
         store = StateStore(settings)
-    pipeline = pipeline or Pipeline(settings, pool, observer=metrics, shared=store)
+    downloads = Downloads(settings, observer=metrics)
+    job_models = JobModels(settings, downloads)
+    metrics.watch_models(job_models)
+    pipeline = pipeline or Pipeline(settings, pool, observer=metrics, shared=store, models=job_models)
     if store is not None:
         shared_jobs = SharedJobs(settings, pipeline, store, pool.spare if pool else lambda own: 1 - own)
         metrics.watch_shared(shared_jobs)
@@ -168,7 +172,6 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
         )
         for n, client in enumerate(health.clients)
     ]
-    downloads = Downloads(settings, observer=metrics)
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
 
     app = Flask("comfy-worker")
@@ -285,7 +288,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
 
     @app.get("/models/ls")
     def models_ls() -> Response:
-        listing = model_store.listing(settings.model_dir, request.args.get("type"))
+        listing = downloads.cache.annotate(model_store.listing(settings.model_dir, request.args.get("type")))
         return json_response({"model_dir": settings.model_dir, "models": listing})
 
     app.register_blueprint(runpod_routes.blueprint(pipeline, jobs, _json_body, payload_response))

@@ -77,6 +77,12 @@ SCHEMAS = {
                     },
                     "no_history": {"type": "boolean"},
                     "timeout_s": {"type": "number"},
+                    "models": {
+                        "type": "array",
+                        "maxItems": 64,
+                        "description": "models to make sure of on the volume first (fetched once, cached)",
+                        "items": {"$ref": "#/components/schemas/DownloadItem"},
+                    },
                 },
             },
             {

@@ -118,6 +118,25 @@ def test_failed_job_exits_1_with_the_code(cli, pod, tmp_path):
     assert result.returncode == 1 and "execution_failed: node 2 (StandinFail): bad" in result.stderr
 
 
+def test_a_run_brings_its_model_by_url_once(cli, pod, tmp_path):
+    data = os.urandom(4096)
+    server = FileServer()
+    server.files = {"style.safetensors": data}
+    spec = f"loras={server.url}/file/style.safetensors#{hashlib.sha256(data).hexdigest()}"
+    args = ["--url", pod.url, "--api-key", KEY, "--server-key", pod.public_key, "--model", spec]
+    try:
+        for _ in range(2):
+            result = cli("run", workflow_file(tmp_path, empty_image()), *args, "--out", str(tmp_path / "out"))
+            assert result.returncode == 0, result.stderr
+    finally:
+        server.stop()
+    assert len(server.requests) == 1  # the second run found it on the volume
+    with open(os.path.join(pod.run_dir, "models", "loras", "style.safetensors"), "rb") as handle:
+        assert handle.read() == data
+    wrong = cli("run", workflow_file(tmp_path, empty_image()), "--url", pod.url, "--model", "loras")
+    assert wrong.returncode == 2 and "TYPE=URL" in wrong.stderr
+
+
 def test_wrong_api_key_exits_1_with_unauthorized(cli, pod, tmp_path):
     result = cli("run", workflow_file(tmp_path, empty_image()), "--url", pod.url, "--api-key", "nope")
     assert result.returncode == 1 and "unauthorized" in result.stderr

@@ -4,6 +4,7 @@ model fetched, listed, loaded and run, timeout, cancel and a killed ComfyUI. Aft
 nothing of it is left in ComfyUI's history or its input, output and temp folders."""
 
 import base64
+import hashlib
 import json
 import os
 import signal
@@ -228,6 +229,42 @@ def test_a_real_model_is_fetched_listed_loaded_and_run(stack, upscaler):
     result = run(stack, payload)
     assert result["status"] == "ok", result
     assert decode_png(result["outputs"][0]).size == (48, 32)
+    assert_nothing_left(stack)
+
+
+def test_an_encrypted_job_brings_its_model_by_url_and_comfyui_uses_it(stack, upscaler):
+    """A job's `models` (issue 23): fetched on demand inside the envelope, then loaded by ComfyUI."""
+    name = f"ondemand-{stack.mode}.safetensors"
+    server = FileServer()
+    server.files = {name: upscaler}
+    url = f"{server.url}/file/{name}"
+    try:
+        workflow = {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+            "2": {"class_type": "UpscaleModelLoader", "inputs": {"model_name": name}},
+            "3": {
+                "class_type": "ImageUpscaleWithModel",
+                "inputs": {"upscale_model": ["2", 0], "image": ["1", 0]},
+            },
+            "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "up"}},
+        }
+        payload = {
+            "workflow": workflow,
+            "images": [{"name": "small.png", "image": png_b64(20, 14)}],
+            "models": [
+                {"type": "upscale_models", "url": url, "sha256": hashlib.sha256(upscaler).hexdigest()}
+            ],
+        }
+        result = run(stack, payload)
+        assert result["status"] == "ok", result
+        assert decode_png(result["outputs"][0]).size == (40, 28)
+        again = run(stack, payload)
+        assert again["status"] == "ok" and len(server.requests) == 1  # cached: no second request
+    finally:
+        server.stop()
+    with open(os.path.join(stack.run_dir, "models", "upscale_models", name), "rb") as handle:
+        assert handle.read() == upscaler
+    assert url not in stack.log and server.url not in stack.log
     assert_nothing_left(stack)
 
 
