@@ -204,7 +204,7 @@ class Downloads:
         try:
             if present():
                 return "exists"
-            self._transfer(download, lock, deadline)
+            self._transfer(download, lock, deadline, stop)
             return "done"
         finally:
             self.cache.heartbeat.discard(lock)
@@ -234,7 +234,9 @@ class Downloads:
                 self.active.pop(download.path, None)
             download.ended.set()
 
-    def _transfer(self, download: Download, lock: VolumeLock, deadline: float) -> None:
+    def _transfer(
+        self, download: Download, lock: VolumeLock, deadline: float, stop: Callable[[], None] | None
+    ) -> None:
         partial = model_store.partial_path(download.path)
         reserved = False
         try:
@@ -259,7 +261,12 @@ class Downloads:
                         reserved = True
                     self._check_space(download, have if resumed else 0)
                     complete, digest = self._receive(
-                        download, response, partial, have if resumed else 0, lock, deadline
+                        download,
+                        response,
+                        partial,
+                        have if resumed else 0,
+                        deadline,
+                        lambda: _check(lock, deadline, stop),
                     )
                     if complete:
                         break
@@ -297,12 +304,19 @@ class Downloads:
             raise errors.InsufficientSpace(f"{download.total - have} bytes needed, {free} free")
 
     def _receive(
-        self, download: Download, response: Any, partial: str, offset: int, lock: VolumeLock, deadline: float
+        self,
+        download: Download,
+        response: Any,
+        partial: str,
+        offset: int,
+        deadline: float,
+        check: Callable[[], None],
     ) -> tuple[bool, str | None]:
         """Append the body to the partial file, hashing as it goes. A chunk is written on one
         pool thread and hashed on another while the hub reads the next one. Returns whether the
-        body came whole and, when a sha256 is expected, that of the whole partial file. At the
-        deadline the connection is closed (a server that trickles never ends a chunk)."""
+        body came whole and, when a sha256 is expected, that of the whole partial file. `check`
+        raises to stop (the deadline passed, the lock was lost, a cancel); the connection is
+        closed at the deadline (a server that trickles never ends a chunk)."""
         started, received = time.monotonic(), 0
         download.bytes_done = offset
         digest = hashlib.sha256() if download.sha256 is not None else None
@@ -321,11 +335,11 @@ class Downloads:
                         chunk = next(chunks, None)
                     except Exception as exc:  # requests/urllib3 errors of a dropped connection
                         _wait(pending)
-                        _check(lock, deadline)
+                        check()
                         log.info("download %s: %s after %d bytes", download.id, type(exc).__name__, received)
                         return False, None
                     _wait(pending)  # a failed write raises its OSError here
-                    _check(lock, deadline)
+                    check()
                     if chunk is None:
                         break
                     pending = [start(sink.write, chunk)] + ([start(digest.update, chunk)] if digest else [])
@@ -367,7 +381,9 @@ class Downloads:
             del self.by_id[download_id]
 
 
-def _check(lock: VolumeLock, deadline: float) -> None:
+def _check(lock: VolumeLock, deadline: float, stop: Callable[[], None] | None) -> None:
+    if stop is not None:
+        stop()
     if not lock.held:
         raise errors.DownloadFailed("another worker took the transfer over (this one was silent too long)")
     if time.monotonic() >= deadline:

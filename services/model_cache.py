@@ -167,11 +167,16 @@ class ModelCache:
         )
 
     def _fresh(self, path: str) -> bool:
-        """A lock or marker its holder refreshed within the stale time."""
+        """A lock or marker its holder refreshed within the stale time; a stale marker (its
+        worker died) is removed on the way."""
         try:
-            return time.time() - os.stat(path).st_mtime < self.stale_s
+            fresh = time.time() - os.stat(path).st_mtime < self.stale_s
         except FileNotFoundError:
             return False
+        if not fresh and os.path.dirname(path) == os.path.join(self.root, "use"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        return fresh
 
     def _evict(self, record: Record) -> None:
         path = model_store.target_path(self.model_dir, record.type, record.name)

@@ -168,6 +168,24 @@ def test_a_model_that_cannot_be_had_answers_a_coded_error_without_its_url(
     assert not model(tmp_path, "m.safetensors").exists()
 
 
+def test_a_cancel_stops_a_model_transfer(tmp_path, server):
+    server.files = {"m.safetensors": os.urandom(4 * 1024 * 1024)}
+    server.rate = 256 * 1024
+    cancel, replies = threading.Event(), []
+    wanted = item(server, "m.safetensors")
+    wanted["url"] = f"{server.url}/slow/m.safetensors"
+    running = threading.Thread(target=lambda: replies.append(worker(tmp_path).run(job(wanted), None, cancel)))
+    running.start()
+    partial = model(tmp_path, ".m.safetensors.part")
+    wait_until(lambda: partial.exists() and partial.stat().st_size > 0, 10, "the transfer to start")
+    cancel.set()
+    running.join(10)
+    assert replies and replies[0].body["error"].startswith("interrupted"), replies
+    assert (
+        not model(tmp_path, "m.safetensors").exists() and not model(tmp_path, ".m.safetensors.lock").exists()
+    )
+
+
 def test_models_must_be_a_list_of_objects(tmp_path):
     reply = worker(tmp_path).run({"workflow": WORKFLOW, "models": "checkpoints/x"})
     assert reply.status == 400 and reply.body["error"].startswith("invalid_request: 'models'")
