@@ -122,7 +122,7 @@ def test_a_run_brings_its_model_by_url_once(cli, pod, tmp_path):
     data = os.urandom(4096)
     server = FileServer()
     server.files = {"style.safetensors": data}
-    spec = f"loras={server.url}/file/style.safetensors#{hashlib.sha256(data).hexdigest()}"
+    spec = f"embeddings={server.url}/file/style.safetensors#{hashlib.sha256(data).hexdigest()}"
     args = ["--url", pod.url, "--api-key", KEY, "--server-key", pod.public_key, "--model", spec]
     try:
         for _ in range(2):
@@ -131,7 +131,7 @@ def test_a_run_brings_its_model_by_url_once(cli, pod, tmp_path):
     finally:
         server.stop()
     assert len(server.requests) == 1  # the second run found it on the volume
-    with open(os.path.join(pod.run_dir, "models", "loras", "style.safetensors"), "rb") as handle:
+    with open(os.path.join(pod.run_dir, "models", "embeddings", "style.safetensors"), "rb") as handle:
         assert handle.read() == data
     wrong = cli("run", workflow_file(tmp_path, empty_image()), "--url", pod.url, "--model", "loras")
     assert wrong.returncode == 2 and "TYPE=URL" in wrong.stderr
