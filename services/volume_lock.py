@@ -4,8 +4,11 @@
 with O_EXCL (atomic on NFS v3+, SMB and FUSE volumes alike) holding the holder's token. The
 holder refreshes its mtime (`refresh`, a heartbeat); a waiter that sees the lock file unchanged
 for MODEL_LOCK_STALE_S by its own clock (so clock skew between machines does not matter) moves
-it aside, which only one waiter can do, and takes the lock. A holder that finds its token gone
-has lost the lock and must stop writing.
+it aside, which only one waiter can do, and takes the lock. A holder on the waiter's own machine
+and PID namespace is known at once to be gone when its process is (the token names the boot,
+the namespace, the pid and the process's start time), so a restarted worker resumes without
+waiting out the stale time. A holder that finds its token gone has lost the lock and must stop
+writing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,33 @@ from collections.abc import Callable
 POLL_S = 0.2
 
 
+def _process_identity(pid: int | str) -> str | None:
+    """`boot/pid-namespace/pid/start-time` of a process on this machine, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            started = handle.read().rsplit(")", 1)[1].split()[19]
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        namespace = os.readlink(f"/proc/{pid}/ns/pid")
+    except (OSError, IndexError):
+        return None
+    return f"{boot}/{namespace}/{os.getpid() if pid == 'self' else pid}/{started}"
+
+
+_PROCESS = _process_identity("self") or "unknown"
+
+
+def _gone(token: str | None) -> bool:
+    """The token's holder ran on this machine, in this PID namespace, and has exited."""
+    if not token or token.count("/") != 4 or _PROCESS == "unknown":
+        return False
+    boot, namespace, pid, started, _ = token.split("/")
+    mine_boot, mine_namespace, _, _ = _PROCESS.split("/")
+    if (boot, namespace) != (mine_boot, mine_namespace) or not pid.isdigit():
+        return False
+    return _process_identity(int(pid)) != f"{boot}/{namespace}/{pid}/{started}"
+
+
 class LockLost(RuntimeError):
     """Another worker took over the lock: this one went silent for longer than the stale time."""
 
@@ -28,7 +58,7 @@ class VolumeLock:
     def __init__(self, path: str, stale_s: float) -> None:
         self.path = path
         self.stale_s = stale_s
-        self.token = uuid.uuid4().hex
+        self.token = f"{_PROCESS}/{uuid.uuid4().hex}"
         self.held = False
 
     def acquire(self, deadline: float, stop: Callable[[], None] | None = None) -> bool:
@@ -41,6 +71,9 @@ class VolumeLock:
             if self._create():
                 return True
             state = self._state()
+            if state is not None and _gone(self._token()):
+                self._move_aside()
+                continue
             if state != seen:
                 seen, since = state, time.monotonic()
             elif state is not None and time.monotonic() - since >= self.stale_s:
@@ -99,7 +132,7 @@ class VolumeLock:
 
     def _move_aside(self) -> None:
         """Rename the stale lock away (one waiter's rename wins) and delete it."""
-        aside = f"{self.path}.stale-{self.token}"
+        aside = f"{self.path}.stale-{uuid.uuid4().hex}"
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

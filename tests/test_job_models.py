@@ -212,6 +212,10 @@ def run_on(stack, payload):
     return answer.get("output") or {"error": answer.get("error")}
 
 
+def paced(server, name):
+    return {"type": "checkpoints", "url": f"{server.url}/slow/{name}"}
+
+
 def answer_or_none(stack, payload):
     """For a worker that is killed meanwhile."""
     try:
@@ -221,8 +225,9 @@ def answer_or_none(stack, payload):
 
 
 def test_a_pod_and_a_serverless_worker_on_one_volume_fetch_a_file_once(tmp_path, server):
-    data = os.urandom(200 * 1024 * 1024)
+    data = os.urandom(16 * 1024 * 1024)
     server.files = {"shared.safetensors": data}
+    server.rate = 8 * 1024 * 1024  # two seconds: both jobs ask while the transfer runs
     pod = Stack("api", volume_env(tmp_path / "models")).start()
     queue = Stack("serverless", volume_env(tmp_path / "models")).start()
     try:
@@ -231,7 +236,7 @@ def test_a_pod_and_a_serverless_worker_on_one_volume_fetch_a_file_once(tmp_path,
         answers = []
         both = [
             threading.Thread(
-                target=lambda s=s: answers.append(run_on(s, job(item(server, "shared.safetensors"))))
+                target=lambda s=s: answers.append(run_on(s, job(paced(server, "shared.safetensors"))))
             )
             for s in (pod, queue)
         ]
@@ -255,6 +260,8 @@ def test_a_pod_and_a_serverless_worker_on_one_volume_fetch_a_file_once(tmp_path,
 
 
 def test_a_worker_killed_mid_transfer_is_finished_by_the_other(tmp_path, server):
+    """On one machine the other sees at once that the holder exited (a holder elsewhere: after
+    MODEL_LOCK_STALE_S, test_a_dead_worker_s_transfer_is_taken_over_and_resumed)."""
     data = os.urandom(6 * 1024 * 1024)
     server.files = {"slow.safetensors": data}
     server.rate = 1024 * 1024
