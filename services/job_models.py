@@ -19,6 +19,7 @@ from services import errors
 from services.config import Settings
 from services.downloads import Download, Downloads, TookTooLong
 from services.model_cache import Marker
+from services.offload import offload
 
 Progress = Callable[[dict], None]
 PROGRESS_S = 0.5  # how often a transfer's bytes are reported
@@ -38,7 +39,7 @@ class JobModels:
         markers: list[Marker] = []
         try:
             for index, download in enumerate(planned):
-                markers.append(self.cache.use(download.type, download.name))
+                markers.append(offload(self.cache.use, download.type, download.name))
                 self._ensure(index, download, deadline, progress, cancel)
         except BaseException:
             self.release(markers)
@@ -47,7 +48,7 @@ class JobModels:
 
     def release(self, markers: list[Marker]) -> None:
         for marker in markers:
-            self.cache.release(marker)
+            offload(self.cache.release, marker)
 
     def _plan(self, index: int, item: Any) -> Download:
         try:
@@ -58,8 +59,8 @@ class JobModels:
     def _ensure(
         self, index: int, download: Download, deadline: float, progress: Progress | None, cancel: Any
     ) -> None:
-        def present() -> bool:
-            return self.cache.present(download.type, download.name, download.sha256)
+        def present() -> bool:  # file system calls, off the hub: a network volume may be slow
+            return offload(self.cache.present, download.type, download.name, download.sha256)
 
         def stop() -> None:
             if cancel is not None and cancel.is_set():
