@@ -148,13 +148,12 @@ class Heartbeat:
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._items: set = set()
-        self._thread_started = False
+        # started here, where it is made (the API's hub): a thread started from a pool thread
+        # under gevent would be a greenlet of that thread's hub, which never runs it
+        threading.Thread(target=self._loop, daemon=True).start()
 
     def add(self, item: object) -> None:
         self._items.add(item)
-        if not self._thread_started:
-            self._thread_started = True
-            threading.Thread(target=self._loop, daemon=True).start()
 
     def discard(self, item: object) -> None:
         self._items.discard(item)
