@@ -279,6 +279,9 @@ class Downloads:
                 raise errors.DownloadFailed(
                     "the connection kept dropping; ask again to resume from the partial file"
                 )
+            if not reserved:  # a partial left complete by a dead worker counts against the cap too
+                self.cache.reserve(download.type, download.name, download.total or 0, deadline)
+                reserved = True
             self._finish(download, partial, digest)
         except BaseException:
             if reserved:

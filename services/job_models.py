@@ -30,6 +30,7 @@ class JobModels:
         self.settings = settings
         self.downloads = downloads
         self.cache = downloads.cache
+        self.hits = 0  # found on the volume, no transfer
         self.transfers = 0
 
     def ensure(self, items: tuple[dict, ...], progress: Progress | None, cancel: Any) -> list[Marker]:
@@ -68,7 +69,7 @@ class JobModels:
 
         try:
             if present():
-                self.cache.hits += 1
+                self.hits += 1
                 return
             with _Reporter(index, download, progress):
                 state = self.downloads.fetch(download, present, deadline, stop)
@@ -79,7 +80,7 @@ class JobModels:
                 f"models[{index}]: could not write the file ({type(exc).__name__})"
             ) from None
         if state == "exists":  # another worker fetched it meanwhile
-            self.cache.hits += 1
+            self.hits += 1
         else:
             self.transfers += 1
 

@@ -164,7 +164,7 @@ class _Models:
 
     def collect(self) -> Iterator[Metric]:
         for name, value, what in (
-            ("model_cache_hits", self.models.cache.hits, "A job's model found on the volume (no transfer)"),
+            ("model_cache_hits", self.models.hits, "A job's model found on the volume (no transfer)"),
             ("model_transfers", self.models.transfers, "A job's model transferred by this worker"),
             (
                 "model_evictions",

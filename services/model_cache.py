@@ -62,7 +62,6 @@ class ModelCache:
         self.cap = int(settings.model_cache_gb * BYTES_PER_GB) if settings.model_cache_gb else None
         self.stale_s = settings.model_lock_stale_s
         self.heartbeat = Heartbeat(self.stale_s / 4)
-        self.hits = 0
         self.evictions = 0
 
     # what a job's models go through ----------------------------------------------------------

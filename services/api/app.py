@@ -178,6 +178,10 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_mb * 1024 * 1024
     app.extensions["comfy_worker_jobs"] = jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
 
+    def shared_state() -> dict | None:
+        """Whether the fleet's Redis (STATE_URL) answered its last call; None without one."""
+        return {"up": store.up} if store else None
+
     @app.before_request
     def authorize() -> Response | None:
         if settings.api_key is None or request.path in OPEN_ROUTES:
@@ -199,7 +203,7 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
                 "dry_run": settings.dry_run,
                 "encryption_required": settings.encryption_required,
                 "comfy": health.read(),
-                "shared_state": {"up": store.up} if store else None,
+                "shared_state": shared_state(),
             }
         )
 
@@ -242,8 +246,9 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     def readyz() -> Response:
         comfy_health = health.read()
         ready = (settings.dry_run or comfy_health["ready"]) and (store is None or store.up)
-        body = {"ready": ready, "comfy": comfy_health, "shared_state": {"up": store.up} if store else None}
-        return json_response(body, 200 if ready else 503)
+        return json_response(
+            {"ready": ready, "comfy": comfy_health, "shared_state": shared_state()}, 200 if ready else 503
+        )
 
     @app.post("/run")
     def run() -> Response:
