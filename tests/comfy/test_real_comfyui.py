@@ -122,6 +122,13 @@ def nothing_left(stack):
     return idle and comfy(stack, "/history").json() == {} and stack.job_files() == []
 
 
+def answers(stack, path):
+    try:
+        return comfy(stack, path).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def wait_idle(stack):
     idle = {"queue_running": [], "queue_pending": []}
     wait_until(lambda: comfy(stack, "/queue").json() == idle, 30, "ComfyUI's queue to empty")
@@ -215,6 +222,7 @@ def test_a_real_model_is_fetched_listed_loaded_and_run(stack, upscaler):
     else:  # serverless has no /download: the model is on the volume
         with open(os.path.join(models, "upscale_models", "tiny2x.safetensors"), "wb") as handle:
             handle.write(upscaler)
+    wait_until(lambda: answers(stack, "/models/upscale_models"), 120, "ComfyUI's own port")  # first test run
     assert "tiny2x.safetensors" in comfy(stack, "/models/upscale_models").json()
     workflow = {
         "1": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
