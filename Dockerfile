@@ -15,7 +15,7 @@ RUN python3 -m venv /opt/venv \
 
 # --- the image ---------------------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-# ComfyUI at a pinned commit (a hash, never a branch); COMFYUI_REF in services/config.py matches.
+# ComfyUI at a pinned commit (a hash, never a branch); COMFYUI_REF in services/core/config.py matches.
 ARG COMFYUI_REF=a125cd84b054a57729b5eecab930ca9408719832
 # ComfyUI's source: GitHub's tarball of the commit (it names the commit in its header), or a
 # tarball put into docker/comfyui-source/ of the build context (for builds without upstream).
@@ -69,11 +69,11 @@ ENV LAUNCH_MODE=serverless \
 # baked models live in the image under /opt/models, so a volume mounted at /workspace cannot
 # hide them; ComfyUI reads both folders
 RUN mkdir -p /opt/models \
- && ENCRYPTION_REQUIRED=0 COMFYUI_MODEL_DIR=/opt/models /opt/venv/bin/python -m services.bake_models "${MODELS_MANIFEST}"
+ && ENCRYPTION_REQUIRED=0 COMFYUI_MODEL_DIR=/opt/models /opt/venv/bin/python -m services.container.bake_models "${MODELS_MANIFEST}"
 
 EXPOSE 8000
 # Runs as root: supervisord then runs ComfyUI as `comfy` and can write root-owned volumes. The
 # entrypoint is PID 1: it passes signals on and reaps orphans.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=300s --retries=3 \
-    CMD ["/opt/venv/bin/python", "-m", "services.healthcheck"]
-ENTRYPOINT ["/opt/venv/bin/python", "-m", "services.entrypoint"]
+    CMD ["/opt/venv/bin/python", "-m", "services.container.healthcheck"]
+ENTRYPOINT ["/opt/venv/bin/python", "-m", "services.container.entrypoint"]

@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements.lock
 venv: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m services.entrypoint --env-file .env.local
+	$(PY) -m services.container.entrypoint --env-file .env.local
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -74,7 +74,7 @@ dist: $(STAMP)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
 
 keygen: $(STAMP)
-	$(PY) -m services.keygen
+	$(PY) -m services.container.keygen
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist client.egg-info comfy_worker.egg-info

@@ -19,7 +19,7 @@ import time
 
 import requests
 
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, wait_until
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import requests
 
 from bench.footprint import descendants, memory_kib
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.stack import STANDIN, Backend, Stack, installed_real_backend, wait_until
 from tests.workflows import with_knob
 

@@ -8,7 +8,7 @@ import uuid
 
 import requests
 
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.stack import Stack, wait_until
 from tests.workflows import with_knob
 

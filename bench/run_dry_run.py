@@ -18,7 +18,7 @@ import time
 import requests
 
 from client.envelope_client import seal_request
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.smoke import WORKFLOW
 from tests.stack import Stack
 

@@ -23,7 +23,8 @@ from typing import ClassVar
 
 import requests
 
-from services import envelope, supervisor_state
+from services.comfy import supervisor_state
+from services.jobs import envelope
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN_DIR = os.path.join(ROOT, "tests", "comfy_standin")
@@ -167,7 +168,7 @@ class Stack:
         """The entrypoint as the container runs it, its output on a pipe; `start` also reads
         that pipe and tracks the stack for the end of the session."""
         return subprocess.Popen(
-            [sys.executable, "-m", "services.entrypoint"],
+            [sys.executable, "-m", "services.container.entrypoint"],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.PIPE,
@@ -192,7 +193,7 @@ class Stack:
         return self
 
     def stop(self, timeout: float = 15) -> int | None:
-        """SIGTERM the entrypoint (services.supervise by then), which passes it on to supervisord."""
+        """SIGTERM the entrypoint (services.container.supervise by then), which passes it on to supervisord."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:

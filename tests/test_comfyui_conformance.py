@@ -14,7 +14,7 @@ import pytest
 import requests
 import websocket
 
-from services import model_folders
+from services.models import model_folders
 from tests.stack import ROOT, free_port, wait_until
 from tests.workflows import png_b64
 

@@ -17,7 +17,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.stack import ROOT, STANDIN, Stack
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="separate users need a root start (CI runs as root)")

@@ -1,7 +1,7 @@
 """The pod API: a thin Flask adapter over the job pipeline.
 
 It authorizes, decodes the body and maps pipeline replies and `WorkerError`s to HTTP; all job
-logic lives in `services.pipeline`. Served by gunicorn with gevent workers.
+logic lives in `services.jobs.pipeline`. Served by gunicorn with gevent workers.
 """
 
 from __future__ import annotations
@@ -17,21 +17,23 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services import config, envelope, errors, json_text, logs, model_store, supervisor_state
 from services.api import openapi, runpod_routes
-from services.api.async_jobs import AsyncJobs
-from services.comfy import devices
+from services.comfy import devices, supervisor_state
 from services.comfy.client import ComfyClient
 from services.comfy.control import ComfyControl
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
-from services.config import Settings
-from services.downloads import Downloads
-from services.job_models import JobModels
-from services.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from services.metrics import Metrics
-from services.offload import offload
-from services.pipeline import Pipeline
+from services.core import config, errors, json_text, logs
+from services.core.config import Settings
+from services.core.offload import offload
+from services.jobs import envelope
+from services.jobs.async_jobs import AsyncJobs
+from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from services.jobs.metrics import Metrics
+from services.jobs.pipeline import Pipeline
+from services.models import model_store
+from services.models.downloads import Downloads
+from services.models.job_models import JobModels
 
 log = logging.getLogger("worker.api")
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}  # what platform probes and load balancers call
@@ -41,7 +43,7 @@ HEALTH_STALE_S = 10.0  # an older value is never answered: the probe waits for a
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
     """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub,
-    spliced (services.json_text); the rest, every probe among them, as plain compact JSON."""
+    spliced (services.core.json_text); the rest, every probe among them, as plain compact JSON."""
     text = offload(json_text.dumps, body, size=size) if size >= json_text.SPLICED else _dumps(body)
     return Response(text, status=status, mimetype="application/json")
 
@@ -154,8 +156,8 @@ def create_app(settings: Settings | None = None, pipeline: Pipeline | None = Non
     metrics = Metrics(settings, lambda: health.read()["instances"], lambda: pool.waiting if pool else 0)
     store = shared_jobs = None
     if settings.state_url:  # imported only here: redis is for workers that share a fleet's state
-        from services.api.shared_jobs import SharedJobs
-        from services.state_store import StateStore
+        from services.jobs.shared_jobs import SharedJobs
+        from services.jobs.state_store import StateStore
 
         store = StateStore(settings)
     downloads = Downloads(settings, observer=metrics)

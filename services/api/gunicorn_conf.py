@@ -4,7 +4,7 @@ No `preload_app` and no imports of requests/urllib3 here: gevent must patch the 
 they load (RUNTIME.md 2.4). `timeout` is the worker heartbeat, not a request limit.
 """
 
-from services.config import load as _load_settings
+from services.core.config import load as _load_settings
 
 _settings = _load_settings()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.model_store import TYPES
+from services.models.model_store import TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 

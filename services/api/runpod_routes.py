@@ -14,9 +14,9 @@ from typing import Any
 
 from flask import Blueprint, Response
 
-from services import errors
-from services.api.async_jobs import AsyncJob, AsyncJobs
-from services.pipeline import Pipeline
+from services.core import errors
+from services.jobs.async_jobs import AsyncJob, AsyncJobs
+from services.jobs.pipeline import Pipeline
 
 STATUS = {
     "queued": "IN_QUEUE",

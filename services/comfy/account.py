@@ -10,7 +10,7 @@ import os
 import pwd
 import subprocess
 
-from services.config import Settings
+from services.core.config import Settings
 
 NO_SHELL = ("/usr/sbin/nologin", "/sbin/nologin", "/bin/false")
 

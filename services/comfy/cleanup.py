@@ -28,10 +28,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services import errors
 from services.comfy import launch
 from services.comfy.client import ComfyClient
-from services.config import Settings
+from services.core import errors
+from services.core.config import Settings
 
 log = logging.getLogger("worker.comfy")
 

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import requests
 import websocket
 
-from services import errors
+from services.core import errors
 
 CONTROL_TIMEOUT_S = 5.0  # queue, interrupt, history: small answers
 TRANSFER_TIMEOUT_S = 60.0  # uploads and /view downloads

@@ -14,9 +14,10 @@ import time
 import xmlrpc.client
 from collections.abc import Callable
 
-from services import errors, supervisor_state
+from services.comfy import supervisor_state
 from services.comfy.client import ComfyClient, ComfyUnreachable
-from services.config import Settings
+from services.core import errors
+from services.core.config import Settings
 
 
 class ComfyControl:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.config import Settings
+from services.core.config import Settings
 
 _NVIDIA_NODE = re.compile(r"nvidia\d+")
 _VENDOR_VARIABLES = {

@@ -26,13 +26,14 @@ from typing import Any
 
 import websocket
 
-from services import envelope, errors
 from services.comfy.cleanup import Cleanup, files_of, local_path
 from services.comfy.client import ComfyClient, ComfyUnreachable, describe_validation_error
-from services.config import Settings
-from services.job_request import JobRequest
-from services.offload import offload
-from services.pipeline import Progress
+from services.core import errors
+from services.core.config import Settings
+from services.core.offload import offload
+from services.jobs import envelope
+from services.jobs.job_request import JobRequest
+from services.jobs.pipeline import Progress
 
 log = logging.getLogger("worker.comfy")
 

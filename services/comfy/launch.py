@@ -17,10 +17,11 @@ import shlex
 import shutil
 import sys
 
-from services import config, model_folders
 from services.comfy import devices, starts
 from services.comfy.account import comfy_account
-from services.config import Settings
+from services.core import config
+from services.core.config import Settings
+from services.models import model_folders
 
 IO_FOLDERS = ("input", "output", "temp")
 BOOT_TAIL = "boot.log"  # in comfy_io_dir: ComfyUI's last boot lines, for the entrypoint

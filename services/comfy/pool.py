@@ -17,13 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services import errors
 from services.comfy import relay
 from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
-from services.config import Settings
-from services.job_request import JobRequest
-from services.pipeline import Progress
+from services.core import errors
+from services.core.config import Settings
+from services.jobs.job_request import JobRequest
+from services.jobs.pipeline import Progress
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
 OUT = ("FATAL", "STOPPED")  # a program in these states takes no job
@@ -125,7 +125,7 @@ class ComfyPool:
         if len(self.instances) == 1:
             return {0: ("RUNNING", 0)}
         # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
-        from services import supervisor_state
+        from services.comfy import supervisor_state
 
         infos = supervisor_state.process_infos(self.settings.supervisor_socket)
         states = {}

@@ -16,9 +16,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from services import errors, job_request
 from services.comfy import starts
-from services.config import Settings
+from services.core import errors
+from services.core.config import Settings
+from services.jobs import job_request
 
 if TYPE_CHECKING:
     from services.comfy.executor import ComfyExecutor

@@ -22,10 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from services import config, logs
+from services.core import config, logs
 
 if TYPE_CHECKING:
-    from services.metrics import QueueMetrics
+    from services.jobs.metrics import QueueMetrics
 
 log = logging.getLogger("worker.local_queue")
 
@@ -198,7 +198,7 @@ class LocalQueueServer(ThreadingHTTPServer):
         """Made on first use (a job ended, or a scrape): prometheus_client costs this process
         4 MiB, which an idle queue nobody scrapes need not pay."""
         if self._metrics is None:
-            from services.metrics import QueueMetrics
+            from services.jobs.metrics import QueueMetrics
 
             self._metrics = QueueMetrics(
                 self.settings,

@@ -14,11 +14,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-from services import config, errors, logs
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
-from services.output_store import OutputStore
-from services.pipeline import Pipeline
+from services.core import config, errors, logs
+from services.jobs.output_store import OutputStore
+from services.jobs.pipeline import Pipeline
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -101,7 +101,7 @@ def main() -> int:
 
     shared = None
     if settings.state_url:  # the fleet's replay memory; redis is imported only when it is set
-        from services.state_store import StateStore
+        from services.jobs.state_store import StateStore
 
         shared = StateStore(settings)
     pool = ComfyPool.of(settings, start_warmup)

@@ -3,8 +3,9 @@
 import pytest
 
 from client.envelope_client import open_answer, seal_request
-from services import config, envelope
 from services.api.app import create_app
+from services.core import config
+from services.jobs import envelope
 
 PRIVATE, PUBLIC = envelope.keypair()
 WORKFLOW = {

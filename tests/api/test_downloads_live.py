@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, wait_until
 

@@ -6,9 +6,9 @@ import re
 import subprocess
 import sys
 
-from services import config
 from services.api import openapi
 from services.api.app import create_app
+from services.core import config
 from tests.stack import Stack
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method"

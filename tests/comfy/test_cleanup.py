@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from services import config
 from services.comfy.cleanup import Cleanup
 from services.comfy.client import ComfyUnreachable
+from services.core import config
 from tests.stack import wait_until
 
 

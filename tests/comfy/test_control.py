@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import requests
 
-from services import config
 from services.api.app import create_app
+from services.core import config
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import empty_image, slow_workflow, with_knob
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from services import config
 from services.comfy import devices
+from services.core import config
 from tests.stack import ROOT
 
 
@@ -106,7 +106,7 @@ def test_a_bad_number_of_instances_stops_the_start_naming_the_variable(value, tm
         "COMFY_INSTANCES": value,
     }
     started = subprocess.run(
-        [sys.executable, "-m", "services.entrypoint"],
+        [sys.executable, "-m", "services.container.entrypoint"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -2,8 +2,8 @@
 
 import base64
 
-from services import config
 from services.comfy.executor import ComfyExecutor
+from services.core import config
 
 
 class FakeClient:

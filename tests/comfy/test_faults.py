@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.stack import Stack, wait_until
 from tests.workflows import decode_png, empty_image, with_knob
 

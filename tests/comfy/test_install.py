@@ -10,8 +10,8 @@ import tarfile
 
 import pytest
 
-from services import config
 from services.comfy import install
+from services.core import config
 from tests.stack import ROOT, STANDIN_DIR
 
 
@@ -59,7 +59,14 @@ def entrypoint(tmp_path, **env):
         "COMFYUI_INSTALL_DIR": str(tmp_path / "install"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "services.entrypoint", "--env-file", str(tmp_path / ".env.local"), "--check"],
+        [
+            sys.executable,
+            "-m",
+            "services.container.entrypoint",
+            "--env-file",
+            str(tmp_path / ".env.local"),
+            "--check",
+        ],
         cwd=ROOT,
         env={**base, **env},
         capture_output=True,

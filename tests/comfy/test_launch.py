@@ -4,8 +4,9 @@ import pytest
 import requests
 import yaml
 
-from services import config, model_folders
 from services.comfy import launch
+from services.core import config
+from services.models import model_folders
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image
 

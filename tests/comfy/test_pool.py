@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.stack import Stack, wait_until
 from tests.workflows import decode_png, empty_image, slow_workflow, with_knob
 

@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services import supervisor_state
+from services.comfy import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, real_backend, wait_until
 from tests.workflows import decode_png, empty_image, invalid_workflow, invert_upload, png_b64, slow_workflow

@@ -118,7 +118,7 @@ def test_a_bad_warmup_file_stops_the_start_naming_the_variable(tmp_path, content
         "RUN_DIR": str(tmp_path),
     }
     result = subprocess.run(
-        [sys.executable, "-m", "services.entrypoint", "--check"],
+        [sys.executable, "-m", "services.container.entrypoint", "--check"],
         cwd=ROOT,
         env=env,
         capture_output=True,

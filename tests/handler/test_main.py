@@ -10,9 +10,10 @@ import threading
 import time
 
 from client.envelope_client import open_answer, seal_request
-from services import config, envelope, errors
+from services.core import config, errors
 from services.handler.main import Throttled, make_handler
-from services.pipeline import Pipeline
+from services.jobs import envelope
+from services.jobs.pipeline import Pipeline
 from tests.stack import ROOT
 
 PRIVATE, PUBLIC = envelope.keypair()

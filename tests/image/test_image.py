@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services import envelope
+from services.jobs import envelope
 from tests import comfyui_source
 from tests.file_server import FileServer
 from tests.stack import copy_checkout, free_port, wait_until

@@ -1,0 +1,18 @@
+"""Print a new worker key pair: the private key for WORKER_PRIVATE_KEY_B64, the public for clients."""
+
+from __future__ import annotations
+
+import sys
+
+from services.jobs import envelope
+
+
+def main() -> int:
+    private, public = envelope.keypair()
+    print(f"WORKER_PRIVATE_KEY_B64={private}")
+    print(f"SERVER_PUBLIC_KEY_B64={public}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""The worker's configuration: read once from the environment into one frozen object.
+
+Every other module receives a `Settings`; nothing else reads `os.environ`, so what the
+worker does is decided by what is printed here, and a bad value stops the start with a
+message that names the variable.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import sys
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+MODES = ("api", "serverless")
+RESPONSE_FORMATS = ("worker", "worker-comfyui")
+MAX_INSTANCES = 64  # COMFY_INSTANCE (0-based) is checked against it too
+GPU_VISIBILITY = (
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+    "HIP_VISIBLE_DEVICES",
+    "ROCR_VISIBLE_DEVICES",
+)
+_HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+class ConfigError(ValueError):
+    """A variable holds a value the worker cannot start with."""
+
+
+SECRETS = (  # Settings fields never logged and never handed to ComfyUI
+    "api_key",
+    "private_key_b64",
+    "runpod_worker_key",
+    "bucket_secret_access_key",
+    "hf_token",
+    "civitai_token",
+    "state_url",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    launch_mode: str = "serverless"
+    api_port: int = 8000
+    api_key: str | None = None
+    model_dir: str = "/workspace/models"
+    baked_model_dir: str | None = None  # the image's own models, beside the volume's
+    comfyui_dir: str = "/opt/ComfyUI"
+    comfy_python: str = sys.executable
+    comfy_port: int = 8188
+    comfy_args: str = ""
+    comfy_env: tuple[str, ...] = ()  # more variables ComfyUI may see (it never gets the secrets)
+    comfy_device: str = "auto"
+    comfy_instances: int | None = None  # None: `auto`, one per GPU; the entrypoint settles it
+    comfy_instance: int = 0  # which of them this process is (supervisord sets it per program)
+    gpu_visibility: tuple[tuple[str, str], ...] = ()  # the GPU runtimes' *_VISIBLE_DEVICES as set
+    comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
+    comfy_user_required: bool = False  # the image: no own user for ComfyUI stops the start
+    private_key_b64: str | None = None
+    encryption_required: bool = True
+    dry_run: bool = False
+    no_history: bool = False
+    response_format: str = "worker"  # or "worker-comfyui": the answer shape of that worker
+    log_silent: bool = False
+    comfy_log: bool | None = None  # None: decided by comfy_output_shown
+    job_timeout_s: float = 600.0
+    replay_window_s: float = 600.0
+    comfy_ready_timeout_s: float = 300.0
+    comfy_submit_timeout_s: float = 60.0
+    comfy_boot_timeout_s: float = 900.0  # a heavy GPU boot with many custom nodes takes minutes
+    watch_fails: int = 3
+    watch_probe_timeout_s: float = 3.0
+    watch_max_exits: int = 5
+    watch_exit_window_s: float = 300.0
+    run_dir: str = "/tmp/comfy-worker"
+    max_request_mb: int = 64
+    max_result_mb: float = 15.0
+    warmup_workflow: str | None = None
+    image_url_max_mb: float = 32.0
+    image_url_timeout_s: float = 30.0
+    bucket_endpoint_url: str | None = None
+    bucket_access_key_id: str | None = None
+    bucket_secret_access_key: str | None = None
+    bucket_name: str = "comfy-worker-outputs"
+    hf_token: str | None = None
+    hf_endpoint: str = "https://huggingface.co"
+    civitai_token: str | None = None
+    allow_private_downloads: bool = False
+    local_endpoint_id: str = "LOCAL"
+    comfyui_source: str = "https://github.com/Comfy-Org/ComfyUI.git"
+    # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from and comfyui-requirements.lock is made for
+    comfyui_ref: str = "a125cd84b054a57729b5eecab930ca9408719832"
+    comfyui_lock: str = os.path.join(_HOME, "comfyui-requirements.lock")
+    comfyui_install_dir: str = os.path.join(_HOME, ".comfyui")
+    runpod_job_url: str | None = None
+    runpod_worker_key: str | None = None
+    state_url: str | None = None  # Redis shared by a fleet of workers; unset: state stays in the process
+    state_prefix: str = "comfy-worker"
+    job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
+    job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
+    model_cache_gb: float | None = None  # cap of on-demand model downloads; None: no cap
+    model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
+    model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
+
+    @property
+    def secret_values(self) -> frozenset[str]:
+        return frozenset(v for v in (getattr(self, name) for name in SECRETS) if v)
+
+    @property
+    def on_runpod(self) -> bool:
+        """RunPod hands its workers a job-take URL; without one we serve our own local queue."""
+        return self.runpod_job_url is not None
+
+    @property
+    def private_key(self) -> bytes | None:
+        return base64.b64decode(self.private_key_b64) if self.private_key_b64 else None
+
+    @property
+    def comfy_output_shown(self) -> bool:
+        """ComfyUI prints prompt details (validation failures name inputs and values), so its
+        output is dropped under LOG_SILENT and whenever encrypted jobs are possible, unless the
+        operator asks for it with COMFY_LOG=1 (for debugging, knowing what it may reveal)."""
+        if self.comfy_log is not None:
+            return self.comfy_log
+        return not self.log_silent and self.private_key_b64 is None
+
+    @property
+    def instance_count(self) -> int:
+        return self.comfy_instances or 1
+
+    def instance(self, number: int) -> Settings:
+        """The settings of ComfyUI instance `number`: its own port, folders and start count."""
+        return dataclasses.replace(self, comfy_instance=number)
+
+    @property
+    def comfy_program(self) -> str:
+        """Its supervisord program: `comfy` for the first, as with a single ComfyUI."""
+        return "comfy" if self.comfy_instance == 0 else f"comfy-{self.comfy_instance}"
+
+    @property
+    def instance_port(self) -> int:
+        return self.comfy_port + self.comfy_instance
+
+    @property
+    def comfy_url(self) -> str:
+        return f"http://127.0.0.1:{self.instance_port}"
+
+    @property
+    def supervisor_socket(self) -> str:
+        return os.path.join(self.run_dir, "supervisor.sock")
+
+    @property
+    def comfy_starts_file(self) -> str:
+        """How often ComfyUI was started: written by the launcher, read for /metrics."""
+        return os.path.join(self.run_dir, f"{self.comfy_program}-starts")
+
+    @property
+    def fatal_marker(self) -> str:
+        """Written by the watchdog when it ends the container, read by the entrypoint: exit 1."""
+        return os.path.join(self.run_dir, "fatal")
+
+    @property
+    def comfy_io_dir(self) -> str:
+        """Parent of ComfyUI's input/output/temp folders, owned by the worker."""
+        return os.path.join(self.run_dir, self.comfy_program)
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use one of 1/0/true/false/yes/no")
+
+
+def _int_range(low: int, high: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not a whole number ({low}..{high})") from None
+        if not low <= value <= high:
+            raise ConfigError(f"{name}={value} is out of range; use {low}..{high}")
+        return value
+
+    return parse
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number (> 0)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a finite number greater than 0")
+    return value
+
+
+def _optional_positive_float(name: str, raw: str) -> float | None:
+    return _positive_float(name, raw) if raw.strip() else None
+
+
+def _mode(name: str, raw: str) -> str:
+    value = raw.strip()
+    if value not in MODES:
+        raise ConfigError(f"{name}={raw!r} is not a launch mode; use one of: {', '.join(MODES)}")
+    return value
+
+
+def _response_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in RESPONSE_FORMATS:
+        raise ConfigError(f"{name}={raw!r} is not an answer shape; use one of: {', '.join(RESPONSE_FORMATS)}")
+    return value
+
+
+def _instances(name: str, raw: str) -> int | None:
+    value = raw.strip().lower()
+    if value == "auto":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_INSTANCES:
+        raise ConfigError(
+            f"{name}={raw!r} is not a number of ComfyUI instances; use auto (one per GPU) or "
+            f"a whole number from 1 to {MAX_INSTANCES}"
+        )
+    return int(value)
+
+
+def _device(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("auto", "cpu"):
+        raise ConfigError(
+            f"{name}={raw!r} is not a device choice; use auto (a GPU when one is visible) or cpu"
+        )
+    return value
+
+
+def _names(name: str, raw: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise ConfigError(f"{name} holds {bad[0]!r}, not a variable name; give names separated by commas")
+    return names
+
+
+def _prefix(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not value or not all(c.isalnum() or c in "-_.:" for c in value):
+        raise ConfigError(f"{name}={raw!r} must be letters, digits, '-', '_', '.' or ':'")
+    return value
+
+
+def _redis_url(name: str, raw: str) -> str | None:
+    value = raw.strip()
+    if not value:
+        return None
+    if not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be a redis://, rediss:// or unix:// URL (its value is not shown)")
+    try:
+        urllib.parse.urlsplit(value).port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise ConfigError(f"{name} holds a port that is not a number (its value is not shown)") from None
+    return value
+
+
+def _text(_name: str, raw: str) -> str:
+    return raw
+
+
+def _optional(_name: str, raw: str) -> str | None:
+    return raw or None
+
+
+def _path(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} is empty; give a folder path")
+    return os.path.abspath(raw)
+
+
+def _optional_path(name: str, raw: str) -> str | None:
+    return _path(name, raw) if raw.strip() else None
+
+
+def _endpoint_id(name: str, raw: str) -> str:
+    if not raw or not all(c.isalnum() or c in "-_" for c in raw):
+        raise ConfigError(f"{name}={raw!r} must be letters, digits, '-' or '_'")
+    return raw
+
+
+def _http_url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={raw!r} must be an http(s) URL")
+    return value
+
+
+def _commit(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if not 7 <= len(value) <= 40 or any(c not in "0123456789abcdef" for c in value):
+        raise ConfigError(f"{name}={raw!r} must be a commit hash (7 to 40 hex digits), not a branch or tag")
+    return value
+
+
+def _private_key(name: str, raw: str) -> str | None:
+    if not raw.strip():
+        return None
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{name} is not valid base64; {_KEYGEN_HINT}") from None
+    if len(key) != 32:
+        raise ConfigError(f"{name} decodes to {len(key)} bytes, a Curve25519 key has 32; {_KEYGEN_HINT}")
+    return raw.strip()
+
+
+_KEYGEN_HINT = "make one with `make keygen` (in the image: `python -m services.container.keygen`)"
+
+# variable name -> (Settings field, parser)
+_VARIABLES: dict[str, tuple[str, object]] = {
+    "LAUNCH_MODE": ("launch_mode", _mode),
+    "API_PORT": ("api_port", _int_range(1, 65535)),
+    "API_KEY": ("api_key", _optional),
+    "COMFYUI_MODEL_DIR": ("model_dir", _path),
+    "COMFYUI_BAKED_MODEL_DIR": ("baked_model_dir", _optional_path),
+    "COMFYUI_DIR": ("comfyui_dir", _path),
+    "COMFY_PYTHON": ("comfy_python", _path),
+    "COMFY_PORT": ("comfy_port", _int_range(1, 65535)),
+    "COMFY_ARGS": ("comfy_args", _text),
+    "COMFY_ENV": ("comfy_env", _names),
+    "COMFY_DEVICE": ("comfy_device", _device),
+    "COMFY_INSTANCES": ("comfy_instances", _instances),
+    "COMFY_INSTANCE": ("comfy_instance", _int_range(0, MAX_INSTANCES - 1)),
+    "COMFY_USER": ("comfy_user", _text),
+    "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
+    "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
+    "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
+    "DRY_RUN": ("dry_run", _bool),
+    "NO_HISTORY": ("no_history", _bool),
+    "RESPONSE_FORMAT": ("response_format", _response_format),
+    "LOG_SILENT": ("log_silent", _bool),
+    "COMFY_LOG": ("comfy_log", _bool),
+    "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
+    "REPLAY_WINDOW_S": ("replay_window_s", _positive_float),
+    "COMFY_READY_TIMEOUT_S": ("comfy_ready_timeout_s", _positive_float),
+    "COMFY_SUBMIT_TIMEOUT_S": ("comfy_submit_timeout_s", _positive_float),
+    "COMFY_BOOT_TIMEOUT_S": ("comfy_boot_timeout_s", _positive_float),
+    "WATCH_FAILS": ("watch_fails", _int_range(1, 100)),
+    "WATCH_PROBE_TIMEOUT_S": ("watch_probe_timeout_s", _positive_float),
+    "WATCH_MAX_EXITS": ("watch_max_exits", _int_range(1, 1000)),
+    "WATCH_EXIT_WINDOW_S": ("watch_exit_window_s", _positive_float),
+    "RUN_DIR": ("run_dir", _path),
+    "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
+    "MAX_RESULT_MB": ("max_result_mb", _positive_float),
+    "WARMUP_WORKFLOW": ("warmup_workflow", _optional_path),
+    "IMAGE_URL_MAX_MB": ("image_url_max_mb", _positive_float),
+    "IMAGE_URL_TIMEOUT_S": ("image_url_timeout_s", _positive_float),
+    "BUCKET_ENDPOINT_URL": ("bucket_endpoint_url", _optional),
+    "BUCKET_ACCESS_KEY_ID": ("bucket_access_key_id", _optional),
+    "BUCKET_SECRET_ACCESS_KEY": ("bucket_secret_access_key", _optional),
+    "BUCKET_NAME": ("bucket_name", _text),
+    "HF_TOKEN": ("hf_token", _optional),
+    "HF_ENDPOINT": ("hf_endpoint", _http_url),
+    "CIVITAI_TOKEN": ("civitai_token", _optional),
+    "ALLOW_PRIVATE_DOWNLOADS": ("allow_private_downloads", _bool),
+    "LOCAL_ENDPOINT_ID": ("local_endpoint_id", _endpoint_id),
+    "COMFYUI_SOURCE": ("comfyui_source", _text),
+    "COMFYUI_REF": ("comfyui_ref", _commit),
+    "COMFYUI_INSTALL_DIR": ("comfyui_install_dir", _path),
+    "COMFYUI_LOCK": ("comfyui_lock", _path),
+    "RUNPOD_WEBHOOK_GET_JOB": ("runpod_job_url", _optional),
+    "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
+    "STATE_URL": ("state_url", _redis_url),
+    "STATE_PREFIX": ("state_prefix", _prefix),
+    "JOB_TTL_S": ("job_ttl_s", _positive_float),
+    "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
+    "MODEL_CACHE_GB": ("model_cache_gb", _optional_positive_float),
+    "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
+    "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),
+}
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for name, (field, parse) in _VARIABLES.items():
+        if name in env:
+            values[field] = parse(name, env[name])
+    values["gpu_visibility"] = tuple((name, env[name]) for name in GPU_VISIBILITY if name in env)
+    settings = Settings(**values)
+    if settings.encryption_required and not settings.private_key_b64:
+        raise ConfigError(
+            "ENCRYPTION_REQUIRED=1 but WORKER_PRIVATE_KEY_B64 is not set; "
+            f"{_KEYGEN_HINT} and set WORKER_PRIVATE_KEY_B64, or set ENCRYPTION_REQUIRED=0"
+        )
+    return settings
+
+
+def describe(settings: Settings) -> str:
+    """One line per setting for the start-up log, with secrets masked."""
+    lines = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name in SECRETS:
+            value = "(set)" if value else "(unset)"
+        lines.append(f"{f.name}={value}")
+    return " ".join(lines)
+
+
+def load_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    """One boolean variable, parsed as `load` would (for decisions made before `load`)."""
+    return _bool(name, environ[name]) if name in environ else default
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    """`NAME=value` lines of a local env file (no shell syntax); a missing file is empty."""
+    values: dict[str, str] = {}
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return values
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise ConfigError(f"{path}:{number} is not a NAME=value line")
+        values[name.strip()] = value.strip()
+    return values

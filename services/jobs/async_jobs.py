@@ -1,0 +1,81 @@
+"""Asynchronous `/run` for pod mode: start a job, then poll its state, progress and result.
+
+Proxies in front of pods cut HTTP requests at about 100 s, so long jobs run in the background
+(a greenlet under gunicorn's gevent worker) and are kept in memory for JOB_TTL_S after they end.
+Without STATE_URL, state lives in the one API worker process and a restart of the API forgets
+it; with it, services.jobs.shared_jobs keeps jobs in Redis for the fleet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.jobs.pipeline import Pipeline
+
+
+@dataclass
+class AsyncJob:
+    id: str
+    state: str = "queued"  # queued -> running -> completed | failed | cancelled
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    progress: dict | None = None
+    result: dict | None = None
+    http_status: int | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> dict:
+        body: dict[str, Any] = {"id": self.id, "state": self.state, "progress": self.progress}
+        if self.result is not None:
+            body["result"] = self.result
+            body["http_status"] = self.http_status
+        return body
+
+
+class AsyncJobs:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.keep_s = pipeline.settings.job_ttl_s
+        self.jobs: dict[str, AsyncJob] = {}
+
+    def start(self, body: Any) -> AsyncJob:
+        self._prune()
+        job = AsyncJob(id=str(uuid.uuid4()))
+        self.jobs[job.id] = job
+        threading.Thread(target=self._run, args=(job, body), daemon=True).start()
+        return job
+
+    def get(self, job_id: str) -> AsyncJob | None:
+        return self.jobs.get(job_id)
+
+    def cancel(self, job_id: str) -> AsyncJob | None:
+        job = self.jobs.get(job_id)
+        if job is not None and job.finished is None:
+            job.cancel.set()
+        return job
+
+    def close(self) -> None:
+        """Nothing to hand back: these jobs live and end with the process."""
+
+    def _run(self, job: AsyncJob, body: Any) -> None:
+        job.state = "running"
+
+        def progress(update: dict) -> None:
+            job.progress = update
+
+        reply = self.pipeline.run(body, progress, job.cancel)
+        job.result, job.http_status = reply.body, reply.status
+        if job.cancel.is_set():
+            job.state = "cancelled"
+        else:
+            job.state = "completed" if reply.status == 200 else "failed"
+        job.finished = time.time()
+
+    def _prune(self) -> None:
+        now = time.time()
+        for job_id in [j.id for j in self.jobs.values() if j.finished and now - j.finished > self.keep_s]:
+            del self.jobs[job_id]

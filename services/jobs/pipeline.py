@@ -1,0 +1,188 @@
+"""The one job pipeline behind both the pod API and the RunPod handler.
+
+envelope (and its replay check) -> payload checks -> the job's models on the volume ->
+(DRY_RUN stops here) -> ComfyUI -> result -> seal. Adapters only authorize, decode the body and
+map the `Reply` to their transport.
+Progress of an encrypted job leaves only as a percentage: node ids would reveal the workflow.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from nacl.public import PrivateKey
+
+from services.core import errors
+from services.core.config import Settings
+from services.core.offload import offload
+from services.jobs import envelope, image_fetch, job_request, worker_comfyui
+from services.jobs.output_store import OutputStore
+from services.jobs.replay import ReplayGuard
+from services.models.downloads import Downloads
+from services.models.job_models import JobModels
+
+if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
+    from services.jobs.state_store import StateStore
+
+log = logging.getLogger("worker.pipeline")
+
+Progress = Callable[[dict], None]
+
+
+class JobObserver(Protocol):
+    """What the pod API's metrics learn of each job (services.jobs.metrics)."""
+
+    def job_started(self) -> None: ...
+
+    def job_ended(self, reply: Reply, seconds: float) -> None: ...
+
+
+class Executor(Protocol):
+    """Runs a checked job in ComfyUI and returns the result object of DESIGN.md section 5."""
+
+    def execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict: ...
+
+
+def coarse(progress: Progress) -> Progress:
+    """Progress without node ids or class names: a percentage of the current step."""
+
+    def update(message: dict) -> None:
+        value, most = message.get("value"), message.get("max")
+        if isinstance(value, int | float) and isinstance(most, int | float) and most > 0:
+            progress({"percent": max(0, min(100, round(100 * value / most)))})
+
+    return update
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: dict
+    status: int
+    error_code: str | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor | None,
+        result_limit_bytes: int | None = None,
+        output_store: OutputStore | None = None,
+        observer: JobObserver | None = None,
+        shared: StateStore | None = None,
+        models: JobModels | None = None,
+    ) -> None:
+        """`shared`: the fleet's Redis (STATE_URL), which remembers envelopes for every worker.
+        `models`: what makes sure of a job's models (by default with downloads of its own)."""
+        self.settings = settings
+        self.observer = observer
+        self.executor = executor
+        self.result_limit_bytes = result_limit_bytes
+        self.output_store = output_store
+        self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
+        self.replay = ReplayGuard(settings.replay_window_s, shared)
+        self.models = models or JobModels(settings, Downloads(settings))
+
+    def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
+        """Answer one request body; never raises."""
+        if self.observer is None:
+            return self._run(body, progress, cancel)
+        started = time.monotonic()
+        self.observer.job_started()
+        reply = self._run(body, progress, cancel)
+        self.observer.job_ended(reply, time.monotonic() - started)
+        return reply
+
+    def _run(self, body: Any, progress: Progress | None, cancel: Any) -> Reply:
+        try:
+            opened = self._open(body)
+            if opened is not None:
+                self.replay.check(opened.epk, opened.nonce, opened.payload)
+        except errors.WorkerError as exc:
+            return self._failed(exc)
+        if opened is not None and progress is not None:
+            progress = coarse(progress)
+        try:
+            job = job_request.parse(
+                opened.payload if opened else body,
+                default_timeout_s=self.settings.job_timeout_s,
+                no_history_default=self.settings.no_history,
+                output_format=self.settings.response_format,
+                fetch=lambda url: image_fetch.fetch(url, self.settings),
+            )
+            markers = self.models.ensure(job.models, progress, cancel) if job.models else []
+            try:
+                result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
+            finally:
+                self.models.release(markers)
+            if job.output_format == "worker-comfyui":
+                result = worker_comfyui.answer(result)
+        except errors.WorkerError as exc:
+            result, status, code = exc.to_dict(), exc.http_status, exc.code
+            log.info("job failed: %s", exc.code)
+        except Exception as exc:  # a bug: answer with a code, never a traceback or job content
+            log.error("unexpected %s in the pipeline", type(exc).__name__)
+            failure = errors.WorkerError("unexpected worker error")
+            result, status, code = failure.to_dict(), failure.http_status, failure.code
+        if opened is not None:
+            size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
+            result = offload(envelope.seal, result, opened.box, size=size)
+        return Reply(result, status, code)
+
+    def _open(self, body: Any) -> envelope.Opened | None:
+        if envelope.is_envelope(body):
+            size = len(body["ciphertext"]) if isinstance(body.get("ciphertext"), str) else 0
+            return offload(envelope.open_request, body, self.private_key, size=size)
+        if self.settings.encryption_required:
+            raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
+        return None
+
+    def _execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict:
+        if self.settings.dry_run:
+            return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}
+        if self.executor is None:
+            raise errors.ComfyInitFailed("no ComfyUI executor is configured")
+        return self.executor.execute(job, progress, cancel)
+
+    def _fit(self, result: dict, opened: envelope.Opened | None) -> dict:
+        """Keep the answer under the result cap: move outputs to the bucket, or refuse with sizes."""
+        limit = self.result_limit_bytes
+        if limit is None or not result.get("outputs"):
+            return result
+        size = len(json.dumps(result, separators=(",", ":")))
+        if opened is not None:
+            size = size * 4 // 3 + 128  # the sealed answer is base64 of the box
+        if size <= limit:
+            return result
+        if self.output_store is None:
+            sizes = ", ".join(f"node {o['node_id']} {o['size'] / 1e6:.2f} MB" for o in result["outputs"])
+            raise errors.OutputTooLarge(
+                f"the result is {size / 1e6:.2f} MB, the cap is {limit / 1e6:.2f} MB (MAX_RESULT_MB) "
+                f"[{sizes}]; configure BUCKET_* to receive the outputs as URLs"
+            )
+        return {
+            **result,
+            "outputs": [self._upload(result["prompt_id"], o, opened) for o in result["outputs"]],
+        }
+
+    def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
+        """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
+        data = offload(base64.b64decode, output["data"], size=len(output["data"]))
+        if opened is not None:
+            data = offload(envelope.seal_bytes, data, opened.box, size=len(data))
+        key = f"{prompt_id}/{uuid.uuid4().hex}"
+        url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
+        moved = {k: v for k, v in output.items() if k != "data"}
+        return {**moved, "url": url, "sealed": opened is not None}
+
+    @staticmethod
+    def _failed(exc: errors.WorkerError) -> Reply:
+        log.info("request refused: %s", exc.code)
+        return Reply(exc.to_dict(), exc.http_status, exc.code)

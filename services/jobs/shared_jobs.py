@@ -1,0 +1,398 @@
+"""Async jobs of a fleet of pods sharing one Redis (STATE_URL): submitted, polled and cancelled
+on any pod, run by whichever pod has a free ComfyUI.
+
+A submitted job is a record (a hash, `<prefix>:job:<id>`) and an entry in one Redis Stream
+(`<prefix>:jobs`) holding the request as sent (an envelope stays sealed). Every pod reads the
+stream in one consumer group, and only while it has a free ComfyUI instance. Starting a job is
+one atomic step (a script): the record turns `running` under the pod's name and the stream
+entry is deleted, so a job starts once, on one pod, and a plain workflow leaves Redis when its
+job starts.
+
+A pod shows it lives by a key it refreshes (`<prefix>:pod:<name>`, expiring after
+JOB_CLAIM_TIMEOUT_S). Entries a silent pod took but never started are claimed by another pod
+(XAUTOCLAIM) and run; a job it had started is answered `worker_lost`, since running it again
+would reach ComfyUI twice (and its envelope is spent). A cancel sets a flag in the record,
+which the running pod reads four times a second. Records are kept JOB_TTL_S after they end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from services.core import errors, json_text
+from services.core.config import Settings
+from services.core.offload import offload
+from services.jobs.async_jobs import AsyncJob
+from services.jobs.pipeline import Pipeline
+from services.jobs.state_store import Error, StateStore
+
+log = logging.getLogger("worker.jobs")
+GROUP = "workers"
+BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
+WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
+RETRY_S = 0.5  # after Redis did not answer
+
+_START = """
+local state = redis.call('HGET', KEYS[1], 'state')
+redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[3], ARGV[2])
+if state and state ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[3], 'started', ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
+return 1
+"""
+_FINISH = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'http_status', ARGV[4],
+  'finished', ARGV[5], 'owner', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('SREM', KEYS[2], ARGV[7])
+return 1
+"""
+_CANCEL = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' then
+  redis.call('HSET', KEYS[1], 'state', 'cancelled', 'result', ARGV[1], 'http_status', ARGV[2],
+    'finished', ARGV[3], 'cancel', '1')
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+elseif state == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel', '1')
+end
+return state
+"""
+_LOST = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  redis.call('SREM', KEYS[2], ARGV[5])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'failed', 'result', ARGV[2], 'http_status', ARGV[3], 'finished', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('SREM', KEYS[2], ARGV[5])
+return 1
+"""
+
+
+class SharedJobs:
+    """`capacity(own)`: how many more jobs this pod's ComfyUIs would start now, given `own`
+    jobs it took (ComfyPool.spare)."""
+
+    def __init__(
+        self, settings: Settings, pipeline: Pipeline, store: StateStore, capacity: Callable[[int], int]
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.store = store
+        self.capacity = capacity
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.stream = store.key("jobs")
+        self.running_set = store.key("running")
+        self.taken_over = 0
+        self.lost = 0
+        self._held: dict[str, str] = {}  # stream entry -> job id: taken, not started
+        self._running: dict[str, threading.Event] = {}  # job id -> its cancel
+        self._lock = threading.Lock()
+        self._changed = threading.Event()
+        self._closing = False
+        self._scripts = {
+            name: store.redis.register_script(text)
+            for name, text in (("start", _START), ("finish", _FINISH), ("cancel", _CANCEL), ("lost", _LOST))
+        }
+        threading.Thread(target=self._take_loop, daemon=True).start()
+        threading.Thread(target=self._watch_loop, daemon=True).start()
+
+    # what the routes call ------------------------------------------------------------------
+    def start(self, body: Any) -> AsyncJob:
+        job = AsyncJob(id=str(uuid.uuid4()))
+        text = offload(json_text.dumps, body, size=_size(body))
+        try:
+            with self.store.redis.pipeline(transaction=True) as tx:
+                tx.hset(self._job_key(job.id), mapping={"state": "queued", "created": job.created})
+                tx.xadd(self.stream, {"id": job.id, "body": text})
+                tx.execute()
+        except Error as exc:
+            raise self.store.unavailable(exc) from None
+        self.store.reached(True)
+        return job
+
+    def get(self, job_id: str) -> AsyncJob | None:
+        record = self._record(job_id)
+        if record.get("state") == "running" and self._declare_lost(job_id, record.get("owner", "")):
+            record = self._record(job_id)
+        return _job(job_id, record) if record else None
+
+    def cancel(self, job_id: str) -> AsyncJob | None:
+        interrupted = errors.Interrupted("the job was cancelled")
+        try:
+            self._scripts["cancel"](
+                keys=[self._job_key(job_id)],
+                args=[_dumps(interrupted.to_dict()), interrupted.http_status, time.time(), self._ttl()],
+            )
+        except Error as exc:
+            raise self.store.unavailable(exc) from None
+        return self.get(job_id)
+
+    def waiting(self) -> int | None:
+        """Jobs in the stream no pod has started (None when Redis does not answer)."""
+        try:
+            groups = self.store.redis.xinfo_groups(self.stream)
+        except Error:
+            return None
+        group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
+        return (group["lag"] or 0) + group["pending"] if group else 0
+
+    def close(self) -> None:
+        """Stop taking jobs and hand back those taken but not started, for another pod at once
+        (their idle time is set past the claim timeout). Jobs running here run on."""
+        with self._lock:
+            self._closing = True
+            held, self._held = list(self._held), {}
+        self._changed.set()
+        log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
+        if not held:
+            return
+        idle_ms = int(self.settings.job_claim_timeout_s * 1000) * 2
+        try:
+            self.store.redis.xclaim(self.stream, GROUP, self.name, 0, held, idle=idle_ms, justid=True)
+        except Error as exc:
+            log.warning(
+                "could not hand back %d job(s): %s; they are taken over after the claim timeout",
+                len(held),
+                type(exc).__name__,
+            )
+
+    # taking and running --------------------------------------------------------------------
+    def _take_loop(self) -> None:
+        self._ensure_group()
+        while not self._closing:
+            with self._lock:
+                own = len(self._held) + len(self._running)
+            free = self.capacity(own)
+            if free <= 0:
+                self._changed.wait(RETRY_S)
+                self._changed.clear()
+                continue
+            try:
+                entries = self._take(free)
+            except Error as exc:
+                self.store.reached(False, exc)
+                if "NOGROUP" in str(exc):
+                    self._ensure_group()
+                time.sleep(RETRY_S)
+                continue
+            self.store.reached(True)
+            for entry_id, fields in entries:
+                self._begin(entry_id, fields)
+
+    def _take(self, count: int) -> list[tuple[str, dict]]:
+        """Entries a silent pod took and never started first, then new ones."""
+        redis = self.store.redis
+        claim_ms = int(self.settings.job_claim_timeout_s * 1000)
+        _cursor, claimed, *_deleted = redis.xautoclaim(
+            self.stream, GROUP, self.name, claim_ms, "0-0", count=count
+        )
+        if claimed:
+            self.taken_over += len(claimed)
+            log.info("took over %d job(s) another pod took and never started", len(claimed))
+            return [(_text(i), f) for i, f in claimed]
+        answer = redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=BLOCK_MS)
+        return [(_text(i), f) for _stream, entries in answer or [] for i, f in entries]
+
+    def _begin(self, entry_id: str, fields: dict) -> None:
+        job_id = _text(fields.get(b"id", b""))
+        with self._lock:
+            if self._closing:
+                return
+            self._held[entry_id] = job_id
+        threading.Thread(
+            target=self._run, args=(entry_id, job_id, fields.get(b"body", b"null")), daemon=True
+        ).start()
+
+    def _run(self, entry_id: str, job_id: str, body_text: bytes) -> None:
+        cancel = threading.Event()
+        started = not self._closing and self._start(entry_id, job_id)
+        with self._lock:
+            self._held.pop(entry_id, None)
+            if started:  # even when handed back meanwhile: its entry is gone, it runs here
+                self._running[job_id] = cancel
+        try:
+            if started:
+                self._execute(job_id, body_text, cancel)
+        finally:
+            with self._lock:
+                self._running.pop(job_id, None)
+            self._changed.set()
+
+    def _start(self, entry_id: str, job_id: str) -> bool:
+        """Claim the job for this pod, once; False when it was cancelled or started elsewhere."""
+        try:
+            started = self._scripts["start"](
+                keys=[self._job_key(job_id), self.running_set, self.stream],
+                args=[GROUP, entry_id, self.name, time.time(), job_id],
+            )
+        except Error as exc:
+            self.store.reached(False, exc)
+            return False  # still pending: taken over after the claim timeout
+        return bool(started)
+
+    def _execute(self, job_id: str, body_text: bytes, cancel: threading.Event) -> None:
+        try:
+            body = offload(json.loads, body_text, size=len(body_text))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            body = None  # the pipeline answers invalid_request
+        reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel)
+        state = "cancelled" if cancel.is_set() else "completed" if reply.status == 200 else "failed"
+        result = offload(json_text.dumps, reply.body, size=_size(reply.body))
+        self._finish(job_id, state, result, reply.status)
+
+    def _progress(self, job_id: str, update: dict) -> None:
+        try:
+            self.store.redis.hset(self._job_key(job_id), "progress", _dumps(update))
+        except Error as exc:
+            self.store.reached(False, exc)
+
+    def _finish(self, job_id: str, state: str, result: str, status: int) -> None:
+        """Write the outcome, waiting out a Redis that does not answer (for up to JOB_TTL_S):
+        a job that ran is never lost to an outage."""
+        deadline = time.monotonic() + self.settings.job_ttl_s
+        while True:
+            try:
+                written = self._scripts["finish"](
+                    keys=[self._job_key(job_id), self.running_set],
+                    args=[self.name, state, result, status, time.time(), self._ttl(), job_id],
+                )
+            except Error as exc:
+                self.store.reached(False, exc)
+                if time.monotonic() > deadline:
+                    log.error("dropped a job's outcome: the shared state did not answer for JOB_TTL_S")
+                    return
+                time.sleep(RETRY_S)
+                continue
+            self.store.reached(True)
+            if not written:
+                log.warning("a job ended after it was declared worker_lost; its outcome is dropped")
+            return
+
+    # liveness, cancels and lost pods -------------------------------------------------------
+    def _watch_loop(self) -> None:
+        beat_every = max(WATCH_S, self.settings.job_claim_timeout_s / 3)
+        next_beat = 0.0
+        while True:
+            try:
+                self._read_cancels()
+                if time.monotonic() >= next_beat:
+                    self._beat()
+                    self._reap()
+                    next_beat = time.monotonic() + beat_every
+            except Error as exc:
+                self.store.reached(False, exc)
+            except errors.StateUnavailable:
+                pass  # recorded where it was raised
+            time.sleep(WATCH_S)
+
+    def _beat(self) -> None:
+        ttl_ms = int(self.settings.job_claim_timeout_s * 1000)
+        self.store.redis.set(self.store.key("pod", self.name), b"1", px=ttl_ms)
+        self.store.reached(True)
+
+    def _read_cancels(self) -> None:
+        with self._lock:
+            running = list(self._running.items())
+        if not running:
+            return
+        with self.store.redis.pipeline(transaction=False) as reads:
+            for job_id, _event in running:
+                reads.hget(self._job_key(job_id), "cancel")
+            flags = reads.execute()
+        for (_job_id, event), flag in zip(running, flags, strict=True):
+            if flag == b"1":
+                event.set()
+
+    def _reap(self) -> None:
+        """Answer `worker_lost` for jobs whose pod went silent."""
+        for job_id in map(_text, self.store.redis.smembers(self.running_set)):
+            owner = _text(self.store.redis.hget(self._job_key(job_id), "owner") or b"")
+            self._declare_lost(job_id, owner)
+
+    def _declare_lost(self, job_id: str, owner: str) -> bool:
+        if owner == self.name:
+            return False
+        lost = errors.WorkerLost(
+            "the pod running this job stopped answering after the job reached ComfyUI; send it again"
+        )
+        try:
+            declared = self._scripts["lost"](
+                keys=[self._job_key(job_id), self.running_set, self.store.key("pod", owner)],
+                args=[owner, _dumps(lost.to_dict()), lost.http_status, time.time(), job_id, self._ttl()],
+            )
+        except Error as exc:
+            raise self.store.unavailable(exc) from None
+        if declared:
+            self.lost += 1
+            log.warning("a job's pod went silent: answered worker_lost")
+        return bool(declared)
+
+    # records ---------------------------------------------------------------------------------
+    def _ensure_group(self) -> None:
+        try:
+            self.store.redis.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except Error as exc:
+            if "BUSYGROUP" not in str(exc):
+                self.store.reached(False, exc)
+
+    def _record(self, job_id: str) -> dict[str, str]:
+        try:
+            raw = self.store.redis.hgetall(self._job_key(job_id))
+        except Error as exc:
+            raise self.store.unavailable(exc) from None
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    def _job_key(self, job_id: str) -> str:
+        return self.store.key("job", job_id)
+
+    def _ttl(self) -> int:
+        return max(1, int(self.settings.job_ttl_s))
+
+
+def _job(job_id: str, record: dict[str, str]) -> AsyncJob:
+    result = record.get("result")
+    job = AsyncJob(
+        id=job_id,
+        state=record.get("state", "queued"),
+        created=float(record.get("created", 0) or 0),
+        finished=float(record["finished"]) if "finished" in record else None,
+        progress=json.loads(record["progress"]) if "progress" in record else None,
+        result=offload(json.loads, result, size=len(result)) if result is not None else None,
+        http_status=int(record["http_status"]) if "http_status" in record else None,
+    )
+    if record.get("cancel") == "1":
+        job.cancel.set()
+    return job
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _size(body: Any) -> int:
+    """Roughly how much text a body becomes: its longest strings (images, ciphertext) dominate."""
+    if isinstance(body, dict):
+        return sum(_size(v) for v in body.values())
+    if isinstance(body, list):
+        return sum(_size(v) for v in body)
+    return len(body) if isinstance(body, str) else 8

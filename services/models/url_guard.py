@@ -1,0 +1,123 @@
+"""Fetch operator-supplied download URLs without reaching into private networks (SSRF).
+
+Modelled on runpod 1.12's `rp_ssrf` (not imported: the SDK costs the API process 1.5 s and
+63 MB): every hop's host is resolved and must be globally routable, the connection is pinned
+to the address that was checked (no DNS rebinding between check and connect), and redirects
+are followed by hand so that each one is checked again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from services.core import errors
+
+REDIRECTS = (301, 302, 303, 307, 308)
+MAX_REDIRECTS = 5
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def is_public(ip: str) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    address = embedded_ipv4(address) or address
+    return address.is_global and address not in _CGNAT and not address.is_multicast
+
+
+def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to its destination (IPv4-mapped, 6to4, NAT64,
+    IPv4-compatible): that address, not the IPv6 form, decides where the connection goes."""
+    if address.version == 4:
+        return None
+    if address.ipv4_mapped:
+        return address.ipv4_mapped
+    if address.sixtofour:
+        return address.sixtofour
+    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def resolve(host: str, port: int, allow_private: bool) -> list[str]:
+    """The host's addresses; any non-public one refuses the whole host (unless allowed)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise errors.UrlNotAllowed(f"cannot resolve host {host[:80]!r}") from None
+    ips = list(dict.fromkeys(info[4][0] for info in infos))
+    if not allow_private:
+        for ip in ips:
+            if not is_public(ip):
+                raise errors.UrlNotAllowed(
+                    f"{host} resolves to a private, loopback or link-local address; "
+                    "set ALLOW_PRIVATE_DOWNLOADS=1 to allow it"
+                )
+    return ips
+
+
+class _PinnedAdapter(HTTPAdapter):
+    """Dial the checked address while keeping the URL's host for Host, SNI and certificates."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        super().__init__(max_retries=0)
+
+    def get_connection_with_tls_context(
+        self,
+        request: requests.PreparedRequest,
+        verify: bool | str,
+        proxies: dict | None = None,
+        cert: Any = None,
+    ) -> Any:
+        pool = super().get_connection_with_tls_context(request, verify, proxies=proxies, cert=cert)
+        parts = urlsplit(request.url)
+        if parts.scheme == "https":
+            pool.assert_hostname = parts.hostname
+            pool.conn_kw = {**(pool.conn_kw or {}), "server_hostname": parts.hostname}
+        pool.host = self.ip
+        return pool
+
+
+def get(url: str, headers: dict[str, str], allow_private: bool, timeout: float = 30.0) -> requests.Response:
+    """A streamed GET of `url`, following redirects only to addresses that pass the check.
+    An Authorization header is dropped when a redirect leaves the first host."""
+    current, sent = url, dict(headers)
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urlsplit(current)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise errors.UrlNotAllowed("only http(s) URLs with a host can be downloaded")
+        ips = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow_private)
+        session = requests.Session()
+        session.trust_env = False  # a proxy would resolve the host itself and undo the pinning
+        session.mount(f"{parts.scheme}://", _PinnedAdapter(ips[0]))
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        request_headers = {**sent, "Host": host if parts.port is None else f"{host}:{parts.port}"}
+        try:
+            response = session.get(
+                current, headers=request_headers, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except requests.RequestException as exc:
+            session.close()
+            raise errors.DownloadFailed(
+                f"could not connect to {parts.hostname} ({type(exc).__name__})"
+            ) from None
+        if response.status_code not in REDIRECTS:
+            return response
+        location = response.headers.get("Location", "")
+        response.close()
+        session.close()
+        following = urljoin(current, location)
+        if urlsplit(following).hostname != parts.hostname:
+            sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+        current = following
+    raise errors.DownloadFailed("too many redirects")

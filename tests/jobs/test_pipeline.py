@@ -1,0 +1,105 @@
+"""The pipeline's result cap: outputs that would not fit are refused with their sizes, or moved
+to a bucket (sealed for encrypted jobs). The live S3 path is in tests/handler/test_result_cap.py."""
+
+import base64
+
+from client.envelope_client import open_answer, open_blob, seal_request
+from services.core import config
+from services.jobs import envelope
+from services.jobs.pipeline import Pipeline
+
+PRIVATE, PUBLIC = envelope.keypair()
+BIG = base64.b64encode(b"\x89PNG" + b"x" * 5000).decode()
+RESULT = {
+    "status": "ok",
+    "prompt_id": "p1",
+    "outputs": [
+        {
+            "node_id": "9",
+            "filename": "a.png",
+            "type": "images",
+            "mime": "image/png",
+            "size": 5004,
+            "data": BIG,
+        }
+    ],
+}
+WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {}}}
+
+
+class Executor:
+    def execute(self, job, progress, cancel):
+        return RESULT
+
+
+class Store:
+    def __init__(self):
+        self.objects = {}
+
+    def put(self, key, data, mime):
+        self.objects[key] = (data, mime)
+        return f"https://bucket.example/{key}"
+
+
+def pipeline(limit, store=None, **env):
+    settings = config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0", **env})
+    return Pipeline(settings, Executor(), result_limit_bytes=limit, output_store=store)
+
+
+def test_a_result_under_the_cap_is_inline():
+    assert pipeline(10**6).run({"workflow": WORKFLOW}).body == RESULT
+
+
+def test_over_the_cap_without_a_bucket_is_output_too_large_with_sizes():
+    reply = pipeline(1000).run({"workflow": WORKFLOW})
+    assert reply.status == 507 and reply.error_code == "output_too_large"
+    assert "node 9 0.01 MB" in reply.body["error"] and "BUCKET_" in reply.body["error"]
+
+
+def test_encrypted_size_counts_the_sealing_overhead():
+    request, ephemeral = seal_request({"workflow": WORKFLOW}, PUBLIC)
+    limit = 7000  # the plain result fits, the sealed answer would not
+    assert pipeline(limit).run({"workflow": WORKFLOW}).status == 200
+    reply = pipeline(limit).run(request)
+    assert open_answer(reply.body, ephemeral, PUBLIC)["error"].startswith("output_too_large")
+
+
+def test_over_the_cap_with_a_bucket_answers_urls():
+    store = Store()
+    body = pipeline(1000, store).run({"workflow": WORKFLOW}).body
+    [output] = body["outputs"]
+    assert (
+        "data" not in output
+        and output["url"].startswith("https://bucket.example/p1/")
+        and output["sealed"] is False
+    )
+    [(data, mime)] = store.objects.values()
+    assert data == base64.b64decode(BIG) and mime == "image/png"
+
+
+def test_an_encrypted_job_puts_only_sealed_blobs_in_the_bucket():
+    store = Store()
+    request, ephemeral = seal_request({"workflow": WORKFLOW}, PUBLIC)
+    result = open_answer(pipeline(1000, store).run(request).body, ephemeral, PUBLIC)
+    assert result["outputs"][0]["sealed"] is True
+    [(blob, mime)] = store.objects.values()
+    assert b"PNG" not in blob and mime == "application/octet-stream"
+    assert open_blob(blob, ephemeral, PUBLIC) == base64.b64decode(BIG)
+
+
+class Progressing:
+    def execute(self, job, progress, cancel):
+        progress({"node": "7"})
+        progress({"node": "7", "value": 2, "max": 4})
+        return RESULT
+
+
+def test_progress_of_an_encrypted_job_is_only_a_percentage():
+    settings = config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0"})
+    seen = []
+    request, _ = seal_request({"workflow": WORKFLOW}, PUBLIC)
+    Pipeline(settings, Progressing()).run(request, seen.append)
+    assert seen == [{"percent": 50}]
+    seen.clear()
+    Pipeline(settings, Progressing()).run({"workflow": WORKFLOW}, seen.append)  # plain keeps detail
+    assert seen == [{"node": "7"}, {"node": "7", "value": 2, "max": 4}]

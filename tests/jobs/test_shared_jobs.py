@@ -1,0 +1,346 @@
+"""Several pods acting as one endpoint through a real Redis (STATE_URL): real supervisord stacks
+with the ComfyUI stand-in, one Redis for the module. The pods share the worker key, as a fleet
+behind one endpoint does."""
+
+import threading
+import uuid
+
+import pytest
+import redis
+import requests
+
+from client.envelope_client import open_answer, seal_request
+from services.core import config
+from services.jobs.pipeline import Pipeline
+from services.jobs.shared_jobs import GROUP, SharedJobs
+from services.jobs.state_store import StateStore
+from tests.stack import Stack, real_backend, wait_until
+from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
+
+CLAIM_S = 2.0
+
+
+def fleet_env(redis_server, prefix, key=None):
+    env = {
+        "DRY_RUN": "0",
+        "ENCRYPTION_REQUIRED": "0",
+        "JOB_TIMEOUT_S": "60",
+        "STATE_URL": redis_server.url,
+        "STATE_PREFIX": prefix,
+        "JOB_CLAIM_TIMEOUT_S": str(CLAIM_S),
+    }
+    if key:
+        env["WORKER_PRIVATE_KEY_B64"] = key
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefix():
+    return f"fleet-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def pods(redis_server, prefix):
+    """Three pods on one Redis, sharing the worker key (started side by side)."""
+    first = Stack("api", fleet_env(redis_server, prefix)).start()
+    fleet = [first] + [
+        Stack("api", fleet_env(redis_server, prefix, first.private_key)).start() for _ in range(2)
+    ]
+    try:
+        for pod in fleet:
+            pod.wait_ready()
+        yield fleet
+    finally:
+        for pod in fleet:
+            pod.stop()
+
+
+def submit(pod, payload):
+    answer = requests.post(pod.url + "/run", params={"async": "1"}, json=payload, timeout=10)
+    assert answer.status_code == 202, answer.text
+    return answer.json()["id"]
+
+
+def status(pod, job_id):
+    return requests.get(pod.url + f"/jobs/{job_id}", timeout=10).json()
+
+
+def ended(pod, job_id, timeout=60):
+    final = ("completed", "failed", "cancelled")
+    wait_until(lambda: status(pod, job_id).get("state") in final, timeout, f"job {job_id} to end")
+    return status(pod, job_id)
+
+
+def in_flight(pod):
+    """Jobs the pod runs now, from its /metrics."""
+    page = requests.get(pod.url + "/metrics", timeout=10).text
+    [line] = [line for line in page.splitlines() if line.startswith("comfy_worker_jobs_in_flight ")]
+    return int(float(line.split()[1]))
+
+
+def metric(pod, name):
+    page = requests.get(pod.url + "/metrics", timeout=10).text
+    [line] = [line for line in page.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
+
+
+def completed_jobs(pod):
+    page = requests.get(pod.url + "/metrics", timeout=10).text
+    lines = [
+        line
+        for line in page.splitlines()
+        if line.startswith('comfy_worker_jobs_total{code="",outcome="completed"}')
+    ]
+    return int(float(lines[0].split()[1])) if lines else 0
+
+
+def test_a_job_submitted_to_one_pod_is_polled_and_fetched_on_the_other(pods):
+    first, second, _ = pods
+    job_id = submit(first, {"workflow": with_knob("StandinSlow", color=3, seconds=1, steps=4)})
+    done = ended(second, job_id)
+    assert done["state"] == "completed" and done["http_status"] == 200, done
+    assert done["result"]["outputs"][0]["mime"] == "image/png"
+    assert status(first, job_id) == done
+    runpod_view = requests.get(second.url + f"/v2/any/status/{job_id}", timeout=10).json()
+    assert runpod_view["status"] == "COMPLETED" and runpod_view["output"] == done["result"]
+
+
+def test_a_cancel_sent_to_one_pod_interrupts_the_job_running_on_the_other(pods):
+    job_id = submit(pods[0], {"workflow": with_knob("StandinSlow", color=4, seconds=60, steps=60)})
+    wait_until(lambda: status(pods[0], job_id)["state"] == "running", 20, "the job to start")
+    wait_until(lambda: sum(in_flight(p) for p in pods) == 1, 10, "a pod to run the job")
+    [runner] = [pod for pod in pods if in_flight(pod)]
+    other = next(pod for pod in pods if pod is not runner)
+    assert requests.post(other.url + f"/jobs/{job_id}/cancel", timeout=10).status_code == 200
+    done = ended(other, job_id, timeout=10)
+    assert done["state"] == "cancelled" and done["result"]["error"].startswith("interrupted"), done
+    wait_until(lambda: in_flight(runner) == 0, 10, "the runner to let go of the job")
+
+
+def test_an_unknown_job_is_not_found_on_every_pod(pods):
+    for pod in pods:
+        answer = requests.get(pod.url + "/jobs/nope", timeout=10)
+        assert answer.status_code == 404 and answer.json()["error"].startswith("job_not_found")
+
+
+def test_an_envelope_replayed_to_the_other_pod_is_refused(pods):
+    first, second, _ = pods
+    request, ephemeral = seal_request(
+        {"workflow": with_knob("StandinSlow", color=5, seconds=0, steps=1)}, first.public_key
+    )
+    answer = requests.post(first.url + "/run", json=request, timeout=60)
+    assert open_answer(answer.json(), ephemeral, first.public_key)["status"] == "ok"
+    replayed = requests.post(second.url + "/run", json=request, timeout=60)
+    assert replayed.status_code == 409 and replayed.json()["error"].startswith("replayed_request")
+
+
+def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix):
+    first, second, _ = pods
+    marker = f"okapi-{uuid.uuid4().hex[:8]}"
+    payload = {
+        "workflow": {
+            **invert_upload(f"{marker}.png"),
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": marker}},
+        },
+        "images": [{"name": f"{marker}.png", "image": png_b64(12, 12, (9, 8, 7))}],
+    }
+    request, ephemeral = seal_request(payload, first.public_key)
+    job_id = submit(first, request)
+    done = ended(second, job_id)
+    result = open_answer(done["result"], ephemeral, first.public_key)
+    assert result["status"] == "ok" and len(result["outputs"]) == 2
+    plain_job = submit(second, {"workflow": with_knob("StandinSlow", color=6, seconds=0, steps=1)})
+    ended(first, plain_job)
+    found = everything_in(redis_server.client(), prefix)
+    assert marker.encode() not in found and result["outputs"][0]["data"][:40].encode() not in found
+    assert b"StandinSlow" not in found  # a plain workflow leaves with its job
+    assert job_id.encode() in found  # the scan reads the records
+
+
+def everything_in(client: redis.Redis, prefix: str) -> bytes:
+    """Every key, hash field, set member, string and stream entry under the fleet's prefix."""
+    parts = []
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        kind = client.type(key)
+        parts.append(key)
+        if kind == b"hash":
+            parts += [b"%s=%s" % item for item in client.hgetall(key).items()]
+        elif kind == b"set":
+            parts += list(client.smembers(key))
+        elif kind == b"string":
+            parts.append(client.get(key))
+        elif kind == b"stream":
+            parts += [b"%s=%s" % item for _id, fields in client.xrange(key) for item in fields.items()]
+    return b"\n".join(parts)
+
+
+def test_jobs_submitted_to_one_pod_run_spread_over_every_free_pod(pods):
+    before = [completed_jobs(pod) for pod in pods]
+    jobs = [
+        submit(pods[0], {"workflow": with_knob("StandinSlow", color=10 + n, seconds=2, steps=4)})
+        for n in range(6)
+    ]
+    for job_id in jobs:
+        assert ended(pods[1], job_id)["state"] == "completed"
+    ran = [completed_jobs(pod) - n for pod, n in zip(pods, before, strict=True)]
+    assert sum(ran) == 6 and all(ran), ran
+    assert all(metric(pod, "comfy_worker_shared_jobs_waiting") == 0 for pod in pods)
+
+
+def test_a_killed_pod_s_job_is_answered_worker_lost_by_the_others(pods):
+    """It kills the third pod: the tests after it use the other two."""
+    jobs = [
+        submit(pods[0], {"workflow": with_knob("StandinSlow", color=20 + n, seconds=60, steps=60)})
+        for n in range(3)
+    ]
+    wait_until(lambda: all(in_flight(pod) == 1 for pod in pods), 20, "each pod to run one job")
+    pods[2].kill()
+    states = {}
+
+    def one_lost():
+        states.update({job_id: status(pods[0], job_id) for job_id in jobs})
+        return [s["state"] for s in states.values()].count("failed") == 1
+
+    wait_until(one_lost, CLAIM_S * 3 + 5, "the killed pod's job to be answered")
+    [lost] = [s for s in states.values() if s["state"] == "failed"]
+    assert lost["http_status"] == 503 and lost["result"]["error"].startswith("worker_lost"), lost
+    assert sorted(s["state"] for s in states.values()) == ["failed", "running", "running"]
+    assert sum(metric(pod, "comfy_worker_jobs_worker_lost_total") for pod in pods[:2]) == 1
+    for job_id in jobs:
+        requests.post(pods[1].url + f"/jobs/{job_id}/cancel", timeout=10)
+    for job_id in jobs:
+        assert ended(pods[1], job_id, timeout=15)["state"] in ("failed", "cancelled")
+
+
+# One pod's side of the queue, in this process on the real Redis (DRY_RUN jobs) --------------
+def shared_jobs(redis_server, prefix, capacity, **env):
+    settings = config.load(
+        {
+            "ENCRYPTION_REQUIRED": "0",
+            "DRY_RUN": "1",
+            "STATE_URL": redis_server.url,
+            "STATE_PREFIX": prefix,
+            **env,
+        }
+    )
+    store = StateStore(settings)
+    return SharedJobs(settings, Pipeline(settings, None, shared=store), store, capacity)
+
+
+DRY_JOB = {"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
+
+
+def test_a_job_a_silent_pod_took_but_never_started_is_taken_over_and_runs(redis_server):
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    submitter = shared_jobs(redis_server, prefix, lambda own: 0, JOB_CLAIM_TIMEOUT_S="0.5")
+    job = submitter.start(DRY_JOB)
+    client = redis_server.client()
+    taken = client.xreadgroup(GROUP, "silent-pod", {f"{prefix}:jobs": ">"}, count=1, block=5000)
+    assert taken and taken[0][1][0][1][b"id"] == job.id.encode()  # a pod took it, then went silent
+    taker = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="0.5")
+    wait_until(lambda: submitter.get(job.id).state == "completed", 10, "the job to be taken over")
+    assert taker.taken_over == 1 and submitter.get(job.id).result["dry_run"] is True
+    assert client.xlen(f"{prefix}:jobs") == 0 and taker.waiting() == 0
+
+
+def test_a_pod_that_stops_hands_back_what_it_took_but_did_not_start(redis_server, monkeypatch):
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    stopping = shared_jobs(redis_server, prefix, lambda own: 1 - own)  # claim timeout 30 s
+    starting, release = threading.Event(), threading.Event()
+    really_start = stopping._start
+
+    def caught_between_take_and_start(entry_id, job_id):
+        starting.set()
+        release.wait(30)
+        return really_start(entry_id, job_id)
+
+    monkeypatch.setattr(stopping, "_start", caught_between_take_and_start)
+    job = stopping.start(DRY_JOB)
+    assert starting.wait(10)
+    stopping.close()
+    other = shared_jobs(redis_server, prefix, lambda own: 1 - own)
+    wait_until(lambda: other.get(job.id).state == "completed", 10, "another pod to run it (not after 30 s)")
+    release.set()
+    assert other.taken_over == 1
+    wait_until(lambda: not stopping._running and not stopping._held, 5, "the stopped pod to let go")
+    assert other.get(job.id).state == "completed"
+
+
+def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_server):
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    idle = shared_jobs(redis_server, prefix, lambda own: 0, JOB_TTL_S="1")
+    job = idle.start(DRY_JOB)
+    cancelled = idle.cancel(job.id)
+    assert cancelled.state == "cancelled" and cancelled.result["error"].startswith("interrupted")
+    worker = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_TTL_S="1")
+    wait_until(lambda: worker.waiting() == 0, 10, "the cancelled entry to leave the queue")
+    assert idle.get(job.id).state == "cancelled"  # never ran
+    wait_until(lambda: idle.get(job.id) is None, 10, "the record to expire after JOB_TTL_S")
+
+
+# Redis lost and back --------------------------------------------------------------------------
+def test_a_pod_outlives_its_redis_and_resumes_without_losing_the_running_job():
+    from tests.redis_server import RedisServer
+
+    own_redis = RedisServer().start()
+    pod = Stack("api", fleet_env(own_redis, "outage")).ready()
+    try:
+        job_id = submit(pod, {"workflow": with_knob("StandinSlow", color=30, seconds=4, steps=8)})
+        wait_until(lambda: status(pod, job_id)["state"] == "running", 20, "the job to run")
+        own_redis.kill()
+        wait_until(
+            lambda: requests.get(pod.url + "/readyz", timeout=10).status_code == 503, 10, "/readyz 503"
+        )
+        refused = requests.post(pod.url + "/run", params={"async": "1"}, json=DRY_JOB, timeout=30)
+        assert refused.status_code == 503 and refused.json()["error"].startswith("state_unavailable")
+        assert requests.get(pod.url + f"/jobs/{job_id}", timeout=30).status_code == 503
+        sync = requests.post(
+            pod.url + "/run",
+            json={"workflow": with_knob("StandinSlow", color=31, seconds=0, steps=1)},
+            timeout=60,
+        )
+        assert sync.status_code == 200, sync.text
+        own_redis.start()  # empty: no persistence
+        wait_until(
+            lambda: requests.get(pod.url + "/readyz", timeout=10).status_code == 200, 20, "/readyz 200"
+        )
+        done = ended(pod, job_id, timeout=30)  # finished during the outage, written once Redis was back
+        assert done["state"] == "completed" and done["http_status"] == 200, done
+        again = submit(pod, {"workflow": with_knob("StandinSlow", color=32, seconds=0, steps=1)})
+        assert ended(pod, again)["state"] == "completed"
+        assert "STATE_URL" in pod.log and own_redis.url not in pod.log
+    finally:
+        pod.stop()
+        own_redis.stop()
+
+
+def test_a_serverless_worker_refuses_an_envelope_a_pod_of_the_fleet_ran(pods, redis_server, prefix):
+    env = {**fleet_env(redis_server, prefix, pods[0].private_key), "DRY_RUN": "1"}
+    with Stack("serverless", env).ready() as worker:
+        quick = {"workflow": with_knob("StandinSlow", color=40, seconds=0, steps=1)}
+        request, _ = seal_request(quick, pods[0].public_key)
+        assert requests.post(pods[0].url + "/run", json=request, timeout=60).status_code == 200
+        replayed = requests.post(worker.url + "/v2/LOCAL/runsync", json={"input": request}, timeout=60).json()
+        assert replayed["status"] == "FAILED" and replayed["error"].startswith("replayed_request"), replayed
+
+
+@pytest.mark.real
+def test_two_pods_with_the_real_comfyui_share_async_jobs(redis_server):
+    """make test-real: each pod runs the unmodified ComfyUI; an encrypted job submitted to one is
+    polled and opened on the other."""
+    prefix = f"real-{uuid.uuid4().hex[:8]}"
+    backend = real_backend()
+    first = Stack("api", fleet_env(redis_server, prefix), backend=backend).start()
+    second = Stack("api", fleet_env(redis_server, prefix, first.private_key), backend=backend).start()
+    try:
+        for pod in (first, second):
+            pod.wait_ready()
+        request, ephemeral = seal_request({"workflow": empty_image(40, 24, 0x3366FF)}, first.public_key)
+        job_id = submit(first, request)
+        done = ended(second, job_id, timeout=120)
+        assert done["state"] == "completed" and done["http_status"] == 200, done
+        result = open_answer(done["result"], ephemeral, first.public_key)
+        assert decode_png(result["outputs"][0]).size == (40, 24)
+    finally:
+        first.stop()
+        second.stop()
