@@ -17,9 +17,7 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m services.container.entrypoint --env-file .env.local
 
-test: $(STAMP)
-	$(PY) -m ruff check .
-	$(PY) -m ruff format --check .
+test: lint
 	$(PY) -m pytest -n 2 --dist loadfile
 
 # The real-ComfyUI tier: COMFYUI_DIR + COMFY_PYTHON when set, else .comfyui/ (make comfyui).
@@ -52,9 +50,11 @@ comfyui-lock:
 smoke: $(STAMP)
 	$(PY) -m tests.smoke
 
+# ruff (style, complexity) and the layering contracts of services/ (pyproject.toml, import-linter)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m bench.run_dry_run

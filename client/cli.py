@@ -236,7 +236,7 @@ def _json_or_error(response: requests.Response) -> Any:
         return {"error": f"http_{response.status_code}: the worker did not answer JSON"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="comfy-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -280,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     listing.add_argument("--url", required=True, help="pod API base URL")
     listing.add_argument("--api-key", help="API_KEY of the pod")
     listing.add_argument("--type", help="only this model folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.command == "download" and args.repo_id and not args.filename:
         parser.error("--repo-id needs --filename")

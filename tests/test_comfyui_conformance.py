@@ -1,6 +1,7 @@
 """The stand-in answers like the real ComfyUI: both backends are held to the captures in
-../shared/comfyui/captures, so a difference between them is a failing test (make test runs the
-stand-in, make test-real the real ComfyUI)."""
+tests/comfyui_captures (recorded from the real ComfyUI at the pinned commit; docs/comfyui-protocol.md
+says what the worker relies on), so a difference between them is a failing test (make test runs
+the stand-in, make test-real the real ComfyUI)."""
 
 import base64
 import json
@@ -18,7 +19,7 @@ from services.models import model_folders
 from tests.stack import ROOT, free_port, wait_until
 from tests.workflows import png_b64
 
-CAPTURES = os.path.join(os.path.dirname(ROOT), "shared", "comfyui", "captures")
+CAPTURES = os.path.join(ROOT, "tests", "comfyui_captures")
 # needs a model file named in the capture (dummy.safetensors) in the checkpoints folder
 MODEL_CASES = {"checkpoint_not_found"}
 

@@ -1,7 +1,7 @@
 """gunicorn settings for the pod API.
 
 No `preload_app` and no imports of requests/urllib3 here: gevent must patch the worker before
-they load (RUNTIME.md 2.4). `timeout` is the worker heartbeat, not a request limit.
+they load (docs/runtime.md). `timeout` is the worker heartbeat, not a request limit.
 """
 
 from services.core.config import load as _load_settings

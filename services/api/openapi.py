@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from services.core import errors
 from services.models.model_store import TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -12,20 +13,9 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _errors(*statuses: int) -> dict:
-    names = {
-        400: "bad request (invalid_json, invalid_request, invalid_workflow, envelope errors, ...)",
-        401: "unauthorized: API_KEY missing or wrong",
-        404: "not found",
-        405: "method not allowed",
-        409: "interrupted, not_available (DRY_RUN), replayed_request",
-        413: "body_too_large",
-        422: "execution_failed or checksum_mismatch",
-        502: "comfy_error",
-        503: "comfy_init_failed, comfy_restarted, state_unavailable (STATE_URL) or worker_lost",
-        504: "timeout",
-        507: "output_too_large",
-    }
-    return {str(status): _json(ERROR, names[status]) for status in statuses}
+    """The error answers of a route: each status with the codes services.core.errors gives it."""
+    codes = errors.codes_by_status()
+    return {str(status): _json(ERROR, ", ".join(codes[status])) for status in statuses}
 
 
 COMMON = (401, 405, 413)
@@ -158,40 +148,39 @@ DOWNLOADS = {
     "properties": {"downloads": {"type": "array", "items": {"$ref": "#/components/schemas/Download"}}},
 }
 
+DOWNLOAD_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"type": "array", "items": {"$ref": "#/components/schemas/DownloadItem"}},
+                    {
+                        "type": "object",
+                        "required": ["items"],
+                        "properties": {
+                            "items": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/DownloadItem"},
+                            },
+                            "wait": {"type": "boolean"},
+                        },
+                    },
+                ]
+            }
+        }
+    },
+}
 
-def document() -> dict:
-    paths = {
+
+def _probe_paths() -> dict:
+    """What probes, load balancers and Prometheus call."""
+    return {
         "/healthz": {
             "get": {
                 "summary": "liveness, the public key, and ComfyUI's state",
                 "security": [],
                 "responses": {"200": _json(OBJECT, "health"), **_errors(405)},
-            }
-        },
-        "/comfy/restart": {
-            "post": {
-                "summary": "restart ComfyUI through supervisord; answers when it answers again",
-                "parameters": [INSTANCE],
-                "responses": {"200": _json(OBJECT, "restarted"), **_errors(400, 409, 503, *COMMON)},
-            }
-        },
-        "/comfy/free": {
-            "post": {
-                "summary": "have ComfyUI unload its models and free memory",
-                "parameters": [INSTANCE],
-                "responses": {"200": _json(OBJECT, "freed"), **_errors(400, 409, 503, *COMMON)},
-            }
-        },
-        "/metrics": {
-            "get": {
-                "summary": "Prometheus metrics (text format)",
-                "responses": {
-                    "200": {
-                        "description": "metrics",
-                        "content": {"text/plain": {"schema": {"type": "string"}}},
-                    },
-                    **_errors(*COMMON),
-                },
             }
         },
         "/readyz": {
@@ -218,6 +207,44 @@ def document() -> dict:
                 "responses": {"200": _json(OBJECT, "OpenAPI 3")},
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **_errors(*COMMON),
+                },
+            }
+        },
+    }
+
+
+def _comfy_paths() -> dict:
+    """ComfyUI on demand."""
+    return {
+        "/comfy/restart": {
+            "post": {
+                "summary": "restart ComfyUI through supervisord; answers when it answers again",
+                "parameters": [INSTANCE],
+                "responses": {"200": _json(OBJECT, "restarted"), **_errors(400, 409, 503, *COMMON)},
+            }
+        },
+        "/comfy/free": {
+            "post": {
+                "summary": "have ComfyUI unload its models and free memory",
+                "parameters": [INSTANCE],
+                "responses": {"200": _json(OBJECT, "freed"), **_errors(400, 409, 503, *COMMON)},
+            }
+        },
+    }
+
+
+def _job_paths() -> dict:
+    """Jobs: run, poll, cancel."""
+    return {
         "/run": {
             "post": {
                 "summary": "run a workflow (or start it with ?async=1)",
@@ -260,32 +287,16 @@ def document() -> dict:
                 },
             }
         },
+    }
+
+
+def _model_paths() -> dict:
+    """The model volume."""
+    return {
         "/download": {
             "post": {
                 "summary": "download models into COMFYUI_MODEL_DIR",
-                "requestBody": {
-                    "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "oneOf": [
-                                    {"type": "array", "items": {"$ref": "#/components/schemas/DownloadItem"}},
-                                    {
-                                        "type": "object",
-                                        "required": ["items"],
-                                        "properties": {
-                                            "items": {
-                                                "type": "array",
-                                                "items": {"$ref": "#/components/schemas/DownloadItem"},
-                                            },
-                                            "wait": {"type": "boolean"},
-                                        },
-                                    },
-                                ]
-                            }
-                        }
-                    },
-                },
+                "requestBody": DOWNLOAD_BODY,
                 "responses": {
                     "200": _json(DOWNLOADS, "finished (wait)"),
                     "202": _json(DOWNLOADS, "started"),
@@ -319,7 +330,10 @@ def document() -> dict:
             }
         },
     }
-    paths.update(_runpod_paths())
+
+
+def document() -> dict:
+    paths = {**_probe_paths(), **_job_paths(), **_model_paths(), **_comfy_paths(), **_runpod_paths()}
     return {
         "openapi": "3.0.3",
         "info": {"title": "comfy-worker pod API", "version": "1"},

@@ -28,10 +28,10 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from services.comfy import launch
 from services.comfy.client import ComfyClient
-from services.core import errors
+from services.core import background, errors
 from services.core.config import Settings
+from services.core.run_dir import IO_FOLDERS
 
 log = logging.getLogger("worker.comfy")
 
@@ -72,8 +72,7 @@ class Cleanup:
         self._jobs.put(_Ended(tag, prompt_id, entry, tuple(files), sweep))
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="cleanup", daemon=True)
-                self._thread.start()
+                self._thread = background.start("cleanup", self._work)
 
     def _work(self) -> None:
         """Take ended jobs one after another; while a prompt of ours outlives its job, sweep
@@ -94,7 +93,7 @@ class Cleanup:
 
     def _take(self, job: _Ended) -> None:
         self._in_flight -= 1
-        shutil.rmtree(os.path.join(launch.io_dir(self.settings, "input"), job.tag), ignore_errors=True)
+        shutil.rmtree(os.path.join(self.settings.comfy_folder("input"), job.tag), ignore_errors=True)
         self._remove(job.files)
         if job.prompt_id is not None:
             if job.entry is not None:
@@ -111,8 +110,8 @@ class Cleanup:
             active = {item[1] for item in state.get("queue_running", []) + state.get("queue_pending", [])}
             if self._in_flight == 0 and not active:
                 self.client.clear_history()
-                for kind in launch.IO_FOLDERS:
-                    _empty(launch.io_dir(self.settings, kind))
+                for kind in IO_FOLDERS:
+                    _empty(self.settings.comfy_folder(kind))
                 self._ended.clear()
                 self._late.clear()
                 return
@@ -140,7 +139,7 @@ def local_path(settings: Settings, item: dict) -> str | None:
     folder_type = item.get("type", "output")
     if folder_type not in ("output", "temp"):
         return None
-    root = os.path.realpath(launch.io_dir(settings, folder_type))
+    root = os.path.realpath(settings.comfy_folder(folder_type))
     if folder_type == "temp":
         root = os.path.join(root, "temp")  # ComfyUI appends "temp" to --temp-directory
     path = os.path.realpath(os.path.join(root, str(item.get("subfolder", "")), str(item["filename"])))

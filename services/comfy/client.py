@@ -1,4 +1,4 @@
-"""ComfyUI's HTTP and websocket protocol (PROTOCOL.md sections 3-6): one method per call.
+"""ComfyUI's HTTP and websocket protocol (docs/comfyui-protocol.md): one method per call.
 
 Every call has a timeout; a ComfyUI that does not answer becomes a `WorkerError`, never a hang.
 """
@@ -19,6 +19,30 @@ TRANSFER_TIMEOUT_S = 60.0  # uploads and /view downloads
 
 class ComfyUnreachable(errors.ComfyRestarted):
     """The HTTP connection failed: ComfyUI is down, restarting or hung."""
+
+
+class SocketLost(ComfyUnreachable):
+    """The websocket broke: ComfyUI died, restarted or dropped it."""
+
+
+class Socket:
+    """One client id's websocket, its errors turned into ours."""
+
+    def __init__(self, ws: websocket.WebSocket) -> None:
+        self._ws = ws
+
+    def receive(self) -> str | None:
+        """The next text message; None when none came within the receive timeout."""
+        try:
+            raw = self._ws.recv()
+        except websocket.WebSocketTimeoutException:
+            return None
+        except (OSError, websocket.WebSocketException) as exc:
+            raise SocketLost(f"ComfyUI's websocket broke ({type(exc).__name__})") from None
+        return raw if isinstance(raw, str) else ""
+
+    def close(self) -> None:
+        self._ws.close()
 
 
 class ComfyClient:
@@ -122,7 +146,7 @@ class ComfyClient:
         response = self._call("POST", "/upload/image", timeout=TRANSFER_TIMEOUT_S, files=files, data=form)
         return self._json(response, "POST /upload/image")
 
-    def open_socket(self, client_id: str, recv_timeout: float) -> websocket.WebSocket:
+    def open_socket(self, client_id: str, recv_timeout: float) -> Socket:
         """The websocket for one client id, opened before the prompt is posted."""
         parts = urlsplit(self.base_url)
         url = f"ws://{parts.netloc}/ws?clientId={client_id}"
@@ -131,7 +155,7 @@ class ComfyClient:
         except (OSError, websocket.WebSocketException) as exc:
             raise ComfyUnreachable(f"ComfyUI's websocket did not open ({type(exc).__name__})") from None
         ws.settimeout(recv_timeout)
-        return ws
+        return Socket(ws)
 
 
 def describe_validation_error(body: Any) -> str:

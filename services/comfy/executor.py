@@ -24,16 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import websocket
-
 from services.comfy.cleanup import Cleanup, files_of, local_path
-from services.comfy.client import ComfyClient, ComfyUnreachable, describe_validation_error
+from services.comfy.client import ComfyClient, ComfyUnreachable, Socket, SocketLost, describe_validation_error
 from services.core import errors
+from services.core.codec import b64
 from services.core.config import Settings
+from services.core.job_spec import JobRequest, Progress
 from services.core.offload import offload
-from services.jobs import envelope
-from services.jobs.job_request import JobRequest
-from services.jobs.pipeline import Progress
 
 log = logging.getLogger("worker.comfy")
 
@@ -71,7 +68,7 @@ class ComfyExecutor:
         self.cleanup = Cleanup(settings, self.client)
         self._output_nodes: dict[str, bool] = {}
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
-        self._spare: tuple[str, websocket.WebSocket, float] | None = None  # client id, socket, since
+        self._spare: tuple[str, Socket, float] | None = None  # client id, socket, since
         self._lock = threading.Lock()
         self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
 
@@ -124,7 +121,7 @@ class ComfyExecutor:
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
 
-    def _socket(self) -> tuple[str, websocket.WebSocket]:
+    def _socket(self) -> tuple[str, Socket]:
         with self._lock:
             spare, self._spare = self._spare, None
         if spare is not None:
@@ -135,7 +132,7 @@ class ComfyExecutor:
         client_id = uuid.uuid4().hex
         return client_id, self.client.open_socket(client_id, RECV_TICK_S)
 
-    def _release(self, client_id: str, ws: websocket.WebSocket, keep: bool) -> None:
+    def _release(self, client_id: str, ws: Socket, keep: bool) -> None:
         """Keep a socket that saw its prompt to the end for the next job; close any other."""
         with self._lock:
             if keep and self._spare is None:
@@ -201,22 +198,20 @@ class ComfyExecutor:
 
     # --- waiting for the end ------------------------------------------------------------------
     def _follow(
-        self, job: _Job, ws: websocket.WebSocket, deadline: float, progress: Progress | None, cancel: Any
+        self, job: _Job, ws: Socket, deadline: float, progress: Progress | None, cancel: Any
     ) -> _Outcome:
         outcome, current = _Outcome(), ws
         try:
             while not outcome.done:
                 self._check_limits(job, deadline, cancel)
                 try:
-                    raw = current.recv()
-                except websocket.WebSocketTimeoutException:
-                    continue
-                except (OSError, websocket.WebSocketException):
+                    raw = current.receive()
+                except SocketLost:
                     current = self._reconnect(job)
                     if current is None:
                         return self._poll(job, deadline, cancel)
                     continue
-                if isinstance(raw, str) and raw:
+                if raw:
                     self._on_message(job, raw, outcome, progress)
             outcome.on_socket = current is ws
             return outcome
@@ -246,7 +241,7 @@ class ComfyExecutor:
         elif kind == "execution_interrupted":
             outcome.interrupted = True
 
-    def _reconnect(self, job: _Job) -> websocket.WebSocket | None:
+    def _reconnect(self, job: _Job) -> Socket | None:
         """A dropped socket: reconnect with the same client id, or give up and poll."""
         for _ in range(3):
             try:
@@ -350,7 +345,7 @@ class ComfyExecutor:
             "type": kind,
             "mime": mime,
             "size": len(data),
-            "data": offload(envelope.b64, data, size=len(data)),
+            "data": offload(b64, data, size=len(data)),
         }
 
     def _read(self, item: dict) -> tuple[bytes, str | None]:

@@ -21,10 +21,9 @@ from services.comfy import devices, starts
 from services.comfy.account import comfy_account
 from services.core import config
 from services.core.config import Settings
+from services.core.run_dir import IO_FOLDERS
 from services.models import model_folders
 
-IO_FOLDERS = ("input", "output", "temp")
-BOOT_TAIL = "boot.log"  # in comfy_io_dir: ComfyUI's last boot lines, for the entrypoint
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 # what ComfyUI gets of the worker's environment: paths, locale, GPU runtimes, thread limits
 _PASSED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "HF_HOME", "HF_HUB_OFFLINE"}
@@ -57,15 +56,11 @@ def _home(settings: Settings, account: pwd.struct_passwd | None) -> str:
     home = entry.pw_dir if entry else ""
     if home and os.path.isdir(home) and os.stat(home).st_uid == entry.pw_uid and os.access(home, os.W_OK):
         return home
-    fallback = os.path.join(settings.comfy_io_dir, "home")
+    fallback = settings.comfy_folder("home")
     os.makedirs(fallback, mode=0o700, exist_ok=True)
     if account:
         os.chown(fallback, account.pw_uid, account.pw_gid)
     return fallback
-
-
-def io_dir(settings: Settings, kind: str) -> str:
-    return os.path.join(settings.comfy_io_dir, kind)
 
 
 def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None) -> str:
@@ -73,14 +68,14 @@ def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None
     restart) and write the model paths yaml, all owned by ComfyUI's user; returns the yaml's
     path. The model folders are the entrypoint's to make: ComfyUI's user only reads them."""
     for kind in IO_FOLDERS:
-        shutil.rmtree(io_dir(settings, kind), ignore_errors=True)
-        os.makedirs(io_dir(settings, kind), mode=0o700)
-    os.makedirs(io_dir(settings, "user"), mode=0o700, exist_ok=True)
-    path = os.path.join(settings.comfy_io_dir, "extra_model_paths.yaml")
+        shutil.rmtree(settings.comfy_folder(kind), ignore_errors=True)
+        os.makedirs(settings.comfy_folder(kind), mode=0o700)
+    os.makedirs(settings.comfy_folder("user"), mode=0o700, exist_ok=True)
+    path = settings.run_layout.model_paths(settings.comfy_program)
     yaml = model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir)
     _write_new(path, yaml.encode("utf-8"), 0o600)
     if account:
-        for made in [*(io_dir(settings, kind) for kind in (*IO_FOLDERS, "user")), path]:
+        for made in [*(settings.comfy_folder(kind) for kind in (*IO_FOLDERS, "user")), path]:
             os.chown(made, account.pw_uid, account.pw_gid, follow_symlinks=False)
     return path
 
@@ -88,7 +83,7 @@ def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None
 def place_relay(settings: Settings) -> str:
     """A copy of the relay (standard library only) in ComfyUI's own folder: ComfyUI's user runs
     it and may not be able to enter the checkout."""
-    target = os.path.join(settings.comfy_io_dir, "relay.py")
+    target = settings.run_layout.relay(settings.comfy_program)
     with open(RELAY, "rb") as source:
         _write_new(target, source.read(), 0o644)
     return target
@@ -116,13 +111,13 @@ def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
         "--disable-auto-launch",
         "--disable-metadata",
         "--input-directory",
-        io_dir(settings, "input"),
+        settings.comfy_folder("input"),
         "--output-directory",
-        io_dir(settings, "output"),
+        settings.comfy_folder("output"),
         "--temp-directory",
-        io_dir(settings, "temp"),
+        settings.comfy_folder("temp"),
         "--user-directory",
-        io_dir(settings, "user"),
+        settings.comfy_folder("user"),
         "--database-url",
         "sqlite:///:memory:",  # nothing of a job in a file ComfyUI keeps
         "--extra-model-paths-config",
@@ -157,7 +152,9 @@ def main() -> int:
         flush=True,
     )
     relay = [settings.comfy_python, place_relay(settings), "--comfy-url", settings.comfy_url]
-    relay += ["--tail", os.path.join(settings.comfy_io_dir, BOOT_TAIL), "--cwd", settings.comfyui_dir]
+    layout, program = settings.run_layout, settings.comfy_program
+    relay += ["--tail", layout.boot_tail(program), "--ready", layout.ready_file(program)]
+    relay += ["--cwd", settings.comfyui_dir]
     if settings.comfy_output_shown:
         relay.append("--show-after-boot")
     os.chdir(settings.comfy_io_dir)  # the checkout may be closed to ComfyUI's user

@@ -10,23 +10,20 @@ program supervisord gave up on (FATAL), or the watchdog stopped, is out until it
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services.comfy import relay
+from services.comfy import health
 from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
 from services.core import errors
 from services.core.config import Settings
-from services.jobs.job_request import JobRequest
-from services.jobs.pipeline import Progress
+from services.core.job_spec import JobRequest, Progress
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
-OUT = ("FATAL", "STOPPED")  # a program in these states takes no job
 
 
 @dataclass
@@ -78,14 +75,16 @@ class ComfyPool:
     def usable(self) -> int:
         """Instances that can take a job now or once their current one ended (not out)."""
         states = self._states()
-        return sum(1 for instance in self.instances if states.get(instance.number, ("", 0))[0] not in OUT)
+        return sum(
+            1 for instance in self.instances if not health.out(states.get(instance.number, ("", 0))[0])
+        )
 
     def spare(self, own: int) -> int:
         """How many more jobs would start now, when `own` jobs were given to the pool that may
         not have reached an instance yet: idle instances that are not out, less the jobs
         waiting for one, and at most as many as are not out less `own`."""
         states = self._states()
-        usable = [i for i in self.instances if states[i.number][0] not in OUT]
+        usable = [i for i in self.instances if not health.out(states[i.number][0])]
         idle = sum(1 for i in usable if not i.jobs) - len(self._waiting)
         return max(0, min(idle, len(usable) - own))
 
@@ -100,7 +99,9 @@ class ComfyPool:
                 states = self._states()
                 with self._changed:
                     if self._waiting[0] is ticket:
-                        free = [i for i in self.instances if not i.jobs and states[i.number][0] not in OUT]
+                        free = [
+                            i for i in self.instances if not i.jobs and not health.out(states[i.number][0])
+                        ]
                         if free:
                             chosen = min(free, key=lambda i: (not self._ready(i, states[i.number]), i.number))
                             chosen.jobs += 1
@@ -138,13 +139,7 @@ class ComfyPool:
     def _ready(instance: Instance, state: tuple[str, int]) -> bool:
         """Its ComfyUI booted (the relay's word) and its warm-up ended."""
         name, pid = state
-        if name != "RUNNING" or (instance.warmup is not None and not instance.warmup.ready()):
-            return False
-        try:
-            with open(os.path.join(instance.settings.comfy_io_dir, relay.READY_FILE), encoding="ascii") as f:
-                return f.read().strip() == str(pid)
-        except OSError:
-            return False
+        return health.ready(instance.settings, {"statename": name, "pid": pid}, instance.warmup)
 
 
 def _check(request: JobRequest, deadline: float, cancel: Any) -> None:

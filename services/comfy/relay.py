@@ -28,16 +28,15 @@ from urllib.parse import urlsplit
 # before it is boot output
 READY_LINE = b"To see the GUI go to:"
 TAIL_LINES = 40
-READY_FILE = "ready"  # beside the tail: the pid of the program whose ComfyUI has booted
 DRAIN_S = 1.0
 
 
 class Relay:
     """Passes ComfyUI's lines on and remembers the last ones of its boot."""
 
-    def __init__(self, tail_path: str, comfy_url: str, show_after_boot: bool) -> None:
+    def __init__(self, tail_path: str, ready_path: str, comfy_url: str, show_after_boot: bool) -> None:
         self.tail_path = tail_path
-        self.ready_path = os.path.join(os.path.dirname(tail_path), READY_FILE)
+        self.ready_path = ready_path
         with contextlib.suppress(OSError):
             os.remove(self.ready_path)
         self.show_after_boot = show_after_boot
@@ -112,6 +111,7 @@ def _write(data: bytes) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tail", required=True, help="where the last boot lines are kept")
+    parser.add_argument("--ready", required=True, help="where the pid of a booted ComfyUI is written")
     parser.add_argument("--comfy-url", required=True)
     parser.add_argument("--show-after-boot", action="store_true")
     parser.add_argument("--cwd", required=True, help="ComfyUI's folder")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the group's stop signal is ComfyUI's to obey
     comfy = subprocess.Popen(command, cwd=args.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    relay = Relay(args.tail, args.comfy_url, args.show_after_boot)
+    relay = Relay(args.tail, args.ready, args.comfy_url, args.show_after_boot)
     passing = threading.Thread(target=relay.run, args=(comfy.stdout,), daemon=True)
     passing.start()
     code = comfy.wait()

@@ -17,9 +17,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from services.comfy import starts
-from services.core import errors
+from services.core import background, errors, job_spec
 from services.core.config import Settings
-from services.jobs import job_request
 
 if TYPE_CHECKING:
     from services.comfy.executor import ComfyExecutor
@@ -37,7 +36,7 @@ def load(path: str) -> dict:
         raise errors.InvalidWorkflow(f"cannot read it ({exc.strerror})") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidWorkflow("it is not a JSON file") from None
-    return job_request.validate_workflow(workflow)
+    return job_spec.validate_workflow(workflow)
 
 
 def start_warmup(settings: Settings, executor: ComfyExecutor) -> Warmup | None:
@@ -62,7 +61,7 @@ class Warmup:
         self._changed = threading.Condition()
 
     def start(self) -> Warmup:
-        threading.Thread(target=self._watch, name="warmup", daemon=True).start()
+        background.start("warmup", self._watch)
         return self
 
     def ready(self) -> bool:
@@ -92,7 +91,7 @@ class Warmup:
 
     def _run(self, start: int) -> None:
         self.state, self.error = "running", None
-        request = job_request.JobRequest(
+        request = job_spec.JobRequest(
             workflow=self.workflow, images=(), no_history=True, timeout_s=self.settings.job_timeout_s
         )
         began = time.monotonic()
@@ -105,7 +104,7 @@ class Warmup:
             log.error("warm-up failed: %s", exc.code)
         except Exception as exc:  # a bug must not kill the watcher: later restarts still warm up
             self.state, self.error = "failed", "internal_error"
-            log.error("warm-up failed: unexpected %s", type(exc).__name__)
+            background.log_unexpected(log, "warm-up failed", exc)
         with self._changed:
             self.runs += 1
             self._finished_for = start

@@ -16,14 +16,13 @@ import socket
 import sys
 from typing import NoReturn
 
-from services.comfy import account, devices, install, launch
+from services.comfy import account, devices, install
 from services.core import config, errors
 from services.jobs import envelope
 from services.models import model_folders
 
 HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
-INSTANCE_PROGRAMS = "instances.conf"  # in RUN_DIR, included by CONF
 
 
 def supervisord_environment(settings: config.Settings, environ: dict[str, str]) -> dict[str, str]:
@@ -170,7 +169,7 @@ def check_shared_state(settings: config.Settings) -> None:
 def check_not_in_use(settings: config.Settings) -> None:
     """Two workers on one host need their own RUN_DIR and ports: say which setting collides
     instead of letting supervisord or a program fail with a message that names neither."""
-    pid = _read_int(os.path.join(settings.run_dir, "supervisord.pid"))
+    pid = _read_int(settings.run_layout.supervisord_pid)
     if pid and _is_supervisord(pid):
         raise StartError(
             f"RUN_DIR={settings.run_dir} is in use by another worker (its supervisord has pid {pid}); "
@@ -221,7 +220,7 @@ def write_instance_programs(settings: config.Settings) -> None:
     for number in range(1, settings.instance_count):
         lines = [f"[program:comfy-{number}]", *(f"{key}={value}" for key, value in program.items())]
         sections.append("\n".join([*lines, f'environment=COMFY_INSTANCE="{number}"', ""]))
-    with open(os.path.join(settings.run_dir, INSTANCE_PROGRAMS), "w", encoding="utf-8") as handle:
+    with open(settings.run_layout.instance_programs, "w", encoding="utf-8") as handle:
         handle.write("\n".join(sections))
 
 
@@ -367,16 +366,15 @@ def _writable(path: str, what: str, mode: int) -> None:
 def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
     """Become services.container.supervise (same pid, a fraction of the memory), which runs supervisord
     for the container's life."""
-    marker = settings.fatal_marker
+    marker = settings.run_layout.fatal_marker
     if os.path.exists(marker):
         os.remove(marker)
     print(
         f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
         flush=True,
     )
-    boot_tail = os.path.join(settings.comfy_io_dir, launch.BOOT_TAIL)
     supervisord = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
-    command = ["-m", "services.container.supervise", marker, settings.supervisor_socket, boot_tail, "--"]
+    command = ["-m", "services.container.supervise", marker, settings.supervisor_socket, "--"]
     os.execve(sys.executable, [sys.executable, *command, *supervisord], env)
 
 

@@ -4,7 +4,7 @@ The entrypoint execs this module (same pid) so that what stays resident imports 
 (about 10 MiB instead of the entrypoint's 21): it starts supervisord in a session of its own,
 passes the platform's signals on, reaps orphans, and turns a FATAL shutdown into exit 1.
 
-Usage: python -m services.container.supervise MARKER SOCKET BOOT_TAIL -- SUPERVISORD COMMAND...
+Usage: python -m services.container.supervise MARKER SOCKET -- SUPERVISORD COMMAND...
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 
 def main(argv: list[str]) -> int:
-    marker, socket_path, boot_tail, separator, *command = argv
+    marker, socket_path, separator, *command = argv
     if separator != "--" or not command:
         _say(f"[entrypoint] usage: {__doc__.strip().splitlines()[-1]}")
         return 2
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
     reap_orphans()
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
-            program = handle.read()
+            program, _, boot_tail = handle.read().partition("\n")
         _say(last_words(program, boot_tail))
         return 1
     return code
@@ -116,13 +116,11 @@ def reap_orphans(seconds: float = 2.0) -> None:
 
 def last_words(program: str, boot_tail: str) -> str:
     """Why the container stops: for a ComfyUI that never came up, the last lines it printed
-    (boot output only: the launcher drops them once ComfyUI answers)."""
+    (boot output only: the launcher drops them once ComfyUI answers). The watchdog names the
+    file (`boot_tail`, empty for other programs) beside the program in the marker."""
     words = f"[entrypoint] exiting 1: program {program} failed for good"
-    if program != "comfy" and not program.startswith("comfy-"):
+    if not boot_tail:
         return words
-    if program != "comfy":  # instance i keeps its tail in its own folder beside instance 0's
-        run_dir, name = os.path.dirname(os.path.dirname(boot_tail)), os.path.basename(boot_tail)
-        boot_tail = os.path.join(run_dir, program, name)
     try:
         with open(boot_tail, encoding="utf-8", errors="replace") as handle:
             tail = handle.read().rstrip().splitlines()

@@ -31,7 +31,7 @@ import xmlrpc.client
 
 from supervisor import childutils
 
-from services.comfy import relay, supervisor_state
+from services.comfy import health, supervisor_state
 from services.core import config
 from services.core.config import Settings
 
@@ -76,7 +76,7 @@ class Watchdog:
             self.failures[program] = 0
             return
         if info["pid"] != self.answered_pid[program]:  # booting
-            if self._booted(own, info["pid"]) or self._answers(own):
+            if health.booted(own, info["pid"]) or self._answers(own):
                 self.answered_pid[program], self.failures[program] = info["pid"], 0
             elif info["now"] - info["start"] >= self.settings.comfy_boot_timeout_s:
                 self.give_up(
@@ -97,17 +97,8 @@ class Watchdog:
         self.rpc.startProcess(program, False)
         self.count_exit(program)
 
-    def _booted(self, own: Settings, pid: int) -> bool:
-        """The relay's word that this program's ComfyUI has opened its port (between two ticks
-        it may already have answered a job, and hung)."""
-        try:
-            with open(os.path.join(own.comfy_io_dir, relay.READY_FILE), encoding="ascii") as handle:
-                return handle.read().strip() == str(pid)
-        except OSError:
-            return False
-
     def _answers(self, own: Settings) -> bool:
-        return relay.answers(own.comfy_url, self.settings.watch_probe_timeout_s)
+        return health.answers(own, self.settings.watch_probe_timeout_s)
 
     def count_exit(self, program: str, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -144,8 +135,9 @@ class Watchdog:
         )
 
     def shut_down(self, program: str, why: str) -> None:
-        with open(self.settings.fatal_marker, "w") as marker:
-            marker.write(program)
+        layout = self.settings.run_layout
+        with open(layout.fatal_marker, "w") as marker:  # PID 1's last words name both
+            marker.write(f"{program}\n{layout.boot_tail(program)}" if program in self.comfy else program)
         say(f"{program} {why} -> shutting supervisord down so the container exits non-zero")
         self.exits.clear()
         self.rpc.shutdown()

@@ -16,6 +16,8 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
+from services.core.run_dir import RunDir
+
 MODES = ("api", "serverless")
 RESPONSE_FORMATS = ("worker", "worker-comfyui")
 MAX_INSTANCES = 64  # COMFY_INSTANCE (0-based) is checked against it too
@@ -95,7 +97,7 @@ class Settings:
     allow_private_downloads: bool = False
     local_endpoint_id: str = "LOCAL"
     comfyui_source: str = "https://github.com/Comfy-Org/ComfyUI.git"
-    # ComfyUI 0.3.64, the version PROTOCOL.md was recorded from and comfyui-requirements.lock is made for
+    # ComfyUI 0.3.64: docs/comfyui-protocol.md describes it and comfyui-requirements.lock is made for it
     comfyui_ref: str = "a125cd84b054a57729b5eecab930ca9408719832"
     comfyui_lock: str = os.path.join(_HOME, "comfyui-requirements.lock")
     comfyui_install_dir: str = os.path.join(_HOME, ".comfyui")
@@ -153,23 +155,27 @@ class Settings:
         return f"http://127.0.0.1:{self.instance_port}"
 
     @property
+    def run_layout(self) -> RunDir:
+        """Where each shared file lives in RUN_DIR (services.core.run_dir)."""
+        return RunDir(self.run_dir)
+
+    @property
     def supervisor_socket(self) -> str:
-        return os.path.join(self.run_dir, "supervisor.sock")
+        return self.run_layout.supervisor_socket
 
     @property
     def comfy_starts_file(self) -> str:
         """How often ComfyUI was started: written by the launcher, read for /metrics."""
-        return os.path.join(self.run_dir, f"{self.comfy_program}-starts")
+        return self.run_layout.starts_file(self.comfy_program)
 
-    @property
-    def fatal_marker(self) -> str:
-        """Written by the watchdog when it ends the container, read by the entrypoint: exit 1."""
-        return os.path.join(self.run_dir, "fatal")
+    def comfy_folder(self, kind: str) -> str:
+        """This instance's ComfyUI input, output, temp, user or home folder."""
+        return self.run_layout.io(self.comfy_program, kind)
 
     @property
     def comfy_io_dir(self) -> str:
         """Parent of ComfyUI's input/output/temp folders, owned by the worker."""
-        return os.path.join(self.run_dir, self.comfy_program)
+        return self.run_layout.comfy_dir(self.comfy_program)
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -402,6 +408,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             f"{_KEYGEN_HINT} and set WORKER_PRIVATE_KEY_B64, or set ENCRYPTION_REQUIRED=0"
         )
     return settings
+
+
+def load_or_exit(program: str) -> Settings:
+    """The settings of a supervised program; a bad value ends it with one line naming the
+    variable (exit 2), never a traceback."""
+    try:
+        return load()
+    except ConfigError as exc:
+        print(f"[{program}] configuration error: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def describe(settings: Settings) -> str:

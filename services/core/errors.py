@@ -218,3 +218,17 @@ class ModelCacheFull(WorkerError):
 
     code = "model_cache_full"
     http_status = 507
+
+
+def codes_by_status() -> dict[int, list[str]]:
+    """Every code a client may see, by the HTTP status it comes with (the OpenAPI document's
+    error answers are made from this, so they cannot drift from the classes above)."""
+    found: dict[int, list[str]] = {}
+    pending: list[type[WorkerError]] = [WorkerError]
+    while pending:
+        kind = pending.pop()
+        codes = found.setdefault(kind.http_status, [])
+        if kind.code not in codes:
+            codes.append(kind.code)
+        pending.extend(kind.__subclasses__())
+    return {status: sorted(codes) for status, codes in sorted(found.items())}

@@ -1,7 +1,7 @@
 """Compact JSON text of answers that carry large base64 strings (outputs, ciphertext).
 
 json.dumps holds the GIL for its whole run, ~16 ms for a 10 MB string, and under gunicorn's
-gevent worker the hub shares that GIL with the pool thread doing it (RUNTIME.md 2.4): every probe
+gevent worker the hub shares that GIL with the pool thread doing it (docs/runtime.md): every probe
 waits. A long string that needs no escaping (base64 never does) is spliced into the text of the
 rest instead, checked and copied in slices between which the hub gets to run.
 """

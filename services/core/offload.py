@@ -1,7 +1,7 @@
 """Run CPU-heavy or blocking native work (hashing, fsync, large base64) off the gevent hub.
 
 Under gunicorn's gevent worker a long native call would stall every request on the worker
-(RUNTIME.md 2.4); gevent's threadpool runs it on a real thread instead. Elsewhere (the RunPod
+(docs/runtime.md); gevent's threadpool runs it on a real thread instead. Elsewhere (the RunPod
 handler, tests) it simply calls the function.
 """
 
@@ -18,9 +18,19 @@ T = TypeVar("T")
 LARGE = 256 * 1024  # below this, the hop to a pool thread costs more than the work
 
 
+_native_ident = monkey.get_original("_thread", "get_ident")
+_HUB_THREAD = _native_ident()  # imported where the app is loaded: the gevent worker's hub thread
+
+
+def on_hub() -> bool:
+    """Whether this code runs on the gevent hub's thread (not in the RunPod handler, a test, or
+    a pool thread, where offloading again would make that thread a hub of its own)."""
+    return monkey.is_module_patched("threading") and _native_ident() == _HUB_THREAD
+
+
 def offload(function: Callable[..., T], *args: Any, size: int | None = None) -> T:
-    """`size` (bytes of work, when known) keeps small work on the hub."""
-    if not monkey.is_module_patched("threading") or (size is not None and size < LARGE):
+    """`size` (bytes of work, when known) keeps small work on the hub; off the hub it runs inline."""
+    if not on_hub() or (size is not None and size < LARGE):
         return function(*args)
     ok, value = get_hub().threadpool.apply(_capture, (function, args))
     if ok:
@@ -31,7 +41,7 @@ def offload(function: Callable[..., T], *args: Any, size: int | None = None) -> 
 def start(function: Callable[..., T], *args: Any) -> Callable[[], T]:
     """Begin work off the hub and go on; the returned function waits for its result (or raises
     its exception). Lets a greenlet read the next chunk while a thread writes the last one."""
-    if not monkey.is_module_patched("threading"):
+    if not on_hub():
         value = function(*args)
         return lambda: value
     pending = get_hub().threadpool.spawn(_capture, function, args)

@@ -15,10 +15,10 @@ import time
 from collections.abc import Awaitable, Callable
 
 from services.comfy.pool import ComfyPool
-from services.comfy.warmup import start_warmup
 from services.core import config, errors, logs
-from services.jobs.output_store import OutputStore
+from services.core.config import Settings
 from services.jobs.pipeline import Pipeline
+from services.jobs.worker import build_worker
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -92,37 +92,28 @@ def make_handler(
 
 def main() -> int:
     logs.setup("handler")
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"[handler] configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = config.load_or_exit("handler")
     import runpod  # only the serverless process pays for importing the SDK
 
-    shared = None
-    if settings.state_url:  # the fleet's replay memory; redis is imported only when it is set
-        from services.jobs.state_store import StateStore
+    worker = build_worker(settings, cap_results=True)
+    wait_for_warmups(worker.pool, settings)
+    single = len(worker.pool.instances) == 1
+    sdk = {
+        "handler": make_handler(worker.pipeline, runpod.serverless.progress_update, recycle_on_restart=single)
+    }
+    if not single:
+        sdk["concurrency_modifier"] = lambda _current: concurrency(worker.pool)
+    runpod.serverless.start(sdk)
+    return 0
 
-        shared = StateStore(settings)
-    pool = ComfyPool.of(settings, start_warmup)
-    pipeline = Pipeline(
-        settings,
-        pool,
-        result_limit_bytes=int(settings.max_result_mb * 1024 * 1024),
-        output_store=OutputStore.from_settings(settings),
-        shared=shared,
-    )
+
+def wait_for_warmups(pool: ComfyPool, settings: Settings) -> None:
+    """Take no job before the first warm-ups ended (within a boot and a job's time)."""
     limit = time.monotonic() + settings.comfy_boot_timeout_s + settings.job_timeout_s
-    for instance in pool.instances:  # take no job before the first warm-ups ended
+    for instance in pool.instances:
         if instance.warmup is not None:
             with contextlib.suppress(errors.ComfyInitFailed):
                 instance.warmup.wait(limit)
-    single = len(pool.instances) == 1
-    worker = {"handler": make_handler(pipeline, runpod.serverless.progress_update, recycle_on_restart=single)}
-    if not single:
-        worker["concurrency_modifier"] = lambda _current: concurrency(pool)
-    runpod.serverless.start(worker)
-    return 0
 
 
 def concurrency(pool: ComfyPool) -> int:

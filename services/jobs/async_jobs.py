@@ -12,8 +12,10 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from services.core import background, errors
+from services.jobs import outcome
 from services.jobs.pipeline import Pipeline
 
 
@@ -36,7 +38,30 @@ class AsyncJob:
         return body
 
 
-class AsyncJobs:
+def known(job: AsyncJob | None) -> AsyncJob:
+    """The job a route asked for, or `job_not_found`."""
+    if job is None:
+        raise errors.JobNotFound("no such job (ended jobs are kept for JOB_TTL_S, an hour by default)")
+    return job
+
+
+class JobStore(Protocol):
+    """What the routes ask of async jobs; kept in this process (AsyncJobs) or, for a fleet, in
+    Redis (services.jobs.shared_jobs.SharedJobs)."""
+
+    def start(self, body: Any) -> AsyncJob:
+        """Accept a request body as a job; it runs in the background."""
+
+    def get(self, job_id: str) -> AsyncJob | None: ...
+
+    def cancel(self, job_id: str) -> AsyncJob | None:
+        """Ask the job to stop; its state says when it did."""
+
+    def close(self) -> None:
+        """The process is stopping: take no more work, hand back what did not start."""
+
+
+class AsyncJobs(JobStore):
     def __init__(self, pipeline: Pipeline) -> None:
         self.pipeline = pipeline
         self.keep_s = pipeline.settings.job_ttl_s
@@ -46,7 +71,7 @@ class AsyncJobs:
         self._prune()
         job = AsyncJob(id=str(uuid.uuid4()))
         self.jobs[job.id] = job
-        threading.Thread(target=self._run, args=(job, body), daemon=True).start()
+        background.start("async-job", self._run, job, body)
         return job
 
     def get(self, job_id: str) -> AsyncJob | None:
@@ -69,10 +94,7 @@ class AsyncJobs:
 
         reply = self.pipeline.run(body, progress, job.cancel)
         job.result, job.http_status = reply.body, reply.status
-        if job.cancel.is_set():
-            job.state = "cancelled"
-        else:
-            job.state = "completed" if reply.status == 200 else "failed"
+        job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
         job.finished = time.time()
 
     def _prune(self) -> None:

@@ -8,6 +8,7 @@ that never repeat the URL or its host: inside an envelope the URL is the user's 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from services.core import errors
 from services.core.config import Settings
@@ -20,7 +21,6 @@ def fetch(url: str, settings: Settings) -> bytes:
     """The image's bytes, or `ImageFetchFailed` with a reason that names no part of the URL."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise errors.ImageFetchFailed("the url must be http(s)")
-    cap = int(settings.image_url_max_mb * 1024 * 1024)
     deadline = time.monotonic() + settings.image_url_timeout_s
     try:
         response = url_guard.get(
@@ -36,21 +36,27 @@ def fetch(url: str, settings: Settings) -> bytes:
     with response:
         if response.status_code != 200:
             raise errors.ImageFetchFailed(f"the server answered HTTP {response.status_code}")
-        announced = response.headers.get("Content-Length", "")
-        if announced.isdigit() and int(announced) > cap:
-            raise errors.ImageFetchFailed(_too_large(settings))
-        data = bytearray()
-        try:
-            for chunk in response.iter_content(CHUNK):
-                data += chunk
-                if len(data) > cap:
-                    raise errors.ImageFetchFailed(_too_large(settings))
-                if time.monotonic() > deadline:
-                    raise errors.ImageFetchFailed(_too_slow(settings))
-        except errors.ImageFetchFailed:
-            raise
-        except Exception:  # requests/urllib3 errors of a connection that broke or timed out
-            raise errors.ImageFetchFailed("the transfer broke off or timed out") from None
+        return _body(response, settings, deadline)
+
+
+def _body(response: Any, settings: Settings, deadline: float) -> bytes:
+    """At most IMAGE_URL_MAX_MB, before the deadline."""
+    cap = int(settings.image_url_max_mb * 1024 * 1024)
+    announced = response.headers.get("Content-Length", "")
+    if announced.isdigit() and int(announced) > cap:
+        raise errors.ImageFetchFailed(_too_large(settings))
+    data = bytearray()
+    try:
+        for chunk in response.iter_content(CHUNK):
+            data += chunk
+            if len(data) > cap:
+                raise errors.ImageFetchFailed(_too_large(settings))
+            if time.monotonic() > deadline:
+                raise errors.ImageFetchFailed(_too_slow(settings))
+    except errors.ImageFetchFailed:
+        raise
+    except Exception:  # requests/urllib3 errors of a connection that broke or timed out
+        raise errors.ImageFetchFailed("the transfer broke off or timed out") from None
     return bytes(data)
 
 

@@ -10,40 +10,22 @@ import binascii
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from services.core import errors
+from services.core.codec import unb64
 from services.core.config import RESPONSE_FORMATS
-from services.core.offload import offload
-from services.jobs import envelope
-
-MAX_NODES = 10_000
-_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
-_GRAPH_EXPORT_HINT = (
-    "this is a UI graph export (it has 'nodes' and 'links'); in ComfyUI enable the dev mode "
-    "options and use 'Export (API)' / 'Save (API Format)', then send that file as 'workflow'"
+from services.core.job_spec import (
+    InputImage,
+    JobRequest,
+    kind,
+    looks_like_graph_export,
+    short,
+    validate_workflow,
 )
+from services.core.offload import offload
 
-
-@dataclass(frozen=True)
-class InputImage:
-    name: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class JobRequest:
-    workflow: dict
-    images: tuple[InputImage, ...]
-    no_history: bool
-    timeout_s: float
-    output_format: str = "worker"
-    # worker-comfyui's per-request key for ComfyUI's API nodes: handed to ComfyUI in the prompt's
-    # extra_data (which ComfyUI keeps out of its history), never logged or echoed
-    comfy_org_api_key: str | None = field(default=None, repr=False)
-    # models to make sure of on the volume first (services.models.job_models checks each item)
-    models: tuple[dict, ...] = field(default=(), repr=False)
+_DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
 
 
 def parse(
@@ -58,11 +40,11 @@ def parse(
     images are refused."""
     """Turn a decoded payload into a `JobRequest`, or raise the error that says what is wrong."""
     if not isinstance(payload, dict):
-        raise errors.InvalidRequest(f"the payload must be a JSON object, got {_kind(payload)}")
+        raise errors.InvalidRequest(f"the payload must be a JSON object, got {kind(payload)}")
     if "workflow" in payload:
         workflow = payload["workflow"]
         options = payload
-    elif _looks_like_graph_export(payload) or _looks_like_workflow(payload):
+    elif looks_like_graph_export(payload) or _looks_like_workflow(payload):
         workflow, options = payload, {}
     else:
         raise errors.InvalidRequest("the payload has no 'workflow' (an API-format ComfyUI workflow)")
@@ -95,33 +77,11 @@ def _models(models: Any) -> tuple[dict, ...]:
     return tuple(models)
 
 
-def validate_workflow(workflow: Any) -> dict:
-    if _looks_like_graph_export(workflow):
-        raise errors.InvalidWorkflow(_GRAPH_EXPORT_HINT)
-    if not isinstance(workflow, dict):
-        raise errors.InvalidWorkflow(f"'workflow' must be an object of nodes, got {_kind(workflow)}")
-    if not workflow:
-        raise errors.InvalidWorkflow("'workflow' has no nodes")
-    if len(workflow) > MAX_NODES:
-        raise errors.InvalidWorkflow(f"'workflow' has {len(workflow)} nodes; the limit is {MAX_NODES}")
-    for node_id, node in workflow.items():
-        if not isinstance(node, dict):
-            raise errors.InvalidWorkflow(f"node {_short(node_id)} must be an object, got {_kind(node)}")
-        class_type = node.get("class_type")
-        if not isinstance(class_type, str) or not class_type:
-            raise errors.InvalidWorkflow(f"node {_short(node_id)} has no 'class_type'")
-        if not isinstance(node.get("inputs", {}), dict):
-            raise errors.InvalidWorkflow(
-                f"node {_short(node_id)} ('{_short(class_type)}'): 'inputs' must be an object"
-            )
-    return workflow
-
-
 def decode_base64_image(text: Any) -> bytes:
     """Standard base64, with an optional `data:<mime>;base64,` prefix as browsers make it."""
     if not isinstance(text, str):
         raise ValueError("not a string")
-    data = envelope.unb64(_DATA_URI.sub("", text.strip(), count=1))
+    data = unb64(_DATA_URI.sub("", text.strip(), count=1))
     if not data:
         raise ValueError("empty")
     return data
@@ -154,7 +114,7 @@ def _images(value: Any, fetch: Callable[[str], bytes] | None) -> tuple[InputImag
                 raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
         if not _is_image(data):
             raise errors.InvalidRequest(
-                f"images[{index}] ({_short(name)!r}) is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
+                f"images[{index}] ({short(name)!r}) is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
             )
         images.append(InputImage(name=name, data=data))
     return tuple(images)
@@ -166,7 +126,7 @@ def _fetched(index: int, name: str, url: Any, fetch: Callable[[str], bytes] | No
     try:
         return fetch(url)
     except errors.ImageFetchFailed as exc:
-        raise errors.ImageFetchFailed(f"images[{index}] ({_short(name)!r}): {exc.detail}") from None
+        raise errors.ImageFetchFailed(f"images[{index}] ({short(name)!r}): {exc.detail}") from None
 
 
 def _is_image(data: bytes) -> bool:
@@ -221,20 +181,5 @@ def _api_key(value: Any) -> str | None:
     return value
 
 
-def _looks_like_graph_export(value: Any) -> bool:
-    return isinstance(value, dict) and "nodes" in value and "links" in value
-
-
 def _looks_like_workflow(value: dict) -> bool:
     return bool(value) and all(isinstance(node, dict) and "class_type" in node for node in value.values())
-
-
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number"
-    )
-
-
-def _short(text: Any) -> str:
-    text = str(text)
-    return text if len(text) <= 40 else text[:37] + "..."

@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from services.comfy import starts
 from services.core.config import Settings
+from services.jobs import outcome
 
 if TYPE_CHECKING:
     from services.jobs.pipeline import Reply
@@ -89,12 +90,7 @@ class Metrics(_JobMetrics):
 
     def job_ended(self, reply: Reply, seconds: float) -> None:
         self.in_flight.dec()
-        code = reply.error_code or ""
-        self.ended(
-            "completed" if reply.status == 200 else "cancelled" if code == "cancelled" else "failed",
-            code,
-            seconds,
-        )
+        self.ended(outcome.of_reply(reply.status, reply.error_code), reply.error_code or "", seconds)
 
     def received(self, size: int) -> None:
         self.download_bytes.inc(size)
@@ -107,13 +103,6 @@ class QueueMetrics(_JobMetrics):
     """The local queue's (serverless off RunPod): jobs as the queue saw them end. An encrypted
     job's error travels sealed in its output, so there it counts as completed."""
 
-    OUTCOMES = {
-        "COMPLETED": "completed",
-        "FAILED": "failed",
-        "CANCELLED": "cancelled",
-        "TIMED_OUT": "timeout",
-    }
-
     def __init__(
         self,
         settings: Settings,
@@ -124,7 +113,7 @@ class QueueMetrics(_JobMetrics):
         self.registry.register(_InFlight(in_flight))
 
     def job_ended(self, status: str, error: object, seconds: float) -> None:
-        self.ended(self.OUTCOMES.get(status, "failed"), error_code(error), seconds)
+        self.ended(outcome.of_runpod(status), error_code(error), seconds)
 
 
 class SharedQueue(Protocol):

@@ -13,27 +13,24 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nacl.public import PrivateKey
 
-from services.core import errors
+from services.core import background, errors
 from services.core.config import Settings
+from services.core.job_spec import JobRequest, Progress
 from services.core.offload import offload
 from services.jobs import envelope, image_fetch, job_request, worker_comfyui
 from services.jobs.output_store import OutputStore
 from services.jobs.replay import ReplayGuard
-from services.models.downloads import Downloads
 from services.models.job_models import JobModels
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
     from services.jobs.state_store import StateStore
 
 log = logging.getLogger("worker.pipeline")
-
-Progress = Callable[[dict], None]
 
 
 class JobObserver(Protocol):
@@ -45,9 +42,9 @@ class JobObserver(Protocol):
 
 
 class Executor(Protocol):
-    """Runs a checked job in ComfyUI and returns the result object of DESIGN.md section 5."""
+    """Runs a checked job in ComfyUI and returns the result object (README: Pod API)."""
 
-    def execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict: ...
+    def execute(self, job: JobRequest, progress: Progress | None, cancel: Any) -> dict: ...
 
 
 def coarse(progress: Progress) -> Progress:
@@ -72,15 +69,18 @@ class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        executor: Executor | None,
+        executor: Executor,
+        models: JobModels,
+        *,
         result_limit_bytes: int | None = None,
         output_store: OutputStore | None = None,
         observer: JobObserver | None = None,
         shared: StateStore | None = None,
-        models: JobModels | None = None,
     ) -> None:
-        """`shared`: the fleet's Redis (STATE_URL), which remembers envelopes for every worker.
-        `models`: what makes sure of a job's models (by default with downloads of its own)."""
+        """`executor`: what runs a checked job in ComfyUI (the pool); `models`: what makes sure
+        of a job's models on the volume; `shared`: the fleet's Redis (STATE_URL), which remembers
+        envelopes for every worker; `result_limit_bytes`: the cap of an answer (serverless),
+        beyond which outputs go to `output_store` (or the job fails with output_too_large)."""
         self.settings = settings
         self.observer = observer
         self.executor = executor
@@ -88,7 +88,7 @@ class Pipeline:
         self.output_store = output_store
         self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
         self.replay = ReplayGuard(settings.replay_window_s, shared)
-        self.models = models or JobModels(settings, Downloads(settings))
+        self.models = models
 
     def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
         """Answer one request body; never raises."""
@@ -128,7 +128,7 @@ class Pipeline:
             result, status, code = exc.to_dict(), exc.http_status, exc.code
             log.info("job failed: %s", exc.code)
         except Exception as exc:  # a bug: answer with a code, never a traceback or job content
-            log.error("unexpected %s in the pipeline", type(exc).__name__)
+            background.log_unexpected(log, "the pipeline", exc)
             failure = errors.WorkerError("unexpected worker error")
             result, status, code = failure.to_dict(), failure.http_status, failure.code
         if opened is not None:
@@ -144,11 +144,9 @@ class Pipeline:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None
 
-    def _execute(self, job: job_request.JobRequest, progress: Progress | None, cancel: Any) -> dict:
+    def _execute(self, job: JobRequest, progress: Progress | None, cancel: Any) -> dict:
         if self.settings.dry_run:
             return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}
-        if self.executor is None:
-            raise errors.ComfyInitFailed("no ComfyUI executor is configured")
         return self.executor.execute(job, progress, cancel)
 
     def _fit(self, result: dict, opened: envelope.Opened | None) -> dict:

@@ -27,10 +27,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.core import errors, json_text
+from services.core import background, errors, json_text
 from services.core.config import Settings
 from services.core.offload import offload
-from services.jobs.async_jobs import AsyncJob
+from services.jobs import outcome
+from services.jobs.async_jobs import AsyncJob, JobStore
 from services.jobs.pipeline import Pipeline
 from services.jobs.state_store import Error, StateStore
 
@@ -84,7 +85,7 @@ return 1
 """
 
 
-class SharedJobs:
+class SharedJobs(JobStore):
     """`capacity(own)`: how many more jobs this pod's ComfyUIs would start now, given `own`
     jobs it took (ComfyPool.spare)."""
 
@@ -109,8 +110,10 @@ class SharedJobs:
             name: store.redis.register_script(text)
             for name, text in (("start", _START), ("finish", _FINISH), ("cancel", _CANCEL), ("lost", _LOST))
         }
-        threading.Thread(target=self._take_loop, daemon=True).start()
-        threading.Thread(target=self._watch_loop, daemon=True).start()
+        self._ensure_group()
+        background.loop("shared-jobs-take", self._take_round, RETRY_S, until=lambda: self._closing)
+        self._next_beat = 0.0
+        background.loop("shared-jobs-watch", self._watch_round, WATCH_S)
 
     # what the routes call ------------------------------------------------------------------
     def start(self, body: Any) -> AsyncJob:
@@ -173,27 +176,26 @@ class SharedJobs:
             )
 
     # taking and running --------------------------------------------------------------------
-    def _take_loop(self) -> None:
-        self._ensure_group()
-        while not self._closing:
-            with self._lock:
-                own = len(self._held) + len(self._running)
-            free = self.capacity(own)
-            if free <= 0:
-                self._changed.wait(RETRY_S)
-                self._changed.clear()
-                continue
-            try:
-                entries = self._take(free)
-            except Error as exc:
-                self.store.reached(False, exc)
-                if "NOGROUP" in str(exc):
-                    self._ensure_group()
-                time.sleep(RETRY_S)
-                continue
-            self.store.reached(True)
-            for entry_id, fields in entries:
-                self._begin(entry_id, fields)
+    def _take_round(self) -> None:
+        """Take as many entries as this pod would start now, and start them."""
+        with self._lock:
+            own = len(self._held) + len(self._running)
+        free = self.capacity(own)
+        if free <= 0:
+            self._changed.wait(RETRY_S)
+            self._changed.clear()
+            return
+        try:
+            entries = self._take(free)
+        except Error as exc:
+            self.store.reached(False, exc)
+            if "NOGROUP" in str(exc):
+                self._ensure_group()
+            time.sleep(RETRY_S)
+            return
+        self.store.reached(True)
+        for entry_id, fields in entries:
+            self._begin(entry_id, fields)
 
     def _take(self, count: int) -> list[tuple[str, dict]]:
         """Entries a silent pod took and never started first, then new ones."""
@@ -215,9 +217,7 @@ class SharedJobs:
             if self._closing:
                 return
             self._held[entry_id] = job_id
-        threading.Thread(
-            target=self._run, args=(entry_id, job_id, fields.get(b"body", b"null")), daemon=True
-        ).start()
+        background.start("shared-job", self._run, entry_id, job_id, fields.get(b"body", b"null"))
 
     def _run(self, entry_id: str, job_id: str, body_text: bytes) -> None:
         cancel = threading.Event()
@@ -252,7 +252,7 @@ class SharedJobs:
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             body = None  # the pipeline answers invalid_request
         reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel)
-        state = "cancelled" if cancel.is_set() else "completed" if reply.status == 200 else "failed"
+        state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         result = offload(json_text.dumps, reply.body, size=_size(reply.body))
         self._finish(job_id, state, result, reply.status)
 
@@ -285,21 +285,20 @@ class SharedJobs:
             return
 
     # liveness, cancels and lost pods -------------------------------------------------------
-    def _watch_loop(self) -> None:
-        beat_every = max(WATCH_S, self.settings.job_claim_timeout_s / 3)
-        next_beat = 0.0
-        while True:
-            try:
-                self._read_cancels()
-                if time.monotonic() >= next_beat:
-                    self._beat()
-                    self._reap()
-                    next_beat = time.monotonic() + beat_every
-            except Error as exc:
-                self.store.reached(False, exc)
-            except errors.StateUnavailable:
-                pass  # recorded where it was raised
-            time.sleep(WATCH_S)
+    def _watch_round(self) -> None:
+        """Read the cancel flags of the jobs running here; now and then prove this pod lives
+        and answer for the jobs of pods that went silent."""
+        try:
+            self._read_cancels()
+            if time.monotonic() >= self._next_beat:
+                self._beat()
+                self._reap()
+                self._next_beat = time.monotonic() + max(WATCH_S, self.settings.job_claim_timeout_s / 3)
+        except Error as exc:
+            self.store.reached(False, exc)
+        except errors.StateUnavailable:
+            pass  # recorded where it was raised
+        time.sleep(WATCH_S)
 
     def _beat(self) -> None:
         ttl_ms = int(self.settings.job_claim_timeout_s * 1000)

@@ -13,7 +13,7 @@ from typing import Any
 
 
 def answer(result: dict) -> dict:
-    """Our success result (DESIGN.md section 5) as worker-comfyui would have answered it."""
+    """Our success result (README: Pod API) as worker-comfyui would have answered it."""
     images = [_entry(index, output) for index, output in enumerate(result.get("outputs") or [])]
     if not images:
         return {

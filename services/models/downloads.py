@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from services.core import errors
+from services.core import background, errors
 from services.core.config import Settings
 from services.core.offload import offload, start
 from services.models import model_store, url_guard
@@ -124,7 +124,7 @@ class Downloads:
                     continue
                 self.active[download.path] = download
                 self.by_id[download.id] = download
-                threading.Thread(target=self._run, args=(download,), daemon=True).start()
+                background.start("download", self._run, download)
                 started.append(download)
         return started
 
@@ -229,6 +229,10 @@ class Downloads:
             )
             log.info("download %s failed: %s", download.id, type(exc).__name__)
             self._failed(errors.DownloadFailed.code)
+        except Exception as exc:  # a bug: the download fails with a code instead of running forever
+            download.state, download.error = "failed", errors.WorkerError("unexpected worker error").message
+            background.log_unexpected(log, f"download {download.id}", exc)
+            self._failed(errors.WorkerError.code)
         finally:
             download.finished = time.time()
             with self.lock:
@@ -239,56 +243,53 @@ class Downloads:
         self, download: Download, lock: VolumeLock, deadline: float, stop: Callable[[], None] | None
     ) -> None:
         partial = model_store.partial_path(download.path)
-        reserved = False
+        reservation = _Reservation(self.cache, download, deadline)
         try:
-            for _ in range(ATTEMPTS):
-                have = os.path.getsize(partial) if os.path.exists(partial) else 0
-                headers = {**download.source.headers, "Accept-Encoding": "identity"}  # the file's own bytes
-                if have:
-                    headers["Range"] = f"bytes={have}-"
-                response = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
-                try:
-                    if response.status_code == 416 and have:  # the partial is complete, or stale
-                        download.total = _total_of(response, None)
-                        if download.total == have:
-                            digest = None
-                            break
-                        os.remove(partial)
-                        continue
-                    if response.status_code not in (200, 206):
-                        raise errors.DownloadFailed(f"the server answered HTTP {response.status_code}")
-                    resumed = response.status_code == 206
-                    download.total = _total_of(response, have if resumed else 0)
-                    if not reserved:
-                        self.cache.reserve(download.type, download.name, download.total or 0, deadline)
-                        reserved = True
-                    self._check_space(download, have if resumed else 0)
-                    complete, digest = self._receive(
-                        download,
-                        response,
-                        partial,
-                        have if resumed else 0,
-                        deadline,
-                        lambda: _check(lock, deadline, stop),
-                    )
-                    if complete:
-                        break
-                finally:
-                    response.close()
-                log.info("download %s: connection dropped, resuming", download.id)
-            else:
-                raise errors.DownloadFailed(
-                    "the connection kept dropping; ask again to resume from the partial file"
-                )
-            if not reserved:  # a partial left complete by a dead worker counts against the cap too
-                self.cache.reserve(download.type, download.name, download.total or 0, deadline)
-                reserved = True
+            digest = self._receive_whole(download, partial, reservation, lambda: _check(lock, deadline, stop))
+            reservation.take()  # a partial left complete by a dead worker counts against the cap too
             self._finish(download, partial, digest)
         except BaseException:
-            if reserved:
-                self.cache.forget(download.type, download.name)
+            reservation.give_back()
             raise
         self.cache.recorded(download.type, download.name, download.sha256)
+
+    def _receive_whole(
+        self, download: Download, partial: str, reservation: _Reservation, check: Callable[[], None]
+    ) -> str | None:
+        """The whole body into the partial file, resuming a dropped connection; its sha256 when
+        one is expected and it was computed on the way."""
+        for _ in range(ATTEMPTS):
+            complete, digest = self._attempt(download, partial, reservation, check)
+            if complete:
+                return digest
+            log.info("download %s: connection dropped, resuming", download.id)
+        raise errors.DownloadFailed("the connection kept dropping; ask again to resume from the partial file")
+
+    def _attempt(
+        self, download: Download, partial: str, reservation: _Reservation, check: Callable[[], None]
+    ) -> tuple[bool, str | None]:
+        """One request for what the partial file lacks."""
+        have = os.path.getsize(partial) if os.path.exists(partial) else 0
+        headers = {**download.source.headers, "Accept-Encoding": "identity"}  # the file's own bytes
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        response = url_guard.get(download.source.url, headers, self.settings.allow_private_downloads)
+        try:
+            if response.status_code == 416 and have:  # the partial is complete, or stale
+                download.total = _total_of(response, None)
+                if download.total == have:
+                    return True, None
+                os.remove(partial)
+                return False, None
+            if response.status_code not in (200, 206):
+                raise errors.DownloadFailed(f"the server answered HTTP {response.status_code}")
+            offset = have if response.status_code == 206 else 0
+            download.total = _total_of(response, offset)
+            reservation.take()
+            self._check_space(download, offset)
+            return self._receive(download, response, partial, offset, reservation.deadline, check)
+        finally:
+            response.close()
 
     def _already_there(self, download: Download) -> bool:
         """The final file matches the remote size (asked for with a one-byte Range) and hash."""
@@ -385,6 +386,28 @@ class Downloads:
         now = time.time()
         for download_id in [d.id for d in self.by_id.values() if d.finished and now - d.finished > KEEP_S]:
             del self.by_id[download_id]
+
+
+class _Reservation:
+    """The size a transfer holds against MODEL_CACHE_GB: taken once its size is known, given
+    back when the transfer fails."""
+
+    def __init__(self, cache: ModelCache, download: Download, deadline: float) -> None:
+        self.cache = cache
+        self.download = download
+        self.deadline = deadline
+        self.taken = False
+
+    def take(self) -> None:
+        if not self.taken:
+            self.cache.reserve(
+                self.download.type, self.download.name, self.download.total or 0, self.deadline
+            )
+            self.taken = True
+
+    def give_back(self) -> None:
+        if self.taken:
+            self.cache.forget(self.download.type, self.download.name)
 
 
 def _check(lock: VolumeLock, deadline: float, stop: Callable[[], None] | None) -> None:

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from services.core import errors
+from services.core import background, errors
 from services.core.config import Settings
+from services.core.job_spec import Progress
 from services.core.offload import offload
 from services.models.downloads import Download, Downloads, TookTooLong
 from services.models.model_cache import Marker
 
-Progress = Callable[[dict], None]
 PROGRESS_S = 0.5  # how often a transfer's bytes are reported
 
 
@@ -120,7 +119,7 @@ class _Reporter:
 
     def __enter__(self) -> _Reporter:
         if self.progress is not None:
-            threading.Thread(target=self._loop, daemon=True).start()
+            background.start("model-progress", self._loop)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,4 @@
-"""ComfyUI's model folder types and the folders each one reads (PROTOCOL.md section 7).
+"""ComfyUI's model folder types and the folders each one reads (docs/comfyui-protocol.md).
 
 One table for everything that touches the model volume: the `extra_model_paths.yaml` given to
 ComfyUI, and (later) downloads and listings, so a type name means the same folders everywhere.

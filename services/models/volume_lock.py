@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
+
+from services.core import background
 
 POLL_S = 0.2
 
@@ -150,7 +151,7 @@ class Heartbeat:
         self._items: set = set()
         # started here, where it is made (the API's hub): a thread started from a pool thread
         # under gevent would be a greenlet of that thread's hub, which never runs it
-        threading.Thread(target=self._loop, daemon=True).start()
+        background.start("volume-heartbeat", self._loop)
 
     def add(self, item: object) -> None:
         self._items.add(item)

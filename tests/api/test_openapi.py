@@ -8,7 +8,7 @@ import sys
 
 from services.api import openapi
 from services.api.app import create_app
-from services.core import config
+from services.core import config, errors
 from tests.stack import Stack
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,unsupported_method"
@@ -22,6 +22,26 @@ def test_every_route_is_documented():
         if rule.endpoint != "static"
     }
     assert routes == set(openapi.document()["paths"])
+
+
+def test_each_documented_error_status_names_every_code_the_worker_answers_with_it():
+    """A model fetch failing (502 model_fetch_failed) or a full cache (507 model_cache_full) is
+    documented like a ComfyUI protocol error or an output too large: a client generated from the
+    document knows every code it may get, and a new error class cannot be left out."""
+    codes = errors.codes_by_status()
+    answers = [
+        (status, answer["description"])
+        for path in openapi.document()["paths"].values()
+        for operation in path.values()
+        for status, answer in operation["responses"].items()
+        if int(status) >= 400 and answer["content"]["application/json"]["schema"] == openapi.ERROR
+    ]
+    assert answers
+    for status, description in answers:
+        assert set(description.split(", ")) == set(codes[int(status)]), status
+    run = openapi.document()["paths"]["/run"]["post"]["responses"]
+    assert "model_fetch_failed" in run["502"]["description"]
+    assert "model_cache_full" in run["507"]["description"]
 
 
 def test_schemathesis_finds_nothing_against_the_live_api():

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.real
 
 API_KEY = "real-tier-key"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-# A real upscaler with random weights (REAL.md): spandrel's Compact, 2x, about 10 KB.
+# A real upscaler with random weights: spandrel's Compact, 2x, about 10 KB.
 MAKE_UPSCALER = """
 import sys
 from safetensors.torch import save

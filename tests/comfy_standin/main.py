@@ -1,4 +1,4 @@
-"""A ComfyUI stand-in for the tests: speaks the wire protocol of ../shared/comfyui/PROTOCOL.md.
+"""A ComfyUI stand-in for the tests: speaks the wire protocol of docs/comfyui-protocol.md.
 
 It takes ComfyUI's command-line flags, so the real launcher and the real supervisord conf run
 it unchanged (tests point COMFYUI_DIR here). It executes EmptyImage, LoadImage, ImageInvert,

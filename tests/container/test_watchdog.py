@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 
-from services.comfy import supervisor_state
+from services.comfy import health, supervisor_state
 from services.container.watchdog import Watchdog
 from services.core import config
 from tests.stack import Stack, wait_until
@@ -215,13 +215,22 @@ def test_the_watchdogs_own_restarts_count_toward_the_crash_loop_limit(tmp_path, 
     )
     dog = Watchdog(settings)
     dog.rpc = Rpc()
-    monkeypatch.setattr(dog, "_booted", lambda own, pid: True)  # each new ComfyUI boots, then hangs
+    monkeypatch.setattr(health, "booted", lambda own, pid: True)  # each new ComfyUI boots, then hangs
     monkeypatch.setattr(dog, "_answers", lambda own: False)
     for _ in range(6):
         dog.check_comfy("comfy")  # first tick of a process: booted; second: a failed probe -> restart
         if Rpc.stopped:
             break
-    assert Rpc.restarts == 3 and Rpc.stopped and (tmp_path / "fatal").read_text() == "comfy"
+    assert (
+        Rpc.restarts == 3
+        and Rpc.stopped
+        and last_words_of(tmp_path) == ["comfy", str(tmp_path / "comfy" / "boot.log")]
+    )
+
+
+def last_words_of(run_dir):
+    """The fatal marker: the program that ended the container, then its boot tail (ComfyUI only)."""
+    return (run_dir / "fatal").read_text().split("\n")
 
 
 class Supervisor:
@@ -255,7 +264,7 @@ def test_with_several_instances_only_the_last_one_lost_ends_the_container(tmp_pa
         dog.rpc.stopped == ["comfy-1", "comfy-2"] and not dog.rpc.shut and dog.out == {"comfy-1", "comfy-2"}
     )
     dog.give_up("comfy", "is FATAL")
-    assert dog.rpc.shut and (tmp_path / "fatal").read_text() == "comfy"
+    assert dog.rpc.shut and last_words_of(tmp_path) == ["comfy", str(tmp_path / "comfy" / "boot.log")]
 
 
 def test_a_program_other_than_comfyui_ends_the_container_whatever_the_instances(tmp_path):

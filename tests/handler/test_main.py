@@ -13,7 +13,7 @@ from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
 from services.handler.main import Throttled, make_handler
 from services.jobs import envelope
-from services.jobs.pipeline import Pipeline
+from tests.pipelines import pipeline
 from tests.stack import ROOT
 
 PRIVATE, PUBLIC = envelope.keypair()
@@ -42,12 +42,12 @@ def run(handler, payload):
 
 
 def test_same_result_as_the_pipeline_in_dry_run():
-    pipeline = Pipeline(settings(DRY_RUN="1"), None)
-    assert run(make_handler(pipeline), {"workflow": WORKFLOW}) == pipeline.run({"workflow": WORKFLOW}).body
+    dry = pipeline(settings(DRY_RUN="1"))
+    assert run(make_handler(dry), {"workflow": WORKFLOW}) == dry.run({"workflow": WORKFLOW}).body
 
 
 def test_encrypted_dry_run_is_opened_checked_and_sealed():
-    handler = make_handler(Pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1"), None))
+    handler = make_handler(pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1")))
     request, ephemeral = seal_request({"nodes": [], "links": []}, PUBLIC)
     answer = run(handler, request)
     assert answer["encrypted"] is True
@@ -55,7 +55,7 @@ def test_encrypted_dry_run_is_opened_checked_and_sealed():
 
 
 def test_failures_are_returned_as_error_codes():
-    handler = make_handler(Pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1"), None))
+    handler = make_handler(pipeline(settings(DRY_RUN="1", ENCRYPTION_REQUIRED="1")))
     assert run(handler, {"workflow": WORKFLOW})["error"].startswith("encryption_required")
 
 
@@ -63,9 +63,9 @@ def test_comfy_restart_asks_the_platform_to_recycle_the_worker():
     def die(job, progress, cancel):
         raise errors.ComfyRestarted("ComfyUI exited under the job")
 
-    answer = run(make_handler(Pipeline(settings(), Executor(die))), {"workflow": WORKFLOW})
+    answer = run(make_handler(pipeline(settings(), Executor(die))), {"workflow": WORKFLOW})
     assert answer["error"].startswith("comfy_restarted") and answer["refresh_worker"] is True
-    pooled = make_handler(Pipeline(settings(), Executor(die)), recycle_on_restart=False)
+    pooled = make_handler(pipeline(settings(), Executor(die)), recycle_on_restart=False)
     answer = run(pooled, {"workflow": WORKFLOW})  # the other instances' jobs go on
     assert answer["error"].startswith("comfy_restarted") and "refresh_worker" not in answer
 
@@ -74,7 +74,7 @@ def test_an_unexpected_exception_is_returned_without_a_traceback():
     def bug(job, progress, cancel):
         raise KeyError("secret prompt text")
 
-    answer = run(make_handler(Pipeline(settings(), Executor(bug))), {"workflow": WORKFLOW})
+    answer = run(make_handler(pipeline(settings(), Executor(bug))), {"workflow": WORKFLOW})
     assert answer == {"error": "internal_error: unexpected worker error"}
 
 
@@ -87,7 +87,7 @@ def test_cancel_sets_the_event_the_executor_watches():
             seen.set()
         raise errors.Interrupted("cancelled")
 
-    handler = make_handler(Pipeline(settings(), Executor(wait_for_cancel)))
+    handler = make_handler(pipeline(settings(), Executor(wait_for_cancel)))
 
     async def scenario():
         task = asyncio.create_task(handler({"id": "j", "input": {"workflow": WORKFLOW}}))

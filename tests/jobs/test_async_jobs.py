@@ -2,7 +2,7 @@ import threading
 
 from services.core import config, errors
 from services.jobs.async_jobs import AsyncJobs
-from services.jobs.pipeline import Pipeline
+from tests.pipelines import pipeline
 
 WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {}}}
 
@@ -16,7 +16,7 @@ class Executor:
 
 
 def jobs(behaviour):
-    return AsyncJobs(Pipeline(config.load({"ENCRYPTION_REQUIRED": "0"}), Executor(behaviour)))
+    return AsyncJobs(pipeline(config.load({"ENCRYPTION_REQUIRED": "0"}), Executor(behaviour)))
 
 
 def finished(job):

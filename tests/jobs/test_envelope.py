@@ -114,29 +114,3 @@ def test_client_passes_plaintext_errors_through():
     assert open_answer({"error": "invalid ciphertext: x"}, ephemeral, PUBLIC) == {
         "error": "invalid ciphertext: x"
     }
-
-
-@pytest.mark.parametrize(
-    "size",
-    [0, 1, envelope.B64_SLICE - 1, envelope.B64_SLICE, envelope.B64_SLICE + 1, 3 * envelope.B64_SLICE + 2],
-)
-def test_sliced_base64_equals_plain_base64(size):
-    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
-    assert envelope.b64(data) == base64.b64encode(data).decode()
-
-
-def test_a_large_base64_text_decodes_in_slices_to_the_same_bytes():
-    data = bytes(range(256)) * (envelope.UNB64_SLICE // 128 + 7) + b"!"  # several slices, padded
-    text = base64.b64encode(data).decode()
-    assert len(text) > 2 * envelope.UNB64_SLICE and text.endswith("=")
-    assert envelope.unb64(text) == data
-
-
-@pytest.mark.parametrize("where", [envelope.UNB64_SLICE - 4, envelope.UNB64_SLICE + 4])
-def test_padding_inside_a_large_text_is_refused_as_a_whole_decode_would_refuse_it(where):
-    chunk = base64.b64encode(b"x").decode()  # 'eA==': padded
-    text = "A" * where + chunk + "A" * envelope.UNB64_SLICE
-    with pytest.raises(ValueError):
-        base64.b64decode(text, validate=True)
-    with pytest.raises(ValueError):
-        envelope.unb64(text)

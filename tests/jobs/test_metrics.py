@@ -79,7 +79,7 @@ def test_a_comfyui_restart_is_counted(stack):
 
 
 def test_download_bytes_and_failures(stack):
-    if stack.mode != "api":  # serverless has no /download (DESIGN.md section 6), nor its metrics
+    if stack.mode != "api":  # serverless has no /download (README: Pod API), nor its metrics
         assert "comfy_worker_download_bytes_total" not in scrape(stack)
         return
     server = FileServer()
@@ -105,3 +105,34 @@ def test_download_bytes_and_failures(stack):
         assert after[failures] - before.get(failures, 0) == 1
     finally:
         server.stop()
+
+
+def test_a_cancelled_job_is_counted_cancelled(stack):
+    """A pod's cancelled job answers `interrupted`: counted as cancelled, not as failed (the
+    local queue sees the cancel itself, with no code)."""
+    code = "interrupted" if stack.mode == "api" else ""
+    cancelled = f'comfy_worker_jobs_total{{code="{code}",outcome="cancelled"}}'
+    before = scrape(stack).get(cancelled, 0)
+    slow = {"workflow": with_knob("StandinSlow", color=7, seconds=60, steps=60)}
+    if stack.mode == "api":
+        job = requests.post(f"{stack.url}/run?async=1", json=slow, headers=AUTH, timeout=10).json()["id"]
+        status, cancel = f"{stack.url}/jobs/{job}", f"{stack.url}/jobs/{job}/cancel"
+        wait_until(
+            lambda: requests.get(status, headers=AUTH, timeout=10).json()["state"] == "running", 30, "run"
+        )
+    else:
+        job = requests.post(
+            f"{stack.url}/v2/LOCAL/run", json={"input": slow}, headers=AUTH, timeout=10
+        ).json()
+        status, cancel = (
+            f"{stack.url}/v2/LOCAL/status/{job['id']}",
+            f"{stack.url}/v2/LOCAL/cancel/{job['id']}",
+        )
+        wait_until(
+            lambda: requests.get(status, headers=AUTH, timeout=10).json()["status"] == "IN_PROGRESS",
+            30,
+            "run",
+        )
+    requests.post(cancel, headers=AUTH, timeout=10)
+    wait_until(lambda: scrape(stack).get(cancelled, 0) == before + 1, 30, "the cancel counted")
+    assert scrape(stack)["comfy_worker_jobs_in_flight"] == 0

@@ -6,7 +6,7 @@ import base64
 from client.envelope_client import open_answer, open_blob, seal_request
 from services.core import config
 from services.jobs import envelope
-from services.jobs.pipeline import Pipeline
+from tests.pipelines import pipeline
 
 PRIVATE, PUBLIC = envelope.keypair()
 BIG = base64.b64encode(b"\x89PNG" + b"x" * 5000).decode()
@@ -41,17 +41,17 @@ class Store:
         return f"https://bucket.example/{key}"
 
 
-def pipeline(limit, store=None, **env):
+def capped(limit, store=None, **env):
     settings = config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0", **env})
-    return Pipeline(settings, Executor(), result_limit_bytes=limit, output_store=store)
+    return pipeline(settings, Executor(), result_limit_bytes=limit, output_store=store)
 
 
 def test_a_result_under_the_cap_is_inline():
-    assert pipeline(10**6).run({"workflow": WORKFLOW}).body == RESULT
+    assert capped(10**6).run({"workflow": WORKFLOW}).body == RESULT
 
 
 def test_over_the_cap_without_a_bucket_is_output_too_large_with_sizes():
-    reply = pipeline(1000).run({"workflow": WORKFLOW})
+    reply = capped(1000).run({"workflow": WORKFLOW})
     assert reply.status == 507 and reply.error_code == "output_too_large"
     assert "node 9 0.01 MB" in reply.body["error"] and "BUCKET_" in reply.body["error"]
 
@@ -59,14 +59,14 @@ def test_over_the_cap_without_a_bucket_is_output_too_large_with_sizes():
 def test_encrypted_size_counts_the_sealing_overhead():
     request, ephemeral = seal_request({"workflow": WORKFLOW}, PUBLIC)
     limit = 7000  # the plain result fits, the sealed answer would not
-    assert pipeline(limit).run({"workflow": WORKFLOW}).status == 200
-    reply = pipeline(limit).run(request)
+    assert capped(limit).run({"workflow": WORKFLOW}).status == 200
+    reply = capped(limit).run(request)
     assert open_answer(reply.body, ephemeral, PUBLIC)["error"].startswith("output_too_large")
 
 
 def test_over_the_cap_with_a_bucket_answers_urls():
     store = Store()
-    body = pipeline(1000, store).run({"workflow": WORKFLOW}).body
+    body = capped(1000, store).run({"workflow": WORKFLOW}).body
     [output] = body["outputs"]
     assert (
         "data" not in output
@@ -80,7 +80,7 @@ def test_over_the_cap_with_a_bucket_answers_urls():
 def test_an_encrypted_job_puts_only_sealed_blobs_in_the_bucket():
     store = Store()
     request, ephemeral = seal_request({"workflow": WORKFLOW}, PUBLIC)
-    result = open_answer(pipeline(1000, store).run(request).body, ephemeral, PUBLIC)
+    result = open_answer(capped(1000, store).run(request).body, ephemeral, PUBLIC)
     assert result["outputs"][0]["sealed"] is True
     [(blob, mime)] = store.objects.values()
     assert b"PNG" not in blob and mime == "application/octet-stream"
@@ -98,8 +98,8 @@ def test_progress_of_an_encrypted_job_is_only_a_percentage():
     settings = config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0"})
     seen = []
     request, _ = seal_request({"workflow": WORKFLOW}, PUBLIC)
-    Pipeline(settings, Progressing()).run(request, seen.append)
+    pipeline(settings, Progressing()).run(request, seen.append)
     assert seen == [{"percent": 50}]
     seen.clear()
-    Pipeline(settings, Progressing()).run({"workflow": WORKFLOW}, seen.append)  # plain keeps detail
+    pipeline(settings, Progressing()).run({"workflow": WORKFLOW}, seen.append)  # plain keeps detail
     assert seen == [{"node": "7"}, {"node": "7", "value": 2, "max": 4}]

@@ -11,9 +11,9 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from services.core import config
-from services.jobs.pipeline import Pipeline
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
+from tests.pipelines import pipeline
 from tests.stack import Stack, real_backend, wait_until
 from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
 
@@ -224,7 +224,7 @@ def shared_jobs(redis_server, prefix, capacity, **env):
         }
     )
     store = StateStore(settings)
-    return SharedJobs(settings, Pipeline(settings, None, shared=store), store, capacity)
+    return SharedJobs(settings, pipeline(settings, shared=store), store, capacity)
 
 
 DRY_JOB = {"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
@@ -264,6 +264,24 @@ def test_a_pod_that_stops_hands_back_what_it_took_but_did_not_start(redis_server
     assert other.taken_over == 1
     wait_until(lambda: not stopping._running and not stopping._held, 5, "the stopped pod to let go")
     assert other.get(job.id).state == "completed"
+
+
+def test_a_bug_in_one_round_of_taking_does_not_stop_the_pod_taking_jobs(redis_server, caplog):
+    """Not a Redis error: the loop logs where it broke (never the message) and goes on."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    rounds = []
+
+    def capacity(own):
+        rounds.append(own)
+        if len(rounds) == 1:
+            raise ValueError("a secret prompt in the message")
+        return 1 - own
+
+    pod = shared_jobs(redis_server, prefix, capacity)
+    job = pod.start(DRY_JOB)
+    wait_until(lambda: pod.get(job.id).state == "completed", 10, "the job to run after the bug")
+    crash = [r.getMessage() for r in caplog.records if "shared-jobs-take" in r.getMessage()]
+    assert crash and "ValueError at test_shared_jobs.py:" in crash[0] and "secret prompt" not in crash[0]
 
 
 def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_server):

@@ -152,6 +152,18 @@ def test_missing_file_is_a_failed_download(downloads, server):
     assert d.state == "failed" and d.error == "download_failed: the server answered HTTP 404"
 
 
+def test_a_bug_fails_the_download_with_a_code_instead_of_leaving_it_running(downloads, server, monkeypatch):
+    def bug(*_args):
+        raise KeyError("a token in the message")
+
+    monkeypatch.setattr(downloads, "_check_space", bug)
+    [d] = finish(downloads, [{"type": "vae", "url": f"{server.url}/file/model.safetensors"}])
+    assert d.state == "failed" and d.error == "internal_error: unexpected worker error"
+    assert "token" not in str(d.view()) and downloads.active == {}
+    [again] = finish(downloads, [{"type": "vae", "url": f"{server.url}/file/model.safetensors"}])
+    assert again.state == "failed"  # not stuck behind a transfer that never ends
+
+
 def test_not_enough_disk_space(downloads, server, monkeypatch):
     import shutil
 

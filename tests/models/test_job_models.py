@@ -11,9 +11,9 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from services.core import config
-from services.jobs.pipeline import Pipeline
 from services.models.model_cache import ModelCache
 from tests.file_server import FileServer
+from tests.pipelines import pipeline
 from tests.stack import Stack, wait_until
 
 WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {}}}
@@ -41,7 +41,7 @@ def settings(tmp_path, **env):
 
 def worker(tmp_path, **env):
     """One worker's pipeline on the volume under `tmp_path` (several share it)."""
-    return Pipeline(settings(tmp_path, **env), None)
+    return pipeline(settings(tmp_path, **env))
 
 
 def job(*models):

@@ -1,0 +1,30 @@
+"""What the pod API's routes work with, built once by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from services.comfy.control import ComfyControl
+from services.comfy.health import ComfyHealth
+from services.core.config import Settings
+from services.jobs.async_jobs import JobStore
+from services.jobs.metrics import Metrics
+from services.jobs.worker import Worker
+
+
+@dataclass(frozen=True)
+class Api:
+    worker: Worker
+    jobs: JobStore  # async jobs: in this process, or the fleet's (STATE_URL)
+    health: ComfyHealth
+    metrics: Metrics
+    controls: list[ComfyControl]  # one per ComfyUI instance
+    public_key: str | None
+
+    @property
+    def settings(self) -> Settings:
+        return self.worker.settings
+
+    def shared_state(self) -> dict | None:
+        """Whether the fleet's Redis (STATE_URL) answered its last call; None without one."""
+        return {"up": self.worker.state.up} if self.worker.state else None

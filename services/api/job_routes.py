@@ -1,0 +1,32 @@
+"""Jobs: `/run` (answered when the job ends, or at once with `?async=1`) and the async job's
+status and cancel. Everything of the job itself is the pipeline's (services.jobs.pipeline)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from services.api.context import Api
+from services.api.responses import json_response, payload_response, read_json
+from services.jobs.async_jobs import known
+
+
+def blueprint(api: Api) -> Blueprint:
+    routes = Blueprint("jobs", __name__)
+
+    @routes.post("/run")
+    def run() -> Response:
+        if request.args.get("async") in ("1", "true"):
+            job = api.jobs.start(read_json())
+            return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
+        reply = api.worker.pipeline.run(read_json())
+        return payload_response(reply.body, reply.status)
+
+    @routes.get("/jobs/<job_id>")
+    def job_status(job_id: str) -> Response:
+        return payload_response(known(api.jobs.get(job_id)).view())
+
+    @routes.post("/jobs/<job_id>/cancel")
+    def job_cancel(job_id: str) -> Response:
+        return json_response(known(api.jobs.cancel(job_id)).view())
+
+    return routes

@@ -1,0 +1,41 @@
+"""The model volume: `/download` (background transfers, polled), `/downloads`, `/models/ls`."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, request
+
+from services.api.context import Api
+from services.api.responses import json_response, read_json
+from services.models import model_store
+
+
+def blueprint(api: Api) -> Blueprint:
+    routes = Blueprint("models", __name__)
+    downloads = api.worker.downloads
+
+    @routes.post("/download")
+    def download() -> Response:
+        body = read_json()
+        items = body.get("items") if isinstance(body, dict) else body
+        started = downloads.submit(items)
+        if isinstance(body, dict) and body.get("wait") is True:
+            for item in started:
+                item.ended.wait()
+            return json_response({"downloads": [d.view() for d in started]})
+        return json_response({"downloads": [d.view() for d in started]}, 202)
+
+    @routes.get("/download/<download_id>")
+    def download_status(download_id: str) -> Response:
+        return json_response(downloads.get(download_id).view())
+
+    @routes.get("/downloads")
+    def download_list() -> Response:
+        return json_response({"downloads": [d.view() for d in downloads.all()]})
+
+    @routes.get("/models/ls")
+    def models_ls() -> Response:
+        model_dir = api.settings.model_dir
+        listing = downloads.cache.annotate(model_store.listing(model_dir, request.args.get("type")))
+        return json_response({"model_dir": model_dir, "models": listing})
+
+    return routes

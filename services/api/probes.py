@@ -1,0 +1,58 @@
+"""What platforms, load balancers and Prometheus ask: liveness, readiness, the OpenAPI document,
+metrics. `/healthz`, `/readyz` and `/openapi.json` are open without API_KEY (probes send no
+token); they never wait on a busy ComfyUI (services.comfy.health)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from services.api import openapi
+from services.api.context import Api
+from services.api.responses import json_response
+from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+
+OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+
+
+def blueprint(api: Api) -> Blueprint:
+    routes = Blueprint("probes", __name__)
+    settings = api.settings
+
+    @routes.get("/healthz")
+    def healthz() -> Response:
+        return json_response(
+            {
+                "ok": True,
+                "mode": settings.launch_mode,
+                "model_dir": settings.model_dir,
+                "server_public_key_b64": api.public_key,
+                "dry_run": settings.dry_run,
+                "encryption_required": settings.encryption_required,
+                "comfy": api.health.read(),
+                "shared_state": api.shared_state(),
+            }
+        )
+
+    @routes.get("/readyz")
+    def readyz() -> Response:
+        comfy_health = api.health.read()
+        state = api.worker.state
+        ready = (settings.dry_run or comfy_health["ready"]) and (state is None or state.up)
+        body = {"ready": ready, "comfy": comfy_health, "shared_state": api.shared_state()}
+        return json_response(body, 200 if ready else 503)
+
+    @routes.get("/ping")
+    def ping() -> Response:
+        """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
+        return json_response({"ok": True})
+
+    @routes.get("/openapi.json")
+    def openapi_document() -> Response:
+        return json_response(openapi.document())
+
+    @routes.get("/metrics")
+    def metrics_page() -> Response:
+        """Prometheus text format; behind API_KEY like every route but the probes."""
+        return Response(api.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
+
+    return routes

@@ -1,0 +1,53 @@
+"""How the pod API reads bodies and writes answers.
+
+Probes answer plain compact JSON at once; a body that carries a job's outputs or ciphertext is
+serialized off the hub and spliced (services.core.json_text), so probes stay fast while
+megabytes flow. A request body is parsed off the hub too.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, request
+
+from services.core import errors, json_text
+from services.core.offload import offload
+
+
+def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
+    """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
+    if size >= json_text.SPLICED:
+        text = offload(json_text.dumps, body, size=size)
+    else:
+        text = json.dumps(body, separators=(",", ":"))
+    return Response(text, status=status, mimetype="application/json")
+
+
+def payload_response(body: dict, status: int = 200) -> Response:
+    """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
+    (pod async jobs) or `output` (the RunPod-shaped routes)."""
+    return json_response(body, status, size=_payload_size(body))
+
+
+def error_response(exc: errors.WorkerError) -> Response:
+    return json_response(exc.to_dict(), exc.http_status)
+
+
+def read_json() -> Any:
+    """The request body as JSON, or `invalid_json`."""
+    raw = request.get_data(cache=False)
+    try:
+        return offload(json.loads, raw, size=len(raw))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise errors.InvalidJson("the body is not valid JSON") from None
+
+
+def _payload_size(body: dict) -> int:
+    """Bytes of output data or ciphertext in a result."""
+    inner = next((body[k] for k in ("result", "output") if isinstance(body.get(k), dict)), body)
+    outputs = next((inner[k] for k in ("outputs", "images") if isinstance(inner.get(k), list)), [])
+    return len(str(inner.get("ciphertext") or "")) + sum(
+        len(str(o.get("data") or "")) for o in outputs if isinstance(o, dict)
+    )

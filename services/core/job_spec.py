@@ -1,0 +1,79 @@
+"""What a job is once its request was checked: the types every layer passes along (the pipeline,
+the ComfyUI pool and executor, the warm-up), and the shape of an API-format workflow.
+
+Dependency-free on purpose: it sits at the bottom, so ComfyUI's side can run a `JobRequest`
+without knowing where it came from (a request, an envelope, the warm-up file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.core import errors
+
+Progress = Callable[[dict], None]  # a job's progress updates, as they happen
+
+MAX_NODES = 10_000
+_GRAPH_EXPORT_HINT = (
+    "this is a UI graph export (it has 'nodes' and 'links'); in ComfyUI enable the dev mode "
+    "options and use 'Export (API)' / 'Save (API Format)', then send that file as 'workflow'"
+)
+
+
+@dataclass(frozen=True)
+class InputImage:
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    workflow: dict
+    images: tuple[InputImage, ...]
+    no_history: bool
+    timeout_s: float
+    output_format: str = "worker"
+    # worker-comfyui's per-request key for ComfyUI's API nodes: handed to ComfyUI in the prompt's
+    # extra_data (which ComfyUI keeps out of its history), never logged or echoed
+    comfy_org_api_key: str | None = field(default=None, repr=False)
+    # models to make sure of on the volume first (services.models.job_models checks each item)
+    models: tuple[dict, ...] = field(default=(), repr=False)
+
+
+def validate_workflow(workflow: Any) -> dict:
+    if looks_like_graph_export(workflow):
+        raise errors.InvalidWorkflow(_GRAPH_EXPORT_HINT)
+    if not isinstance(workflow, dict):
+        raise errors.InvalidWorkflow(f"'workflow' must be an object of nodes, got {kind(workflow)}")
+    if not workflow:
+        raise errors.InvalidWorkflow("'workflow' has no nodes")
+    if len(workflow) > MAX_NODES:
+        raise errors.InvalidWorkflow(f"'workflow' has {len(workflow)} nodes; the limit is {MAX_NODES}")
+    for node_id, node in workflow.items():
+        if not isinstance(node, dict):
+            raise errors.InvalidWorkflow(f"node {short(node_id)} must be an object, got {kind(node)}")
+        class_type = node.get("class_type")
+        if not isinstance(class_type, str) or not class_type:
+            raise errors.InvalidWorkflow(f"node {short(node_id)} has no 'class_type'")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise errors.InvalidWorkflow(
+                f"node {short(node_id)} ('{short(class_type)}'): 'inputs' must be an object"
+            )
+    return workflow
+
+
+def looks_like_graph_export(value: Any) -> bool:
+    return isinstance(value, dict) and "nodes" in value and "links" in value
+
+
+def kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def short(text: Any) -> str:
+    text = str(text)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -1,0 +1,72 @@
+"""One wiring for both modes: the settings become a worker, built the same way by the pod API
+and by the serverless handler.
+
+    settings -> shared state (STATE_URL only) -> ComfyUI pool (one executor and warm-up per
+    instance) -> downloads and a job's models on the volume -> the pipeline
+
+What differs by mode is said by the caller: the pod API observes jobs for its metrics; the
+serverless worker caps answers (MAX_RESULT_MB, RunPod refuses large results) and moves large
+outputs to the bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from services.comfy.pool import ComfyPool
+from services.comfy.warmup import start_warmup
+from services.core.config import Settings
+from services.jobs.async_jobs import AsyncJobs, JobStore
+from services.jobs.output_store import OutputStore
+from services.jobs.pipeline import JobObserver, Pipeline
+from services.models.downloads import DownloadObserver, Downloads
+from services.models.job_models import JobModels
+
+if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
+    from services.jobs.state_store import StateStore
+
+
+@dataclass(frozen=True)
+class Worker:
+    settings: Settings
+    pool: ComfyPool
+    downloads: Downloads
+    models: JobModels
+    pipeline: Pipeline
+    state: StateStore | None  # the fleet's Redis, with STATE_URL
+
+
+class Observer(JobObserver, DownloadObserver):
+    """What the pod API's metrics watch: jobs and downloads."""
+
+
+def build_worker(settings: Settings, observer: Observer | None = None, cap_results: bool = False) -> Worker:
+    state = None
+    if settings.state_url:
+        from services.jobs.state_store import StateStore
+
+        state = StateStore(settings)
+    pool = ComfyPool.of(settings, start_warmup)
+    downloads = Downloads(settings, observer=observer)
+    models = JobModels(settings, downloads)
+    pipeline = Pipeline(
+        settings,
+        pool,
+        models,
+        observer=observer,
+        shared=state,
+        result_limit_bytes=int(settings.max_result_mb * 1024 * 1024) if cap_results else None,
+        output_store=OutputStore.from_settings(settings) if cap_results else None,
+    )
+    return Worker(settings, pool, downloads, models, pipeline, state)
+
+
+def job_store(worker: Worker) -> JobStore:
+    """Async jobs: in this process, or in the fleet's Redis taken by whichever pod has a free
+    ComfyUI instance."""
+    if worker.state is None:
+        return AsyncJobs(worker.pipeline)
+    from services.jobs.shared_jobs import SharedJobs
+
+    return SharedJobs(worker.settings, worker.pipeline, worker.state, worker.pool.spare)
