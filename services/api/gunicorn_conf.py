@@ -4,9 +4,9 @@ No `preload_app` and no imports of requests/urllib3 here: gevent must patch the 
 they load (docs/runtime.md). `timeout` is the worker heartbeat, not a request limit.
 """
 
-from services.core.config import load as _load_settings
+from services.core.config import load_or_exit as _load_settings
 
-_settings = _load_settings()
+_settings = _load_settings("api")
 
 bind = f"0.0.0.0:{_settings.api_port}"
 worker_class = "gevent"

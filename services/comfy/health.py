@@ -10,7 +10,6 @@ probed) and the warm-up of its current start has ended.
 from __future__ import annotations
 
 import threading
-import time
 from typing import TYPE_CHECKING, Protocol
 
 from services.comfy import devices, relay
@@ -21,8 +20,8 @@ if TYPE_CHECKING:
     from services.comfy.pool import ComfyPool
 
 OUT = ("FATAL", "STOPPED")  # a program in these states takes no job
-HEALTH_CACHE_S = 1.0
-HEALTH_STALE_S = 10.0  # an older value is never answered: the probe waits for a fresh one
+REFRESH_S = 1.0  # how often the state is looked at when nothing said it changed
+PROBE_S = 2.0  # a ComfyUI that does not answer /system_stats within this is not ready
 
 
 class WarmupState(Protocol):
@@ -61,8 +60,9 @@ class ComfyHealth:
     and readiness; ready while one instance is. The top-level state and warm-up are instance
     0's, as with a single ComfyUI.
 
-    A probe never waits on a busy ComfyUI: once the cached value is older than HEALTH_CACHE_S
-    (and younger than HEALTH_STALE_S) it is answered while one refresh runs beside it."""
+    Kept current by a thread of its own, every REFRESH_S and at once when something noticed a
+    change (`changed`: a job saw its ComfyUI die): a probe reads the state without waiting on a
+    busy ComfyUI, and what it reads is never much older than REFRESH_S."""
 
     def __init__(self, settings: Settings, pool: ComfyPool | None = None) -> None:
         """`pool`: the instances this process schedules (warm-ups, busy); the local queue, whose
@@ -70,20 +70,32 @@ class ComfyHealth:
         self.settings = settings
         self.pool = pool
         self.gpus = devices.of(settings)
-        self._cached: tuple[float, dict] | None = None
-        self._refreshing = threading.Lock()
+        self._value: dict | None = None
+        self._lock = threading.Lock()  # one refresh at a time
+        self._changed = threading.Event()
+        if pool is not None:
+            pool.watch(self.changed)
+        background.loop("comfy-health", self._tick, REFRESH_S)
 
     def read(self, fresh: bool = False) -> dict:
-        cached = self._cached
-        if fresh or cached is None or time.monotonic() - cached[0] >= HEALTH_STALE_S:
-            return self._busy(self._refresh())
-        if time.monotonic() - cached[0] >= HEALTH_CACHE_S and self._refreshing.acquire(blocking=False):
-            background.start("health-refresh", self._refresh, self._refreshing)
-        return self._busy(cached[1])
+        """The state as last seen (the first read, and `fresh`, look now)."""
+        value = self._value
+        if fresh or value is None:
+            value = self._refresh()
+        return self._busy(value)
+
+    def changed(self) -> None:
+        """Something changed (a ComfyUI died under a job): look again now, not at the next tick."""
+        self._changed.set()
 
     def instance_ready(self, number: int) -> bool:
         """Read afresh: what a restart waits for."""
         return self.read(fresh=True)["instances"][number]["ready"]
+
+    def _tick(self) -> None:
+        self._changed.wait(REFRESH_S)
+        self._changed.clear()
+        self._refresh()
 
     def _busy(self, value: dict) -> dict:
         """Whether an instance runs a job, as of now (known only where the pool is)."""
@@ -92,26 +104,21 @@ class ComfyHealth:
         jobs = [instance.jobs for instance in self.pool.instances]
         return {**value, "instances": [{**view, "busy": jobs[view["id"]] > 0} for view in value["instances"]]}
 
-    def _refresh(self, held: threading.Lock | None = None) -> dict:
-        try:
-            # imported here: supervisord's client costs 2.4 MiB, which the pool alone never needs
-            from services.comfy import supervisor_state
+    def _refresh(self) -> dict:
+        # imported here: supervisord's client costs 2.4 MiB, which the pool alone never needs
+        from services.comfy import supervisor_state
 
-            now = time.monotonic()
+        with self._lock:
             infos = supervisor_state.process_infos(self.settings.supervisor_socket)
             views = [self._instance(number, infos) for number in range(self.settings.instance_count)]
             first = views[0]
-            value = {
+            self._value = {
                 "state": first["state"],
                 "ready": any(view["ready"] for view in views),
                 "warmup": first["warmup"],
                 "instances": views,
             }
-            self._cached = (now, value)
-            return value
-        finally:
-            if held is not None:
-                held.release()
+            return self._value
 
     def _instance(self, number: int, infos: dict[str, dict]) -> dict:
         own = self.settings.instance(number)
@@ -121,6 +128,6 @@ class ComfyHealth:
             "id": number,
             "device": self.gpus.describe(number),
             "state": info["statename"] if info else "NO_SUPERVISOR",
-            "ready": ready(own, info, warmup, probe_s=2.0),
+            "ready": ready(own, info, warmup, probe_s=PROBE_S),
             "warmup": warmup.view() if warmup else None,
         }

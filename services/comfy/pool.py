@@ -44,6 +44,11 @@ class ComfyPool:
         self.instances = instances
         self._changed = threading.Condition()
         self._waiting: collections.deque[object] = collections.deque()
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """`changed()` is called when a job saw its ComfyUI die (health looks again at once)."""
+        self._watchers.append(changed)
 
     @classmethod
     def of(
@@ -62,6 +67,10 @@ class ComfyPool:
         instance = self._take(request, deadline, cancel)
         try:
             return instance.executor.execute(request, progress, cancel, deadline=deadline)
+        except errors.ComfyRestarted:
+            for changed in self._watchers:
+                changed()
+            raise
         finally:
             with self._changed:
                 instance.jobs -= 1

@@ -12,7 +12,7 @@ outputs to the bucket.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
@@ -37,7 +37,7 @@ class Worker:
     state: StateStore | None  # the fleet's Redis, with STATE_URL
 
 
-class Observer(JobObserver, DownloadObserver):
+class Observer(JobObserver, DownloadObserver, Protocol):
     """What the pod API's metrics watch: jobs and downloads."""
 
 

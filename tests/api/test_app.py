@@ -153,3 +153,20 @@ class TestApiKey:
         request, _ = seal_request({"workflow": WORKFLOW}, PUBLIC)
         response = client.post("/run", json=request, headers={"Authorization": "Bearer s3cret"})
         assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("program", "code"),
+    [("api", "from services.api.app import create_app; create_app()"), ("handler", None)],
+)
+def test_a_bad_setting_ends_the_api_and_the_handler_alike_with_one_line(program, code):
+    """As the entrypoint says it, should a program be started on its own: no traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "services.handler.main"]
+    env = {"PATH": "/usr/bin:/bin", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "soon"}
+    ended = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert ended.returncode == 2
+    assert f"[{program}] configuration error: JOB_TIMEOUT_S='soon'" in ended.stderr
+    assert "Traceback" not in ended.stderr + ended.stdout
