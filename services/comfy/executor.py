@@ -39,6 +39,8 @@ END_GRACE_S = 3.0  # after an interrupt, how long to wait for the prompt's end (
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
 SPARE_MAX_AGE_S = 30.0  # an idle socket is read by nobody: past this, open a fresh one
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
+BOOT_POLL_S = 0.01  # while ComfyUI boots: how often the relay's ready file is looked at
+PROBE_EVERY_S = 0.5  # ... and how often ComfyUI is asked over HTTP without it
 NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
 
 
@@ -166,11 +168,25 @@ class ComfyExecutor:
         the job's own calls)."""
         if time.monotonic() - self._last_success < READY_TRUST_S:
             return
-        limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
-        while not self.client.ready(timeout=2.0):
+        if not self.until_answers(min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)):
+            raise errors.ComfyInitFailed("ComfyUI did not answer on its port in time")
+
+    def until_answers(self, limit: float) -> bool:
+        """Whether ComfyUI answers before `limit` (monotonic). The relay writes its ready file
+        the moment ComfyUI opens its port: that file is looked at every BOOT_POLL_S (a stat, no
+        load on a booting ComfyUI) and ComfyUI asked at once when it appears or changes; over
+        HTTP otherwise only every PROBE_EVERY_S."""
+        ready_file = self.settings.run_layout.ready_file(self.settings.comfy_program)
+        seen, asked = _read_text(ready_file), -PROBE_EVERY_S
+        while True:
+            now, booted = time.monotonic(), _read_text(ready_file)
+            if (booted and booted != seen) or now - asked >= PROBE_EVERY_S:
+                seen, asked = booted, now
+                if self.client.ready(timeout=2.0):
+                    return True
             if time.monotonic() >= limit:
-                raise errors.ComfyInitFailed("ComfyUI did not answer on its port in time")
-            time.sleep(0.5)
+                return False
+            time.sleep(BOOT_POLL_S)
 
     def _prepare(self, job: _Job) -> dict:
         prompt = copy.deepcopy(job.request.workflow)
@@ -359,6 +375,14 @@ class ComfyExecutor:
             except OSError:
                 pass
         return self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return handle.read().strip()
+    except OSError:
+        return None
 
 
 def _read_file(path: str) -> bytes:

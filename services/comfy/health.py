@@ -70,7 +70,7 @@ class ComfyHealth:
         self.settings = settings
         self.pool = pool
         self.gpus = devices.of(settings)
-        self._value: dict | None = None
+        self._seen: list[tuple[str, bool]] | None = None
         self._lock = threading.Lock()  # one refresh at a time
         self._changed = threading.Event()
         if pool is not None:
@@ -78,11 +78,19 @@ class ComfyHealth:
         background.loop("comfy-health", self._tick, REFRESH_S)
 
     def read(self, fresh: bool = False) -> dict:
-        """The state as last seen (the first read, and `fresh`, look now)."""
-        value = self._value
-        if fresh or value is None:
-            value = self._refresh()
-        return self._busy(value)
+        """The processes and ports as last seen (the first read, and `fresh`, look now), with
+        what this process knows itself (warm-ups, busy instances) as of now."""
+        seen = self._seen
+        if fresh or seen is None:
+            seen = self._refresh()
+        views = [self._view(number, state, up) for number, (state, up) in enumerate(seen)]
+        first = views[0]
+        return {
+            "state": first["state"],
+            "ready": any(view["ready"] for view in views),
+            "warmup": first["warmup"],
+            "instances": views,
+        }
 
     def changed(self) -> None:
         """Something changed (a ComfyUI died under a job): look again now, not at the next tick."""
@@ -97,37 +105,31 @@ class ComfyHealth:
         self._changed.clear()
         self._refresh()
 
-    def _busy(self, value: dict) -> dict:
-        """Whether an instance runs a job, as of now (known only where the pool is)."""
-        if self.pool is None:
-            return value
-        jobs = [instance.jobs for instance in self.pool.instances]
-        return {**value, "instances": [{**view, "busy": jobs[view["id"]] > 0} for view in value["instances"]]}
-
-    def _refresh(self) -> dict:
+    def _refresh(self) -> list[tuple[str, bool]]:
+        """Each instance's program state and whether its ComfyUI is up (answers)."""
         # imported here: supervisord's client costs 2.4 MiB, which the pool alone never needs
         from services.comfy import supervisor_state
 
         with self._lock:
             infos = supervisor_state.process_infos(self.settings.supervisor_socket)
-            views = [self._instance(number, infos) for number in range(self.settings.instance_count)]
-            first = views[0]
-            self._value = {
-                "state": first["state"],
-                "ready": any(view["ready"] for view in views),
-                "warmup": first["warmup"],
-                "instances": views,
-            }
-            return self._value
+            seen = []
+            for number in range(self.settings.instance_count):
+                own = self.settings.instance(number)
+                info = infos.get(own.comfy_program)
+                seen.append((info["statename"] if info else "NO_SUPERVISOR", ready(own, info, None, PROBE_S)))
+            self._seen = seen
+            return seen
 
-    def _instance(self, number: int, infos: dict[str, dict]) -> dict:
-        own = self.settings.instance(number)
-        info = infos.get(own.comfy_program)
-        warmup = self.pool.instances[number].warmup if self.pool else None
-        return {
+    def _view(self, number: int, state: str, up: bool) -> dict:
+        instance = self.pool.instances[number] if self.pool else None
+        warmup = instance.warmup if instance else None
+        view = {
             "id": number,
             "device": self.gpus.describe(number),
-            "state": info["statename"] if info else "NO_SUPERVISOR",
-            "ready": ready(own, info, warmup, probe_s=PROBE_S),
+            "state": state,
+            "ready": up and (warmup is None or warmup.ready()),
             "warmup": warmup.view() if warmup else None,
         }
+        if instance is not None:  # which instance runs a job is known only where the pool is
+            view["busy"] = instance.jobs > 0
+        return view

@@ -85,9 +85,10 @@ class Warmup:
     def _watch(self) -> None:
         while True:
             current = starts.read(self.settings.comfy_starts_file)
-            if current != self._finished_for and self.executor.client.ready(timeout=2.0):
+            if current == self._finished_for:
+                time.sleep(POLL_S)
+            elif self.executor.until_answers(time.monotonic() + POLL_S):  # at once when it boots
                 self._run(current)
-            time.sleep(POLL_S)
 
     def _run(self, start: int) -> None:
         self.state, self.error = "running", None

@@ -1,6 +1,8 @@
 """Every output kind ComfyUI reports is fetched through /view (or inlined, for text)."""
 
 import base64
+import os
+import time
 
 from services.comfy.executor import ComfyExecutor
 from services.core import config
@@ -52,3 +54,38 @@ def test_every_kind_with_files_or_text_is_returned_whatever_its_name():
     text = next(o for o in outputs if o["type"] == "text")
     assert base64.b64decode(text["data"]) == b"a caption" and text["filename"] is None
     assert all(o["size"] == len(base64.b64decode(o["data"])) for o in outputs)
+
+
+class BootingClient:
+    """ComfyUI whose port answers once the relay has written its ready file."""
+
+    def __init__(self, ready_file):
+        self.ready_file = ready_file
+        self.asked = 0
+
+    def ready(self, timeout=2.0):
+        self.asked += 1
+        return os.path.exists(self.ready_file)
+
+
+def test_a_waiting_job_asks_comfyui_the_moment_the_relay_says_it_booted(tmp_path):
+    import threading
+
+    settings = config.load({"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path)})
+    ready_file = settings.run_layout.ready_file(settings.comfy_program)
+    os.makedirs(os.path.dirname(ready_file))
+    client = BootingClient(ready_file)
+    executor = ComfyExecutor(settings, client)
+    assert not executor.until_answers(time.monotonic() + 1.2)
+    assert client.asked <= 4  # a booting ComfyUI is not hammered over HTTP
+
+    asked_before = []
+
+    def boot():
+        asked_before.append(client.asked)
+        with open(ready_file, "w") as handle:
+            handle.write("1234")
+
+    threading.Timer(0.3, boot).start()
+    assert executor.until_answers(time.monotonic() + 60)
+    assert client.asked <= asked_before[0] + 2  # asked when the file appeared (a tick may fall between)
