@@ -57,14 +57,14 @@ def test_readyz_follows_comfy(stack):
     assert requests.get(stack.url + "/readyz", timeout=5).status_code == 200
     rpc = supervisor_state.rpc(stack.socket).supervisor
     rpc.stopProcess("comfy")
-    seen = []  # a probe answers the last known state and refreshes it beside the answer
+    seen = []  # a probe answers the state the health thread keeps
 
     def stopped():
         seen.append(requests.get(stack.url + "/readyz", timeout=5))
-        return seen[-1].status_code == 503
+        return seen[-1].json()["comfy"]["state"] == "STOPPED"
 
-    wait_until(stopped, 10, "/readyz to answer 503")
-    assert seen[-1].json()["comfy"]["state"] == "STOPPED"
+    wait_until(stopped, 10, "/readyz to see ComfyUI STOPPED")
+    assert seen[-1].status_code == 503
     rpc.startProcess("comfy")
     stack.wait_http("/readyz")
 
