@@ -214,7 +214,11 @@ def test_an_instance_that_goes_fatal_leaves_the_pool_and_jobs_go_on():
             rpc.startProcess("comfy-1", False)
             wait_until(lambda: "taken out of the pool" in stack.log, 60, "the watchdog to take comfy-1 out")
             assert "comfy-1 is FATAL -> taken out of the pool; 1 of 2 ComfyUI instances left" in stack.log
-            assert [i["state"] for i in instances(stack)] == ["RUNNING", "FATAL"]
+            wait_until(
+                lambda: [i["state"] for i in instances(stack)] == ["RUNNING", "FATAL"],
+                10,
+                "/healthz to show it",
+            )
             assert requests.get(f"{stack.url}/readyz", timeout=5).status_code == 200
             results = []
             jobs = [
