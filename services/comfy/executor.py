@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.comfy import health
 from services.comfy.cleanup import Cleanup, files_of, local_path
 from services.comfy.client import ComfyClient, ComfyUnreachable, Socket, SocketLost, describe_validation_error
 from services.core import errors
@@ -176,10 +177,9 @@ class ComfyExecutor:
         the moment ComfyUI opens its port: that file is looked at every BOOT_POLL_S (a stat, no
         load on a booting ComfyUI) and ComfyUI asked at once when it appears or changes; over
         HTTP otherwise only every PROBE_EVERY_S."""
-        ready_file = self.settings.run_layout.ready_file(self.settings.comfy_program)
-        seen, asked = _read_text(ready_file), -PROBE_EVERY_S
+        seen, asked = health.booted_pid(self.settings), -PROBE_EVERY_S
         while True:
-            now, booted = time.monotonic(), _read_text(ready_file)
+            now, booted = time.monotonic(), health.booted_pid(self.settings)
             if (booted and booted != seen) or now - asked >= PROBE_EVERY_S:
                 seen, asked = booted, now
                 if self.client.ready(timeout=2.0):
@@ -375,14 +375,6 @@ class ComfyExecutor:
             except OSError:
                 pass
         return self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
-
-
-def _read_text(path: str) -> str | None:
-    try:
-        with open(path, encoding="ascii") as handle:
-            return handle.read().strip()
-    except OSError:
-        return None
 
 
 def _read_file(path: str) -> bytes:

@@ -32,13 +32,18 @@ def out(state: str) -> bool:
     return state in OUT
 
 
-def booted(own: Settings, pid: int) -> bool:
-    """The relay's word that this program's ComfyUI has opened its port."""
+def booted_pid(own: Settings) -> str | None:
+    """The pid of the program whose ComfyUI the relay saw open its port (the ready file)."""
     try:
         with open(own.run_layout.ready_file(own.comfy_program), encoding="ascii") as handle:
-            return handle.read().strip() == str(pid)
+            return handle.read().strip()
     except OSError:
-        return False
+        return None
+
+
+def booted(own: Settings, pid: int) -> bool:
+    """The relay's word that this program's ComfyUI has opened its port."""
+    return booted_pid(own) == str(pid)
 
 
 def answers(own: Settings, timeout: float) -> bool:

@@ -17,7 +17,6 @@ from services.jobs.outcome import RUNPOD_FINAL
 
 log = logging.getLogger("worker.local_queue")
 
-FINAL = RUNPOD_FINAL
 KEEP_S = {"sync": 60.0, "async": 1800.0}  # how long RunPod keeps finished results
 
 
@@ -75,7 +74,7 @@ class Queue:
 
     def wait_final(self, job: Job, timeout: float) -> None:
         with self.changed:
-            self.changed.wait_for(lambda: job.status in FINAL, timeout=timeout)
+            self.changed.wait_for(lambda: job.status in RUNPOD_FINAL, timeout=timeout)
 
     def take(self, worker_id: str, count: int, hold: float) -> list[Job]:
         with self.changed:
@@ -90,7 +89,7 @@ class Queue:
     def done(self, job_id: str, result: dict) -> None:
         with self.changed:
             job = self.jobs.get(job_id)
-            if job is None or job.status in FINAL:
+            if job is None or job.status in RUNPOD_FINAL:
                 return
             if result.get("status") == "IN_PROGRESS":
                 job.progress = result.get("output")
@@ -100,7 +99,7 @@ class Queue:
             else:
                 job.status, job.output, job.finished = "COMPLETED", result.get("output"), time.time()
                 self.counts["completed"] += 1
-            if job.status in FINAL:
+            if job.status in RUNPOD_FINAL:
                 log.info("job %s %s", job.id, job.status)
                 self._ended(job)
             self.changed.notify_all()
@@ -115,7 +114,7 @@ class Queue:
     def cancel(self, job_id: str) -> Job | None:
         with self.changed:
             job = self.jobs.get(job_id)
-            if job is None or job.status in FINAL:
+            if job is None or job.status in RUNPOD_FINAL:
                 return job
             if job.status == "IN_QUEUE":
                 self.pending.remove(job_id)

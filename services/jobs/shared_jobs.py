@@ -110,9 +110,9 @@ class SharedJobs(JobStore):
             name: store.redis.register_script(text)
             for name, text in (("start", _START), ("finish", _FINISH), ("cancel", _CANCEL), ("lost", _LOST))
         }
+        self._next_beat = 0.0  # when the watch round next proves this pod lives
         self._ensure_group()
         background.loop("shared-jobs-take", self._take_round, RETRY_S, until=lambda: self._closing)
-        self._next_beat = 0.0
         background.loop("shared-jobs-watch", self._watch_round, WATCH_S)
 
     # what the routes call ------------------------------------------------------------------
