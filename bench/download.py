@@ -1,5 +1,5 @@
 """`/download` of a 1 GiB file (sha256 on) against `curl -o` of the same file from the same
-loopback server, in the same run; the same file as a Hugging Face download against
+loopback server sending with sendfile, in the same run; the same file as a Hugging Face download against
 huggingface_hub's own `hf_hub_download` (its HTTP path: its Xet path needs the real Hub); then a
 resume after the API worker is killed at about half.
 """
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 import requests
 
@@ -53,6 +54,51 @@ def hub_download(endpoint: str, folder: str) -> float:
     return float(done.stdout.split()[-1])
 
 
+def against_curl(
+    stack: Stack, models: str, server: FileServer, digest: str, scratch: str, args: Any, where: str
+) -> None:
+    """`/download` into `models` (the stack's model folder) against curl into `scratch` (the same
+    file system), from the server's sendfile route; curl is also timed with an fsync after it."""
+    size = args.mib * 1024 * 1024
+    curl_times, synced_times, our_times = [], [], []
+    target = os.path.join(models, "checkpoints", "big.safetensors")
+    copy = os.path.join(scratch, "curl.bin")
+
+    def with_curl() -> None:
+        started = time.perf_counter()
+        subprocess.run(["curl", "-sS", "-o", copy, f"{server.url}/disk/big.safetensors"], check=True)
+        curl_times.append(time.perf_counter() - started)
+        fd = os.open(copy, os.O_RDONLY)
+        os.fsync(fd)  # what /download does before the rename: the file survives a crash
+        os.close(fd)
+        synced_times.append(time.perf_counter() - started)
+        os.remove(copy)  # each starts from no file
+
+    def with_worker() -> None:
+        item = {"type": "checkpoints", "url": f"{server.url}/disk/big.safetensors", "sha256": digest}
+        started = time.perf_counter()
+        result = requests.post(
+            stack.url + "/download", json={"items": [item], "wait": True}, headers=AUTH, timeout=900
+        ).json()
+        our_times.append(time.perf_counter() - started)
+        assert result["downloads"][0]["state"] == "done", result
+        os.remove(target)
+
+    for round_ in range(args.rounds):  # interleaved, order alternating: drift hits both
+        for run in (with_curl, with_worker) if round_ % 2 == 0 else (with_worker, with_curl):
+            os.sync()  # the last transfer's writeback is not the next one's cost
+            run()
+    curl_s, ours_s = statistics.median(curl_times), statistics.median(our_times)
+    synced_s = statistics.median(synced_times)
+    print(f"[{where}] curl -o                 median {curl_s:6.2f} s  {size / curl_s / 1e6:7.1f} MB/s")
+    print(f"[{where}] curl -o, then fsync     median {synced_s:6.2f} s  {size / synced_s / 1e6:7.1f} MB/s")
+    print(f"[{where}] /download (sha256 on)   median {ours_s:6.2f} s  {size / ours_s / 1e6:7.1f} MB/s")
+    print(
+        f"[{where}] speed /download : curl = {curl_s / ours_s:.2f}x, : curl+fsync = {synced_s / ours_s:.2f}x "
+        f"({args.mib} MiB, loopback sendfile, median of {args.rounds} interleaved rounds; target 0.9x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--mib", type=int, default=1024)
@@ -65,6 +111,10 @@ def main() -> None:
     server.files = {"big.safetensors": data, "org/model@main/big.safetensors": data}
     server.rate = 200 * 1024 * 1024  # pace for the resume run only (/slow/)
     scratch = tempfile.mkdtemp(prefix="bench-dl-")
+    source = os.path.join(scratch, "source.bin")
+    with open(source, "wb") as handle:
+        handle.write(data)
+    server.on_disk = {"big.safetensors": source}  # /disk/: sent with sendfile, as nginx would
     env = {
         "DRY_RUN": "1",
         "ENCRYPTION_REQUIRED": "0",
@@ -76,51 +126,8 @@ def main() -> None:
     try:
         with Stack("api", env) as stack:
             stack.wait_http("/readyz", headers=AUTH)
-            curl_times, synced_times, our_times = [], [], []
             target = os.path.join(stack.run_dir, "models", "checkpoints", "big.safetensors")
-
-            def with_curl() -> None:
-                started = time.perf_counter()
-                subprocess.run(
-                    [
-                        "curl",
-                        "-sS",
-                        "-o",
-                        os.path.join(scratch, "curl.bin"),
-                        f"{server.url}/file/big.safetensors",
-                    ],
-                    check=True,
-                )
-                curl_times.append(time.perf_counter() - started)
-                fd = os.open(os.path.join(scratch, "curl.bin"), os.O_RDONLY)
-                os.fsync(fd)  # what /download does before the rename: the file survives a crash
-                os.close(fd)
-                synced_times.append(time.perf_counter() - started)
-
-            def with_worker() -> None:
-                item = {"type": "checkpoints", "url": f"{server.url}/file/big.safetensors", "sha256": digest}
-                started = time.perf_counter()
-                result = requests.post(
-                    stack.url + "/download", json={"items": [item], "wait": True}, headers=AUTH, timeout=900
-                ).json()
-                our_times.append(time.perf_counter() - started)
-                assert result["downloads"][0]["state"] == "done", result
-                os.remove(target)  # as curl overwrites its one file: the same disk use for both
-
-            for round_ in range(args.rounds):  # interleaved, order alternating: drift hits both
-                for run in (with_curl, with_worker) if round_ % 2 == 0 else (with_worker, with_curl):
-                    os.sync()  # the last transfer's writeback is not the next one's cost
-                    run()
-            curl_s, ours_s = statistics.median(curl_times), statistics.median(our_times)
-            synced_s = statistics.median(synced_times)
-            print(f"curl -o                 median {curl_s:6.2f} s  {size / curl_s / 1e6:7.1f} MB/s")
-            print(f"curl -o, then fsync     median {synced_s:6.2f} s  {size / synced_s / 1e6:7.1f} MB/s")
-            print(f"/download (sha256 on)   median {ours_s:6.2f} s  {size / ours_s / 1e6:7.1f} MB/s")
-            print(
-                f"speed /download : curl = {curl_s / ours_s:.2f}x, : curl+fsync = {synced_s / ours_s:.2f}x "
-                f"({args.mib} MiB, loopback, median of {args.rounds} interleaved rounds, order alternating; target 0.9x)"
-            )
-
+            against_curl(stack, os.path.join(stack.run_dir, "models"), server, digest, scratch, args, "disk")
             hub_times, hf_times = [], []
             hf_item = {
                 "type": "checkpoints",
@@ -192,6 +199,13 @@ def main() -> None:
             print(
                 f"resume after a kill at ~half: second transfer {second / 1e6:.1f} MB of {size / 1e6:.1f} MB ({second / size:.1%})"
             )
+        memory = tempfile.mkdtemp(prefix="bench-dl-", dir="/dev/shm")  # where the disk does not limit
+        try:
+            with Stack("api", {**env, "COMFYUI_MODEL_DIR": os.path.join(memory, "models")}) as stack:
+                stack.wait_http("/readyz", headers=AUTH)
+                against_curl(stack, os.path.join(memory, "models"), server, digest, memory, args, "tmpfs")
+        finally:
+            shutil.rmtree(memory, ignore_errors=True)
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)

@@ -1,6 +1,8 @@
 """A loopback HTTP file server for download tests: Range support, and misbehaving routes.
 
 /file/<name>       the file, with Range support (206 + Content-Range)
+/disk/<name>       a file of `on_disk` (name -> path) sent with sendfile, as nginx serves one;
+                   Range support
 /slow/<name>       the same, paced at `rate` bytes/s
 /drop/<name>       the first response sends half the body and closes; later ones behave
 /lie/<name>        announces more bytes than it sends, every time
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import threading
 import time
@@ -25,6 +28,7 @@ class FileServer(ThreadingHTTPServer):
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.files: dict[str, bytes] = {}
+        self.on_disk: dict[str, str] = {}
         self.requests: list[dict] = []  # path, range header, bytes sent, auth
         self.rate = 2 * 1024 * 1024
         self.redirect_to = ""
@@ -72,6 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.requests.append(record)
         hf = re.match(r"^/(.+)/resolve/([^/]+)/(.+)$", self.path)
         kind, _, name = self.path.lstrip("/").partition("/")
+        if kind == "disk":
+            self._sendfile(self.server.on_disk[name], record, head)
+            return
         if kind == "redirect":
             self.send_response(302)
             self.send_header("Location", self.server.redirect_to)
@@ -126,3 +133,19 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(len(chunk) / self.server.rate)
         if kind in ("drop", "lie"):
             self.close_connection = True
+
+    def _sendfile(self, path: str, record: dict, head: bool) -> None:
+        size = os.path.getsize(path)
+        match = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+        start = int(match.group(1)) if match else 0
+        self.send_response(206 if match else 200)
+        if match:
+            self.send_header("Content-Range", f"bytes {start}-{size - 1}/{size}")
+        self.send_header("Content-Length", str(size - start))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if head:
+            return
+        self.wfile.flush()
+        with open(path, "rb") as handle:
+            record["sent"] = self.connection.sendfile(handle, start, size - start)

@@ -2,12 +2,13 @@
 
 import hashlib
 import os
+import subprocess
 
 import pytest
 
 from services.core import config, errors
 from services.models import url_guard
-from services.models.downloads import CHUNK, Downloads
+from services.models.downloads import CHUNK, Downloads, _Sink
 from tests.file_server import FileServer
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
@@ -103,6 +104,37 @@ def test_a_dropped_connection_resumes_with_a_range_request(downloads, server, tm
     assert ranges[0] is None and len(DATA) // 2 - CHUNK <= resumed_at <= len(DATA) // 2
     assert server.bytes_sent("model.safetensors") <= len(DATA) + CHUNK  # at most one chunk again
     assert (tmp_path / "models/clip/model.safetensors").read_bytes() == DATA
+
+
+def resident(path):
+    """Bytes of the file in the page cache (util-linux fincore)."""
+    done = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True
+    )
+    return int(done.stdout)
+
+
+def test_a_transfer_holds_two_windows_of_page_cache_and_leaves_none(downloads, server, tmp_path, monkeypatch):
+    """A 20 GB model must neither push the pod's memory out for page cache nor leave gigabytes
+    dirty for the fsync before the rename."""
+    kind = subprocess.run(["stat", "-f", "-c", "%T", str(tmp_path)], capture_output=True, text=True).stdout
+    if kind.strip() == "tmpfs":
+        pytest.skip("on tmpfs the page cache is the file itself")
+    window = 256 * 1024
+    monkeypatch.setattr(_Sink, "WINDOW", window)
+    server.files["big.safetensors"] = os.urandom(8 * 1024 * 1024)
+    held = []
+    write = _Sink.write
+
+    def measured(sink, chunk):
+        write(sink, chunk)
+        held.append(resident(sink.handle.name))
+
+    monkeypatch.setattr(_Sink, "write", measured)
+    [d] = finish(downloads, [{"type": "vae", "url": f"{server.url}/file/big.safetensors"}])
+    assert d.state == "done", d.view()
+    assert held and max(held) <= 2 * (window + CHUNK), held
+    assert resident(tmp_path / "models/vae/big.safetensors") == 0
 
 
 def test_checksum_mismatch_removes_the_file(downloads, server, tmp_path):
