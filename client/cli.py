@@ -15,7 +15,6 @@ opened locally. Progress is drawn on stderr while a job or a download runs. Exit
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ from typing import Any
 import requests
 from nacl.public import PrivateKey
 
-from .envelope_client import open_answer, open_blob, seal_request
+from .envelope_client import b64decode, b64encode, open_answer, open_blob, seal_request
 
 DEFAULT_RUNPOD_URL = "https://api.runpod.ai/v2"
 POLL_S = 0.5
@@ -74,7 +73,7 @@ def build_payload(
             name, _, path = spec.partition("=")
             path = path or name
             with open(path, "rb") as handle:
-                data = base64.b64encode(handle.read()).decode("ascii")
+                data = b64encode(handle.read()).decode("ascii")
             payload["images"].append({"name": os.path.basename(name), "image": data})
     if timeout_s:
         payload["timeout_s"] = timeout_s
@@ -100,7 +99,7 @@ class Runner:
     def output_bytes(self, output: dict) -> bytes:
         """Inline data, or the bucket URL the worker answered with (opened when sealed)."""
         if "data" in output:
-            return base64.b64decode(output["data"])
+            return b64decode(output["data"])
         response = requests.get(output["url"], timeout=300)
         response.raise_for_status()
         if output.get("sealed"):
@@ -296,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error(str(exc))
     if args.command == "keygen":
         key = PrivateKey.generate()
-        print(f"WORKER_PRIVATE_KEY_B64={base64.b64encode(bytes(key)).decode()}")
-        print(f"SERVER_PUBLIC_KEY_B64={base64.b64encode(bytes(key.public_key)).decode()}")
+        print(f"WORKER_PRIVATE_KEY_B64={b64encode(bytes(key)).decode()}")
+        print(f"SERVER_PUBLIC_KEY_B64={b64encode(bytes(key.public_key)).decode()}")
         return 0
     command = {"run": run_workflow, "download": download, "models": models}[args.command]
     try:

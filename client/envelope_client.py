@@ -1,18 +1,23 @@
 """Client side of envelope v1: seal a payload for a worker, open its sealed answer.
 
-Depends only on PyNaCl, so it can be copied into any client. A fresh ephemeral key pair and
-nonce are made per request; keep the returned `EphemeralKey` to open the answer.
+Depends only on PyNaCl, so it can be copied into any client; with pybase64 installed (the
+`comfy-worker` package brings it) base64 of megabytes runs ~25x faster. A fresh ephemeral key
+pair and nonce are made per request; keep the returned `EphemeralKey` to open the answer.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from typing import Any
 
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random
+
+try:
+    from pybase64 import b64decode, b64encode
+except ImportError:  # a copy of this file in a client without it
+    from base64 import b64decode, b64encode
 
 EphemeralKey = PrivateKey
 
@@ -24,7 +29,7 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
     if isinstance(payload, dict) and "workflow" in payload and "ts" not in payload:
         payload = {**payload, "ts": int(time.time())}
     ephemeral = PrivateKey.generate()
-    server = PublicKey(base64.b64decode(server_public_key_b64))
+    server = PublicKey(b64decode(server_public_key_b64))
     nonce = random(Box.NONCE_SIZE)
     sealed = Box(ephemeral, server).encrypt(json.dumps(payload).encode("utf-8"), nonce)
     envelope = {
@@ -40,17 +45,15 @@ def open_answer(answer: dict, ephemeral: EphemeralKey, server_public_key_b64: st
     """The worker's result; a plaintext answer (an envelope-level error) is returned as it is."""
     if not (isinstance(answer, dict) and answer.get("encrypted") is True):
         return answer
-    server = PublicKey(base64.b64decode(server_public_key_b64))
-    plaintext = Box(ephemeral, server).decrypt(
-        base64.b64decode(answer["ciphertext"]), base64.b64decode(answer["nonce"])
-    )
+    server = PublicKey(b64decode(server_public_key_b64))
+    plaintext = Box(ephemeral, server).decrypt(b64decode(answer["ciphertext"]), b64decode(answer["nonce"]))
     return json.loads(plaintext.decode("utf-8"))
 
 
 def open_blob(blob: bytes, ephemeral: EphemeralKey, server_public_key_b64: str) -> bytes:
     """An output the worker moved to a bucket sealed (`"sealed": true`): nonce + box."""
-    return Box(ephemeral, PublicKey(base64.b64decode(server_public_key_b64))).decrypt(blob)
+    return Box(ephemeral, PublicKey(b64decode(server_public_key_b64))).decrypt(blob)
 
 
 def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
+    return b64encode(data).decode("ascii")

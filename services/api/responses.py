@@ -37,11 +37,20 @@ def error_response(exc: errors.WorkerError) -> Response:
 
 def read_json() -> Any:
     """The request body as JSON, or `invalid_json`."""
-    raw = request.get_data(cache=False)
+    raw = _body()
     try:
         return offload(json.loads, raw, size=len(raw))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise errors.InvalidJson("the body is not valid JSON") from None
+
+
+def _body() -> bytes:
+    """The body in one read of its announced length: gunicorn's reader copies what it holds
+    ahead on every read, so werkzeug's 64 KiB reads of a 17 MB body cost some 20 ms more."""
+    length = request.content_length
+    if length is None:  # chunked: werkzeug reads it as it comes
+        return request.get_data(cache=False)
+    return request.stream.read(length)
 
 
 def _payload_size(body: dict) -> int:

@@ -14,7 +14,7 @@ import websocket
 from services.core import errors
 
 CONTROL_TIMEOUT_S = 5.0  # queue, interrupt, history: small answers
-TRANSFER_TIMEOUT_S = 60.0  # uploads and /view downloads
+TRANSFER_TIMEOUT_S = 60.0  # /view downloads
 
 
 class ComfyUnreachable(errors.ComfyRestarted):
@@ -139,12 +139,6 @@ class ComfyClient:
         if response.status_code != 200:
             raise errors.ComfyProtocolError(f"GET /view of an output answered HTTP {response.status_code}")
         return response.content, response.headers.get("Content-Type")
-
-    def upload_image(self, name: str, data: bytes, subfolder: str) -> dict:
-        files = {"image": (name, data, "application/octet-stream")}
-        form = {"subfolder": subfolder, "type": "input", "overwrite": "true"}
-        response = self._call("POST", "/upload/image", timeout=TRANSFER_TIMEOUT_S, files=files, data=form)
-        return self._json(response, "POST /upload/image")
 
     def open_socket(self, client_id: str, recv_timeout: float) -> Socket:
         """The websocket for one client id, opened before the prompt is posted."""

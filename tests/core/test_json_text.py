@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from services.core import json_text
+from services.core import codec, json_text
 
 BIG = base64.b64encode(os.urandom(json_text.SPLICED)).decode()
 
@@ -33,4 +33,10 @@ def test_the_text_is_what_json_dumps_makes(value):
 def test_a_value_that_contains_the_marker_still_comes_out_right(monkeypatch):
     monkeypatch.setattr(json_text.secrets, "token_hex", lambda n: "fixed")
     value = {"a": "fixed", "b": BIG}
+    assert json_text.dumps(value) == compact(value)
+
+
+def test_base64_the_codec_made_is_spliced_as_it_is():
+    data = os.urandom(json_text.SPLICED)
+    value = {"outputs": [{"data": codec.b64(data)}], "ciphertext": codec.b64(data[:-1])}
     assert json_text.dumps(value) == compact(value)
