@@ -8,7 +8,6 @@ Progress of an encrypted job leaves only as a percentage: node ids would reveal 
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from nacl.public import PrivateKey
 
 from services.core import background, errors
+from services.core.codec import unb64
 from services.core.config import Settings
 from services.core.job_spec import JobRequest, Progress
 from services.core.offload import offload
@@ -172,7 +172,7 @@ class Pipeline:
 
     def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
-        data = offload(base64.b64decode, output["data"], size=len(output["data"]))
+        data = offload(unb64, output["data"], size=len(output["data"]))
         if opened is not None:
             data = offload(envelope.seal_bytes, data, opened.box, size=len(data))
         key = f"{prompt_id}/{uuid.uuid4().hex}"
