@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(PY) -m bench.shared_jobs
 	$(PY) -m bench.job_models
 	$(PY) -m bench.cold_start
+	$(PY) -m bench.big_payload
 	$(PY) -m bench.footprint
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
