@@ -127,6 +127,7 @@ class Stack:
         self, mode: str, env: dict[str, str] | None = None, key: bool = True, backend: Backend = STANDIN
     ) -> None:
         self.mode = mode
+        self.backend = backend
         self.run_dir = tempfile.mkdtemp(prefix="cw-")
         self.port = free_port()
         instances = (env or {}).get("COMFY_INSTANCES", "1")
@@ -189,7 +190,10 @@ class Stack:
             self.wait_state(name, "RUNNING", timeout=30)
         key = self.env.get("API_KEY")
         headers = {"Authorization": f"Bearer {key}"} if key else None
-        self.wait_http("/readyz" if self.mode == "api" else "/v2/LOCAL/health", headers=headers)
+        # the real ComfyUI's boot takes ~5 s alone, well over 30 s beside other boots on 2 cores
+        boot = 30 if dry_run or self.backend is STANDIN else 300
+        path = "/readyz" if self.mode == "api" else "/v2/LOCAL/health"
+        self.wait_http(path, headers=headers, timeout=boot)
         return self
 
     def stop(self, timeout: float = 15) -> int | None:
