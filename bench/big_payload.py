@@ -22,11 +22,12 @@ import websocket
 from PIL import Image
 
 from bench.run_workflow import settle
-from client.envelope_client import b64decode, b64encode, open_answer, seal_request
+from client.envelope_client import b64decode, b64encode, envelope_json, open_answer, seal_request
 from services.comfy import supervisor_state
 from tests.stack import STANDIN, Backend, Stack, installed_real_backend
 
 SIDE = 2048
+JSON = {"Content-Type": "application/json"}
 
 
 def fresh_png() -> bytes:
@@ -74,8 +75,11 @@ def through_run(url: str, png: bytes, session: requests.Session, public_key: str
         "workflow": workflow("in.png"),
         "images": [{"name": "in.png", "image": b64encode(png).decode()}],
     }
-    body, ephemeral = seal_request(payload, public_key) if public_key else (payload, None)
-    answer = session.post(url + "/run", json=body, timeout=120).json()
+    if public_key:
+        envelope, ephemeral = seal_request(payload, public_key)
+        answer = session.post(url + "/run", data=envelope_json(envelope), headers=JSON, timeout=120).json()
+    else:
+        answer, ephemeral = session.post(url + "/run", json=payload, timeout=120).json(), None
     result = open_answer(answer, ephemeral, public_key) if ephemeral else answer
     assert result["status"] == "ok" and result["outputs"], str(result)[:300]
     return b64decode(result["outputs"][0]["data"])

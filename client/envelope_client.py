@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+from nacl.bindings import crypto_box_easy_afternm
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random
 
@@ -29,16 +30,23 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
     if isinstance(payload, dict) and "workflow" in payload and "ts" not in payload:
         payload = {**payload, "ts": int(time.time())}
     ephemeral = PrivateKey.generate()
-    server = PublicKey(b64decode(server_public_key_b64))
+    key = Box(ephemeral, PublicKey(b64decode(server_public_key_b64))).shared_key()
     nonce = random(Box.NONCE_SIZE)
-    sealed = Box(ephemeral, server).encrypt(json.dumps(payload).encode("utf-8"), nonce)
+    ciphertext = crypto_box_easy_afternm(json.dumps(payload).encode("utf-8"), nonce, key)  # Box.encrypt's own
     envelope = {
         "encrypted": True,
         "epk": _b64(bytes(ephemeral.public_key)),
         "nonce": _b64(nonce),
-        "ciphertext": _b64(sealed.ciphertext),
+        "ciphertext": _b64(ciphertext),
     }
     return envelope, ephemeral
+
+
+def envelope_json(envelope: dict) -> bytes:
+    """The envelope as the JSON body to send, without json.dumps's scan of the ciphertext (~50 ms
+    for a 12 MB image): base64 that seal_request made, JSON as it is (a non-ASCII one fails)."""
+    head = json.dumps({"encrypted": True, "epk": envelope["epk"], "nonce": envelope["nonce"]})
+    return f'{head[:-1]}, "ciphertext": "{envelope["ciphertext"]}"}}'.encode("ascii")
 
 
 def open_answer(answer: dict, ephemeral: EphemeralKey, server_public_key_b64: str) -> Any:
