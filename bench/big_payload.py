@@ -22,7 +22,14 @@ import websocket
 from PIL import Image
 
 from bench.run_workflow import settle
-from client.envelope_client import b64decode, b64encode, envelope_json, open_answer, seal_request
+from client.envelope_client import (
+    b64decode,
+    b64encode,
+    envelope_json,
+    open_answer,
+    payload_json,
+    seal_request,
+)
 from services.comfy import supervisor_state
 from tests.stack import STANDIN, Backend, Stack, installed_real_backend
 
@@ -79,7 +86,8 @@ def through_run(url: str, png: bytes, session: requests.Session, public_key: str
         envelope, ephemeral = seal_request(payload, public_key)
         answer = session.post(url + "/run", data=envelope_json(envelope), headers=JSON, timeout=120).json()
     else:
-        answer, ephemeral = session.post(url + "/run", json=payload, timeout=120).json(), None
+        answer = session.post(url + "/run", data=payload_json(payload), headers=JSON, timeout=120).json()
+        ephemeral = None
     result = open_answer(answer, ephemeral, public_key) if ephemeral else answer
     assert result["status"] == "ok" and result["outputs"], str(result)[:300]
     return b64decode(result["outputs"][0]["data"])

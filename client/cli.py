@@ -24,7 +24,15 @@ from typing import Any
 import requests
 from nacl.public import PrivateKey
 
-from .envelope_client import b64decode, b64encode, envelope_json, open_answer, open_blob, seal_request
+from .envelope_client import (
+    b64decode,
+    b64encode,
+    envelope_json,
+    open_answer,
+    open_blob,
+    payload_json,
+    seal_request,
+)
 
 DEFAULT_RUNPOD_URL = "https://api.runpod.ai/v2"
 POLL_S = 0.5
@@ -114,13 +122,10 @@ class Runner:
 
     def _run_pod(self, body: dict) -> Any:
         base = self.args.url.rstrip("/")
-        sent = {"data": envelope_json(body)} if self.ephemeral else {"json": body}
+        data = envelope_json(body) if self.ephemeral else payload_json(body)
+        headers = {"Content-Type": "application/json"}
         started = self.session.post(
-            f"{base}/run",
-            params={"async": "1"},
-            headers={"Content-Type": "application/json"},
-            timeout=60,
-            **sent,
+            f"{base}/run", params={"async": "1"}, data=data, headers=headers, timeout=60
         )
         if started.status_code != 202:
             return _json_or_error(started)

@@ -32,7 +32,7 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
     ephemeral = PrivateKey.generate()
     key = Box(ephemeral, PublicKey(b64decode(server_public_key_b64))).shared_key()
     nonce = random(Box.NONCE_SIZE)
-    ciphertext = crypto_box_easy_afternm(json.dumps(payload).encode("utf-8"), nonce, key)  # Box.encrypt's own
+    ciphertext = crypto_box_easy_afternm(payload_json(payload), nonce, key)  # Box.encrypt's own
     envelope = {
         "encrypted": True,
         "epk": _b64(bytes(ephemeral.public_key)),
@@ -40,6 +40,29 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
         "ciphertext": _b64(ciphertext),
     }
     return envelope, ephemeral
+
+
+def payload_json(payload: Any) -> bytes:
+    """json.dumps(payload) in UTF-8, each image's base64 put in without json.dumps's scan of it
+    (~40 ms for a 12 MB image); also the body of a plain request."""
+    images = payload.get("images") if isinstance(payload, dict) else None
+    if not (isinstance(images, list) and images and all(_verbatim_image(i) for i in images)):
+        return json.dumps(payload).encode("utf-8")
+    marker = f"image-{random(16).hex()}"
+    parts = json.dumps({**payload, "images": [{**i, "image": marker} for i in images]}).split(f'"{marker}"')
+    if len(parts) != len(images) + 1:  # the marker stood in the payload itself
+        return json.dumps(payload).encode("utf-8")
+    pieces = [parts[0]]
+    for image, part in zip(images, parts[1:], strict=True):
+        pieces += ['"', image["image"], '"', part]
+    return "".join(pieces).encode("utf-8")
+
+
+def _verbatim_image(item: Any) -> bool:
+    """An inline image whose text JSON takes as it is (one fast search per escaped character)."""
+    text = item.get("image") if isinstance(item, dict) else None
+    escaped = ('"', "\\", "\x7f", *map(chr, range(32)))
+    return isinstance(text, str) and text.isascii() and not any(char in text for char in escaped)
 
 
 def envelope_json(envelope: dict) -> bytes:
