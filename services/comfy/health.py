@@ -67,7 +67,8 @@ class ComfyHealth:
 
     Kept current by a thread of its own, every REFRESH_S and at once when something noticed a
     change (`changed`: a job saw its ComfyUI die): a probe reads the state without waiting on a
-    busy ComfyUI, and what it reads is never much older than REFRESH_S."""
+    busy ComfyUI, and what supervisord says of a program is never much older than REFRESH_S
+    (that a RUNNING ComfyUI hangs shows once its probe gave up, PROBE_S later)."""
 
     def __init__(self, settings: Settings, pool: ComfyPool | None = None) -> None:
         """`pool`: the instances this process schedules (warm-ups, busy); the local queue, whose
@@ -117,11 +118,20 @@ class ComfyHealth:
 
         with self._lock:
             infos = supervisor_state.process_infos(self.settings.supervisor_socket)
-            seen = []
-            for number in range(self.settings.instance_count):
-                own = self.settings.instance(number)
-                info = infos.get(own.comfy_program)
-                seen.append((info["statename"] if info else "NO_SUPERVISOR", ready(own, info, None, PROBE_S)))
+            owns = [self.settings.instance(number) for number in range(self.settings.instance_count)]
+            found = [(own, infos.get(own.comfy_program)) for own in owns]
+            states = [info["statename"] if info else "NO_SUPERVISOR" for _, info in found]
+            # published before the probes, which wait up to PROBE_S on a busy ComfyUI: a program
+            # that stopped or started anew is out at once, whatever its last probe said
+            last = self._seen or [("", False)] * len(found)
+            self._seen = [
+                (state, up and ready(own, info, None))
+                for state, (own, info), (_, up) in zip(states, found, last, strict=True)
+            ]
+            seen = [
+                (state, ready(own, info, None, PROBE_S))
+                for state, (own, info) in zip(states, found, strict=True)
+            ]
             self._seen = seen
             return seen
 

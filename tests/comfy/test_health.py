@@ -3,8 +3,10 @@ STOPPED, up once the relay wrote its program's pid (or when probed, when it answ
 also its warm-up ended."""
 
 import os
+import threading
+import time
 
-from services.comfy import health
+from services.comfy import health, supervisor_state
 from services.core import config
 
 
@@ -51,3 +53,32 @@ def test_a_probe_asks_comfyui_itself_and_dry_run_has_none(tmp_path):
 def test_fatal_and_stopped_programs_are_out_of_the_pool():
     assert health.out("FATAL") and health.out("STOPPED")
     assert not any(health.out(state) for state in ("RUNNING", "STARTING", "BACKOFF", "EXITED"))
+
+
+def test_a_stopped_program_is_out_at_once_while_another_instance_s_probe_still_waits(tmp_path, monkeypatch):
+    """Probes wait up to PROBE_S on a busy ComfyUI; what supervisord says must not wait for them."""
+    own = settings(tmp_path, COMFY_INSTANCES="2")
+    for number in (0, 1):
+        booted_by_relay(own.instance(number), 10 + number)
+    infos = {
+        "comfy": {"name": "comfy", "statename": "RUNNING", "pid": 10},
+        "comfy-1": {"name": "comfy-1", "statename": "RUNNING", "pid": 11},
+    }
+    monkeypatch.setattr(supervisor_state, "process_infos", lambda _socket: dict(infos))
+    answering = threading.Event()
+    answering.set()
+    monkeypatch.setattr(health, "answers", lambda _own, _timeout: answering.wait(30))
+    watched = health.ComfyHealth(own)
+    try:
+        assert [view["ready"] for view in watched.read(fresh=True)["instances"]] == [True, True]
+        answering.clear()  # instance 1 now takes its time to answer
+        infos["comfy"] = {"name": "comfy", "statename": "STOPPED", "pid": 0}
+        watched.changed()
+        deadline = time.monotonic() + 10
+        while watched.read()["instances"][0]["ready"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = watched.read()["instances"][0]
+        assert first["state"] == "STOPPED" and not first["ready"]
+        assert not answering.is_set()  # seen while the other probe still waited
+    finally:
+        answering.set()
