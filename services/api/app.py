@@ -2,6 +2,7 @@
 with gevent workers. It authorizes and maps errors; the routes are blueprints by concern:
 
     probes.py         /healthz /readyz /ping /openapi.json /metrics
+    drain_routes.py   /drain (POST, DELETE)
     job_routes.py     /run /jobs/<id> /jobs/<id>/cancel
     model_routes.py   /download /download/<id> /downloads /models/ls
     comfy_routes.py   /comfy/restart /comfy/free
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services.api import comfy_routes, job_routes, model_routes, probes, runpod_routes
+from services.api import comfy_routes, drain_routes, job_routes, model_routes, probes, runpod_routes
 from services.api.context import Api
 from services.api.responses import error_response, json_response
 from services.comfy.control import ComfyControl
@@ -44,7 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = runpod_protocol.body_limit(settings)
     app.extensions["comfy_worker_jobs"] = api.jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
     app.before_request(_authorize(settings))
-    for module in (probes, job_routes, model_routes, comfy_routes, runpod_routes):
+    app.before_request(lambda: drain_routes.refuse_new_work(api))
+    for module in (probes, drain_routes, job_routes, model_routes, comfy_routes, runpod_routes):
         app.register_blueprint(module.blueprint(api))
     _handle_errors(app, settings)
     return app

@@ -222,6 +222,23 @@ def _probe_paths() -> dict:
     }
 
 
+def _drain_paths() -> dict:
+    """Planned restarts."""
+    state = _json(OBJECT, "{draining, since}")
+    return {
+        "/drain": {
+            "post": {
+                "summary": "take no new work (503 draining), finish what was accepted; /readyz answers 503",
+                "responses": {"200": state, **_errors(*COMMON)},
+            },
+            "delete": {
+                "summary": "take work again",
+                "responses": {"200": state, **_errors(*COMMON)},
+            },
+        }
+    }
+
+
 def _comfy_paths() -> dict:
     """ComfyUI on demand."""
     return {
@@ -300,7 +317,7 @@ def _model_paths() -> dict:
                 "responses": {
                     "200": _json(DOWNLOADS, "finished (wait)"),
                     "202": _json(DOWNLOADS, "started"),
-                    **_errors(400, *COMMON),
+                    **_errors(400, 503, *COMMON),
                 },
             }
         },
@@ -333,7 +350,14 @@ def _model_paths() -> dict:
 
 
 def document() -> dict:
-    paths = {**_probe_paths(), **_job_paths(), **_model_paths(), **_comfy_paths(), **_runpod_paths()}
+    paths = {
+        **_probe_paths(),
+        **_drain_paths(),
+        **_job_paths(),
+        **_model_paths(),
+        **_comfy_paths(),
+        **_runpod_paths(),
+    }
     return {
         "openapi": "3.0.3",
         "info": {"title": "comfy-worker pod API", "version": "1"},
@@ -380,7 +404,7 @@ def _runpod_paths() -> dict:
                 "summary": "RunPod-style: run and wait (endpoint_id is any name)",
                 "parameters": [ENDPOINT_ID],
                 "requestBody": body,
-                "responses": {"200": job, **_errors(400, *COMMON)},
+                "responses": {"200": job, **_errors(400, 503, *COMMON)},
             }
         },
         "/v2/{endpoint_id}/run": {

@@ -9,6 +9,7 @@ from flask import Blueprint, Response
 from services.api import openapi
 from services.api.context import Api
 from services.api.responses import json_response
+from services.core import drain
 from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
@@ -30,6 +31,7 @@ def blueprint(api: Api) -> Blueprint:
                 "encryption_required": settings.encryption_required,
                 "comfy": api.health.read(),
                 "shared_state": api.shared_state(),
+                "draining": drain.since(settings.run_layout) is not None,
             }
         )
 
@@ -37,8 +39,14 @@ def blueprint(api: Api) -> Blueprint:
     def readyz() -> Response:
         comfy_health = api.health.read()
         state = api.worker.state
-        ready = (settings.dry_run or comfy_health["ready"]) and (state is None or state.up)
-        body = {"ready": ready, "comfy": comfy_health, "shared_state": api.shared_state()}
+        draining = drain.since(settings.run_layout) is not None
+        ready = (settings.dry_run or comfy_health["ready"]) and (state is None or state.up) and not draining
+        body = {
+            "ready": ready,
+            "comfy": comfy_health,
+            "shared_state": api.shared_state(),
+            "draining": draining,
+        }
         return json_response(body, 200 if ready else 503)
 
     @routes.get("/ping")

@@ -33,7 +33,10 @@ def payload_response(body: dict, status: int = 200) -> Response:
 
 
 def error_response(exc: errors.WorkerError) -> Response:
-    return json_response(exc.to_dict(), exc.http_status)
+    response = json_response(exc.to_dict(), exc.http_status)
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 def read_json() -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 class WorkerError(Exception):
     code = "internal_error"
     http_status = 500
+    retry_after_s: int | None = None  # sent as Retry-After: the same request may succeed later
 
     def __init__(self, detail: str = "") -> None:
         super().__init__(detail)
@@ -204,6 +205,15 @@ class WorkerLost(WorkerError):
 
     code = "worker_lost"
     http_status = 503
+
+
+class Draining(WorkerError):
+    """The worker drains before a restart: new work goes to another worker, refused before its
+    envelope is opened so the same envelope is no replay there."""
+
+    code = "draining"
+    http_status = 503
+    retry_after_s = 5
 
 
 class ModelFetchFailed(WorkerError):

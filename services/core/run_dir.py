@@ -5,6 +5,7 @@
       supervisord.pid
       instances.conf          programs comfy-1 .. comfy-N-1, written by the entrypoint
       fatal                   the watchdog ended the container: the program, then its boot tail
+      draining                the worker drains (services.core.drain): since when, Unix seconds
       <program>-starts        how often instance <program> (comfy, comfy-1, ...) was started
       <program>/              that ComfyUI's own folder, owned by ComfyUI's user
         input/ output/ temp/ user/ home/
@@ -44,6 +45,10 @@ class RunDir:
     @property
     def fatal_marker(self) -> str:
         return os.path.join(self.path, "fatal")
+
+    @property
+    def drain_file(self) -> str:
+        return os.path.join(self.path, "draining")
 
     def starts_file(self, program: str) -> str:
         return os.path.join(self.path, f"{program}-starts")

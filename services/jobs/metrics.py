@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.comfy import starts
+from services.core import drain
 from services.core.config import Settings
 from services.jobs import outcome
 
@@ -192,8 +193,12 @@ class _Scraped:
 
     def collect(self) -> Iterator[Metric]:
         views = self.instances()
-        ready = self.settings.dry_run or any(view["ready"] for view in views)  # what /readyz says
+        draining = drain.since(self.settings.run_layout) is not None
+        ready = (self.settings.dry_run or any(view["ready"] for view in views)) and not draining  # as /readyz
         yield GaugeMetricFamily("comfy_worker_ready", "1 when a job would run now", value=int(ready))
+        yield GaugeMetricFamily(
+            "comfy_worker_draining", "1 while the worker takes no new work (POST /drain)", value=int(draining)
+        )
         each_ready = GaugeMetricFamily(
             "comfy_worker_comfyui_ready", "1 when the ComfyUI instance takes jobs", labels=["comfy_instance"]
         )

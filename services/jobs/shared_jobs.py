@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from services.core import background, errors, json_text
+from services.core import background, drain, errors, json_text
 from services.core.config import Settings
 from services.core.offload import offload
 from services.jobs import outcome
@@ -163,15 +163,20 @@ class SharedJobs(JobStore):
             held, self._held = list(self._held), {}
         self._changed.set()
         log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
-        if not held:
+        self._hand_back(held)
+
+    def _hand_back(self, entry_ids: list[str]) -> None:
+        """Entries this pod took but will not start: idle past the claim timeout, so the next
+        pod that looks takes them over at once."""
+        if not entry_ids:
             return
         idle_ms = int(self.settings.job_claim_timeout_s * 1000) * 2
         try:
-            self.store.redis.xclaim(self.stream, GROUP, self.name, 0, held, idle=idle_ms, justid=True)
+            self.store.redis.xclaim(self.stream, GROUP, self.name, 0, entry_ids, idle=idle_ms, justid=True)
         except Error as exc:
             log.warning(
                 "could not hand back %d job(s): %s; they are taken over after the claim timeout",
-                len(held),
+                len(entry_ids),
                 type(exc).__name__,
             )
 
@@ -180,7 +185,8 @@ class SharedJobs(JobStore):
         """Take as many entries as this pod would start now, and start them."""
         with self._lock:
             own = len(self._held) + len(self._running)
-        free = self.capacity(own)
+        draining = drain.since(self.settings.run_layout) is not None  # it takes nothing new
+        free = 0 if draining else self.capacity(own)
         if free <= 0:
             self._changed.wait(RETRY_S)
             self._changed.clear()
@@ -194,6 +200,9 @@ class SharedJobs(JobStore):
             time.sleep(RETRY_S)
             return
         self.store.reached(True)
+        if entries and drain.since(self.settings.run_layout) is not None:  # began while it waited
+            self._hand_back([entry_id for entry_id, _ in entries])
+            return
         for entry_id, fields in entries:
             self._begin(entry_id, fields)
 

@@ -117,6 +117,24 @@ def test_a_cancel_sent_to_one_pod_interrupts_the_job_running_on_the_other(pods):
     wait_until(lambda: in_flight(runner) == 0, 10, "the runner to let go of the job")
 
 
+def test_a_draining_pod_takes_nothing_from_the_fleet_s_queue_and_still_serves_polls(pods):
+    first, second, third = pods
+    for pod in (second, third):
+        assert requests.post(pod.url + "/drain", timeout=10).json()["draining"] is True
+    try:
+        before = [completed_jobs(pod) for pod in pods]
+        ids = [
+            submit(first, {"workflow": with_knob("StandinSlow", color=40 + n, seconds=0.3, steps=2)})
+            for n in range(3)
+        ]
+        for job_id in ids:
+            assert ended(second, job_id)["state"] == "completed"
+        assert [completed_jobs(pod) for pod in pods] == [before[0] + 3, before[1], before[2]]
+    finally:
+        for pod in (second, third):
+            requests.delete(pod.url + "/drain", timeout=10)
+
+
 def test_an_unknown_job_is_not_found_on_every_pod(pods):
     for pod in pods:
         answer = requests.get(pod.url + "/jobs/nope", timeout=10)
