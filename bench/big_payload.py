@@ -30,7 +30,6 @@ from client.envelope_client import (
     payload_json,
     seal_request,
 )
-from services.comfy import supervisor_state
 from tests.stack import STANDIN, Backend, Stack, installed_real_backend
 
 SIDE = 2048
@@ -93,12 +92,6 @@ def through_run(url: str, png: bytes, session: requests.Session, public_key: str
     return b64decode(result["outputs"][0]["data"])
 
 
-def api_worker_pid(stack: Stack) -> int:
-    master = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("api")["pid"]
-    with open(f"/proc/{master}/task/{master}/children") as handle:
-        return int(handle.read().split()[0])
-
-
 def memory_kb(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as handle:
         line = next(line for line in handle if line.startswith(field + ":"))
@@ -119,7 +112,7 @@ def measure(backend: Backend, rounds: int) -> None:
     with Stack("api", env, backend=backend) as stack:
         stack.wait_http("/readyz", timeout=180)
         comfy_url = f"http://127.0.0.1:{stack.comfy_port}"
-        worker = api_worker_pid(stack)
+        [worker] = stack.api_processes()[1]
         session = requests.Session()
         kinds = {
             "direct ComfyUI (upload, prompt, view)": lambda png: direct(comfy_url, png, session),

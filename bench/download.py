@@ -20,7 +20,6 @@ from typing import Any
 
 import requests
 
-from services.comfy import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, wait_until
 
@@ -29,10 +28,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def kill_api_worker(stack: Stack) -> None:
-    master = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("api")["pid"]
-    with open(f"/proc/{master}/task/{master}/children") as handle:
-        for pid in map(int, handle.read().split()):
-            os.kill(pid, signal.SIGKILL)
+    for pid in stack.api_processes()[1]:
+        os.kill(pid, signal.SIGKILL)
 
 
 def hub_download(endpoint: str, folder: str) -> float:

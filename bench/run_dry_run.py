@@ -18,7 +18,6 @@ import time
 import requests
 
 from client.envelope_client import seal_request
-from services.comfy import supervisor_state
 from tests.smoke import WORKFLOW
 from tests.stack import Stack
 
@@ -54,9 +53,8 @@ def drive(url: str, bodies: list | None, total: int, threads: int) -> tuple[floa
 
 def worker_cpu_seconds(stack: Stack) -> float:
     """CPU time used so far by the gunicorn master and its gevent worker(s)."""
-    master = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("api")["pid"]
-    with open(f"/proc/{master}/task/{master}/children") as handle:
-        pids = [master, *map(int, handle.read().split())]
+    master, workers = stack.api_processes()
+    pids = [master, *workers]
     total = 0
     for pid in pids:
         with open(f"/proc/{pid}/stat") as handle:

@@ -267,6 +267,12 @@ class Stack:
         infos = supervisor_state.rpc(self.socket).supervisor.getAllProcessInfo()
         return {info["name"]: info["statename"] for info in infos}
 
+    def api_processes(self) -> tuple[int, list[int]]:
+        """The gunicorn master of the `api` program and its worker pids."""
+        master = supervisor_state.rpc(self.socket).supervisor.getProcessInfo("api")["pid"]
+        with open(f"/proc/{master}/task/{master}/children") as handle:
+            return master, [int(pid) for pid in handle.read().split()]
+
     def comfy_dir(self, instance: int = 0) -> str:
         """ComfyUI instance's own folder in the run dir."""
         return os.path.join(self.run_dir, "comfy" if instance == 0 else f"comfy-{instance}")

@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 
-from services.comfy import supervisor_state
 from tests.file_server import FileServer
 from tests.stack import Stack, wait_until
 
@@ -118,9 +117,7 @@ def test_a_killed_worker_resumes_without_a_full_transfer(stack, server):
         30,
         "3 MB",
     )
-    master = supervisor_state.rpc(stack.socket).supervisor.getProcessInfo("api")["pid"]
-    with open(f"/proc/{master}/task/{master}/children") as handle:
-        [worker] = map(int, handle.read().split())
+    _, [worker] = stack.api_processes()
     os.kill(worker, signal.SIGKILL)
     time.sleep(0.5)
     stack.wait_http("/healthz")
