@@ -145,6 +145,7 @@ class Stack:
             "COMFYUI_MODEL_DIR": os.path.join(self.run_dir, "models"),
             "DRY_RUN": "1",
             "COMFY_USER": "root",  # no system user made per test; tests of the boundary name one
+            "DRAIN_TIMEOUT_S": "2",  # a stop waits this long for what a test left running
         }
         if self.private_key:
             self.env["WORKER_PRIVATE_KEY_B64"] = self.private_key
@@ -210,6 +211,16 @@ class Stack:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         Stack.running.discard(self)
         return self.proc.returncode
+
+    def terminate(self) -> None:
+        """SIGTERM to the entrypoint only (PID 1 in a container), as `docker stop` and
+        Kubernetes send it; `exit_code` waits for the end."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def exit_code(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
 
     def kill(self) -> None:
         """SIGKILL every process of the stack at once, as a pod that loses its machine: no

@@ -20,7 +20,7 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.post("/drain")
     def start() -> Response:
-        return json_response({"draining": True, "since": drain.begin(layout)})
+        return json_response({"draining": True, "since": drain.begin(layout).since})
 
     @routes.delete("/drain")
     def stop() -> Response:

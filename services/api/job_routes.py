@@ -19,7 +19,7 @@ def blueprint(api: Api) -> Blueprint:
             job = api.jobs.start(read_json())
             return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
         reply = api.worker.pipeline.run(read_json())
-        return payload_response(reply.body, reply.status)
+        return payload_response(reply.body, reply.status, reply.retry_after_s)
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:

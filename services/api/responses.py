@@ -26,16 +26,19 @@ def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
     return Response(text, status=status, mimetype="application/json")
 
 
-def payload_response(body: dict, status: int = 200) -> Response:
+def payload_response(body: dict, status: int = 200, retry_after_s: int | None = None) -> Response:
     """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
     (pod async jobs) or `output` (the RunPod-shaped routes)."""
-    return json_response(body, status, size=_payload_size(body))
+    return _retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
 
 
 def error_response(exc: errors.WorkerError) -> Response:
-    response = json_response(exc.to_dict(), exc.http_status)
-    if exc.retry_after_s is not None:
-        response.headers["Retry-After"] = str(exc.retry_after_s)
+    return _retry_after(json_response(exc.to_dict(), exc.http_status), exc.retry_after_s)
+
+
+def _retry_after(response: Response, seconds: int | None) -> Response:
+    if seconds is not None:
+        response.headers["Retry-After"] = str(seconds)
     return response
 
 

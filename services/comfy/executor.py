@@ -30,7 +30,7 @@ from services.comfy.client import ComfyClient, ComfyUnreachable, Socket, SocketL
 from services.core import errors
 from services.core.codec import b64
 from services.core.config import Settings
-from services.core.job_spec import JobRequest, Progress
+from services.core.job_spec import Cancel, JobRequest, Progress
 from services.core.offload import offload
 
 log = logging.getLogger("worker.comfy")
@@ -80,7 +80,7 @@ class ComfyExecutor:
         self,
         request: JobRequest,
         progress: Progress | None,
-        cancel: Any,
+        cancel: Cancel | None,
         gated: bool = True,
         deadline: float | None = None,
     ) -> dict:
@@ -218,7 +218,7 @@ class ComfyExecutor:
 
     # --- waiting for the end ------------------------------------------------------------------
     def _follow(
-        self, job: _Job, ws: Socket, deadline: float, progress: Progress | None, cancel: Any
+        self, job: _Job, ws: Socket, deadline: float, progress: Progress | None, cancel: Cancel | None
     ) -> _Outcome:
         outcome, current = _Outcome(), ws
         try:
@@ -280,7 +280,7 @@ class ComfyExecutor:
         log.info("websocket lost; polling the history")
         return None
 
-    def _poll(self, job: _Job, deadline: float, cancel: Any) -> _Outcome:
+    def _poll(self, job: _Job, deadline: float, cancel: Cancel | None) -> _Outcome:
         unreachable_since: float | None = None
         while True:
             self._check_limits(job, deadline, cancel)
@@ -304,10 +304,10 @@ class ComfyExecutor:
             return True
         return self.client.history(prompt_id) is not None  # finished between the two calls
 
-    def _check_limits(self, job: _Job, deadline: float, cancel: Any) -> None:
+    def _check_limits(self, job: _Job, deadline: float, cancel: Cancel | None) -> None:
         if cancel is not None and cancel.is_set():
             self._stop(job)
-            raise errors.Interrupted("the job was cancelled")
+            raise cancel.error
         if time.monotonic() >= deadline:
             self._stop(job)
             raise errors.JobTimeout(f"the job did not finish within {job.request.timeout_s:g} s")

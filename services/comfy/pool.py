@@ -14,14 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from services.comfy import health
 from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
 from services.core import errors
 from services.core.config import Settings
-from services.core.job_spec import JobRequest, Progress
+from services.core.job_spec import Cancel, JobRequest, Progress
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
 
@@ -62,7 +61,7 @@ class ComfyPool:
             instances.append(Instance(own, executor, make_warmup(own, executor)))
         return cls(settings, instances)
 
-    def execute(self, request: JobRequest, progress: Progress | None, cancel: Any) -> dict:
+    def execute(self, request: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
         deadline = time.monotonic() + request.timeout_s
         instance = self._take(request, deadline, cancel)
         try:
@@ -97,7 +96,7 @@ class ComfyPool:
         idle = sum(1 for i in usable if not i.jobs) - len(self._waiting)
         return max(0, min(idle, len(usable) - own))
 
-    def _take(self, request: JobRequest, deadline: float, cancel: Any) -> Instance:
+    def _take(self, request: JobRequest, deadline: float, cancel: Cancel | None) -> Instance:
         if len(self.instances) == 1:  # nothing to choose: the executor waits for its ComfyUI
             return self._claim_single(request, deadline, cancel)
         ticket = object()
@@ -122,7 +121,7 @@ class ComfyPool:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
 
-    def _claim_single(self, request: JobRequest, deadline: float, cancel: Any) -> Instance:
+    def _claim_single(self, request: JobRequest, deadline: float, cancel: Cancel | None) -> Instance:
         """One ComfyUI, as before the pool: jobs share it and ComfyUI's queue orders them."""
         [instance] = self.instances
         _check(request, deadline, cancel)
@@ -151,9 +150,9 @@ class ComfyPool:
         return health.ready(instance.settings, {"statename": name, "pid": pid}, instance.warmup)
 
 
-def _check(request: JobRequest, deadline: float, cancel: Any) -> None:
+def _check(request: JobRequest, deadline: float, cancel: Cancel | None) -> None:
     if cancel is not None and cancel.is_set():
-        raise errors.Interrupted("the job was cancelled")
+        raise cancel.error
     if time.monotonic() >= deadline:
         raise errors.JobTimeout(
             f"the job did not finish within {request.timeout_s:g} s (no ComfyUI instance was free)"

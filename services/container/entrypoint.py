@@ -12,6 +12,7 @@ import dataclasses
 import os
 import pwd
 import secrets
+import shutil
 import socket
 import sys
 from typing import NoReturn
@@ -366,15 +367,25 @@ def _writable(path: str, what: str, mode: int) -> None:
 def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
     """Become services.container.supervise (same pid, a fraction of the memory), which runs supervisord
     for the container's life."""
-    marker = settings.run_layout.fatal_marker
-    if os.path.exists(marker):
-        os.remove(marker)
+    layout = settings.run_layout
+    for leftover in (layout.fatal_marker, layout.drain_file):  # a previous run's
+        if os.path.exists(leftover):
+            os.remove(leftover)
+    shutil.rmtree(layout.work_dir, ignore_errors=True)  # its pids mean other processes now
     print(
         f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
         flush=True,
     )
     supervisord = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
-    command = ["-m", "services.container.supervise", marker, settings.supervisor_socket, "--"]
+    command = [
+        "-m",
+        "services.container.supervise",
+        layout.fatal_marker,
+        settings.supervisor_socket,
+        settings.run_dir,
+        repr(settings.drain_timeout_s),
+        "--",
+    ]
     os.execve(sys.executable, [sys.executable, *command, *supervisord], env)
 
 

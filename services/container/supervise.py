@@ -2,9 +2,15 @@
 
 The entrypoint execs this module (same pid) so that what stays resident imports next to nothing
 (about 10 MiB instead of the entrypoint's 21): it starts supervisord in a session of its own,
-passes the platform's signals on, reaps orphans, and turns a FATAL shutdown into exit 1.
+drains on the platform's stop signal, reaps orphans, and turns a FATAL shutdown into exit 1.
 
-Usage: python -m services.container.supervise MARKER SOCKET -- SUPERVISORD COMMAND...
+SIGTERM or SIGINT (`docker stop`, Kubernetes, Ctrl-C) begins the drain (services.core.drain):
+new work is refused at once, and supervisord is told to stop once the work in hand is done, or
+at DRAIN_TIMEOUT_S, when what is left is cut (each process cuts its own, and a few seconds are
+given for the answers to go out). A second signal, or DRAIN_TIMEOUT_S=0, stops at once; SIGHUP
+goes to supervisord as it is (it reloads).
+
+Usage: python -m services.container.supervise MARKER SOCKET RUN_DIR DRAIN_TIMEOUT_S -- SUPERVISORD COMMAND...
 """
 
 from __future__ import annotations
@@ -16,18 +22,29 @@ import socket
 import sys
 import time
 
+from services.core import drain
+from services.core.run_dir import RunDir
+
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+WAITED = {signal.SIGCHLD, signal.SIGHUP, *STOP_SIGNALS}
+TICK_S = 0.1  # how often a drain looks at the work in hand
+CUT_GRACE_S = 5.0  # after the deadline: for the cut jobs to stop in ComfyUI and answer
+
 
 def main(argv: list[str]) -> int:
-    marker, socket_path, separator, *command = argv
+    try:
+        marker, socket_path, run_dir, timeout, separator, *command = argv
+        drain_timeout_s = float(timeout)
+    except ValueError:
+        separator, command = "", []
     if separator != "--" or not command:
         _say(f"[entrypoint] usage: {__doc__.strip().splitlines()[-1]}")
         return 2
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # taken one at a time by sigtimedwait
     # its own session: whatever it leaves behind can be found and ended (reap_session)
-    child = os.posix_spawn(command[0], command, os.environ, setsid=True)
-    for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(number, lambda received, _frame: _pass_on(child, received))
+    child = os.posix_spawn(command[0], command, os.environ, setsid=True, setsigmask=set())
     nudge(socket_path, child)
-    code = wait_reaping(child)
+    code = Supervision(child, RunDir(run_dir), drain_timeout_s).run()
     reap_session(child)
     reap_orphans()
     if os.path.exists(marker):
@@ -38,16 +55,96 @@ def main(argv: list[str]) -> int:
     return code
 
 
+class Supervision:
+    """supervisord's life seen from PID 1: running, draining, stopping; and its exit code."""
+
+    def __init__(self, child: int, layout: RunDir, drain_timeout_s: float) -> None:
+        self.child = child
+        self.layout = layout
+        self.drain_timeout_s = drain_timeout_s
+        self.deadline: float | None = None  # monotonic, while draining
+        self.cut_at: float | None = None
+        self.stopped = False  # supervisord was told to stop
+
+    def run(self) -> int:
+        """Until supervisord exits, reaping every other child that ends meanwhile: as a
+        container's PID 1 this process inherits whatever is orphaned inside it (a crashed
+        ComfyUI's helpers), and an unreaped orphan stays a zombie."""
+        while True:
+            timeout = TICK_S if self.deadline is not None and not self.stopped else None
+            info = signal.sigtimedwait(WAITED, timeout) if timeout else signal.sigwaitinfo(WAITED)
+            if info is not None and info.si_signo == signal.SIGCHLD:
+                code = self._reap()
+                if code is not None:
+                    return code
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                self._pass_on(signal.SIGHUP)
+            elif info is not None:
+                self._stop_asked(info.si_signo)
+            if self.deadline is not None and not self.stopped:
+                self._drain_round()
+
+    def _reap(self) -> int | None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 0
+            if pid == 0:
+                return None
+            if pid == self.child:
+                return os.waitstatus_to_exitcode(status)
+
+    def _stop_asked(self, number: int) -> None:
+        if self.deadline is not None or self.drain_timeout_s <= 0:
+            self._stop(number, "stopping now")  # a second signal, or no drain wanted
+            return
+        try:
+            drain.begin(self.layout, time.time() + self.drain_timeout_s)
+        except OSError as exc:
+            self._stop(number, f"cannot drain ({exc.strerror}): stopping now")
+            return
+        self.deadline = time.monotonic() + self.drain_timeout_s
+        _say(
+            f"[entrypoint] {signal.Signals(number).name}: draining (no new work; the work in hand "
+            f"finishes within DRAIN_TIMEOUT_S={self.drain_timeout_s:g} s)"
+        )
+
+    def _drain_round(self) -> None:
+        busy = drain.busy(self.layout)
+        now = time.monotonic()
+        if not busy:
+            self._stop(signal.SIGTERM, "drained: nothing left in hand, stopping")
+        elif self.cut_at is None and now >= self.deadline:
+            self.cut_at = now
+            drain.stop(self.layout)
+            _say(f"[entrypoint] DRAIN_TIMEOUT_S passed: cutting what is left ({_counted(busy)})")
+        elif self.cut_at is not None and now >= self.cut_at + CUT_GRACE_S:
+            self._stop(signal.SIGTERM, f"stopping with {_counted(busy)} still in hand")
+        elif drain.since(self.layout) is None:  # DELETE /drain cannot undo a stop signal
+            drain.begin(self.layout, time.time() + self.deadline - now)
+
+    def _stop(self, number: int, why: str) -> None:
+        with contextlib.suppress(OSError):
+            drain.stop(self.layout)
+        _say(f"[entrypoint] {why}")
+        self.stopped = True
+        self._pass_on(number)
+
+    def _pass_on(self, number: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child, number)
+
+
+def _counted(kinds: list[str]) -> str:
+    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+
+
 def _say(text: str) -> None:
     """To stderr, unless it is gone (the log pipe of a dying container or a killed test run):
     the clean-up after supervisord must run to its end either way."""
     with contextlib.suppress(OSError):
         print(text, file=sys.stderr, flush=True)
-
-
-def _pass_on(child: int, number: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(child, number)
 
 
 def _running(pid: int) -> bool:
@@ -70,19 +167,6 @@ def nudge(socket_path: str, child: int, seconds: float = 3.0) -> None:
                 return
             except OSError:
                 time.sleep(0.01)
-
-
-def wait_reaping(child: int) -> int:
-    """Wait for supervisord, reaping every other child that ends meanwhile: as a container's
-    PID 1 this process inherits whatever is orphaned inside it (a crashed ComfyUI's helpers),
-    and an unreaped orphan stays a zombie."""
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            return 0
-        if pid == child:
-            return os.waitstatus_to_exitcode(status)
 
 
 def reap_session(session: int) -> None:

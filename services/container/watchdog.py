@@ -12,6 +12,8 @@
   dies within `startsecs`, so one that runs a few seconds and dies would loop forever): write
   a marker and shut supervisord down, so that the entrypoint exits non-zero and the platform
   replaces the container instead of keeping a worker that looks alive and does nothing.
+- While the container stops after a drain (services.core.drain `stopping`), no probe: a ComfyUI
+  still ending a cut prompt is not restarted, and the stop is no failure.
 - With several ComfyUI instances (COMFY_INSTANCES), each is watched and restarted alone; one
   that goes FATAL, keeps exiting or never boots is stopped and out of the pool while others are
   left, and only the last one ends the container.
@@ -32,7 +34,7 @@ import xmlrpc.client
 from supervisor import childutils
 
 from services.comfy import health, supervisor_state
-from services.core import config
+from services.core import config, drain
 from services.core.config import Settings
 
 
@@ -57,6 +59,8 @@ class Watchdog:
         event = headers.get("eventname", "")
         fields = dict(token.split(":", 1) for token in payload.split("\n", 1)[0].split() if ":" in token)
         if event.startswith("TICK"):
+            if (draining := drain.state(self.settings.run_layout)) is not None and draining.stopping:
+                return  # the container stops: a ComfyUI busy with a cut prompt is not restarted
             for program in self.comfy:
                 if program not in self.out:
                     self.check_comfy(program)

@@ -107,6 +107,7 @@ class Settings:
     state_prefix: str = "comfy-worker"
     job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
     job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
+    drain_timeout_s: float = 20.0  # SIGTERM: finish accepted work for this long, then cut it; 0: stop at once
     model_cache_gb: float | None = None  # cap of on-demand model downloads; None: no cap
     model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
     model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
@@ -207,6 +208,16 @@ def _positive_float(name: str, raw: str) -> float:
         raise ConfigError(f"{name}={raw!r} is not a number (> 0)") from None
     if not value > 0 or value != value or value == float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number greater than 0")
+    return value
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds (>= 0)") from None
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a finite number of seconds, 0 or more")
     return value
 
 
@@ -387,6 +398,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "STATE_PREFIX": ("state_prefix", _prefix),
     "JOB_TTL_S": ("job_ttl_s", _positive_float),
     "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
+    "DRAIN_TIMEOUT_S": ("drain_timeout_s", _seconds),
     "MODEL_CACHE_GB": ("model_cache_gb", _optional_positive_float),
     "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
     "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),

@@ -216,6 +216,15 @@ class Draining(WorkerError):
     retry_after_s = 5
 
 
+class ShuttingDown(WorkerError):
+    """The drain's deadline (DRAIN_TIMEOUT_S) passed while the job ran: it was stopped in
+    ComfyUI and may be sent again, to another worker."""
+
+    code = "shutting_down"
+    http_status = 503
+    retry_after_s = 5
+
+
 class ModelFetchFailed(WorkerError):
     """A model a job named could not be made sure of: `models[i]: <why>`, never its URL or host."""
 

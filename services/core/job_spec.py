@@ -7,6 +7,7 @@ without knowing where it came from (a request, an envelope, the warm-up file).
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,19 @@ _GRAPH_EXPORT_HINT = (
     "this is a UI graph export (it has 'nodes' and 'links'); in ComfyUI enable the dev mode "
     "options and use 'Export (API)' / 'Save (API Format)', then send that file as 'workflow'"
 )
+
+
+class Cancel(threading.Event):
+    """A job's stop, and why: a caller's cancel (`set`: `interrupted`) or the drain's deadline
+    (`stop(errors.ShuttingDown(...))`). Every wait of a job raises `error` once it is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.error: errors.WorkerError = errors.Interrupted("the job was cancelled")
+
+    def stop(self, error: errors.WorkerError) -> None:
+        self.error = error
+        self.set()
 
 
 @dataclass(frozen=True)

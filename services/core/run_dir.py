@@ -5,7 +5,8 @@
       supervisord.pid
       instances.conf          programs comfy-1 .. comfy-N-1, written by the entrypoint
       fatal                   the watchdog ended the container: the program, then its boot tail
-      draining                the worker drains (services.core.drain): since when, Unix seconds
+      draining                the worker drains (services.core.drain): since when, until when
+      work/                   work accepted and not handed over, a file each (services.core.in_hand)
       <program>-starts        how often instance <program> (comfy, comfy-1, ...) was started
       <program>/              that ComfyUI's own folder, owned by ComfyUI's user
         input/ output/ temp/ user/ home/
@@ -49,6 +50,10 @@ class RunDir:
     @property
     def drain_file(self) -> str:
         return os.path.join(self.path, "draining")
+
+    @property
+    def work_dir(self) -> str:
+        return os.path.join(self.path, "work")
 
     def starts_file(self, program: str) -> str:
         return os.path.join(self.path, f"{program}-starts")

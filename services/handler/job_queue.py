@@ -104,6 +104,18 @@ class Queue:
                 self._ended(job)
             self.changed.notify_all()
 
+    def fail_queued(self, job_id: str, error: str) -> None:
+        """A job no worker took ends FAILED with `error` (the drain's deadline passed)."""
+        with self.changed:
+            job = self.jobs.get(job_id)
+            if job is None or job.status != "IN_QUEUE":
+                return
+            self.pending.remove(job_id)
+            job.status, job.error, job.finished = "FAILED", error, time.time()
+            self.counts["failed"] += 1
+            self._ended(job)
+            self.changed.notify_all()
+
     def streamed(self, job_id: str, result: dict) -> None:
         with self.changed:
             job = self.jobs.get(job_id)

@@ -22,10 +22,12 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
 from services.comfy.health import ComfyHealth
-from services.core import config, errors, logs
+from services.core import config, drain, errors, logs
 from services.core.config import Settings
+from services.core.in_hand import CUT, InHand, Piece
 from services.handler.job_queue import Job, Queue
 from services.jobs import runpod_protocol
+from services.jobs.outcome import RUNPOD_FINAL
 
 if TYPE_CHECKING:
     from services.jobs.metrics import QueueMetrics
@@ -44,6 +46,26 @@ class LocalQueue:
         self.worker_token = worker_token
         self.queue = Queue(on_end=self._job_ended)
         self._metrics: QueueMetrics | None = None
+        self.in_hand = InHand(settings.run_layout)
+        self._held: dict[str, Piece] = {}  # job id -> held until its end was told its caller
+
+    def accept(self, payload: dict, sync: bool) -> Job:
+        """A job a drain waits for until its caller has its end (a runsync answer, a status)."""
+        job = self.queue.submit(payload, sync=sync)
+        self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
+        return job
+
+    def told(self, job: Job) -> Job:
+        """Its caller was shown `job`: once that is its end, a drain need not wait for it."""
+        if job.status in RUNPOD_FINAL and (piece := self._held.pop(job.id, None)) is not None:
+            piece.release()
+        return job
+
+    def _cut(self, job_id: str) -> None:
+        """The drain's deadline: a job no worker took fails; one running is the handler's to cut."""
+        self.queue.fail_queued(job_id, CUT.message)
+        if (piece := self._held.pop(job_id, None)) is not None:
+            piece.release()
 
     def metrics(self) -> QueueMetrics:
         """Made on first use (a job ended, or a scrape): prometheus_client costs this process
@@ -79,7 +101,10 @@ def create_app(settings: Settings, worker_token: str) -> Flask:
 
     @app.errorhandler(errors.WorkerError)
     def worker_error(exc: errors.WorkerError) -> Response:
-        return _json(exc.to_dict(), exc.http_status)
+        response = _json(exc.to_dict(), exc.http_status)
+        if exc.retry_after_s is not None:
+            response.headers["Retry-After"] = str(exc.retry_after_s)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
@@ -99,21 +124,23 @@ def _public(local: LocalQueue) -> Blueprint:
     @routes.post("/run")
     @routes.post("/runsync")
     def run() -> Response:
+        if drain.since(local.settings.run_layout) is not None:  # before the body is read
+            raise errors.Draining("this worker is draining before a restart; send it to another")
         payload = runpod_protocol.input_of(_body())
         if not isinstance(payload, dict):
             raise errors.InvalidRequest('the body must be {"input": {...}}')
         sync = request.path.endswith("/runsync")
-        job = queue.submit(payload, sync=sync)
+        job = local.accept(payload, sync=sync)
         if not sync:
             return _json({"id": job.id, "status": job.status})
         low, default, high = RUNSYNC_WAIT_MS
         wait_ms = min(max(_int(request.args.get("wait"), default), low), high)
         queue.wait_final(job, wait_ms / 1000)
-        return _json(job.view())
+        return _json(local.told(job).view())
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])
     def status(job_id: str) -> Response:
-        return _json(_known(queue.jobs.get(job_id)).view())
+        return _json(local.told(_known(queue.jobs.get(job_id))).view())
 
     @routes.route("/stream/<job_id>", methods=["GET", "POST"])
     def stream(job_id: str) -> Response:

@@ -15,8 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from services.comfy.pool import ComfyPool
-from services.core import config, errors, logs
+from services.core import config, drain, errors, logs
 from services.core.config import Settings
+from services.core.job_spec import Cancel
 from services.jobs.pipeline import Pipeline
 from services.jobs.worker import build_worker
 
@@ -72,7 +73,7 @@ def make_handler(
     with several instances, where the others' jobs go on and the dead one restarts alone."""
 
     async def handler(job: dict) -> dict:
-        cancel = threading.Event()
+        cancel = Cancel()
         progress = Throttled(lambda message: send_progress(job, message)) if send_progress else None
         try:
             reply = await asyncio.to_thread(pipeline.run, job.get("input"), progress, cancel)
@@ -99,10 +100,11 @@ def main() -> int:
     wait_for_warmups(worker.pool, settings)
     single = len(worker.pool.instances) == 1
     sdk = {
-        "handler": make_handler(worker.pipeline, runpod.serverless.progress_update, recycle_on_restart=single)
+        "handler": make_handler(
+            worker.pipeline, runpod.serverless.progress_update, recycle_on_restart=single
+        ),
+        "concurrency_modifier": lambda _current: concurrency(worker.pool, settings),
     }
-    if not single:
-        sdk["concurrency_modifier"] = lambda _current: concurrency(worker.pool)
     runpod.serverless.start(sdk)
     return 0
 
@@ -116,10 +118,14 @@ def wait_for_warmups(pool: ComfyPool, settings: Settings) -> None:
                 instance.warmup.wait(limit)
 
 
-def concurrency(pool: ComfyPool) -> int:
+def concurrency(pool: ComfyPool, settings: Settings) -> int:
     """As many jobs at once as instances are in the pool. Not only the idle ones: the SDK
     changes its concurrency only once no job is in flight, so the number must stay put while
-    instances come and go between jobs; it moves when one is taken out for good."""
+    instances come and go between jobs; it moves when one is taken out for good. None while
+    draining on RunPod (what the queue holds goes to other workers); off RunPod the local queue
+    refuses new jobs and those it accepted still run here."""
+    if settings.on_runpod and drain.since(settings.run_layout) is not None:
+        return 0
     return max(1, pool.usable())
 
 

@@ -8,13 +8,14 @@ it; with it, services.jobs.shared_jobs keeps jobs in Redis for the fleet.
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from services.core import background, errors
+from services.core.in_hand import Piece
+from services.core.job_spec import Cancel
 from services.jobs import outcome
 from services.jobs.pipeline import Pipeline
 
@@ -28,7 +29,8 @@ class AsyncJob:
     progress: dict | None = None
     result: dict | None = None
     http_status: int | None = None
-    cancel: threading.Event = field(default_factory=threading.Event)
+    cancel: Cancel = field(default_factory=Cancel)
+    held: Piece | None = field(default=None, repr=False)  # a drain waits until its result was fetched once
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "state": self.state, "progress": self.progress}
@@ -70,18 +72,23 @@ class AsyncJobs(JobStore):
     def start(self, body: Any) -> AsyncJob:
         self._prune()
         job = AsyncJob(id=str(uuid.uuid4()))
+        if self.pipeline.in_hand is not None:  # its result dies with this process: a drain waits for it
+            job.held = self.pipeline.in_hand.hold("async")
         self.jobs[job.id] = job
         background.start("async-job", self._run, job, body)
         return job
 
     def get(self, job_id: str) -> AsyncJob | None:
-        return self.jobs.get(job_id)
+        job = self.jobs.get(job_id)
+        if job is not None and job.finished is not None and job.held is not None:
+            job.held.release()  # its result is fetched once: a drain need not wait for it
+        return job
 
     def cancel(self, job_id: str) -> AsyncJob | None:
         job = self.jobs.get(job_id)
         if job is not None and job.finished is None:
             job.cancel.set()
-        return job
+        return self.get(job_id)
 
     def close(self) -> None:
         """Nothing to hand back: these jobs live and end with the process."""
@@ -100,4 +107,6 @@ class AsyncJobs(JobStore):
     def _prune(self) -> None:
         now = time.time()
         for job_id in [j.id for j in self.jobs.values() if j.finished and now - j.finished > self.keep_s]:
-            del self.jobs[job_id]
+            job = self.jobs.pop(job_id)
+            if job.held is not None:
+                job.held.release()

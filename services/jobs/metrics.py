@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from services.comfy import starts
-from services.core import drain
+from services.core import drain, errors
 from services.core.config import Settings
 from services.jobs import outcome
 
@@ -66,8 +66,15 @@ class Metrics(_JobMetrics):
 
     def __init__(self, settings: Settings, instances: Instances, waiting: Callable[[], int]) -> None:
         super().__init__(settings, instances)
+        self.run_layout = settings.run_layout
         self.registry.register(_Waiting(waiting))
         self.in_flight = Gauge("comfy_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
+        self.drained = Counter(
+            "comfy_worker_drain_jobs",
+            "Jobs that ended while the worker drained: finished, or cut by the drain's deadline",
+            ["how"],
+            registry=self.registry,
+        )
         self.download_bytes = Counter(
             "comfy_worker_download_bytes", "Bytes received by model downloads", registry=self.registry
         )
@@ -92,6 +99,8 @@ class Metrics(_JobMetrics):
     def job_ended(self, reply: Reply, seconds: float) -> None:
         self.in_flight.dec()
         self.ended(outcome.of_reply(reply.status, reply.error_code), reply.error_code or "", seconds)
+        if drain.since(self.run_layout) is not None:
+            self.drained.labels("cut" if reply.error_code == errors.ShuttingDown.code else "finished").inc()
 
     def received(self, size: int) -> None:
         self.download_bytes.inc(size)

@@ -2,7 +2,8 @@
 (the RunPod routes and the local queue) and the outcome label of the metrics.
 
 A cancel is `cancelled` whether it was seen as the flag a client set or as the `interrupted`
-answer the pipeline gave; a job that answered 200 is `completed`; anything else `failed`.
+answer the pipeline gave; a job that answered 200 is `completed`; anything else `failed`, a job
+the drain's deadline cut (`shutting_down`) too.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ RUNPOD_FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT")
 
 def of_reply(status: int, code: str | None, cancel_asked: bool = False) -> str:
     """The end state of a job the pipeline answered with `status` and error `code`."""
+    if code == errors.ShuttingDown.code:  # the drain's deadline stopped it, not its caller
+        return FAILED
     if cancel_asked or code == errors.Interrupted.code:
         return CANCELLED
     return COMPLETED if status == 200 else FAILED

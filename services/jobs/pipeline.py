@@ -20,7 +20,8 @@ from nacl.public import PrivateKey
 from services.core import background, errors
 from services.core.codec import unb64
 from services.core.config import Settings
-from services.core.job_spec import JobRequest, Progress
+from services.core.in_hand import CUT, InHand
+from services.core.job_spec import Cancel, JobRequest, Progress
 from services.core.offload import offload
 from services.jobs import envelope, image_fetch, job_request, worker_comfyui
 from services.jobs.output_store import OutputStore
@@ -44,7 +45,7 @@ class JobObserver(Protocol):
 class Executor(Protocol):
     """Runs a checked job in ComfyUI and returns the result object (README: Pod API)."""
 
-    def execute(self, job: JobRequest, progress: Progress | None, cancel: Any) -> dict: ...
+    def execute(self, job: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict: ...
 
 
 def coarse(progress: Progress) -> Progress:
@@ -63,6 +64,7 @@ class Reply:
     body: dict
     status: int
     error_code: str | None = None
+    retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
 
 
 class Pipeline:
@@ -76,10 +78,12 @@ class Pipeline:
         output_store: OutputStore | None = None,
         observer: JobObserver | None = None,
         shared: StateStore | None = None,
+        in_hand: InHand | None = None,
     ) -> None:
         """`executor`: what runs a checked job in ComfyUI (the pool); `models`: what makes sure
         of a job's models on the volume; `shared`: the fleet's Redis (STATE_URL), which remembers
-        envelopes for every worker; `result_limit_bytes`: the cap of an answer (serverless),
+        envelopes for every worker; `in_hand`: where each running job is held for a drain
+        (services.core.in_hand); `result_limit_bytes`: the cap of an answer (serverless),
         beyond which outputs go to `output_store` (or the job fails with output_too_large)."""
         self.settings = settings
         self.observer = observer
@@ -89,22 +93,37 @@ class Pipeline:
         self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
         self.replay = ReplayGuard(settings.replay_window_s, shared)
         self.models = models
+        self.in_hand = in_hand
 
-    def run(self, body: Any, progress: Progress | None = None, cancel: Any = None) -> Reply:
-        """Answer one request body; never raises."""
+    def run(
+        self,
+        body: Any,
+        progress: Progress | None = None,
+        cancel: Cancel | None = None,
+        job_id: str | None = None,
+    ) -> Reply:
+        """Answer one request body; never raises. `job_id`: a fleet's async job, which may run
+        again elsewhere after a drain cut it, its envelope then no replay."""
+        cancel = cancel or Cancel()
+        if self.in_hand is None:
+            return self._observed(body, progress, cancel, job_id)
+        with self.in_hand.hold("job", lambda: cancel.stop(CUT)):
+            return self._observed(body, progress, cancel, job_id)
+
+    def _observed(self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None) -> Reply:
         if self.observer is None:
-            return self._run(body, progress, cancel)
+            return self._run(body, progress, cancel, job_id)
         started = time.monotonic()
         self.observer.job_started()
-        reply = self._run(body, progress, cancel)
+        reply = self._run(body, progress, cancel, job_id)
         self.observer.job_ended(reply, time.monotonic() - started)
         return reply
 
-    def _run(self, body: Any, progress: Progress | None, cancel: Any) -> Reply:
+    def _run(self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None) -> Reply:
         try:
             opened = self._open(body)
             if opened is not None:
-                self.replay.check(opened.epk, opened.nonce, opened.payload)
+                self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
         except errors.WorkerError as exc:
             return self._failed(exc)
         if opened is not None and progress is not None:
@@ -119,22 +138,23 @@ class Pipeline:
             )
             markers = self.models.ensure(job.models, progress, cancel) if job.models else []
             try:
-                result, status, code = self._fit(self._execute(job, progress, cancel), opened), 200, None
+                result = self._fit(self._execute(job, progress, cancel), opened)
+                status, code, retry = 200, None, None
             finally:
                 self.models.release(markers)
             if job.output_format == "worker-comfyui":
                 result = worker_comfyui.answer(result)
         except errors.WorkerError as exc:
-            result, status, code = exc.to_dict(), exc.http_status, exc.code
+            result, status, code, retry = exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s
             log.info("job failed: %s", exc.code)
         except Exception as exc:  # a bug: answer with a code, never a traceback or job content
             background.log_unexpected(log, "the pipeline", exc)
             failure = errors.WorkerError("unexpected worker error")
-            result, status, code = failure.to_dict(), failure.http_status, failure.code
+            result, status, code, retry = failure.to_dict(), failure.http_status, failure.code, None
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
             result = offload(envelope.seal, result, opened.box, size=size)
-        return Reply(result, status, code)
+        return Reply(result, status, code, retry)
 
     def _open(self, body: Any) -> envelope.Opened | None:
         if envelope.is_envelope(body):
@@ -144,7 +164,7 @@ class Pipeline:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None
 
-    def _execute(self, job: JobRequest, progress: Progress | None, cancel: Any) -> dict:
+    def _execute(self, job: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
         if self.settings.dry_run:
             return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}
         return self.executor.execute(job, progress, cancel)
@@ -183,4 +203,4 @@ class Pipeline:
     @staticmethod
     def _failed(exc: errors.WorkerError) -> Reply:
         log.info("request refused: %s", exc.code)
-        return Reply(exc.to_dict(), exc.http_status, exc.code)
+        return Reply(exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s)

@@ -30,12 +30,16 @@ class ReplayGuard:
     def __init__(self, window_s: float, shared: StateStore | None = None) -> None:
         self.window_s = window_s
         self.shared = shared
-        self._seen: dict[bytes, float] = {}
+        self._seen: dict[bytes, tuple[float, str | None]] = {}  # -> until when, which job
         self._order: collections.deque[tuple[float, bytes]] = collections.deque()
         self._lock = threading.Lock()
 
-    def check(self, epk: bytes, nonce: bytes, payload: Any, now: float | None = None) -> None:
-        """Raise `ReplayedRequest` for an envelope seen before or a `ts` outside the window."""
+    def check(
+        self, epk: bytes, nonce: bytes, payload: Any, now: float | None = None, job: str | None = None
+    ) -> None:
+        """Raise `ReplayedRequest` for an envelope seen before or a `ts` outside the window.
+        `job`: the fleet's async job the envelope came with; the same job may open it again
+        (a drain's deadline sent it back to the queue), any other request may not."""
         now = time.time() if now is None else now
         ts = payload.get("ts") if isinstance(payload, dict) else None
         if ts is not None:
@@ -50,18 +54,18 @@ class ReplayGuard:
         with self._lock:
             while self._order and self._order[0][0] <= now:
                 expired, old = self._order.popleft()
-                if self._seen.get(old) == expired:
+                if self._seen.get(old, (None,))[0] == expired:
                     del self._seen[old]
-            if key in self._seen:
+            if key in self._seen and (job is None or self._seen[key][1] != job):
                 raise errors.ReplayedRequest("this envelope was already received; seal every request anew")
-            self._seen[key] = now + self.window_s
+            self._seen[key] = (now + self.window_s, job)
             self._order.append((now + self.window_s, key))
         if self.shared is not None:
-            self._check_shared(key)
+            self._check_shared(key, job)
 
-    def _check_shared(self, key: bytes) -> None:
+    def _check_shared(self, key: bytes, job: str | None) -> None:
         try:
-            first = self.shared.first_time(key, self.window_s)
+            first = self.shared.first_time(key, self.window_s, job)
         except errors.StateUnavailable:
             log.warning("replay memory: the shared state does not answer; this worker's own memory only")
             return

@@ -17,6 +17,7 @@ which the running pod reads four times a second. Records are kept JOB_TTL_S afte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 from services.core import background, drain, errors, json_text
 from services.core.config import Settings
+from services.core.job_spec import Cancel
 from services.core.offload import offload
 from services.jobs import outcome
 from services.jobs.async_jobs import AsyncJob, JobStore
@@ -72,6 +74,16 @@ elseif state == 'running' then
 end
 return state
 """
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'queued')
+redis.call('HDEL', KEYS[1], 'owner', 'started', 'progress')
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'body', ARGV[3])
+return 1
+"""
 _LOST = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
@@ -102,13 +114,19 @@ class SharedJobs(JobStore):
         self.taken_over = 0
         self.lost = 0
         self._held: dict[str, str] = {}  # stream entry -> job id: taken, not started
-        self._running: dict[str, threading.Event] = {}  # job id -> its cancel
+        self._running: dict[str, Cancel] = {}  # job id -> its cancel
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._closing = False
         self._scripts = {
             name: store.redis.register_script(text)
-            for name, text in (("start", _START), ("finish", _FINISH), ("cancel", _CANCEL), ("lost", _LOST))
+            for name, text in (
+                ("start", _START),
+                ("finish", _FINISH),
+                ("cancel", _CANCEL),
+                ("requeue", _REQUEUE),
+                ("lost", _LOST),
+            )
         }
         self._next_beat = 0.0  # when the watch round next proves this pod lives
         self._ensure_group()
@@ -229,7 +247,7 @@ class SharedJobs(JobStore):
         background.start("shared-job", self._run, entry_id, job_id, fields.get(b"body", b"null"))
 
     def _run(self, entry_id: str, job_id: str, body_text: bytes) -> None:
-        cancel = threading.Event()
+        cancel = Cancel()
         started = not self._closing and self._start(entry_id, job_id)
         with self._lock:
             self._held.pop(entry_id, None)
@@ -237,11 +255,17 @@ class SharedJobs(JobStore):
                 self._running[job_id] = cancel
         try:
             if started:
-                self._execute(job_id, body_text, cancel)
+                # held until its outcome is in Redis (the pipeline's own hold ends with its answer)
+                with self._in_hand("fleet-job"):
+                    self._execute(job_id, body_text, cancel)
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
             self._changed.set()
+
+    def _in_hand(self, kind: str) -> contextlib.AbstractContextManager:
+        in_hand = self.pipeline.in_hand
+        return in_hand.hold(kind, cut=lambda: None) if in_hand else contextlib.nullcontext()
 
     def _start(self, entry_id: str, job_id: str) -> bool:
         """Claim the job for this pod, once; False when it was cancelled or started elsewhere."""
@@ -255,15 +279,33 @@ class SharedJobs(JobStore):
             return False  # still pending: taken over after the claim timeout
         return bool(started)
 
-    def _execute(self, job_id: str, body_text: bytes, cancel: threading.Event) -> None:
+    def _execute(self, job_id: str, body_text: bytes, cancel: Cancel) -> None:
         try:
             body = offload(json.loads, body_text, size=len(body_text))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             body = None  # the pipeline answers invalid_request
-        reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel)
+        reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel, job_id)
+        if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text):
+            return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         result = offload(json_text.dumps, reply.body, size=_size(reply.body))
         self._finish(job_id, state, result, reply.status)
+
+    def _requeue(self, job_id: str, body_text: bytes) -> bool:
+        """A job the drain's deadline cut goes back to the queue as it was sent, under its id,
+        for another pod (its envelope opens again there for this job only); False when Redis
+        does not answer or the job is no longer this pod's."""
+        try:
+            again = self._scripts["requeue"](
+                keys=[self._job_key(job_id), self.running_set, self.stream],
+                args=[self.name, job_id, body_text],
+            )
+        except Error as exc:
+            self.store.reached(False, exc)
+            return False
+        if again:
+            log.info("a job the drain's deadline cut went back to the fleet's queue")
+        return bool(again)
 
     def _progress(self, job_id: str, update: dict) -> None:
         try:

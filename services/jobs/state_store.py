@@ -60,12 +60,15 @@ class StateStore:
             raise self.unavailable(exc) from None
         self.reached(True)
 
-    def first_time(self, token: bytes, ttl_s: float) -> bool:
-        """Remember `token` for `ttl_s` across the fleet; False when it was remembered already.
-        Raises `StateUnavailable` when Redis does not answer."""
+    def first_time(self, token: bytes, ttl_s: float, owner: str | None = None) -> bool:
+        """Remember `token` for `ttl_s` across the fleet; False when it was remembered already,
+        unless by the same `owner`. Raises `StateUnavailable` when Redis does not answer."""
         name = self.key("seen", hashlib.sha256(token).hexdigest())
+        mark = (owner or "").encode() or b"1"
         try:
-            first = self.redis.set(name, b"1", nx=True, px=max(1, int(ttl_s * 1000)))
+            first = self.redis.set(name, mark, nx=True, px=max(1, int(ttl_s * 1000)))
+            if not first and owner is not None:
+                first = self.redis.get(name) == mark
         except Error as exc:
             raise self.unavailable(exc) from None
         self.reached(True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
 from services.core.config import Settings
+from services.core.in_hand import InHand
 from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
@@ -35,6 +36,7 @@ class Worker:
     models: JobModels
     pipeline: Pipeline
     state: StateStore | None  # the fleet's Redis, with STATE_URL
+    in_hand: InHand  # the work a drain waits for
 
 
 class Observer(JobObserver, DownloadObserver, Protocol):
@@ -48,7 +50,8 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
 
         state = StateStore(settings)
     pool = ComfyPool.of(settings, start_warmup)
-    downloads = Downloads(settings, observer=observer)
+    in_hand = InHand(settings.run_layout)
+    downloads = Downloads(settings, observer=observer, in_hand=in_hand)
     models = JobModels(settings, downloads)
     pipeline = Pipeline(
         settings,
@@ -56,10 +59,11 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
         models,
         observer=observer,
         shared=state,
+        in_hand=in_hand,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024) if cap_results else None,
         output_store=OutputStore.from_settings(settings) if cap_results else None,
     )
-    return Worker(settings, pool, downloads, models, pipeline, state)
+    return Worker(settings, pool, downloads, models, pipeline, state, in_hand)
 
 
 def job_store(worker: Worker) -> JobStore:

@@ -12,6 +12,7 @@ thread (services.models.job_models). Hashing and fsync run off the gevent hub.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import logging
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit
 
 from services.core import background, errors
 from services.core.config import Settings
+from services.core.in_hand import InHand
 from services.core.offload import offload, start
 from services.models import model_store, url_guard
 from services.models.model_cache import ModelCache
@@ -96,10 +98,16 @@ class TookTooLong(errors.DownloadFailed):
 
 class Downloads:
     def __init__(
-        self, settings: Settings, observer: DownloadObserver | None = None, cache: ModelCache | None = None
+        self,
+        settings: Settings,
+        observer: DownloadObserver | None = None,
+        cache: ModelCache | None = None,
+        in_hand: InHand | None = None,
     ) -> None:
+        """`in_hand`: where a `/download` running in the background is held for a drain."""
         self.settings = settings
         self.observer = observer
+        self.in_hand = in_hand
         self.cache = cache or ModelCache(settings)
         self.by_id: dict[str, Download] = {}
         self.active: dict[str, Download] = {}  # target path -> running transfer
@@ -125,7 +133,8 @@ class Downloads:
                     continue
                 self.active[download.path] = download
                 self.by_id[download.id] = download
-                background.start("download", self._run, download)
+                held = self.in_hand.hold("download") if self.in_hand else contextlib.nullcontext()
+                background.start("download", self._run, download, held)
                 started.append(download)
         return started
 
@@ -212,7 +221,11 @@ class Downloads:
             self.cache.heartbeat.discard(lock)
             lock.release()
 
-    def _run(self, download: Download) -> None:
+    def _run(self, download: Download, held: contextlib.AbstractContextManager) -> None:
+        with held:
+            self._transfer_once(download)
+
+    def _transfer_once(self, download: Download) -> None:
         download.state = "running"
         try:
             download.state = self.fetch(

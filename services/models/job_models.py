@@ -16,7 +16,7 @@ from typing import Any
 
 from services.core import background, errors
 from services.core.config import Settings
-from services.core.job_spec import Progress
+from services.core.job_spec import Cancel, Progress
 from services.core.offload import offload
 from services.models.downloads import Download, Downloads, TookTooLong
 from services.models.model_cache import Marker
@@ -32,7 +32,9 @@ class JobModels:
         self.hits = 0  # found on the volume, no transfer
         self.transfers = 0
 
-    def ensure(self, items: tuple[dict, ...], progress: Progress | None, cancel: Any) -> list[Marker]:
+    def ensure(
+        self, items: tuple[dict, ...], progress: Progress | None, cancel: Cancel | None
+    ) -> list[Marker]:
         """Every item on the volume, each marked in use; `release` the markers once the job ended."""
         planned = [self._plan(index, item) for index, item in enumerate(items)]
         deadline = time.monotonic() + self.settings.model_fetch_timeout_s
@@ -57,14 +59,19 @@ class JobModels:
             raise self._reason(index, exc) from None
 
     def _ensure(
-        self, index: int, download: Download, deadline: float, progress: Progress | None, cancel: Any
+        self,
+        index: int,
+        download: Download,
+        deadline: float,
+        progress: Progress | None,
+        cancel: Cancel | None,
     ) -> None:
         def present() -> bool:  # file system calls, off the hub: a network volume may be slow
             return offload(self.cache.present, download.type, download.name, download.sha256)
 
         def stop() -> None:
             if cancel is not None and cancel.is_set():
-                raise errors.Interrupted("the job was cancelled")
+                raise cancel.error
 
         try:
             if present():

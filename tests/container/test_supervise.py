@@ -1,0 +1,116 @@
+"""PID 1 (services.container.supervise) on a stop signal: it drains, then stops supervisord.
+SIGTERM goes to the entrypoint only, as `docker stop` and Kubernetes send it; real supervisord,
+gunicorn and the ComfyUI stand-in."""
+
+import threading
+import time
+
+import requests
+
+from tests.stack import Stack, wait_until
+from tests.workflows import with_knob
+
+
+def slow(seconds, color=0):
+    return {"workflow": with_knob("StandinSlow", color=color, seconds=seconds, steps=max(2, seconds * 2))}
+
+
+def comfy_running(stack):
+    return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+
+
+def in_thread(call):
+    """Run `call` now; the list gets its answer (or its exception) when it returns."""
+    answers = []
+
+    def run():
+        try:
+            answers.append(call())
+        except requests.RequestException as exc:
+            answers.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return answers, thread
+
+
+def test_sigterm_lets_two_sync_jobs_and_an_async_one_finish_refuses_new_work_and_exits_0():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "90"}).ready()
+    try:
+        sync = [
+            in_thread(lambda n=n: requests.post(stack.url + "/run", json=slow(2, color=n), timeout=60))
+            for n in (1, 2)
+        ]
+        job = requests.post(
+            stack.url + "/run", params={"async": "1"}, json=slow(2, color=3), timeout=10
+        ).json()
+        wait_until(lambda: comfy_running(stack) != [], 20, "a job to run in ComfyUI")
+        stack.terminate()
+        wait_until(
+            lambda: requests.get(stack.url + "/readyz", timeout=5).status_code == 503, 10, "/readyz 503"
+        )
+
+        refused = requests.post(stack.url + "/run", json=slow(1), timeout=10)
+        assert refused.status_code == 503 and refused.json()["error"].startswith("draining")
+        assert refused.headers["Retry-After"] == "5"
+        probes = []
+        for answers, thread in sync:
+            while thread.is_alive():  # the probes all along the drain
+                ready = requests.get(stack.url + "/readyz", timeout=5)
+                health = requests.get(stack.url + "/healthz", timeout=5)
+                probes.append((ready.status_code, ready.json()["draining"], health.status_code))
+                thread.join(0.5)
+            assert answers[0].status_code == 200, answers[0].text
+            assert answers[0].json()["outputs"], answers[0].json()
+        assert probes and set(probes) == {(503, True, 200)}, probes
+        assert stack.proc.poll() is None  # the async result is not fetched yet: it waits
+
+        def finished():
+            return requests.get(stack.url + f"/jobs/{job['id']}", timeout=5).json()["state"] == "completed"
+
+        wait_until(finished, 60, "the async job")
+        fetched = time.monotonic()
+        assert stack.exit_code(timeout=30) == 0
+        assert time.monotonic() - fetched < 20  # soon after the last job, not at DRAIN_TIMEOUT_S
+        assert "drained: nothing left in hand, stopping" in stack.log
+    finally:
+        stack.stop()
+
+
+def test_a_job_longer_than_the_drain_answers_shutting_down_and_leaves_comfyui_idle():
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "2"}).ready()
+    try:
+        answers, thread = in_thread(lambda: requests.post(stack.url + "/run", json=slow(60), timeout=90))
+        wait_until(lambda: comfy_running(stack) != [], 20, "the job to run in ComfyUI")
+        stack.terminate()
+        thread.join(60)
+        answer = answers[0]
+        assert answer.status_code == 503 and answer.json()["error"].startswith("shutting_down"), answer.text
+        assert answer.headers["Retry-After"] == "5"
+        assert comfy_running(stack) == []  # ComfyUI still runs (it stops last) and runs nothing
+        assert stack.exit_code(timeout=30) == 0
+        assert "DRAIN_TIMEOUT_S passed: cutting what is left (1 job)" in stack.log
+    finally:
+        stack.stop()
+
+
+def test_an_idle_worker_stops_at_once_and_a_second_signal_does_not_wait():
+    stack = Stack("api", {"DRAIN_TIMEOUT_S": "60"}).ready()
+    try:
+        started = time.monotonic()
+        stack.terminate()
+        assert stack.exit_code(timeout=30) == 0
+        assert time.monotonic() - started < 30  # far under DRAIN_TIMEOUT_S
+    finally:
+        stack.stop()
+    busy = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "600"}).ready()
+    try:
+        in_thread(lambda: requests.post(busy.url + "/run", json=slow(60), timeout=90))
+        wait_until(lambda: comfy_running(busy) != [], 20, "the job to run in ComfyUI")
+        busy.terminate()
+        wait_until(lambda: "draining" in busy.log, 10, "the drain")
+        busy.terminate()  # Ctrl-C twice, or an operator who will not wait
+        assert busy.exit_code(timeout=30) == 0
+        assert "stopping now" in busy.log
+    finally:
+        busy.stop()
