@@ -4,8 +4,6 @@ ends the container with a non-zero code."""
 
 import os
 import socket
-import threading
-import time
 import uuid
 
 import pytest
