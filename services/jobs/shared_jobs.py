@@ -13,6 +13,10 @@ JOB_CLAIM_TIMEOUT_S). Entries a silent pod took but never started are claimed by
 (XAUTOCLAIM) and run; a job it had started is answered `worker_lost`, since running it again
 would reach ComfyUI twice (and its envelope is spent). A cancel sets a flag in the record,
 which the running pod reads four times a second. Records are kept JOB_TTL_S after they end.
+
+A draining pod (services.core.drain) takes nothing and hands back what it was handed; a job
+its drain's deadline cut goes back to the stream as it was sent, under its id (the record is
+`queued` again), and runs on another pod, where its envelope opens again for that job only.
 """
 
 from __future__ import annotations

@@ -86,12 +86,13 @@ def test_supervisord_runs_exactly_the_programs_of_the_mode(mode, dry_run, expect
         assert stack.stop() == 0
 
 
-def test_sigterm_stops_everything_within_10_s_with_exit_code_0():
-    stack = Stack("api").start(wait_for=["api"])
+def test_sigterm_stops_an_idle_worker_within_10_s_with_exit_code_0_whatever_its_drain_timeout():
+    stack = Stack("api", {"DRAIN_TIMEOUT_S": "60"}).start(wait_for=["api"])
     stack.wait_http("/healthz")
     started = time.monotonic()
     code = stack.stop(timeout=10)
     assert code == 0 and time.monotonic() - started < 10
+    wait_until(lambda: "drained: nothing left in hand, stopping" in stack.log, 5, "PID 1's last words")
 
 
 def test_nothing_outlives_a_stop_after_the_log_pipe_is_gone():

@@ -72,7 +72,7 @@ def test_sigterm_lets_two_sync_jobs_and_an_async_one_finish_refuses_new_work_and
         fetched = time.monotonic()
         assert stack.exit_code(timeout=30) == 0
         assert time.monotonic() - fetched < 20  # soon after the last job, not at DRAIN_TIMEOUT_S
-        assert "drained: nothing left in hand, stopping" in stack.log
+        wait_until(lambda: "drained: nothing left in hand, stopping" in stack.log, 5, "PID 1's words")
     finally:
         stack.stop()
 
@@ -89,20 +89,14 @@ def test_a_job_longer_than_the_drain_answers_shutting_down_and_leaves_comfyui_id
         assert answer.headers["Retry-After"] == "5"
         assert comfy_running(stack) == []  # ComfyUI still runs (it stops last) and runs nothing
         assert stack.exit_code(timeout=30) == 0
-        assert "DRAIN_TIMEOUT_S passed: cutting what is left (1 job)" in stack.log
+        wait_until(
+            lambda: "DRAIN_TIMEOUT_S passed: cutting what is left (1 job)" in stack.log, 5, "PID 1's words"
+        )
     finally:
         stack.stop()
 
 
-def test_an_idle_worker_stops_at_once_and_a_second_signal_does_not_wait():
-    stack = Stack("api", {"DRAIN_TIMEOUT_S": "60"}).ready()
-    try:
-        started = time.monotonic()
-        stack.terminate()
-        assert stack.exit_code(timeout=30) == 0
-        assert time.monotonic() - started < 30  # far under DRAIN_TIMEOUT_S
-    finally:
-        stack.stop()
+def test_a_second_signal_does_not_wait_for_the_drain():
     busy = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "600"}).ready()
     try:
         in_thread(lambda: requests.post(busy.url + "/run", json=slow(60), timeout=90))

@@ -11,6 +11,7 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from services.core import config
+from services.core.job_spec import Cancel
 from services.models.model_cache import ModelCache
 from tests.file_server import FileServer
 from tests.pipelines import pipeline
@@ -171,7 +172,7 @@ def test_a_model_that_cannot_be_had_answers_a_coded_error_without_its_url(
 def test_a_cancel_stops_a_model_transfer(tmp_path, server):
     server.files = {"m.safetensors": os.urandom(4 * 1024 * 1024)}
     server.rate = 256 * 1024
-    cancel, replies = threading.Event(), []
+    cancel, replies = Cancel(), []
     wanted = item(server, "m.safetensors")
     wanted["url"] = f"{server.url}/slow/m.safetensors"
     running = threading.Thread(target=lambda: replies.append(worker(tmp_path).run(job(wanted), None, cancel)))
