@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(PY) -m bench.pool
 	$(PY) -m bench.shared_jobs
 	$(PY) -m bench.rolling_restart
+	$(PY) -m bench.webhooks
 	$(PY) -m bench.job_models
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.big_payload

@@ -67,7 +67,11 @@ def model_item(spec: str) -> dict:
 
 
 def build_payload(
-    workflow_file: str, images: list[str], timeout_s: float | None, models: list[str] | None = None
+    workflow_file: str,
+    images: list[str],
+    timeout_s: float | None,
+    models: list[str] | None = None,
+    webhook: str | None = None,
 ) -> dict:
     with open(workflow_file, encoding="utf-8") as handle:
         workflow = json.load(handle)
@@ -87,6 +91,8 @@ def build_payload(
         payload["timeout_s"] = timeout_s
     if models:
         payload["models"] = [model_item(spec) for spec in models]
+    if webhook:
+        payload["webhook"] = webhook  # inside the envelope when the job is encrypted
     return payload
 
 
@@ -181,7 +187,7 @@ def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
 def run_workflow(args: argparse.Namespace) -> int:
     """Run the workflow file and write its outputs, one path a line."""
     runner = Runner(args)
-    result = runner.run(build_payload(args.workflow, args.image, args.timeout, args.model))
+    result = runner.run(build_payload(args.workflow, args.image, args.timeout, args.model, args.webhook))
     for path in write_outputs(result, args.out, runner):
         print(path)
     return 0
@@ -273,6 +279,7 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         help="a model the job needs on the volume, as TYPE=URL[#sha256] (fetched once, then cached)",
     )
+    run.add_argument("--webhook", help="a URL told of the job's end (a signed POST; README: Webhooks)")
     run.add_argument("--out", default="outputs", help="folder for the outputs")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch = commands.add_parser("download", help="download a model onto a pod's volume")
@@ -309,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={b64encode(bytes(key)).decode()}")
         print(f"SERVER_PUBLIC_KEY_B64={b64encode(bytes(key.public_key)).decode()}")
+        print(f"WEBHOOK_SECRET=whsec_{b64encode(os.urandom(32)).decode()}")
         return 0
     command = {"run": run_workflow, "download": download, "models": models}[args.command]
     try:

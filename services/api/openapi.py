@@ -73,6 +73,12 @@ SCHEMAS = {
                         "description": "models to make sure of on the volume first (fetched once, cached)",
                         "items": {"$ref": "#/components/schemas/DownloadItem"},
                     },
+                    "webhook": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "description": "async jobs: an http(s) URL told of the job's end by a signed POST "
+                        "(Standard Webhooks; README: Webhooks); 400 invalid_webhook when not allowed",
+                    },
                 },
             },
             {
@@ -111,6 +117,15 @@ SCHEMAS = {
             "result": OBJECT,
             "http_status": {"type": "integer"},
             "status_url": {"type": "string"},
+            "webhook": {
+                "type": "object",
+                "description": "the delivery of the job's webhook (never its URL)",
+                "properties": {
+                    "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+                    "attempts": {"type": "integer"},
+                    "last_status": {"type": "integer", "nullable": True},
+                },
+            },
         },
     },
     "DownloadItem": {

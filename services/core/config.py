@@ -44,6 +44,7 @@ SECRETS = (  # Settings fields never logged and never handed to ComfyUI
     "hf_token",
     "civitai_token",
     "state_url",
+    "webhook_secret",
 )
 
 
@@ -108,6 +109,11 @@ class Settings:
     job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
     job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
     drain_timeout_s: float = 20.0  # SIGTERM: finish accepted work for this long, then cut it; 0: stop at once
+    webhook_secret: str | None = None  # whsec_<base64> keys, space-separated: each signs every webhook
+    webhook_max_kb: float = 1024.0  # a webhook body above this leaves the result out
+    webhook_timeout_s: float = 15.0  # each attempt's limit
+    webhook_retry_s: tuple[float, ...] = (0.0, 5.0, 30.0, 120.0, 300.0)  # attempts after a job's end
+    allow_private_webhooks: bool = False  # webhooks to private, loopback or link-local addresses
     model_cache_gb: float | None = None  # cap of on-demand model downloads; None: no cap
     model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
     model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
@@ -219,6 +225,31 @@ def _seconds(name: str, raw: str) -> float:
     if not 0 <= value < float("inf"):
         raise ConfigError(f"{name}={raw!r} must be a finite number of seconds, 0 or more")
     return value
+
+
+def _webhook_secret(name: str, raw: str) -> str | None:
+    keys = raw.split()
+    for key in keys:
+        try:
+            size = len(base64.b64decode(key.removeprefix("whsec_"), validate=True))
+        except ValueError:
+            size = 0
+        if not key.startswith("whsec_") or size < 24:
+            raise ConfigError(
+                f"{name}: each key is whsec_ followed by base64 of at least 24 random bytes "
+                "(make keygen prints one); several are separated by spaces"
+            )
+    return " ".join(keys) or None
+
+
+def _schedule(name: str, raw: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        delays = ()
+    if not 1 <= len(delays) <= 10 or not all(0 <= d <= 3600 for d in delays):
+        raise ConfigError(f"{name}={raw!r} must be 1 to 10 comma-separated delays in seconds (0..3600)")
+    return delays
 
 
 def _optional_positive_float(name: str, raw: str) -> float | None:
@@ -399,6 +430,11 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "JOB_TTL_S": ("job_ttl_s", _positive_float),
     "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
     "DRAIN_TIMEOUT_S": ("drain_timeout_s", _seconds),
+    "WEBHOOK_SECRET": ("webhook_secret", _webhook_secret),
+    "WEBHOOK_MAX_KB": ("webhook_max_kb", _positive_float),
+    "WEBHOOK_TIMEOUT_S": ("webhook_timeout_s", _positive_float),
+    "WEBHOOK_RETRY_S": ("webhook_retry_s", _schedule),
+    "ALLOW_PRIVATE_WEBHOOKS": ("allow_private_webhooks", _bool),
     "MODEL_CACHE_GB": ("model_cache_gb", _optional_positive_float),
     "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
     "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),

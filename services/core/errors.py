@@ -216,6 +216,13 @@ class Draining(WorkerError):
     retry_after_s = 5
 
 
+class InvalidWebhook(WorkerError):
+    """A job's `webhook` is no http(s) URL, or its address is not allowed; never repeats it."""
+
+    code = "invalid_webhook"
+    http_status = 400
+
+
 class ShuttingDown(WorkerError):
     """The drain's deadline (DRAIN_TIMEOUT_S) passed while the job ran: it was stopped in
     ComfyUI and may be sent again, to another worker."""

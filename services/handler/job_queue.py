@@ -34,6 +34,7 @@ class Job:
     error: Any = None
     progress: Any = None
     stream: list = field(default_factory=list)
+    webhook: str | None = field(default=None, repr=False)  # RunPod's own: told the status at the end
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -63,8 +64,8 @@ class Queue:
         self.changed = threading.Condition()
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
 
-    def submit(self, payload: dict, sync: bool) -> Job:
-        job = Job(id=("sync-" if sync else "") + str(uuid.uuid4()), input=payload, sync=sync)
+    def submit(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
+        job = Job(id=("sync-" if sync else "") + str(uuid.uuid4()), input=payload, sync=sync, webhook=webhook)
         with self.changed:
             self._prune()
             self.jobs[job.id] = job

@@ -22,12 +22,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
 from services.comfy.health import ComfyHealth
-from services.core import config, drain, errors, logs
+from services.core import config, drain, errors, json_text, logs
 from services.core.config import Settings
 from services.core.in_hand import CUT, InHand, Piece
 from services.handler.job_queue import Job, Queue
-from services.jobs import runpod_protocol
+from services.jobs import runpod_protocol, webhooks
 from services.jobs.outcome import RUNPOD_FINAL
+from services.jobs.webhooks import Webhooks
 
 if TYPE_CHECKING:
     from services.jobs.metrics import QueueMetrics
@@ -47,11 +48,12 @@ class LocalQueue:
         self.queue = Queue(on_end=self._job_ended)
         self._metrics: QueueMetrics | None = None
         self.in_hand = InHand(settings.run_layout)
+        self.webhooks = Webhooks(settings, in_hand=self.in_hand)
         self._held: dict[str, Piece] = {}  # job id -> held until its end was told its caller
 
-    def accept(self, payload: dict, sync: bool) -> Job:
+    def accept(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
         """A job a drain waits for until its caller has its end (a runsync answer, a status)."""
-        job = self.queue.submit(payload, sync=sync)
+        job = self.queue.submit(payload, sync=sync, webhook=webhook)
         self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
         return job
 
@@ -84,6 +86,8 @@ class LocalQueue:
     def _job_ended(self, job: Job) -> None:
         seconds = (job.finished or time.time()) - (job.started or job.created)
         self.metrics().job_ended(job.status, job.error, seconds)
+        if job.webhook:  # RunPod's webhook: its status object, as RunPod posts it
+            self.webhooks.send(job.webhook, json_text.dumps(job.view()), job.id)
 
 
 def create_app(settings: Settings, worker_token: str) -> Flask:
@@ -126,11 +130,13 @@ def _public(local: LocalQueue) -> Blueprint:
     def run() -> Response:
         if drain.since(local.settings.run_layout) is not None:  # before the body is read
             raise errors.Draining("this worker is draining before a restart; send it to another")
-        payload = runpod_protocol.input_of(_body())
+        body = _body()
+        payload = runpod_protocol.input_of(body)
         if not isinstance(payload, dict):
             raise errors.InvalidRequest('the body must be {"input": {...}}')
+        webhook = webhooks.requested({"webhook": body.get("webhook")}, local.settings)
         sync = request.path.endswith("/runsync")
-        job = local.accept(payload, sync=sync)
+        job = local.accept(payload, sync=sync, webhook=webhook)
         if not sync:
             return _json({"id": job.id, "status": job.status})
         low, default, high = RUNSYNC_WAIT_MS

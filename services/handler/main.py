@@ -18,7 +18,9 @@ from services.comfy.pool import ComfyPool
 from services.core import config, drain, errors, logs
 from services.core.config import Settings
 from services.core.job_spec import Cancel
+from services.jobs import outcome
 from services.jobs.pipeline import Pipeline
+from services.jobs.webhooks import Webhooks, event
 from services.jobs.worker import build_worker
 
 PROGRESS_INTERVAL_S = 0.5
@@ -68,9 +70,11 @@ def make_handler(
     pipeline: Pipeline,
     send_progress: Callable[[dict, dict], None] | None = None,
     recycle_on_restart: bool = True,
+    webhooks: Webhooks | None = None,
 ) -> Callable[[dict], Awaitable[dict]]:
     """`recycle_on_restart`: ask RunPod for a fresh worker after ComfyUI died under a job; not
-    with several instances, where the others' jobs go on and the dead one restarts alone."""
+    with several instances, where the others' jobs go on and the dead one restarts alone.
+    `webhooks`: what tells a job's `webhook` of its end (RunPod's status object as `data`)."""
 
     async def handler(job: dict) -> dict:
         cancel = Cancel()
@@ -83,6 +87,10 @@ def make_handler(
         finally:
             if progress is not None:
                 progress.close()
+        if reply.webhook and webhooks is not None:
+            state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
+            data = {"id": job.get("id"), **outcome.as_runpod(reply.body)}
+            webhooks.send(reply.webhook, event(state, data, pipeline.settings), str(job.get("id")))
         body = dict(reply.body)
         if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True
@@ -101,7 +109,10 @@ def main() -> int:
     single = len(worker.pool.instances) == 1
     sdk = {
         "handler": make_handler(
-            worker.pipeline, runpod.serverless.progress_update, recycle_on_restart=single
+            worker.pipeline,
+            runpod.serverless.progress_update,
+            recycle_on_restart=single,
+            webhooks=worker.webhooks,
         ),
         "concurrency_modifier": lambda _current: concurrency(worker.pool, settings),
     }

@@ -16,8 +16,9 @@ from typing import Any, Protocol
 from services.core import background, errors
 from services.core.in_hand import Piece
 from services.core.job_spec import Cancel
-from services.jobs import outcome
+from services.jobs import envelope, outcome, webhooks
 from services.jobs.pipeline import Pipeline
+from services.jobs.webhooks import Delivery, Webhooks
 
 
 @dataclass
@@ -31,13 +32,23 @@ class AsyncJob:
     http_status: int | None = None
     cancel: Cancel = field(default_factory=Cancel)
     held: Piece | None = field(default=None, repr=False)  # a drain waits until its result was fetched once
+    webhook: Delivery | None = None
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "state": self.state, "progress": self.progress}
         if self.result is not None:
             body["result"] = self.result
             body["http_status"] = self.http_status
+        if self.webhook is not None:
+            body["webhook"] = self.webhook.view()
         return body
+
+
+def check_webhook(body: Any, pipeline: Pipeline) -> None:
+    """A plain job's `webhook` is refused at submission (400 invalid_webhook); a sealed one's
+    when the job opens, before it runs."""
+    if not envelope.is_envelope(body):
+        webhooks.requested(body, pipeline.settings)
 
 
 def known(job: AsyncJob | None) -> AsyncJob:
@@ -64,12 +75,14 @@ class JobStore(Protocol):
 
 
 class AsyncJobs(JobStore):
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, webhooks: Webhooks | None = None) -> None:
         self.pipeline = pipeline
+        self.webhooks = webhooks
         self.keep_s = pipeline.settings.job_ttl_s
         self.jobs: dict[str, AsyncJob] = {}
 
     def start(self, body: Any) -> AsyncJob:
+        check_webhook(body, self.pipeline)
         self._prune()
         job = AsyncJob(id=str(uuid.uuid4()))
         if self.pipeline.in_hand is not None:  # its result dies with this process: a drain waits for it
@@ -103,6 +116,9 @@ class AsyncJobs(JobStore):
         job.result, job.http_status = reply.body, reply.status
         job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
         job.finished = time.time()
+        if reply.webhook and self.webhooks is not None:
+            sent = webhooks.event(job.state, job.view(), self.pipeline.settings)
+            job.webhook = self.webhooks.send(reply.webhook, sent, job.id)
 
     def _prune(self) -> None:
         now = time.time()

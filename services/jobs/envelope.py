@@ -93,3 +93,13 @@ def seal(result: Any, box: Box) -> dict:
 def seal_bytes(data: bytes, box: Box) -> bytes:
     """Seal raw bytes (an output moved to a bucket): nonce followed by the box."""
     return bytes(box.encrypt(data, random(NONCE_SIZE)))
+
+
+def keep_secret(text: str, private_key: PrivateKey) -> str:
+    """`text` sealed to the worker itself, for what the fleet keeps in Redis on a job's behalf
+    (its webhook URL): any pod with the worker key opens it, nobody else."""
+    return b64(Box(private_key, private_key.public_key).encrypt(text.encode()))
+
+
+def open_secret(sealed: str, private_key: PrivateKey) -> str:
+    return Box(private_key, private_key.public_key).decrypt(unb64(sealed)).decode()

@@ -12,7 +12,7 @@ import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from nacl.public import PrivateKey
@@ -23,7 +23,7 @@ from services.core.config import Settings
 from services.core.in_hand import CUT, InHand
 from services.core.job_spec import Cancel, JobRequest, Progress
 from services.core.offload import offload
-from services.jobs import envelope, image_fetch, job_request, worker_comfyui
+from services.jobs import envelope, image_fetch, job_request, webhooks, worker_comfyui
 from services.jobs.output_store import OutputStore
 from services.jobs.replay import ReplayGuard
 from services.models.job_models import JobModels
@@ -65,6 +65,7 @@ class Reply:
     status: int
     error_code: str | None = None
     retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
+    webhook: str | None = field(default=None, repr=False)  # the URL the job asked to be told at
 
 
 class Pipeline:
@@ -124,6 +125,7 @@ class Pipeline:
             opened = self._open(body)
             if opened is not None:
                 self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
+            webhook = webhooks.requested(opened.payload if opened else body, self.settings)
         except errors.WorkerError as exc:
             return self._failed(exc)
         if opened is not None and progress is not None:
@@ -154,7 +156,7 @@ class Pipeline:
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
             result = offload(envelope.seal, result, opened.box, size=size)
-        return Reply(result, status, code, retry)
+        return Reply(result, status, code, retry, webhook)
 
     def _open(self, body: Any) -> envelope.Opened | None:
         if envelope.is_envelope(body):

@@ -36,10 +36,11 @@ from services.core import background, drain, errors, json_text
 from services.core.config import Settings
 from services.core.job_spec import Cancel
 from services.core.offload import offload
-from services.jobs import outcome
-from services.jobs.async_jobs import AsyncJob, JobStore
+from services.jobs import envelope, outcome, webhooks
+from services.jobs.async_jobs import AsyncJob, JobStore, check_webhook
 from services.jobs.pipeline import Pipeline
 from services.jobs.state_store import Error, StateStore
+from services.jobs.webhooks import PENDING, Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
 GROUP = "workers"
@@ -88,6 +89,16 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'body', ARGV[3])
 return 1
 """
+_CLAIM_WEBHOOK = """
+local owner = redis.call('HGET', KEYS[1], 'webhook_owner')
+if not owner then
+  redis.call('SREM', KEYS[2], ARGV[2])
+  return 0
+end
+if owner ~= '' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook_owner', ARGV[1])
+return 1
+"""
 _LOST = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
@@ -106,12 +117,20 @@ class SharedJobs(JobStore):
     jobs it took (ComfyPool.spare)."""
 
     def __init__(
-        self, settings: Settings, pipeline: Pipeline, store: StateStore, capacity: Callable[[int], int]
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        store: StateStore,
+        capacity: Callable[[int], int],
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
         self.capacity = capacity
+        self.webhooks = webhooks
+        self.webhook_set = store.key("webhooks")  # job ids whose webhook is still pending
+        self._delivering: set[str] = set()  # ... delivered by this pod
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.stream = store.key("jobs")
         self.running_set = store.key("running")
@@ -129,6 +148,7 @@ class SharedJobs(JobStore):
                 ("finish", _FINISH),
                 ("cancel", _CANCEL),
                 ("requeue", _REQUEUE),
+                ("claim_webhook", _CLAIM_WEBHOOK),
                 ("lost", _LOST),
             )
         }
@@ -139,6 +159,7 @@ class SharedJobs(JobStore):
 
     # what the routes call ------------------------------------------------------------------
     def start(self, body: Any) -> AsyncJob:
+        check_webhook(body, self.pipeline)
         job = AsyncJob(id=str(uuid.uuid4()))
         text = offload(json_text.dumps, body, size=_size(body))
         try:
@@ -186,6 +207,19 @@ class SharedJobs(JobStore):
         self._changed.set()
         log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
         self._hand_back(held)
+        self._hand_back_webhooks()
+
+    def _hand_back_webhooks(self) -> None:
+        """Webhooks still pending here go to whichever pod looks next (at least once: one this
+        pod is sending may be sent again)."""
+        try:
+            for job_id in list(self._delivering):
+                self.store.redis.hset(self._job_key(job_id), "webhook_owner", "")
+        except Error as exc:
+            log.warning(
+                "could not hand back pending webhooks (%s); taken over once this pod is silent",
+                type(exc).__name__,
+            )
 
     def _hand_back(self, entry_ids: list[str]) -> None:
         """Entries this pod took but will not start: idle past the claim timeout, so the next
@@ -294,6 +328,71 @@ class SharedJobs(JobStore):
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         result = offload(json_text.dumps, reply.body, size=_size(reply.body))
         self._finish(job_id, state, result, reply.status)
+        if reply.webhook and self.webhooks is not None:
+            view = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status).view()
+            self._send_webhook(job_id, reply.webhook, webhooks.event(state, view, self.settings))
+
+    # webhooks: the pod that ran the job sends; a silent or stopping pod's are taken over -------
+    def _send_webhook(self, job_id: str, url: str, body: str, delivery: Delivery | None = None) -> None:
+        if delivery is None:
+            key = self.pipeline.private_key
+            kept = {
+                "webhook_url": envelope.keep_secret(url, key) if key else url,
+                "webhook_body": body,
+                "webhook_owner": self.name,
+                "webhook_state": PENDING,
+                "webhook_attempts": 0,
+            }
+            try:
+                with self.store.redis.pipeline(transaction=True) as tx:
+                    tx.hset(self._job_key(job_id), mapping=kept)
+                    tx.sadd(self.webhook_set, job_id)
+                    tx.execute()
+            except Error as exc:
+                self.store.reached(False, exc)  # delivered all the same, by this pod only
+        self._delivering.add(job_id)
+        self.webhooks.send(
+            url, body, job_id, delivery, lambda d: self._webhook_changed(job_id, d), hold=False
+        )
+
+    def _webhook_changed(self, job_id: str, delivery: Delivery) -> None:
+        fields = {
+            "webhook_state": delivery.state,
+            "webhook_attempts": delivery.attempts,
+            "webhook_last_status": delivery.last_status or "",
+        }
+        try:
+            with self.store.redis.pipeline(transaction=True) as tx:
+                tx.hset(self._job_key(job_id), mapping=fields)
+                if delivery.state != PENDING:
+                    tx.hdel(self._job_key(job_id), "webhook_url", "webhook_body", "webhook_owner")
+                    tx.srem(self.webhook_set, job_id)
+                tx.execute()
+        except Error as exc:
+            self.store.reached(False, exc)
+        if delivery.state != PENDING:
+            self._delivering.discard(job_id)
+
+    def _take_over_webhooks(self) -> None:
+        """Deliveries whose pod went silent or stopped, from the attempt where it left off."""
+        if self.webhooks is None:
+            return
+        redis = self.store.redis
+        for job_id in map(_text, redis.smembers(self.webhook_set)):
+            if job_id in self._delivering:
+                continue
+            claimed = self._scripts["claim_webhook"](
+                keys=[self._job_key(job_id), self.webhook_set],
+                args=[self.name, job_id, self.store.key("pod", "")],
+            )
+            if not claimed:
+                continue
+            record = self._record(job_id)
+            key = self.pipeline.private_key
+            url = envelope.open_secret(record["webhook_url"], key) if key else record["webhook_url"]
+            attempts = int(record.get("webhook_attempts") or 0)
+            log.info("took over a pending webhook of a pod that went silent or stopped")
+            self._send_webhook(job_id, url, record["webhook_body"], Delivery(attempts=attempts))
 
     def _requeue(self, job_id: str, body_text: bytes) -> bool:
         """A job the drain's deadline cut goes back to the queue as it was sent, under its id,
@@ -348,6 +447,7 @@ class SharedJobs(JobStore):
             if time.monotonic() >= self._next_beat:
                 self._beat()
                 self._reap()
+                self._take_over_webhooks()
                 self._next_beat = time.monotonic() + max(WATCH_S, self.settings.job_claim_timeout_s / 3)
         except Error as exc:
             self.store.reached(False, exc)
@@ -432,6 +532,11 @@ def _job(job_id: str, record: dict[str, str]) -> AsyncJob:
     )
     if record.get("cancel") == "1":
         job.cancel.set()
+    if "webhook_state" in record:
+        status = record.get("webhook_last_status")
+        job.webhook = Delivery(
+            record["webhook_state"], int(record.get("webhook_attempts") or 0), int(status) if status else None
+        )
     return job
 
 

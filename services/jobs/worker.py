@@ -21,6 +21,7 @@ from services.core.in_hand import InHand
 from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
+from services.jobs.webhooks import WebhookObserver, Webhooks
 from services.models.downloads import DownloadObserver, Downloads
 from services.models.job_models import JobModels
 
@@ -37,10 +38,11 @@ class Worker:
     pipeline: Pipeline
     state: StateStore | None  # the fleet's Redis, with STATE_URL
     in_hand: InHand  # the work a drain waits for
+    webhooks: Webhooks
 
 
-class Observer(JobObserver, DownloadObserver, Protocol):
-    """What the pod API's metrics watch: jobs and downloads."""
+class Observer(JobObserver, DownloadObserver, WebhookObserver, Protocol):
+    """What the pod API's metrics watch: jobs, downloads and webhooks."""
 
 
 def build_worker(settings: Settings, observer: Observer | None = None, cap_results: bool = False) -> Worker:
@@ -63,14 +65,15 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024) if cap_results else None,
         output_store=OutputStore.from_settings(settings) if cap_results else None,
     )
-    return Worker(settings, pool, downloads, models, pipeline, state, in_hand)
+    webhooks = Webhooks(settings, in_hand=in_hand, observer=observer)
+    return Worker(settings, pool, downloads, models, pipeline, state, in_hand, webhooks)
 
 
 def job_store(worker: Worker) -> JobStore:
     """Async jobs: in this process, or in the fleet's Redis taken by whichever pod has a free
     ComfyUI instance."""
     if worker.state is None:
-        return AsyncJobs(worker.pipeline)
+        return AsyncJobs(worker.pipeline, worker.webhooks)
     from services.jobs.shared_jobs import SharedJobs
 
-    return SharedJobs(worker.settings, worker.pipeline, worker.state, worker.pool.spare)
+    return SharedJobs(worker.settings, worker.pipeline, worker.state, worker.pool.spare, worker.webhooks)

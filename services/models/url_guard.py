@@ -93,31 +93,48 @@ def get(url: str, headers: dict[str, str], allow_private: bool, timeout: float =
     An Authorization header is dropped when a redirect leaves the first host."""
     current, sent = url, dict(headers)
     for _ in range(MAX_REDIRECTS + 1):
-        parts = urlsplit(current)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise errors.UrlNotAllowed("only http(s) URLs with a host can be downloaded")
-        ips = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow_private)
-        session = requests.Session()
-        session.trust_env = False  # a proxy would resolve the host itself and undo the pinning
-        session.mount(f"{parts.scheme}://", _PinnedAdapter(ips[0]))
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        request_headers = {**sent, "Host": host if parts.port is None else f"{host}:{parts.port}"}
-        try:
-            response = session.get(
-                current, headers=request_headers, stream=True, timeout=timeout, allow_redirects=False
-            )
-        except requests.RequestException as exc:
-            session.close()
-            raise errors.DownloadFailed(
-                f"could not connect to {parts.hostname} ({type(exc).__name__})"
-            ) from None
+        response = _request("GET", current, sent, None, allow_private, timeout)
         if response.status_code not in REDIRECTS:
             return response
         location = response.headers.get("Location", "")
         response.close()
-        session.close()
         following = urljoin(current, location)
-        if urlsplit(following).hostname != parts.hostname:
+        if urlsplit(following).hostname != urlsplit(current).hostname:
             sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
         current = following
     raise errors.DownloadFailed("too many redirects")
+
+
+def post(
+    url: str, body: bytes, headers: dict[str, str], allow_private: bool, timeout: float
+) -> requests.Response:
+    """One streamed POST to the checked address; a redirect is answered, never followed."""
+    return _request("POST", url, headers, body, allow_private, timeout)
+
+
+def _request(
+    method: str, url: str, headers: dict[str, str], body: bytes | None, allow_private: bool, timeout: float
+) -> requests.Response:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.UrlNotAllowed("only http(s) URLs with a host can be reached")
+    ips = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow_private)
+    session = requests.Session()
+    session.trust_env = False  # a proxy would resolve the host itself and undo the pinning
+    session.mount(f"{parts.scheme}://", _PinnedAdapter(ips[0]))
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    request_headers = {**headers, "Host": host if parts.port is None else f"{host}:{parts.port}"}
+    try:
+        response = session.request(
+            method,
+            url,
+            headers=request_headers,
+            data=body,
+            stream=True,
+            timeout=timeout,
+            allow_redirects=False,
+        )
+    except requests.RequestException as exc:
+        session.close()
+        raise errors.DownloadFailed(f"could not connect to {parts.hostname} ({type(exc).__name__})") from None
+    return response

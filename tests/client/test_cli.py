@@ -12,6 +12,8 @@ import sys
 import pytest
 from PIL import Image
 
+from client.cli import build_payload
+from services.core import config
 from tests.file_server import FileServer
 from tests.stack import ROOT, Stack, copy_checkout
 from tests.workflows import empty_image, invert_upload, png_b64, with_knob
@@ -67,6 +69,14 @@ def workflow_file(tmp_path, workflow):
     return str(path)
 
 
+def test_a_webhook_goes_into_the_payload_so_an_encrypted_job_seals_it(tmp_path):
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(empty_image()))
+    payload = build_payload(str(path), [], None, webhook="https://hooks.example/job?token=t")
+    assert payload["webhook"] == "https://hooks.example/job?token=t"
+    assert "webhook" not in build_payload(str(path), [], None)
+
+
 def test_keygen(cli):
     result = cli("keygen")
     lines = result.stdout.splitlines()
@@ -75,6 +85,8 @@ def test_keygen(cli):
         and lines[0].startswith("WORKER_PRIVATE_KEY_B64=")
         and lines[1].startswith("SERVER_PUBLIC_KEY_B64=")
     )
+    secret = lines[2].removeprefix("WEBHOOK_SECRET=")
+    assert config.load({"ENCRYPTION_REQUIRED": "0", "WEBHOOK_SECRET": secret}).webhook_secret == secret
 
 
 def test_encrypted_run_on_a_pod_with_an_input_image_and_progress(cli, pod, tmp_path):
