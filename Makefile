@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(PY) -m services.container.entrypoint --env-file .env.local
 
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 3 --dist loadfile
 
 # The real-ComfyUI tier: COMFYUI_DIR + COMFY_PYTHON when set, else .comfyui/ (make comfyui).
 test-real: $(STAMP)
@@ -68,6 +68,7 @@ bench: $(STAMP)
 	$(PY) -m bench.shared_jobs
 	$(PY) -m bench.rolling_restart
 	$(PY) -m bench.webhooks
+	$(PY) -m bench.envelope_keys
 	$(PY) -m bench.job_models
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.big_payload

@@ -28,6 +28,7 @@ from .envelope_client import (
     b64decode,
     b64encode,
     envelope_json,
+    key_id,
     open_answer,
     open_blob,
     payload_json,
@@ -104,11 +105,28 @@ class Runner:
         self.session = _session(args.api_key)
 
     def run(self, payload: dict) -> dict:
+        answer = self._submit(payload)
+        if self._stale_key(answer):  # the worker rotated its key: fetch the current one, once
+            self.args.server_key = self._current_key()
+            answer = self._submit(payload)
+        return self._open(answer, self.ephemeral)
+
+    def _submit(self, payload: dict) -> Any:
         body, self.ephemeral = (payload, None)
         if self.args.server_key:
             body, self.ephemeral = seal_request(payload, self.args.server_key)
-        answer = self._run_pod(body) if self.args.url else self._run_runpod(body)
-        return self._open(answer, self.ephemeral)
+        return self._run_pod(body) if self.args.url else self._run_runpod(body)
+
+    def _stale_key(self, answer: Any) -> bool:
+        error = answer.get("error") if isinstance(answer, dict) else None
+        return bool(self.args.url and isinstance(error, str) and error.startswith("unknown_key"))
+
+    def _current_key(self) -> str:
+        """The pod's current public key, from /healthz (a RunPod endpoint's comes out of band)."""
+        health = _json_or_error(self.session.get(f"{self.args.url.rstrip('/')}/healthz", timeout=30))
+        if not health.get("server_public_key_b64"):
+            raise JobFailed("the worker answered unknown_key and publishes no key")
+        return health["server_public_key_b64"]
 
     def output_bytes(self, output: dict) -> bytes:
         """Inline data, or the bucket URL the worker answered with (opened when sealed)."""
@@ -316,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={b64encode(bytes(key)).decode()}")
         print(f"SERVER_PUBLIC_KEY_B64={b64encode(bytes(key.public_key)).decode()}")
+        print(f"KEY_ID={key_id(b64encode(bytes(key.public_key)).decode())}")
         print(f"WEBHOOK_SECRET=whsec_{b64encode(os.urandom(32)).decode()}")
         return 0
     command = {"run": run_workflow, "download": download, "models": models}[args.command]

@@ -7,6 +7,7 @@ pair and nonce are made per request; keep the returned `EphemeralKey` to open th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from typing import Any
@@ -35,11 +36,18 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
     ciphertext = crypto_box_easy_afternm(payload_json(payload), nonce, key)  # Box.encrypt's own
     envelope = {
         "encrypted": True,
+        "kid": key_id(server_public_key_b64),
         "epk": _b64(bytes(ephemeral.public_key)),
         "nonce": _b64(nonce),
         "ciphertext": _b64(ciphertext),
     }
     return envelope, ephemeral
+
+
+def key_id(server_public_key_b64: str) -> str:
+    """The worker key's id (`kid`): the first 16 hex digits of SHA-256 of its public bytes. A
+    worker that no longer holds the key answers `unknown_key` naming its current one."""
+    return hashlib.sha256(b64decode(server_public_key_b64)).hexdigest()[:16]
 
 
 def payload_json(payload: Any) -> bytes:
@@ -68,7 +76,7 @@ def _verbatim_image(item: Any) -> bool:
 def envelope_json(envelope: dict) -> bytes:
     """The envelope as the JSON body to send, without json.dumps's scan of the ciphertext (~50 ms
     for a 12 MB image): base64 that seal_request made, JSON as it is (a non-ASCII one fails)."""
-    head = json.dumps({"encrypted": True, "epk": envelope["epk"], "nonce": envelope["nonce"]})
+    head = json.dumps({k: envelope[k] for k in ("encrypted", "kid", "epk", "nonce") if k in envelope})
     return f'{head[:-1]}, "ciphertext": "{envelope["ciphertext"]}"}}'.encode("ascii")
 
 

@@ -20,6 +20,7 @@ def _errors(*statuses: int) -> dict:
 
 COMMON = (401, 405, 413)
 OBJECT = {"type": "object"}
+HEALTH = {"$ref": "#/components/schemas/Health"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 DOWNLOAD_ID = {"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}
 INSTANCE = {
@@ -86,6 +87,10 @@ SCHEMAS = {
                 "required": ["encrypted", "epk", "nonce", "ciphertext"],
                 "properties": {
                     "encrypted": {"type": "boolean", "enum": [True]},
+                    "kid": {
+                        "type": "string",
+                        "description": "the worker key it is sealed to (GET /healthz keys)",
+                    },
                     "epk": {"type": "string"},
                     "nonce": {"type": "string"},
                     "ciphertext": {"type": "string"},
@@ -126,6 +131,29 @@ SCHEMAS = {
                     "last_status": {"type": "integer", "nullable": True},
                 },
             },
+        },
+    },
+    "Health": {
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "server_public_key_b64": {"type": "string", "nullable": True},
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kid", "public_key_b64", "current"],
+                    "properties": {
+                        "kid": {
+                            "type": "string",
+                            "description": "first 16 hex digits of SHA-256 of the public key",
+                        },
+                        "public_key_b64": {"type": "string"},
+                        "current": {"type": "boolean"},
+                    },
+                },
+            },
+            "draining": {"type": "boolean"},
         },
     },
     "DownloadItem": {
@@ -193,9 +221,12 @@ def _probe_paths() -> dict:
     return {
         "/healthz": {
             "get": {
-                "summary": "liveness, the public key, and ComfyUI's state",
+                "summary": "liveness, the public keys, and ComfyUI's state",
+                "description": "server_public_key_b64 is the current worker key; keys lists every key "
+                "the worker opens envelopes with: [{kid, public_key_b64, current}] (a rotation keeps "
+                "previous keys). An envelope may carry kid; an unknown one answers 400 unknown_key.",
                 "security": [],
-                "responses": {"200": _json(OBJECT, "health"), **_errors(405)},
+                "responses": {"200": _json(HEALTH, "health"), **_errors(405)},
             }
         },
         "/readyz": {

@@ -27,6 +27,7 @@ def blueprint(api: Api) -> Blueprint:
                 "mode": settings.launch_mode,
                 "model_dir": settings.model_dir,
                 "server_public_key_b64": api.public_key,
+                "keys": api.worker.pipeline.keyring.published() if api.worker.pipeline.keyring else [],
                 "dry_run": settings.dry_run,
                 "encryption_required": settings.encryption_required,
                 "comfy": api.health.read(),

@@ -14,6 +14,7 @@ def main() -> int:
     private, public = envelope.keypair()
     print(f"WORKER_PRIVATE_KEY_B64={private}")
     print(f"SERVER_PUBLIC_KEY_B64={public}")
+    print(f"KEY_ID={envelope.kid_of(base64.b64decode(public))}")
     print(f"WEBHOOK_SECRET=whsec_{base64.b64encode(os.urandom(32)).decode()}")
     return 0
 

@@ -39,6 +39,7 @@ class ConfigError(ValueError):
 SECRETS = (  # Settings fields never logged and never handed to ComfyUI
     "api_key",
     "private_key_b64",
+    "previous_keys_b64",
     "runpod_worker_key",
     "bucket_secret_access_key",
     "hf_token",
@@ -67,6 +68,7 @@ class Settings:
     comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
     comfy_user_required: bool = False  # the image: no own user for ComfyUI stops the start
     private_key_b64: str | None = None
+    previous_keys_b64: str | None = None  # comma-separated keys still accepted after a rotation
     encryption_required: bool = True
     dry_run: bool = False
     no_history: bool = False
@@ -120,7 +122,13 @@ class Settings:
 
     @property
     def secret_values(self) -> frozenset[str]:
-        return frozenset(v for v in (getattr(self, name) for name in SECRETS) if v)
+        values = {v for v in (getattr(self, name) for name in SECRETS) if v}
+        return frozenset(values | set(self.previous_keys))
+
+    @property
+    def previous_keys(self) -> tuple[str, ...]:
+        """Worker keys still accepted after a rotation (WORKER_PREVIOUS_KEYS_B64), base64."""
+        return tuple(self.previous_keys_b64.split(",")) if self.previous_keys_b64 else ()
 
     @property
     def on_runpod(self) -> bool:
@@ -369,6 +377,14 @@ def _private_key(name: str, raw: str) -> str | None:
     return raw.strip()
 
 
+def _previous_keys(name: str, raw: str) -> str | None:
+    """Comma-separated keys, each checked like WORKER_PRIVATE_KEY_B64 (the error names which)."""
+    keys = [part.strip() for part in raw.split(",") if part.strip()]
+    for number, key in enumerate(keys, 1):
+        _private_key(f"{name} (key {number} of {len(keys)})", key)
+    return ",".join(keys) or None
+
+
 _KEYGEN_HINT = "make one with `make keygen` (in the image: `python -m services.container.keygen`)"
 
 # variable name -> (Settings field, parser)
@@ -389,6 +405,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_USER": ("comfy_user", _text),
     "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
     "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
+    "WORKER_PREVIOUS_KEYS_B64": ("previous_keys_b64", _previous_keys),
     "ENCRYPTION_REQUIRED": ("encryption_required", _bool),
     "DRY_RUN": ("dry_run", _bool),
     "NO_HISTORY": ("no_history", _bool),

@@ -64,6 +64,14 @@ class InvalidCiphertext(WorkerError):
     http_status = 400
 
 
+class UnknownKey(WorkerError):
+    """The envelope names a key (`kid`) this worker does not hold: the detail names its current
+    key's id, so a client refetches the key list and seals again."""
+
+    code = "unknown_key"
+    http_status = 400
+
+
 class ReplayedRequest(WorkerError):
     """The same envelope again, or one whose `ts` is outside the replay window."""
 

@@ -3,11 +3,18 @@
 A client seals its payload with a fresh ephemeral key to the worker's static public key; the
 worker seals the answer back to that ephemeral key. Only envelope-level errors travel in
 plaintext, because without an opened box there is no key to answer with.
+
+The worker may hold several keys (a rotation: WORKER_PRIVATE_KEY_B64 the current one,
+WORKER_PREVIOUS_KEYS_B64 those still accepted). Each has an id derived from its public key
+(`kid_of`), which an envelope may carry (`kid`): the worker then opens with that key, and an
+unknown one answers `unknown_key` naming the current kid; without it the keys are tried in
+turn, the current first. The answer is sealed with the key that opened the request.
 """
 
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +26,7 @@ from nacl.utils import random
 
 from services.core import errors, json_text
 from services.core.codec import b64, unb64
+from services.core.config import Settings
 
 NONCE_SIZE = Box.NONCE_SIZE
 KEY_SIZE = PublicKey.SIZE
@@ -39,6 +47,48 @@ def is_envelope(body: Any) -> bool:
     return isinstance(body, dict) and body.get("encrypted") is True
 
 
+def kid_of(public_key: bytes) -> str:
+    """A key's id: the first 16 hex digits of SHA-256 of its 32 public bytes, so that every
+    holder of the key (pods, clients) computes the same id without a registry."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The worker's keys by id, the current one first."""
+
+    keys: tuple[tuple[str, PrivateKey], ...]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Keyring | None:
+        if not settings.private_key_b64:
+            return None
+        return cls.from_keys(settings.private_key_b64, *settings.previous_keys)
+
+    @classmethod
+    def from_keys(cls, *private_keys_b64: str) -> Keyring:
+        keys: dict[str, PrivateKey] = {}
+        for text in private_keys_b64:
+            key = PrivateKey(unb64(text))
+            keys.setdefault(kid_of(bytes(key.public_key)), key)
+        return cls(tuple(keys.items()))
+
+    @property
+    def current(self) -> PrivateKey:
+        return self.keys[0][1]
+
+    @property
+    def current_kid(self) -> str:
+        return self.keys[0][0]
+
+    def published(self) -> list[dict]:
+        """What `/healthz` tells clients: every key's id and public half, and which is current."""
+        return [
+            {"kid": kid, "public_key_b64": b64(bytes(key.public_key)), "current": number == 0}
+            for number, (kid, key) in enumerate(self.keys)
+        ]
+
+
 @dataclass(frozen=True)
 class Opened:
     """The request's payload, and the box (worker key + the client's ephemeral key) that opened
@@ -48,11 +98,12 @@ class Opened:
     box: Box
     epk: bytes
     nonce: bytes
+    kid: str  # of the worker key that opened it
 
 
-def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
+def open_request(body: dict, keyring: Keyring | None) -> Opened:
     """Open an encrypted request, or raise the envelope error that explains why not."""
-    if private_key is None:
+    if keyring is None:
         raise errors.EncryptionUnavailable("this worker has no private key (WORKER_PRIVATE_KEY_B64)")
     missing = [name for name in _FIELDS if not body.get(name)]
     if missing:
@@ -67,18 +118,31 @@ def open_request(body: dict, private_key: PrivateKey | None) -> Opened:
         raise errors.InvalidCiphertext(f"epk must be {KEY_SIZE} bytes")
     if len(nonce) != NONCE_SIZE:
         raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
-    try:
-        box = Box(private_key, PublicKey(epk))  # a low-order epk fails the key agreement here
-        plaintext = box.decrypt(ciphertext, nonce)
-    except CryptoError:
-        raise errors.InvalidCiphertext("the box does not open with this worker's key") from None
+    box, plaintext, kid = _unbox(keyring, body.get("kid"), epk, nonce, ciphertext)
     try:
         payload = json.loads(plaintext.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
     except RecursionError:
         raise errors.InvalidJson("the decrypted payload is nested too deeply") from None
-    return Opened(payload=payload, box=box, epk=epk, nonce=nonce)
+    return Opened(payload=payload, box=box, epk=epk, nonce=nonce, kid=kid)
+
+
+def _unbox(keyring: Keyring, kid: Any, epk: bytes, nonce: bytes, ciphertext: bytes) -> tuple[Box, bytes, str]:
+    """With the key `kid` names, or each key in turn (the current first) when it names none."""
+    candidates = keyring.keys if kid is None else [(k, key) for k, key in keyring.keys if k == kid]
+    if not candidates:
+        raise errors.UnknownKey(
+            f"the envelope's kid is none of this worker's keys; its current key has kid "
+            f"{keyring.current_kid} (GET /healthz lists the keys): fetch it and seal again"
+        )
+    for candidate, key in candidates:
+        try:
+            box = Box(key, PublicKey(epk))  # a low-order epk fails the key agreement here
+            return box, box.decrypt(ciphertext, nonce), candidate
+        except CryptoError:
+            continue
+    raise errors.InvalidCiphertext("the box does not open with this worker's key")
 
 
 def seal(result: Any, box: Box) -> dict:
@@ -95,11 +159,18 @@ def seal_bytes(data: bytes, box: Box) -> bytes:
     return bytes(box.encrypt(data, random(NONCE_SIZE)))
 
 
-def keep_secret(text: str, private_key: PrivateKey) -> str:
+def keep_secret(text: str, keyring: Keyring) -> str:
     """`text` sealed to the worker itself, for what the fleet keeps in Redis on a job's behalf
-    (its webhook URL): any pod with the worker key opens it, nobody else."""
-    return b64(Box(private_key, private_key.public_key).encrypt(text.encode()))
+    (its webhook URL): any pod with the worker's keys opens it, nobody else."""
+    key = keyring.current
+    return b64(Box(key, key.public_key).encrypt(text.encode()))
 
 
-def open_secret(sealed: str, private_key: PrivateKey) -> str:
-    return Box(private_key, private_key.public_key).decrypt(unb64(sealed)).decode()
+def open_secret(sealed: str, keyring: Keyring) -> str:
+    """What `keep_secret` sealed, with whichever of the worker's keys it was sealed to."""
+    for _kid, key in keyring.keys:
+        try:
+            return Box(key, key.public_key).decrypt(unb64(sealed)).decode()
+        except CryptoError:
+            continue
+    raise errors.InvalidCiphertext("sealed with none of this worker's keys")

@@ -69,6 +69,12 @@ class Metrics(_JobMetrics):
         self.run_layout = settings.run_layout
         self.registry.register(_Waiting(waiting))
         self.in_flight = Gauge("comfy_worker_jobs_in_flight", "Jobs running now", registry=self.registry)
+        self.envelopes = Counter(
+            "comfy_worker_envelopes_opened",
+            "Encrypted requests opened, by the id of the worker key that opened them",
+            ["kid"],
+            registry=self.registry,
+        )
         self.webhooks = Counter(
             "comfy_worker_webhooks",
             "Webhook outcomes: delivered, failed for good, or retried (an attempt to be made again)",
@@ -107,6 +113,9 @@ class Metrics(_JobMetrics):
         self.ended(outcome.of_reply(reply.status, reply.error_code), reply.error_code or "", seconds)
         if drain.since(self.run_layout) is not None:
             self.drained.labels("cut" if reply.error_code == errors.ShuttingDown.code else "finished").inc()
+
+    def envelope_opened(self, kid: str) -> None:
+        self.envelopes.labels(kid).inc()
 
     def webhook_attempted(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()

@@ -15,8 +15,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nacl.public import PrivateKey
-
 from services.core import background, errors
 from services.core.codec import unb64
 from services.core.config import Settings
@@ -40,6 +38,9 @@ class JobObserver(Protocol):
     def job_started(self) -> None: ...
 
     def job_ended(self, reply: Reply, seconds: float) -> None: ...
+
+    def envelope_opened(self, kid: str) -> None:
+        """By which worker key (a rotation's old key's traffic shows falling to zero)."""
 
 
 class Executor(Protocol):
@@ -91,7 +92,7 @@ class Pipeline:
         self.executor = executor
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
-        self.private_key = PrivateKey(settings.private_key) if settings.private_key else None
+        self.keyring = envelope.Keyring.of(settings)
         self.replay = ReplayGuard(settings.replay_window_s, shared)
         self.models = models
         self.in_hand = in_hand
@@ -161,7 +162,10 @@ class Pipeline:
     def _open(self, body: Any) -> envelope.Opened | None:
         if envelope.is_envelope(body):
             size = len(body["ciphertext"]) if isinstance(body.get("ciphertext"), str) else 0
-            return offload(envelope.open_request, body, self.private_key, size=size)
+            opened = offload(envelope.open_request, body, self.keyring, size=size)
+            if self.observer is not None:
+                self.observer.envelope_opened(opened.kid)
+            return opened
         if self.settings.encryption_required:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None

@@ -335,9 +335,9 @@ class SharedJobs(JobStore):
     # webhooks: the pod that ran the job sends; a silent or stopping pod's are taken over -------
     def _send_webhook(self, job_id: str, url: str, body: str, delivery: Delivery | None = None) -> None:
         if delivery is None:
-            key = self.pipeline.private_key
+            keyring = self.pipeline.keyring
             kept = {
-                "webhook_url": envelope.keep_secret(url, key) if key else url,
+                "webhook_url": envelope.keep_secret(url, keyring) if keyring else url,
                 "webhook_body": body,
                 "webhook_owner": self.name,
                 "webhook_state": PENDING,
@@ -388,8 +388,8 @@ class SharedJobs(JobStore):
             if not claimed:
                 continue
             record = self._record(job_id)
-            key = self.pipeline.private_key
-            url = envelope.open_secret(record["webhook_url"], key) if key else record["webhook_url"]
+            keyring = self.pipeline.keyring
+            url = envelope.open_secret(record["webhook_url"], keyring) if keyring else record["webhook_url"]
             attempts = int(record.get("webhook_attempts") or 0)
             log.info("took over a pending webhook of a pod that went silent or stopped")
             self._send_webhook(job_id, url, record["webhook_body"], Delivery(attempts=attempts))

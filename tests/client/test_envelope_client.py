@@ -5,7 +5,6 @@ import json
 import os
 
 import pytest
-from nacl.public import PrivateKey
 
 from client.envelope_client import envelope_json, payload_json, seal_request
 from services.jobs import envelope
@@ -39,5 +38,7 @@ def test_the_envelope_body_is_the_envelope_as_json_and_the_worker_opens_it():
     sealed, _ = seal_request(payload, PUBLIC)
     body = json.loads(envelope_json(sealed))
     assert body == sealed
-    key = PrivateKey(base64.b64decode(PRIVATE))
-    assert envelope.open_request(body, key).payload["images"] == payload["images"]
+    assert (
+        envelope.open_request(body, envelope.Keyring.from_keys(PRIVATE)).payload["images"]
+        == payload["images"]
+    )

@@ -6,6 +6,7 @@ import yaml
 
 from services.comfy import launch
 from services.core import config
+from services.jobs import envelope
 from services.models import model_folders
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image
@@ -90,10 +91,19 @@ def test_comfyui_gets_an_allow_listed_environment(tmp_path):
 
 
 def test_no_secret_reaches_comfyui_even_when_comfy_env_names_it(tmp_path):
-    secrets = {"STATE_URL": "redis://:pw@redis:6379/0", "API_KEY": "a-key", "HF_TOKEN": "hf-token"}
-    s = settings(tmp_path, COMFY_ENV="STATE_URL,API_KEY,HF_TOKEN,MY_NODE_SETTING", **secrets)
-    env = launch.comfy_environment({"PATH": "/usr/bin", "MY_NODE_SETTING": "x", **secrets}, s, "/home/x")
-    assert set(env) == {"PATH", "MY_NODE_SETTING", "HOME", "PYTHONUNBUFFERED"}
+    old_keys = [envelope.keypair()[0] for _ in range(2)]
+    secrets = {
+        "STATE_URL": "redis://:pw@redis:6379/0",
+        "API_KEY": "a-key",
+        "HF_TOKEN": "hf-token",
+        "WORKER_PREVIOUS_KEYS_B64": ",".join(old_keys),
+        "WEBHOOK_SECRET": "whsec_" + "A" * 32,
+    }
+    names = "STATE_URL,API_KEY,HF_TOKEN,WORKER_PREVIOUS_KEYS_B64,WEBHOOK_SECRET,MY_NODE_SETTING,OLD_KEY"
+    s = settings(tmp_path, COMFY_ENV=names, **secrets)
+    environ = {"PATH": "/usr/bin", "MY_NODE_SETTING": "x", "OLD_KEY": old_keys[1], **secrets}
+    env = launch.comfy_environment(environ, s, "/home/x")
+    assert set(env) == {"PATH", "MY_NODE_SETTING", "HOME", "PYTHONUNBUFFERED"}  # a previous key by any name
 
 
 def test_comfyui_keeps_nothing_in_its_own_folder(tmp_path):

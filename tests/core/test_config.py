@@ -117,6 +117,15 @@ def test_bad_private_key(bad):
         load(WORKER_PRIVATE_KEY_B64=bad)
 
 
+def test_a_bad_previous_key_stops_the_start_naming_which():
+    good = base64.b64encode(bytes(32)).decode()
+    with pytest.raises(config.ConfigError) as bad:
+        load(WORKER_PREVIOUS_KEYS_B64=f"{good},{base64.b64encode(b'short').decode()}")
+    assert str(bad.value).startswith("WORKER_PREVIOUS_KEYS_B64 (key 2 of 2) decodes to 5 bytes")
+    assert "\n" not in str(bad.value) and good not in str(bad.value)
+    assert load(WORKER_PREVIOUS_KEYS_B64=f" {good} ,").previous_keys == (good,)
+
+
 def test_private_key_decodes_to_32_bytes():
     assert len(load().private_key) == 32
 

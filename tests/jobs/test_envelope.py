@@ -9,7 +9,7 @@ from services.core import errors
 from services.jobs import envelope
 
 PRIVATE, PUBLIC = envelope.keypair()
-KEY = PrivateKey(base64.b64decode(PRIVATE))
+KEY = envelope.Keyring.from_keys(PRIVATE)
 PAYLOAD = {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}, "images": []}
 
 
@@ -55,8 +55,10 @@ def test_tampered_ciphertext_is_refused():
 
 def test_wrong_worker_key_is_refused():
     request, _ = seal_request(PAYLOAD, envelope.keypair()[1])
-    with pytest.raises(errors.InvalidCiphertext):
+    with pytest.raises(errors.UnknownKey):  # its kid names a key this worker never had
         envelope.open_request(request, KEY)
+    with pytest.raises(errors.InvalidCiphertext):
+        envelope.open_request({k: v for k, v in request.items() if k != "kid"}, KEY)
 
 
 @pytest.mark.parametrize("field", ["epk", "nonce", "ciphertext"])
@@ -114,3 +116,39 @@ def test_client_passes_plaintext_errors_through():
     assert open_answer({"error": "invalid ciphertext: x"}, ephemeral, PUBLIC) == {
         "error": "invalid ciphertext: x"
     }
+
+
+# Several keys: a rotation ---------------------------------------------------------------------
+OLD_PRIVATE, OLD_PUBLIC = envelope.keypair()
+ROTATED = envelope.Keyring.from_keys(PRIVATE, OLD_PRIVATE)  # the new key current, the old still accepted
+
+
+def without_kid(request):
+    return {k: v for k, v in request.items() if k != "kid"}
+
+
+@pytest.mark.parametrize("strip_kid", [False, True])
+def test_an_envelope_sealed_to_a_previous_key_opens_and_its_answer_opens_with_that_key(strip_kid):
+    request, ephemeral = seal_request(PAYLOAD, OLD_PUBLIC)
+    assert request["kid"] == envelope.kid_of(base64.b64decode(OLD_PUBLIC))
+    opened = envelope.open_request(without_kid(request) if strip_kid else request, ROTATED)
+    assert opened.kid == envelope.kid_of(base64.b64decode(OLD_PUBLIC))
+    answer = envelope.seal({"status": "ok"}, opened.box)
+    assert open_answer(answer, ephemeral, OLD_PUBLIC) == {"status": "ok"}
+
+
+def test_a_removed_key_is_refused_as_a_key_never_held():
+    request, _ = seal_request(PAYLOAD, OLD_PUBLIC)
+    with pytest.raises(errors.UnknownKey) as unknown:
+        envelope.open_request(request, KEY)  # the old key was removed
+    assert unknown.value.http_status == 400 and KEY.current_kid in unknown.value.detail
+    with pytest.raises(errors.InvalidCiphertext):  # no kid: as any envelope that does not open
+        envelope.open_request(without_kid(request), KEY)
+
+
+def test_the_key_list_names_the_current_key_first():
+    assert [(k["kid"], k["public_key_b64"], k["current"]) for k in ROTATED.published()] == [
+        (envelope.kid_of(base64.b64decode(PUBLIC)), PUBLIC, True),
+        (envelope.kid_of(base64.b64decode(OLD_PUBLIC)), OLD_PUBLIC, False),
+    ]
+    assert envelope.Keyring.from_keys(PRIVATE, PRIVATE).keys == KEY.keys  # a key listed twice is one

@@ -385,38 +385,37 @@ def test_two_pods_with_the_real_comfyui_share_async_jobs(redis_server):
 def test_a_pod_drained_by_sigterm_finishes_its_jobs_for_the_fleet_and_hands_on_what_its_deadline_cut(
     redis_server,
 ):
-    """Two pods drained in turn while the third serves: the first finishes its job within the
-    drain (polled on the third), the second's deadline cuts its job, which runs again on the
+    """Two pods drained at once while a third serves: the one whose job is shorter than the drain
+    finishes it (polled on the third); the other's deadline cuts its job, which runs again on the
     third under the same id, its envelope opened a second time for that job only."""
-    fleet = f"drain-{uuid.uuid4().hex[:8]}"
-    patient = Stack("api", {**fleet_env(redis_server, fleet), "DRAIN_TIMEOUT_S": "60"}).ready()
-    key = patient.private_key
-    hasty = None
+    fleet = {**fleet_env(redis_server, f"drain-{uuid.uuid4().hex[:8]}"), "DRAIN_TIMEOUT_S": "4"}
+    first = Stack("api", fleet).start()
+    second = Stack("api", {**fleet, "WORKER_PRIVATE_KEY_B64": first.private_key}).start()
+    drained = [first, second]
+    other = None
     try:
-        finishing = submit(patient, {"workflow": with_knob("StandinSlow", color=50, seconds=3, steps=6)})
-        wait_until(lambda: in_flight(patient) == 1, 20, "the first pod to run its job")
-        hasty = Stack("api", {**fleet_env(redis_server, fleet, key), "DRAIN_TIMEOUT_S": "1"}).ready()
+        for pod in drained:
+            pod.wait_ready()
+        finishing = submit(first, {"workflow": with_knob("StandinSlow", color=50, seconds=2, steps=4)})
+        wait_until(lambda: sum(in_flight(pod) for pod in drained) == 1, 20, "a pod to run the short job")
         sealed, ephemeral = seal_request(
-            {"workflow": with_knob("StandinSlow", color=51, seconds=6, steps=12)}, patient.public_key
+            {"workflow": with_knob("StandinSlow", color=51, seconds=8, steps=16)}, first.public_key
         )
-        cut = submit(hasty, sealed)
-        wait_until(lambda: in_flight(hasty) == 1, 20, "the second pod to run its job")
-        patient.terminate()
-        hasty.terminate()
-        other = Stack("api", fleet_env(redis_server, fleet, key)).ready()
-        try:
-            assert patient.exit_code(timeout=60) == 0 and hasty.exit_code(timeout=60) == 0
-            done = ended(other, finishing)
-            assert done["state"] == "completed" and done["result"]["outputs"], done
-            assert "cutting what is left (1 fleet-job, 1 job)" in hasty.log
-            again = ended(other, cut, timeout=60)  # ran again on the pod that is left
-            assert again["state"] == "completed", again
-            result = open_answer(again["result"], ephemeral, patient.public_key)
-            assert decode_png(result["outputs"][0]).size == (16, 16)
-            assert completed_jobs(other) == 1
-        finally:
-            other.stop()
+        cut = submit(first, sealed)
+        wait_until(lambda: all(in_flight(pod) == 1 for pod in drained), 20, "the other to run the long job")
+        for pod in drained:
+            pod.terminate()
+        other = Stack("api", {**fleet, "WORKER_PRIVATE_KEY_B64": first.private_key}).ready()
+        assert [pod.exit_code(timeout=60) for pod in drained] == [0, 0]
+        done = ended(other, finishing)
+        assert done["state"] == "completed" and done["result"]["outputs"], done
+        assert any("cutting what is left (1 fleet-job, 1 job)" in pod.log for pod in drained)
+        again = ended(other, cut, timeout=60)  # ran again on the pod that is left
+        assert again["state"] == "completed", again
+        result = open_answer(again["result"], ephemeral, first.public_key)
+        assert decode_png(result["outputs"][0]).size == (16, 16)
+        assert completed_jobs(other) == 1
     finally:
-        patient.stop()
-        if hasty is not None:
-            hasty.stop()
+        for pod in [*drained, other]:
+            if pod is not None:
+                pod.stop()
