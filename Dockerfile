@@ -5,6 +5,8 @@
 # The base needs python3 (3.11) with venv. The default is a CUDA image for GPUs; ComfyUI's own
 # torch comes from comfyui-requirements.lock (its wheels carry their CUDA libraries), so a plain
 # Debian base works too (BASE_IMAGE=..., which is how `make image-test` builds).
+# TORCH_FLAVOR=cu128 builds the flavor for NVIDIA drivers 525-579: ComfyUI's torch for CUDA 12.8,
+# from comfyui-requirements-cu128.lock (tag it -cu128); the default's torch needs driver >= 580.
 ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
 
 # --- the worker's own virtual environment, from the pinned requirements ----------------------
@@ -24,6 +26,7 @@ ARG COMFYUI_SOURCE=https://github.com/Comfy-Org/ComfyUI/archive/${COMFYUI_REF}.t
 # list of /download items, fetched and verified by the worker's own downloader).
 ARG CUSTOM_NODES=docker/custom_nodes.txt
 ARG MODELS_MANIFEST=docker/models.json
+ARG TORCH_FLAVOR=
 
 # ComfyUI's own user: it must not share one with the processes that hold the worker's secrets
 RUN useradd --system --create-home --home-dir /home/comfy --shell /usr/sbin/nologin comfy
@@ -32,10 +35,11 @@ RUN useradd --system --create-home --home-dir /home/comfy --shell /usr/sbin/nolo
 WORKDIR /app
 COPY services/__init__.py services/
 COPY services/comfy/__init__.py services/comfy/install.py services/comfy/custom_nodes.py services/comfy/
-COPY comfyui-requirements.lock ./
+COPY comfyui-requirements*.lock ./
 COPY docker/comfyui-source/ docker/comfyui-source/
 RUN PIP_NO_CACHE_DIR=1 python3 services/comfy/install.py install --source "${COMFYUI_SOURCE}" \
-      --ref "${COMFYUI_REF}" --comfyui-dir /opt/ComfyUI --venv /opt/comfyui-venv
+      --ref "${COMFYUI_REF}" --comfyui-dir /opt/ComfyUI --venv /opt/comfyui-venv \
+      --lock "comfyui-requirements${TORCH_FLAVOR:+-${TORCH_FLAVOR}}.lock"
 
 COPY --from=worker-venv /opt/venv /opt/venv
 COPY ${CUSTOM_NODES} docker/custom_nodes.txt
@@ -57,6 +61,7 @@ ENV LAUNCH_MODE=serverless \
     COMFY_PYTHON=/opt/comfyui-venv/bin/python \
     COMFY_PORT=8188 \
     COMFY_USER_REQUIRED=1 \
+    CUDA_DRIVER_REQUIRED=1 \
     ENCRYPTION_REQUIRED=1 \
     DRY_RUN=0 \
     NO_HISTORY=0 \

@@ -36,16 +36,24 @@ image-test: $(STAMP)
 	$(PY) -m pytest -m image -v -s tests/image
 
 # ComfyUI at COMFYUI_REF into .comfyui/ with its locked environment (what `make run` does first).
+# TORCH_FLAVOR=cu128: torch built for CUDA 12.8 (NVIDIA driver >= 525) instead of the default's
+# CUDA 13.0 (driver >= 580), from its own lock, into .comfyui/venv-cu128.
 COMFYUI_REF    ?= a125cd84b054a57729b5eecab930ca9408719832
 COMFYUI_SOURCE ?= https://github.com/Comfy-Org/ComfyUI.git
+TORCH_FLAVOR   ?=
+COMFY_LOCK     := comfyui-requirements$(if $(TORCH_FLAVOR),-$(TORCH_FLAVOR)).lock
 comfyui:
 	$(PYTHON) services/comfy/install.py install --source "$(COMFYUI_SOURCE)" --ref "$(COMFYUI_REF)" \
-	    --comfyui-dir .comfyui/ComfyUI --venv .comfyui/venv
+	    --comfyui-dir .comfyui/ComfyUI --venv .comfyui/venv$(if $(TORCH_FLAVOR),-$(TORCH_FLAVOR)) --lock $(COMFY_LOCK)
 
-# When COMFYUI_REF moves: resolve ComfyUI's requirements at the new commit into the lock.
-COMFY_TORCH ?= --pin torch==2.14.1 --pin torchvision==0.29.1 --skip torchaudio
+# When COMFYUI_REF moves: resolve ComfyUI's requirements at the new commit into the lock (each
+# flavor: the newest torch/torchvision pair PyPI builds for its CUDA).
+TORCH_PINS_ := --pin torch==2.14.1 --pin torchvision==0.29.1
+TORCH_PINS_cu128 := --pin torch==2.10.0 --pin torchvision==0.25.0
+COMFY_TORCH ?= $(TORCH_PINS_$(TORCH_FLAVOR)) --skip torchaudio
 comfyui-lock:
-	$(PYTHON) services/comfy/install.py lock --source "$(COMFYUI_SOURCE)" --ref "$(COMFYUI_REF)" $(COMFY_TORCH)
+	$(PYTHON) services/comfy/install.py lock --source "$(COMFYUI_SOURCE)" --ref "$(COMFYUI_REF)" \
+	    --lock $(COMFY_LOCK) $(COMFY_TORCH)
 
 smoke: $(STAMP)
 	$(PY) -m tests.smoke

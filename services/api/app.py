@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from services.api import comfy_routes, drain_routes, job_routes, model_routes, probes, runpod_routes
 from services.api.context import Api
 from services.api.responses import error_response, json_response
+from services.comfy import devices, driver
 from services.comfy.control import ComfyControl
 from services.comfy.health import ComfyHealth
 from services.core import background, config, errors, logs
@@ -66,7 +67,14 @@ def _build(settings: Settings) -> Api:
         for n, instance in enumerate(worker.pool.instances)
     ]
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
-    return Api(worker, jobs, health, metrics, controls, public_key)
+    return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings))
+
+
+def _cuda(settings: Settings) -> dict | None:
+    """Read once: every instance shares the host's driver and ComfyUI's torch."""
+    if settings.dry_run or devices.of(settings).vendor != "nvidia":
+        return None
+    return driver.check(driver.host_driver(), driver.torch_cuda(settings.comfy_python)).view()
 
 
 def _authorize(settings: Settings) -> Callable[[], Response | None]:

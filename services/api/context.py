@@ -20,6 +20,7 @@ class Api:
     metrics: Metrics
     controls: list[ComfyControl]  # one per ComfyUI instance
     public_key: str | None
+    cuda: dict | None  # the NVIDIA driver and torch's CUDA build (services.comfy.driver); None without one
 
     @property
     def settings(self) -> Settings:

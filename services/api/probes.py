@@ -31,6 +31,7 @@ def blueprint(api: Api) -> Blueprint:
                 "dry_run": settings.dry_run,
                 "encryption_required": settings.encryption_required,
                 "comfy": api.health.read(),
+                "cuda": api.cuda,
                 "shared_state": api.shared_state(),
                 "draining": drain.since(settings.run_layout) is not None,
             }

@@ -17,7 +17,7 @@ import socket
 import sys
 from typing import NoReturn
 
-from services.comfy import account, devices, install
+from services.comfy import account, devices, driver, install
 from services.core import config, errors
 from services.jobs import envelope
 from services.models import model_folders
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         settings = settle_instances(settings)
+        check_driver(settings, devices.of(settings))
         check_not_in_use(settings)
         check_shared_state(settings)
         settings = settle_comfy_user(settings)
@@ -146,6 +147,25 @@ def check_warmup(settings: config.Settings) -> None:
         load(settings.warmup_workflow)
     except errors.WorkerError as exc:
         raise config.ConfigError(f"WARMUP_WORKFLOW={settings.warmup_workflow}: {exc.detail}") from None
+
+
+def check_driver(
+    settings: config.Settings, gpus: devices.Gpus, proc_version: str = driver.PROC_VERSION
+) -> None:
+    """An NVIDIA driver too old for the CUDA build of ComfyUI's torch: one line, and the image
+    stops (CUDA_DRIVER_REQUIRED) rather than crash-loop or run an hour on the CPU."""
+    if settings.dry_run:
+        return
+    if gpus.vendor != "nvidia":
+        print("[entrypoint] no NVIDIA GPU: no driver to check", flush=True)
+        return
+    verdict = driver.check(driver.host_driver(proc_version), driver.torch_cuda(settings.comfy_python))
+    if not verdict.too_old:
+        print(f"[entrypoint] {verdict.line}", flush=True)
+    elif settings.cuda_driver_required:
+        raise StartError(verdict.line)
+    else:
+        print(f"[entrypoint] warning: {verdict.line}", file=sys.stderr, flush=True)
 
 
 class StartError(RuntimeError):

@@ -67,6 +67,7 @@ class Settings:
     gpu_visibility: tuple[tuple[str, str], ...] = ()  # the GPU runtimes' *_VISIBLE_DEVICES as set
     comfy_user: str = "comfy"  # ComfyUI's own user when the worker starts as root
     comfy_user_required: bool = False  # the image: no own user for ComfyUI stops the start
+    cuda_driver_required: bool = False  # the image: an NVIDIA driver too old for torch's CUDA stops the start
     private_key_b64: str | None = None
     previous_keys_b64: str | None = None  # comma-separated keys still accepted after a rotation
     encryption_required: bool = True
@@ -404,6 +405,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_INSTANCE": ("comfy_instance", _int_range(0, MAX_INSTANCES - 1)),
     "COMFY_USER": ("comfy_user", _text),
     "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
+    "CUDA_DRIVER_REQUIRED": ("cuda_driver_required", _bool),
     "WORKER_PRIVATE_KEY_B64": ("private_key_b64", _private_key),
     "WORKER_PREVIOUS_KEYS_B64": ("previous_keys_b64", _previous_keys),
     "ENCRYPTION_REQUIRED": ("encryption_required", _bool),

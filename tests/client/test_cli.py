@@ -12,8 +12,10 @@ import sys
 import pytest
 from PIL import Image
 
+from client import envelope_client
 from client.cli import build_payload
 from services.core import config
+from services.jobs import envelope
 from tests.file_server import FileServer
 from tests.stack import ROOT, Stack, copy_checkout
 from tests.workflows import empty_image, invert_upload, png_b64, with_knob
@@ -69,6 +71,18 @@ def workflow_file(tmp_path, workflow):
     return str(path)
 
 
+def test_a_key_the_pod_rotated_away_is_replaced_by_its_current_one(cli, pod, tmp_path):
+    stale = envelope.keypair()[1]  # a key the pod never held, as a client's cache after step 3
+    workflow = workflow_file(tmp_path, empty_image(6, 4, 0x00FF00))
+    out = str(tmp_path / "rotated")
+    result = cli(
+        "run", workflow, "--url", pod.url, "--api-key", KEY, "--server-key", stale, "--out", out, "--quiet"
+    )
+    assert result.returncode == 0, result.stderr
+    [path] = result.stdout.split()
+    assert Image.open(path).convert("RGB").getpixel((0, 0)) == (0, 255, 0)
+
+
 def test_a_webhook_goes_into_the_payload_so_an_encrypted_job_seals_it(tmp_path):
     path = tmp_path / "workflow.json"
     path.write_text(json.dumps(empty_image()))
@@ -85,7 +99,9 @@ def test_keygen(cli):
         and lines[0].startswith("WORKER_PRIVATE_KEY_B64=")
         and lines[1].startswith("SERVER_PUBLIC_KEY_B64=")
     )
-    secret = lines[2].removeprefix("WEBHOOK_SECRET=")
+    [key_id] = [line.removeprefix("KEY_ID=") for line in lines if line.startswith("KEY_ID=")]
+    assert key_id == envelope_client.key_id(lines[1].removeprefix("SERVER_PUBLIC_KEY_B64="))
+    [secret] = [line.removeprefix("WEBHOOK_SECRET=") for line in lines if line.startswith("WEBHOOK_SECRET=")]
     assert config.load({"ENCRYPTION_REQUIRED": "0", "WEBHOOK_SECRET": secret}).webhook_secret == secret
 
 

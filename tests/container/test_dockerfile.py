@@ -1,5 +1,6 @@
 """The image cannot be built here (no Docker engine): check everything that can be checked."""
 
+import glob
 import json
 import os
 import re
@@ -9,7 +10,7 @@ from dataclasses import fields
 
 import pytest
 
-from services.comfy import custom_nodes
+from services.comfy import custom_nodes, install
 from services.core import config
 from tests.stack import ROOT
 
@@ -46,7 +47,15 @@ def test_every_copy_source_exists():
     for parts in copies:
         for source in parts[:-1]:
             source = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], source)
-            assert os.path.exists(os.path.join(ROOT, source)), source
+            assert glob.glob(os.path.join(ROOT, source)), source
+
+
+def test_each_torch_flavor_has_a_lock_made_for_the_pinned_comfyui():
+    ref = dict(args.split("=", 1) for name, args in instructions() if name == "ARG" and "=" in args)[
+        "COMFYUI_REF"
+    ]
+    for lock in ("comfyui-requirements.lock", "comfyui-requirements-cu128.lock"):
+        assert install.read_lock(os.path.join(ROOT, lock))[0] == ref, lock
 
 
 def test_entrypoint_and_healthcheck_run_modules_of_the_project():
@@ -69,8 +78,14 @@ def test_env_defaults_equal_the_configuration_defaults():
     defaults = config.Settings()
     differing = {f.name for f in fields(defaults) if getattr(image, f.name) != getattr(defaults, f.name)}
     # the image's own interpreter for ComfyUI and models, the key given above, and the image
-    # guarantees ComfyUI a user of its own
-    assert differing == {"comfy_python", "baked_model_dir", "private_key_b64", "comfy_user_required"}
+    # guarantees ComfyUI a user of its own and a driver its torch runs on
+    assert differing == {
+        "comfy_python",
+        "baked_model_dir",
+        "private_key_b64",
+        "comfy_user_required",
+        "cuda_driver_required",
+    }
     assert env["COMFY_PYTHON"] == "/opt/comfyui-venv/bin/python"
 
 

@@ -7,8 +7,8 @@ import time
 
 import requests
 
-from tests.stack import Stack, wait_until
-from tests.workflows import with_knob
+from tests.stack import STANDIN, Stack, wait_until
+from tests.workflows import slow_workflow, with_knob
 
 
 def slow(seconds, color=0):
@@ -16,7 +16,11 @@ def slow(seconds, color=0):
 
 
 def comfy_running(stack):
-    return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+    """What ComfyUI runs now; nothing while it does not listen yet."""
+    try:
+        return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+    except requests.ConnectionError:
+        return []
 
 
 def in_thread(call):
@@ -77,10 +81,12 @@ def test_sigterm_lets_two_sync_jobs_and_an_async_one_finish_refuses_new_work_and
         stack.stop()
 
 
-def test_a_job_longer_than_the_drain_answers_shutting_down_and_leaves_comfyui_idle():
-    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "2"}).ready()
+def test_a_job_longer_than_the_drain_answers_shutting_down_and_leaves_comfyui_idle(backend):
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "2"}
+    stack = Stack("api", env, backend=backend).ready()
+    long_job = slow(60) if backend is STANDIN else {"workflow": slow_workflow(40)}
     try:
-        answers, thread = in_thread(lambda: requests.post(stack.url + "/run", json=slow(60), timeout=90))
+        answers, thread = in_thread(lambda: requests.post(stack.url + "/run", json=long_job, timeout=120))
         wait_until(lambda: comfy_running(stack) != [], 20, "the job to run in ComfyUI")
         stack.terminate()
         thread.join(60)

@@ -23,7 +23,11 @@ def slow(seconds, color=0):
 
 
 def comfy_running(stack):
-    return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+    """What ComfyUI runs now; nothing while it does not listen yet."""
+    try:
+        return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+    except requests.ConnectionError:
+        return []
 
 
 def test_the_local_queue_drains_like_a_pod():

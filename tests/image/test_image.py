@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE = "localhost/comfy-worker-base:bookworm"
 IMAGE = "localhost/comfy-worker:image-test"
+IMAGE_CU128 = "localhost/comfy-worker:image-test-cu128"
 TOOLS = {"podman": "podman", "buildah": "buildah", "debootstrap": "debootstrap", "runc": "runc"}
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # what this machine's own pip uses (a local package mirror and its configuration): lent to the
@@ -91,8 +92,8 @@ def ensure_base():
         shutil.rmtree(rootfs, ignore_errors=True)
 
 
-def build(context, *extra):
-    args = ["build", "--format", "docker", "-t", IMAGE, "--build-arg", f"BASE_IMAGE={BASE}"]
+def build(context, *extra, tag=IMAGE):
+    args = ["build", "--format", "docker", "-t", tag, "--build-arg", f"BASE_IMAGE={BASE}"]
     for mount in PIP_MOUNTS:
         if os.path.exists(mount):
             args += ["--volume", f"{mount}:{mount}:ro"]
@@ -128,9 +129,43 @@ def image():
     base = json.loads(podman("image", "inspect", BASE).stdout)[0]["Size"]
     print(
         f"\n[image] built in {seconds:.0f} s (layer cache as it was), rebuilt after a code change in "
-        f"{again:.1f} s; image {size / 1e9:.2f} GB on a {base / 1e6:.0f} MB base"
+        f"{again:.1f} s; image {size / 1e9:.2f} GB ({compressed(IMAGE) / 1e9:.2f} GB gzip -1) on a "
+        f"{base / 1e6:.0f} MB base"
     )
     return IMAGE
+
+
+@pytest.fixture(scope="session")
+def image_cu128(image):
+    """The flavor for NVIDIA drivers 525-579 (TORCH_FLAVOR=cu128), from the same Dockerfile: the
+    layers before ComfyUI's environment are the default flavor's."""
+    context = tempfile.mkdtemp(prefix="image-context-")
+    try:
+        source = context_copy(context)
+        seconds = build(
+            context,
+            "--build-arg",
+            f"COMFYUI_SOURCE={source}",
+            "--build-arg",
+            "TORCH_FLAVOR=cu128",
+            tag=IMAGE_CU128,
+        )
+    finally:
+        shutil.rmtree(context, ignore_errors=True)
+    size = json.loads(podman("image", "inspect", IMAGE_CU128).stdout)[0]["Size"]
+    print(
+        f"\n[image] cu128 flavor built in {seconds:.0f} s; image {size / 1e9:.2f} GB "
+        f"({compressed(IMAGE_CU128) / 1e9:.2f} GB gzip -1)"
+    )
+    return IMAGE_CU128
+
+
+def compressed(tag):
+    """Bytes of `podman save | gzip -1`: about what a registry sends on a first pull."""
+    save = subprocess.Popen(["podman", "save", tag], stdout=subprocess.PIPE)
+    gzip = subprocess.run(["gzip", "-1"], stdin=save.stdout, stdout=subprocess.PIPE, check=True)
+    save.wait()
+    return len(gzip.stdout)
 
 
 class Container:
@@ -220,6 +255,20 @@ def comfy_container(image):
     yield container
     container.remove()
     shutil.rmtree(volume, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("flavor", "cuda"), [("default", "13.0"), ("cu128", "12.8")])
+def test_each_flavor_has_its_torch_checks_the_driver_and_answers_an_encrypted_job(request, flavor, cuda):
+    tag = request.getfixturevalue("image" if flavor == "default" else "image_cu128")
+    with Container(tag, {}) as container:
+        container.wait_http("/readyz")
+        torch = container.exec(
+            "/opt/comfyui-venv/bin/python", "-c", "import torch; print(torch.version.cuda)"
+        )
+        assert torch.stdout.strip() == cuda, torch.stderr
+        assert container.logs().count("[entrypoint] no NVIDIA GPU: no driver to check") == 1
+        result = sealed_run(container, {"workflow": empty_image(12, 10, 0x00FF00)})
+        assert decode_png(result["outputs"][0]).convert("RGB").getpixel((1, 1)) == (0, 255, 0)
 
 
 def test_real_comfyui_in_the_image_answers_an_encrypted_job(comfy_container):
