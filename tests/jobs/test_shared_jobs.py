@@ -14,6 +14,7 @@ from services.core import config
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
 from tests.pipelines import pipeline
+from tests.pod_jobs import ended, status, submit
 from tests.stack import Stack, real_backend, wait_until
 from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
 
@@ -53,22 +54,6 @@ def pods(redis_server, prefix):
     finally:
         for pod in fleet:
             pod.stop()
-
-
-def submit(pod, payload):
-    answer = requests.post(pod.url + "/run", params={"async": "1"}, json=payload, timeout=10)
-    assert answer.status_code == 202, answer.text
-    return answer.json()["id"]
-
-
-def status(pod, job_id):
-    return requests.get(pod.url + f"/jobs/{job_id}", timeout=10).json()
-
-
-def ended(pod, job_id, timeout=60):
-    final = ("completed", "failed", "cancelled")
-    wait_until(lambda: status(pod, job_id).get("state") in final, timeout, f"job {job_id} to end")
-    return status(pod, job_id)
 
 
 def in_flight(pod):

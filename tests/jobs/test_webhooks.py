@@ -13,6 +13,7 @@ import requests
 from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
 from services.jobs import webhooks
+from tests.pod_jobs import status, submit
 from tests.stack import Stack, wait_until
 from tests.webhook_receiver import Receiver
 from tests.workflows import decode_png, empty_image, with_knob
@@ -41,24 +42,14 @@ def pod():
         yield pod
 
 
-def submit(pod, payload):
-    answer = requests.post(pod.url + "/run", params={"async": "1"}, json=payload, timeout=30)
-    assert answer.status_code == 202, answer.text
-    return answer.json()["id"]
-
-
-def job(pod, job_id):
-    return requests.get(pod.url + f"/jobs/{job_id}", timeout=10).json()
-
-
 def delivered(pod, job_id, timeout=30):
     """The job's record once its webhook is no longer pending."""
     wait_until(
-        lambda: job(pod, job_id).get("webhook", {}).get("state") not in (None, "pending"),
+        lambda: status(pod, job_id).get("webhook", {}).get("state") not in (None, "pending"),
         timeout,
         "the webhook",
     )
-    return job(pod, job_id)
+    return status(pod, job_id)
 
 
 def test_a_job_s_end_is_posted_once_signed_with_each_key(pod, receiver):
@@ -112,9 +103,11 @@ def test_a_hanging_receiver_holds_back_no_job_no_cancel_and_no_probe(pod, receiv
     assert quick.status_code == 200
     slow = submit(pod, {"workflow": with_knob("StandinSlow", color=5, seconds=30, steps=30)})
     assert requests.post(pod.url + f"/jobs/{slow}/cancel", timeout=5).status_code == 200
-    assert job(pod, hung)["webhook"]["state"] == "pending"  # all that while the receiver hung
-    wait_until(lambda: job(pod, hung)["webhook"]["attempts"] >= 2, 30, "the attempt to be cut at the timeout")
-    assert job(pod, hung)["webhook"]["last_status"] is None
+    assert status(pod, hung)["webhook"]["state"] == "pending"  # all that while the receiver hung
+    wait_until(
+        lambda: status(pod, hung)["webhook"]["attempts"] >= 2, 30, "the attempt to be cut at the timeout"
+    )
+    assert status(pod, hung)["webhook"]["last_status"] is None
 
 
 def test_an_encrypted_job_s_webhook_carries_only_its_sealed_result(pod, receiver):
