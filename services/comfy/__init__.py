@@ -1,6 +1,7 @@
 """ComfyUI, an untrusted neighbour: installed at a pinned commit (`install`, standard library
 only), launched by supervisord as its own user with an allow-listed environment (`launch`, then
-the `relay` copy that runs it), one instance per GPU (`devices`, `pool`).
+the `relay` copy that runs it), one instance per GPU (`devices`, `pool`), on a driver its torch
+runs on (`driver`).
 
     pool.execute(job) -> an idle ready instance -> executor: upload -> POST /prompt -> websocket
     until the end -> history -> outputs -> cleanup (after the answer)

@@ -9,6 +9,6 @@
 
 Async jobs live in a job store (`async_jobs.JobStore`): in this process, or in the fleet's Redis
 (`shared_jobs`, `state_store`). How a job ended is named once in `outcome`, RunPod's protocol in
-`runpod_protocol`; `metrics` observes jobs. Guarantees: the pipeline never raises and never puts a
+`runpod_protocol`; `webhooks` tells a job's URL of its end; `metrics` observes jobs. Guarantees: the pipeline never raises and never puts a
 workflow, prompt or output of an encrypted job into a log, a plaintext answer or Redis.
 """
