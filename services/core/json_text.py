@@ -60,3 +60,13 @@ def _verbatim(text: str) -> bool:
 
 
 _ESCAPED = ('"', "\\", "\x7f", *map(chr, range(32)))
+
+
+def size_hint(value: Any) -> int:
+    """Roughly how much text a value becomes: its longest strings (images, ciphertext) dominate;
+    enough for `offload` to tell a large body from a small one without encoding it."""
+    if isinstance(value, dict):
+        return sum(size_hint(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(size_hint(v) for v in value)
+    return len(value) if isinstance(value, str) else 8

@@ -90,7 +90,8 @@ def make_handler(
         if reply.webhook and webhooks is not None:
             state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
             data = {"id": job.get("id"), **outcome.as_runpod(reply.body)}
-            webhooks.send(reply.webhook, event(state, data, pipeline.settings), str(job.get("id")))
+            sent = await asyncio.to_thread(event, state, data, pipeline.settings)  # off the SDK's loop
+            webhooks.send(reply.webhook, sent, str(job.get("id")))
         body = dict(reply.body)
         if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True

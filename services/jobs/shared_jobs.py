@@ -161,7 +161,7 @@ class SharedJobs(JobStore):
     def start(self, body: Any) -> AsyncJob:
         check_webhook(body, self.pipeline)
         job = AsyncJob(id=str(uuid.uuid4()))
-        text = offload(json_text.dumps, body, size=_size(body))
+        text = offload(json_text.dumps, body, size=json_text.size_hint(body))
         try:
             with self.store.redis.pipeline(transaction=True) as tx:
                 tx.hset(self._job_key(job.id), mapping={"state": "queued", "created": job.created})
@@ -326,7 +326,7 @@ class SharedJobs(JobStore):
         if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
-        result = offload(json_text.dumps, reply.body, size=_size(reply.body))
+        result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
         self._finish(job_id, state, result, reply.status)
         if reply.webhook and self.webhooks is not None:
             view = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status).view()
@@ -546,12 +546,3 @@ def _text(value: bytes | str) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
-
-
-def _size(body: Any) -> int:
-    """Roughly how much text a body becomes: its longest strings (images, ciphertext) dominate."""
-    if isinstance(body, dict):
-        return sum(_size(v) for v in body.values())
-    if isinstance(body, list):
-        return sum(_size(v) for v in body)
-    return len(body) if isinstance(body, str) else 8

@@ -29,6 +29,7 @@ from standardwebhooks.webhooks import Webhook
 from services.core import background, errors, json_text
 from services.core.config import Settings
 from services.core.in_hand import InHand
+from services.core.offload import offload
 from services.models import url_guard
 
 log = logging.getLogger("worker.webhooks")
@@ -61,9 +62,11 @@ def event(state: str, data: dict, settings: Settings) -> str:
     """The body of a job's webhook, as sent: the result left out above WEBHOOK_MAX_KB."""
     stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     body = {"type": f"job.{state}", "timestamp": stamp, "data": data}
-    text = json_text.dumps(body)
-    if len(text) <= settings.webhook_max_kb * 1024:
-        return text
+    size, cap = json_text.size_hint(body), settings.webhook_max_kb * 1024
+    if size <= 2 * cap:  # a result far over the cap is not encoded at all
+        text = offload(json_text.dumps, body, size=size)
+        if len(text) <= cap:
+            return text
     kept = {k: v for k, v in data.items() if k not in ("result", "output")}
     return json_text.dumps({**body, "data": {**kept, "result_omitted": "too_large"}})
 
