@@ -51,6 +51,7 @@ COPY services/ services/
 COPY conf/ conf/
 COPY client/ client/
 COPY docker/ docker/
+COPY templates/ templates/
 COPY requirements.txt requirements.lock pyproject.toml README.md ./
 
 ENV LAUNCH_MODE=serverless \
@@ -69,6 +70,7 @@ ENV LAUNCH_MODE=serverless \
     JOB_TIMEOUT_S=600 \
     RUN_DIR=/tmp/comfy-worker \
     MAX_RESULT_MB=15 \
+    TEMPLATES_DIR=/workspace/templates:/app/templates \
     PYTHONUNBUFFERED=1
 
 # baked models live in the image under /opt/models, so a volume mounted at /workspace cannot

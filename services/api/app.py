@@ -6,6 +6,7 @@ with gevent workers. It authorizes and maps errors; the routes are blueprints by
     job_routes.py     /run /jobs/<id> /jobs/<id>/cancel
     model_routes.py   /download /download/<id> /downloads /models/ls
     comfy_routes.py   /comfy/restart /comfy/free
+    template_routes.py /templates /templates/<name> /templates/<name>/run (and /docs: Swagger UI)
     runpod_routes.py  /v2/<id>/runsync /run /status/<id> /cancel/<id>
 """
 
@@ -15,9 +16,18 @@ import logging
 from collections.abc import Callable
 
 from flask import Flask, Response, request
+from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from services.api import comfy_routes, drain_routes, job_routes, model_routes, probes, runpod_routes
+from services.api import (
+    comfy_routes,
+    drain_routes,
+    job_routes,
+    model_routes,
+    probes,
+    runpod_routes,
+    template_routes,
+)
 from services.api.context import Api
 from services.api.responses import error_response, json_response
 from services.comfy import devices, driver
@@ -47,8 +57,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["comfy_worker_jobs"] = api.jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
     app.before_request(_authorize(settings))
     app.before_request(lambda: drain_routes.refuse_new_work(api))
-    for module in (probes, drain_routes, job_routes, model_routes, comfy_routes, runpod_routes):
+    for module in (
+        probes,
+        drain_routes,
+        job_routes,
+        template_routes,
+        model_routes,
+        comfy_routes,
+        runpod_routes,
+    ):
         app.register_blueprint(module.blueprint(api))
+    app.register_blueprint(
+        get_swaggerui_blueprint(
+            probes.DOCS, "/openapi.json", {"app_name": "comfy-worker", "tryItOutEnabled": True}
+        )
+    )
     _handle_errors(app, settings)
     return app
 
@@ -79,7 +102,7 @@ def _cuda(settings: Settings) -> dict | None:
 
 def _authorize(settings: Settings) -> Callable[[], Response | None]:
     def authorize() -> Response | None:
-        if request.path in probes.OPEN_ROUTES:
+        if request.path in probes.OPEN_ROUTES or request.path.startswith(probes.DOCS + "/"):
             return None
         if runpod_protocol.authorized(request.headers.get("Authorization"), settings.api_key):
             return None

@@ -15,11 +15,7 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.post("/run")
     def run() -> Response:
-        if request.args.get("async") in ("1", "true"):
-            job = api.jobs.start(read_json())
-            return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
-        reply = api.worker.pipeline.run(read_json())
-        return payload_response(reply.body, reply.status, reply.retry_after_s)
+        return answer(api, read_json())
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -30,3 +26,12 @@ def blueprint(api: Api) -> Blueprint:
         return json_response(known(api.jobs.cancel(job_id)).view())
 
     return routes
+
+
+def answer(api: Api, body: object) -> Response:
+    """Run a job and answer its result, or start it with `?async=1` and answer where to poll."""
+    if request.args.get("async") in ("1", "true"):
+        job = api.jobs.start(body)
+        return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
+    reply = api.worker.pipeline.run(body)
+    return payload_response(reply.body, reply.status, reply.retry_after_s)

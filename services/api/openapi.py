@@ -22,6 +22,12 @@ COMMON = (401, 405, 413)
 OBJECT = {"type": "object"}
 HEALTH = {"$ref": "#/components/schemas/Health"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+ASYNC = {
+    "name": "async",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["1", "true"]},
+}
 DOWNLOAD_ID = {"name": "download_id", "in": "path", "required": True, "schema": {"type": "string"}}
 INSTANCE = {
     "name": "instance",
@@ -35,7 +41,27 @@ SCHEMAS = {
     "Error": {
         "type": "object",
         "required": ["error"],
-        "properties": {"error": {"type": "string", "description": "<code>: <detail>"}},
+        "properties": {
+            "error": {"type": "string", "description": "<code>: <detail>"},
+            "template": {"type": "string", "description": "invalid_params, template_error: the template"},
+            "details": {
+                "type": "array",
+                "description": "invalid_params: every problem",
+                "items": {
+                    "type": "object",
+                    "required": ["param", "rule", "message"],
+                    "properties": {
+                        "param": {"type": ["string", "null"]},
+                        "rule": {
+                            "type": "string",
+                            "description": "the JSON Schema keyword, image or comfyui",
+                        },
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+            "node_errors": {"type": "object", "description": "template_error: ComfyUI's node errors"},
+        },
     },
     "SealedAnswer": {
         "type": "object",
@@ -84,6 +110,18 @@ SCHEMAS = {
             },
             {
                 "type": "object",
+                "required": ["template"],
+                "description": "a template call (GET /templates), with the job options above",
+                "properties": {
+                    "template": {"type": "string"},
+                    "params": {"type": "object"},
+                    "no_history": {"type": "boolean"},
+                    "timeout_s": {"type": "number"},
+                    "webhook": {"type": "string", "maxLength": 2048},
+                },
+            },
+            {
+                "type": "object",
                 "required": ["encrypted", "epk", "nonce", "ciphertext"],
                 "properties": {
                     "encrypted": {"type": "boolean", "enum": [True]},
@@ -107,6 +145,7 @@ SCHEMAS = {
             "dry_run": {"type": "boolean"},
             "outputs": {"type": "array", "items": OBJECT},
             "history": OBJECT,
+            "params": {"type": "object", "description": "a template call: the values used, drawn seeds too"},
             "encrypted": {"type": "boolean"},
             "nonce": {"type": "string"},
             "ciphertext": {"type": "string"},
@@ -118,7 +157,7 @@ SCHEMAS = {
         "properties": {
             "id": {"type": "string"},
             "state": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
-            "progress": {"nullable": True, "type": "object"},
+            "progress": {"type": ["object", "null"]},
             "result": OBJECT,
             "http_status": {"type": "integer"},
             "status_url": {"type": "string"},
@@ -128,7 +167,7 @@ SCHEMAS = {
                 "properties": {
                     "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
                     "attempts": {"type": "integer"},
-                    "last_status": {"type": "integer", "nullable": True},
+                    "last_status": {"type": ["integer", "null"]},
                 },
             },
         },
@@ -137,7 +176,7 @@ SCHEMAS = {
         "type": "object",
         "properties": {
             "ok": {"type": "boolean"},
-            "server_public_key_b64": {"type": "string", "nullable": True},
+            "server_public_key_b64": {"type": ["string", "null"]},
             "keys": {
                 "type": "array",
                 "items": {
@@ -179,9 +218,9 @@ SCHEMAS = {
             "source": {"type": "string"},
             "state": {"type": "string", "enum": ["queued", "running", "done", "exists", "failed"]},
             "bytes_done": {"type": "integer"},
-            "total": {"type": "integer", "nullable": True},
+            "total": {"type": ["integer", "null"]},
             "rate_bytes_s": {"type": "integer"},
-            "error": {"type": "string", "nullable": True},
+            "error": {"type": ["string", "null"]},
         },
     },
 }
@@ -311,14 +350,7 @@ def _job_paths() -> dict:
         "/run": {
             "post": {
                 "summary": "run a workflow (or start it with ?async=1)",
-                "parameters": [
-                    {
-                        "name": "async",
-                        "in": "query",
-                        "required": False,
-                        "schema": {"type": "string", "enum": ["1", "true"]},
-                    }
-                ],
+                "parameters": [ASYNC],
                 "requestBody": {
                     "required": True,
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}},
@@ -326,7 +358,7 @@ def _job_paths() -> dict:
                 "responses": {
                     "200": _json({"$ref": "#/components/schemas/Result"}, "the result"),
                     "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
-                    **_errors(400, 409, 422, 502, 503, 504, 507, *COMMON),
+                    **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
                 },
             }
         },
@@ -350,6 +382,51 @@ def _job_paths() -> dict:
                 },
             }
         },
+    }
+
+
+def _template_paths(templates: list[dict]) -> dict:
+    """The listing, one template's description, a call by name, and an operation per template."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths = {
+        "/templates": {
+            "get": {
+                "summary": "the templates that serve, and those rejected with why",
+                "tags": ["templates"],
+                "responses": {"200": _json(OBJECT, "the templates"), **_errors(*COMMON)},
+            }
+        },
+        "/templates/{name}": {
+            "get": {
+                "summary": "one template: its parameters' schema, defaults and an example body",
+                "tags": ["templates"],
+                "parameters": [name],
+                "responses": {"200": _json(OBJECT, "the template"), **_errors(404, *COMMON)},
+            }
+        },
+        "/templates/{name}/run": _template_run("run a template by name", [name], OBJECT),
+    }
+    for template in templates:
+        body = {**template["schema"], "examples": [template["example"]]}
+        summary = f"{template['name']}: {template['description']}"[:120]
+        paths[f"/templates/{template['name']}/run"] = _template_run(summary, [], body)
+    return paths
+
+
+def _template_run(summary: str, parameters: list, body: dict) -> dict:
+    """A call: the parameters as the body (or an envelope sealing {template, params})."""
+    return {
+        "post": {
+            "summary": summary,
+            "tags": ["templates"],
+            "parameters": [*parameters, ASYNC],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
+                "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
+            },
+        }
     }
 
 
@@ -395,17 +472,20 @@ def _model_paths() -> dict:
     }
 
 
-def document() -> dict:
+def document(templates: list[dict] = ()) -> dict:
+    """`templates`: one operation each, {name, description, schema, example}; its request body is
+    the schema a call is validated with."""
     paths = {
         **_probe_paths(),
         **_drain_paths(),
         **_job_paths(),
+        **_template_paths(templates),
         **_model_paths(),
         **_comfy_paths(),
         **_runpod_paths(),
     }
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "comfy-worker pod API", "version": "1"},
         "paths": paths,
         "components": {

@@ -1,18 +1,19 @@
 """What platforms, load balancers and Prometheus ask: liveness, readiness, the OpenAPI document,
-metrics. `/healthz`, `/readyz` and `/openapi.json` are open without API_KEY (probes send no
-token); they never wait on a busy ComfyUI (services.comfy.health)."""
+metrics. `/healthz`, `/readyz`, `/openapi.json` and its Swagger UI at `/docs` are open without
+API_KEY (probes send no token; the UI sends the key a user enters); they never wait on a busy ComfyUI (services.comfy.health)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from services.api import openapi
+from services.api import openapi, template_routes
 from services.api.context import Api
 from services.api.responses import json_response
 from services.core import drain
 from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+DOCS = "/docs"  # Swagger UI for the document, open like it (services.api.app)
 
 
 def blueprint(api: Api) -> Blueprint:
@@ -34,6 +35,7 @@ def blueprint(api: Api) -> Blueprint:
                 "cuda": api.cuda,
                 "shared_state": api.shared_state(),
                 "draining": drain.since(settings.run_layout) is not None,
+                "templates": api.worker.templates.view(),
             }
         )
 
@@ -58,7 +60,7 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.get("/openapi.json")
     def openapi_document() -> Response:
-        return json_response(openapi.document())
+        return json_response(openapi.document(template_routes.documented(api)))
 
     @routes.get("/metrics")
     def metrics_page() -> Response:

@@ -100,7 +100,8 @@ class ComfyClient:
                 body = response.json()
             except ValueError:
                 body = {}
-            raise errors.WorkflowValidationFailed(describe_validation_error(body))
+            node_errors = body.get("node_errors") if isinstance(body, dict) else None
+            raise errors.WorkflowValidationFailed(describe_validation_error(body), node_errors)
         return self._json(response, "POST /prompt")
 
     def history(self, prompt_id: str) -> dict | None:

@@ -104,7 +104,9 @@ class ComfyExecutor:
                     self._stop(job)
                     with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
                         entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
-                    raise errors.WorkflowValidationFailed(describe_validation_error(accepted))
+                    raise errors.WorkflowValidationFailed(
+                        describe_validation_error(accepted), accepted.get("node_errors")
+                    )
                 outcome = self._follow(job, ws, deadline, progress, cancel)
                 keep = outcome.on_socket
             finally:

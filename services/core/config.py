@@ -120,6 +120,7 @@ class Settings:
     model_cache_gb: float | None = None  # cap of on-demand model downloads; None: no cap
     model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
     model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
+    templates_dir: tuple[str, ...] | None = None  # folders of templates; None: `templates` beside the volume
 
     @property
     def secret_values(self) -> frozenset[str]:
@@ -187,6 +188,13 @@ class Settings:
     def comfy_folder(self, kind: str) -> str:
         """This instance's ComfyUI input, output, temp, user or home folder."""
         return self.run_layout.io(self.comfy_program, kind)
+
+    @property
+    def template_folders(self) -> tuple[str, ...]:
+        """TEMPLATES_DIR, or the `templates` folder beside the model volume."""
+        if self.templates_dir is not None:
+            return self.templates_dir
+        return (os.path.join(os.path.dirname(os.path.normpath(self.model_dir)), "templates"),)
 
     @property
     def comfy_io_dir(self) -> str:
@@ -298,6 +306,15 @@ def _device(name: str, raw: str) -> str:
             f"{name}={raw!r} is not a device choice; use auto (a GPU when one is visible) or cpu"
         )
     return value
+
+
+def _folders(name: str, raw: str) -> tuple[str, ...]:
+    """Absolute folders separated by ':', like PATH (the volume's and the image's own)."""
+    folders = tuple(part for part in raw.split(":") if part)
+    relative = [folder for folder in folders if not os.path.isabs(folder)]
+    if not folders or relative:
+        raise ConfigError(f"{name} must list absolute folders separated by ':', got {raw!r}")
+    return folders
 
 
 def _names(name: str, raw: str) -> tuple[str, ...]:
@@ -457,6 +474,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "MODEL_CACHE_GB": ("model_cache_gb", _optional_positive_float),
     "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
     "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),
+    "TEMPLATES_DIR": ("templates_dir", _folders),
 }
 
 

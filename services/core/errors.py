@@ -111,10 +111,51 @@ class InvalidWorkflow(WorkerError):
 
 
 class WorkflowValidationFailed(WorkerError):
-    """ComfyUI refused the prompt (its 400 with `node_errors`)."""
+    """ComfyUI refused the prompt (its 400 with `node_errors`, kept for the templates, which
+    tell a refused input by the parameter that filled it)."""
 
     code = "workflow_validation_failed"
     http_status = 400
+
+    def __init__(self, detail: str = "", node_errors: dict | None = None) -> None:
+        super().__init__(detail)
+        self.node_errors = node_errors if isinstance(node_errors, dict) else {}
+
+
+class UnknownTemplate(WorkerError):
+    code = "unknown_template"
+    http_status = 404
+
+
+class InvalidParams(WorkerError):
+    """A template call's parameters break its schema, or ComfyUI refused a value one filled:
+    every problem, each as {param, rule, message}."""
+
+    code = "invalid_params"
+    http_status = 400
+
+    def __init__(self, template: str, details: list[dict]) -> None:
+        names = ", ".join(dict.fromkeys(str(d["param"]) for d in details))
+        super().__init__(f"template {template!r}: {len(details)} problem(s) with: {names}")
+        self.template, self.details = template, details
+
+    def to_dict(self) -> dict:
+        return {"error": self.message, "template": self.template, "details": self.details}
+
+
+class TemplateError(WorkerError):
+    """ComfyUI refused a template's workflow for a reason no parameter explains: the template
+    (or a model it names) is at fault, not the call."""
+
+    code = "template_error"
+    http_status = 500
+
+    def __init__(self, template: str, detail: str, node_errors: dict) -> None:
+        super().__init__(f"template {template!r}: {detail}")
+        self.template, self.node_errors = template, node_errors
+
+    def to_dict(self) -> dict:
+        return {"error": self.message, "template": self.template, "node_errors": self.node_errors}
 
 
 class ExecutionFailed(WorkerError):

@@ -112,7 +112,7 @@ def _images(value: Any, fetch: Callable[[str], bytes] | None) -> tuple[InputImag
                 data = offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
             except (ValueError, binascii.Error):
                 raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
-        if not _is_image(data):
+        if image_extension(data) is None:
             raise errors.InvalidRequest(
                 f"images[{index}] ({short(name)!r}) is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
             )
@@ -129,11 +129,23 @@ def _fetched(index: int, name: str, url: Any, fetch: Callable[[str], bytes] | No
         raise errors.ImageFetchFailed(f"images[{index}] ({short(name)!r}): {exc.detail}") from None
 
 
-def _is_image(data: bytes) -> bool:
-    """By signature: ComfyUI's LoadImage would otherwise fail late, inside the workflow."""
-    return data.startswith(
-        (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
-    ) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tiff"),
+    (b"MM\x00*", ".tiff"),
+)
+
+
+def image_extension(data: bytes) -> str | None:
+    """The image's kind by its signature, or None: ComfyUI's LoadImage would otherwise fail late,
+    inside the workflow."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    return next((extension for signature, extension in _SIGNATURES if data.startswith(signature)), None)
 
 
 def _safe_name(name: str) -> bool:

@@ -21,9 +21,10 @@ from services.core.config import Settings
 from services.core.in_hand import CUT, InHand
 from services.core.job_spec import Cancel, JobRequest, Progress
 from services.core.offload import offload
-from services.jobs import envelope, image_fetch, job_request, webhooks, worker_comfyui
+from services.jobs import envelope, image_fetch, job_request, template_params, webhooks, worker_comfyui
 from services.jobs.output_store import OutputStore
 from services.jobs.replay import ReplayGuard
+from services.jobs.templates import Templates
 from services.models.job_models import JobModels
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
@@ -81,11 +82,13 @@ class Pipeline:
         observer: JobObserver | None = None,
         shared: StateStore | None = None,
         in_hand: InHand | None = None,
+        templates: Templates | None = None,
     ) -> None:
         """`executor`: what runs a checked job in ComfyUI (the pool); `models`: what makes sure
         of a job's models on the volume; `shared`: the fleet's Redis (STATE_URL), which remembers
         envelopes for every worker; `in_hand`: where each running job is held for a drain
-        (services.core.in_hand); `result_limit_bytes`: the cap of an answer (serverless),
+        (services.core.in_hand); `templates`: the named workflows a call may fill in
+        (services.jobs.templates); `result_limit_bytes`: the cap of an answer (serverless),
         beyond which outputs go to `output_store` (or the job fails with output_too_large)."""
         self.settings = settings
         self.observer = observer
@@ -96,6 +99,7 @@ class Pipeline:
         self.replay = ReplayGuard(settings.replay_window_s, shared)
         self.models = models
         self.in_hand = in_hand
+        self.templates = templates
 
     def run(
         self,
@@ -132,21 +136,28 @@ class Pipeline:
         if opened is not None and progress is not None:
             progress = coarse(progress)
         try:
+            payload, call = opened.payload if opened else body, None
+            if template_params.is_call(payload):
+                call = self._template_call(payload)
+                payload = call.payload
             job = job_request.parse(
-                opened.payload if opened else body,
+                payload,
                 default_timeout_s=self.settings.job_timeout_s,
                 no_history_default=self.settings.no_history,
                 output_format=self.settings.response_format,
-                fetch=lambda url: image_fetch.fetch(url, self.settings),
+                fetch=self._fetch,
             )
+            job = call.job(job) if call else job
             markers = self.models.ensure(job.models, progress, cancel) if job.models else []
             try:
-                result = self._fit(self._execute(job, progress, cancel), opened)
+                result = self._fit(self._execute(job, progress, cancel, call), opened)
                 status, code, retry = 200, None, None
             finally:
                 self.models.release(markers)
             if job.output_format == "worker-comfyui":
                 result = worker_comfyui.answer(result)
+            if call is not None:
+                result = {**result, "params": call.used}
         except errors.WorkerError as exc:
             result, status, code, retry = exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s
             log.info("job failed: %s", exc.code)
@@ -170,10 +181,31 @@ class Pipeline:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
         return None
 
-    def _execute(self, job: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
+    def _fetch(self, url: str) -> bytes:
+        return image_fetch.fetch(url, self.settings)
+
+    def _template_call(self, payload: dict) -> template_params.Call:
+        if self.templates is None:
+            raise errors.UnknownTemplate("this worker serves no templates")
+        return template_params.prepare(
+            self.templates, payload, self._fetch, self.settings.comfy_ready_timeout_s
+        )
+
+    def _execute(
+        self,
+        job: JobRequest,
+        progress: Progress | None,
+        cancel: Cancel | None,
+        call: template_params.Call | None,
+    ) -> dict:
         if self.settings.dry_run:
             return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}
-        return self.executor.execute(job, progress, cancel)
+        try:
+            return self.executor.execute(job, progress, cancel)
+        except errors.WorkflowValidationFailed as exc:
+            if call is None:
+                raise
+            raise call.explain(exc) from None
 
     def _fit(self, result: dict, opened: envelope.Opened | None) -> dict:
         """Keep the answer under the result cap: move outputs to the bucket, or refuse with sizes."""

@@ -11,16 +11,20 @@ outputs to the bucket.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
+from services.core import background
 from services.core.config import Settings
 from services.core.in_hand import InHand
 from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
+from services.jobs.template_catalog import Catalog
+from services.jobs.templates import Templates
 from services.jobs.webhooks import WebhookObserver, Webhooks
 from services.models.downloads import DownloadObserver, Downloads
 from services.models.job_models import JobModels
@@ -39,6 +43,7 @@ class Worker:
     state: StateStore | None  # the fleet's Redis, with STATE_URL
     in_hand: InHand  # the work a drain waits for
     webhooks: Webhooks
+    templates: Templates
 
 
 class Observer(JobObserver, DownloadObserver, WebhookObserver, Protocol):
@@ -55,6 +60,7 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
     in_hand = InHand(settings.run_layout)
     downloads = Downloads(settings, observer=observer, in_hand=in_hand)
     models = JobModels(settings, downloads)
+    templates = _templates(settings, pool)
     pipeline = Pipeline(
         settings,
         pool,
@@ -62,11 +68,29 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
         observer=observer,
         shared=state,
         in_hand=in_hand,
+        templates=templates,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024) if cap_results else None,
         output_store=OutputStore.from_settings(settings) if cap_results else None,
     )
     webhooks = Webhooks(settings, in_hand=in_hand, observer=observer)
-    return Worker(settings, pool, downloads, models, pipeline, state, in_hand, webhooks)
+    return Worker(settings, pool, downloads, models, pipeline, state, in_hand, webhooks, templates)
+
+
+def _templates(settings: Settings, pool: ComfyPool) -> Templates:
+    """TEMPLATES_DIR, checked against the first instance's ComfyUI once it answers (every
+    instance runs the same ComfyUI on the same volume); under DRY_RUN structurally only."""
+    if settings.dry_run:
+        return Templates(settings.template_folders, None)
+    executor = pool.instances[0].executor
+    templates = Templates(settings.template_folders, Catalog(executor.client.node_info))
+    if templates.serving():
+        background.loop(
+            "templates-check",
+            lambda: templates.check_with_comfyui(lambda: executor.until_answers(time.monotonic() + 30)),
+            pause=1.0,
+            until=lambda: templates.checked,
+        )
+    return templates
 
 
 def job_store(worker: Worker) -> JobStore:

@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageFilter, ImageOps, PngImagePlugin
 
 VERSION = "0.3.64"
 LEGACY = {"clip": "text_encoders", "unet": "diffusion_models"}
@@ -114,6 +114,43 @@ NODES: dict[str, dict] = {
         output_node=True,
     ),
     "PreviewImage": spec({"images": ["IMAGE"]}, [], output_node=True),
+    # comfy_extras/nodes_images.py and nodes_post_processing.py at the pinned commit
+    "ImageAddNoise": spec(
+        {
+            "image": ["IMAGE"],
+            "seed": [
+                INT,
+                {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True},
+            ],
+            "strength": ["FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01}],
+        },
+        ["IMAGE"],
+    ),
+    "ImageBlur": spec(
+        {
+            "image": ["IMAGE"],
+            "blur_radius": [INT, {"default": 1, "min": 1, "max": 31, "step": 1}],
+            "sigma": ["FLOAT", {"default": 1.0, "min": 0.1, "max": 10.0, "step": 0.1}],
+        },
+        ["IMAGE"],
+    ),
+    "SaveAnimatedWEBP": spec(
+        {
+            "images": ["IMAGE"],
+            "filename_prefix": ["STRING", {"default": "ComfyUI"}],
+            "fps": ["FLOAT", {"default": 6.0, "min": 0.01, "max": 1000.0, "step": 0.01}],
+            "lossless": ["BOOLEAN", {"default": True}],
+            "quality": [INT, {"default": 80, "min": 0, "max": 100}],
+            "method": [["default", "fastest", "slowest"]],
+        },
+        [],
+        output_node=True,
+    ),
+    # its list is the checkpoints on the volume, read anew at every ask (Server.inputs_of)
+    "CheckpointLoaderSimple": spec(
+        {"ckpt_name": [[], {"tooltip": "The name of the checkpoint (model) to load."}]},
+        ["MODEL", "CLIP", "VAE"],
+    ),
     "StandinSlow": spec(
         {
             "image": ["IMAGE"],
@@ -290,7 +327,7 @@ class Server:
         node = prompt[node_id]
         inputs = node.get("inputs", {})
         own = []
-        for name, config in NODES[node["class_type"]]["input"]["required"].items():
+        for name, config in self.inputs_of(node["class_type"])["required"].items():
             kind, options = config[0], (config[1] if len(config) > 1 else {})
             if name not in inputs:
                 own.append(
@@ -330,14 +367,14 @@ class Server:
                     )
                     continue
                 self._validate_node(prompt, source, errors, seen)
-            elif kind == INT:
+            elif kind in (INT, "FLOAT"):
                 try:
-                    number = int(value)
+                    number = int(value) if kind == INT else float(value)
                 except (TypeError, ValueError) as exc:
                     own.append(
                         self._err(
                             "invalid_input_type",
-                            "Failed to convert an input value to a INT value",
+                            f"Failed to convert an input value to a {kind} value",
                             f"{name}, {value}, {exc}",
                             {
                                 "input_name": name,
@@ -571,6 +608,35 @@ class Server:
         if kind == "ImageScale":
             size = (int(inputs["width"]), int(inputs["height"]))
             return [[img.resize(size, SCALE[inputs["upscale_method"]]) for img in inputs["image"]]], None
+        if kind == "ImageAddNoise":  # seeded: the same seed gives the same pixels
+            rng = random.Random(int(inputs["seed"]))
+            return [
+                [
+                    Image.blend(
+                        img,
+                        Image.frombytes("RGB", img.size, rng.randbytes(img.width * img.height * 3)),
+                        float(inputs["strength"]),
+                    )
+                    for img in inputs["image"]
+                ]
+            ], None
+        if kind == "ImageBlur":
+            blur = ImageFilter.GaussianBlur(radius=float(inputs["sigma"]))
+            return [[img.filter(blur) for img in inputs["image"]]], None
+        if kind == "SaveAnimatedWEBP":
+            item = self._write(str(inputs["filename_prefix"]), ".webp", b"")
+            path = os.path.join(self.output_dir, item["subfolder"], item["filename"])
+            first, *rest = inputs["images"]
+            first.save(
+                path,
+                save_all=True,
+                append_images=rest,
+                lossless=bool(inputs["lossless"]),
+                quality=int(inputs["quality"]),
+            )
+            return [], {"images": [item], "animated": [True]}
+        if kind == "CheckpointLoaderSimple":
+            raise NodeFailure(f"Error while deserializing header: {inputs['ckpt_name']} is no checkpoint")
         if kind in ("SaveImage", "PreviewImage"):
             return [], {
                 "images": self._save(inputs["images"], kind, inputs.get("filename_prefix", "ComfyUI"), prompt)
@@ -849,10 +915,28 @@ class Server:
             return web.json_response({name: self._info(name)} if name in NODES else {})
         return web.json_response({name: self._info(name) for name in NODES})
 
+    def inputs_of(self, name: str) -> dict:
+        """A node's declared inputs; a model loader's list is the volume's files of its folder."""
+        if name != "CheckpointLoaderSimple":
+            return NODES[name]["input"]
+        tooltip = NODES[name]["input"]["required"]["ckpt_name"][1]
+        return {"required": {"ckpt_name": [self.model_names("checkpoints"), tooltip]}}
+
+    def model_names(self, folder: str) -> list[str]:
+        names = []
+        for root in self.model_folders().get(folder, []):
+            for current, _, files in os.walk(root):
+                names.extend(
+                    os.path.relpath(os.path.join(current, f), root)
+                    for f in sorted(files)
+                    if f.endswith(MODEL_EXTENSIONS)
+                )
+        return sorted(names)
+
     def _info(self, name: str) -> dict:
         info = NODES[name]
         return {
-            "input": info["input"],
+            "input": self.inputs_of(name),
             "output": info["output"],
             "name": name,
             "display_name": name,
@@ -882,15 +966,7 @@ class Server:
             return web.json_response(FOLDER_TYPES + sorted(set(folders) - set(FOLDER_TYPES)))
         if folder not in FOLDER_TYPES and folder not in folders:
             return web.Response(status=404)
-        names = []
-        for root in folders.get(folder, []):
-            for current, _, files in os.walk(root):
-                names.extend(
-                    os.path.relpath(os.path.join(current, f), root)
-                    for f in sorted(files)
-                    if f.endswith(MODEL_EXTENSIONS)
-                )
-        return web.json_response(sorted(names))
+        return web.json_response(self.model_names(folder))
 
     async def get_features(self, request: web.Request) -> web.Response:
         return web.json_response({"supports_preview_metadata": True, "max_upload_size": 104857600})

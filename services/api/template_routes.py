@@ -1,0 +1,72 @@
+"""Templates on the pod: what serves, each one's schema and an example, and a call that runs it
+(services.jobs.template_params) like `/run`, sync or with `?async=1`.
+
+A plain call's body is the parameters alone, so the template's JSON Schema is the body's; an
+encrypted call seals `{"template": name, "params": {...}}`, here or to `/run`.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from services.api import job_routes
+from services.api.context import Api
+from services.api.responses import json_response, read_json
+from services.jobs import envelope
+from services.jobs import templates as tpl
+
+
+def blueprint(api: Api) -> Blueprint:
+    routes = Blueprint("templates", __name__, url_prefix="/templates")
+    templates = api.worker.templates
+
+    @routes.get("")
+    def listing() -> Response:
+        return json_response(
+            {
+                "templates": [
+                    {"name": t.name, "description": t.description, "run": f"/templates/{t.name}/run"}
+                    for t in templates.serving()
+                ],
+                "rejected": templates.view()["rejected"],
+            }
+        )
+
+    @routes.get("/<name>")
+    def one(name: str) -> Response:
+        template = templates.get(name)
+        schema = tpl.schema(template, templates.catalog if templates.checked else None)
+        return json_response(
+            {
+                "name": template.name,
+                "description": template.description,
+                "schema": schema,
+                "defaults": tpl.defaults(template),
+                "example": tpl.example(template),
+            }
+        )
+
+    @routes.post("/<name>/run")
+    def run(name: str) -> Response:
+        body = read_json()
+        if not envelope.is_envelope(body):
+            templates.get(name)  # an unknown name is 404 before anything else
+            body = {"template": name, "params": body}
+        return job_routes.answer(api, body)
+
+    return routes
+
+
+def documented(api: Api) -> list[dict]:
+    """Each serving template for the OpenAPI document: its schema as calls are checked now."""
+    templates = api.worker.templates
+    catalog = templates.catalog if templates.checked else None
+    return [
+        {
+            "name": t.name,
+            "description": t.description,
+            "schema": tpl.schema(t, catalog),
+            "example": tpl.example(t),
+        }
+        for t in templates.serving()
+    ]

@@ -1,0 +1,188 @@
+"""A template call: `{"template": name, "params": {...}}` (plus the usual job options) becomes an
+ordinary job.
+
+    params -> the template's JSON Schema (every problem collected) -> image parameters decoded or
+    fetched -> defaults filled, seeds drawn -> the workflow with the values set -> a job payload
+
+The values used (the drawn seed too) go back with the result, so a call can be repeated exactly.
+ComfyUI's node errors on an input a parameter filled are told back under that parameter's name.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from services.core import errors
+from services.core.job_spec import InputImage, JobRequest
+from services.jobs import templates as tpl
+from services.jobs.job_request import decode_base64_image, image_extension
+from services.jobs.templates import Template, Templates
+
+_MESSAGES = {
+    "minimum": "must be at least {}",
+    "maximum": "must be at most {}",
+    "minLength": "must have at least {} characters",
+    "maxLength": "must have at most {} characters",
+}
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+}
+
+
+def is_call(payload: Any) -> bool:
+    return isinstance(payload, dict) and "template" in payload
+
+
+@dataclass(frozen=True)
+class Call:
+    template: Template
+    payload: dict  # the job as /run takes it: the filled workflow and the call's options
+    used: dict  # the values the job ran with, seeds included
+    images: tuple[InputImage, ...] = field(default=(), repr=False)
+
+    def job(self, job: JobRequest) -> JobRequest:
+        """The parsed job with the image parameters as its input images."""
+        return replace(job, images=job.images + self.images) if self.images else job
+
+    def explain(self, exc: errors.WorkflowValidationFailed) -> errors.WorkerError:
+        """ComfyUI's refusal told by parameter where a parameter filled the input it names."""
+        filled = self.template.filled_by()
+        details = []
+        for node_id, entry in exc.node_errors.items():
+            for problem in (entry or {}).get("errors") or [] if isinstance(entry, dict) else []:
+                name = filled.get((node_id, ((problem or {}).get("extra_info") or {}).get("input_name")))
+                if name is not None:
+                    text = problem.get("message", "refused")
+                    more = problem.get("details")
+                    details.append(
+                        {"param": name, "rule": "comfyui", "message": f"{text}: {more}" if more else text}
+                    )
+        if details:
+            return errors.InvalidParams(self.template.name, details)
+        return errors.TemplateError(self.template.name, exc.detail, exc.node_errors)
+
+
+def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], wait_s: float) -> Call:
+    """The call's job, or `unknown_template` / `invalid_params` naming every bad field."""
+    clash = sorted(k for k in ("workflow", "images") if k in payload)
+    if clash:
+        raise errors.InvalidRequest(f"a template call sends 'params', not {' or '.join(clash)}")
+    template = templates.get(payload["template"], wait_s)
+    given = payload.get("params", {})
+    if not isinstance(given, dict):
+        raise errors.InvalidParams(template.name, [_detail(None, "type", "'params' must be an object")])
+    details = _schema_problems(templates, template, given)
+    images = _images(template, given, fetch, details) if not details else ()
+    if details:
+        raise errors.InvalidParams(template.name, details)
+    used, workflow = _filled(template, given, images)
+    options = {k: v for k, v in payload.items() if k not in ("template", "params")}
+    return Call(template, {**options, "workflow": workflow}, used, tuple(i for _, i in images))
+
+
+def _schema_problems(templates: Templates, template: Template, given: dict) -> list[dict]:
+    problems = list(templates.validator(template).iter_errors(given))
+    live = {n for n, p in template.params.items() if p.live}
+    if any(p.validator == "enum" and _param_of(p) in live for p in problems):
+        problems = list(templates.validator(template, fresh=True).iter_errors(given))  # a new file?
+    details = []
+    for problem in problems:
+        if problem.validator == "additionalProperties":
+            known = ", ".join(template.params)
+            details += [
+                _detail(k, "unknown", f"no such parameter (known: {known})")
+                for k in given
+                if k not in template.params
+            ]
+        elif problem.validator == "required":
+            details += [
+                _detail(n, "required", "is required") for n in problem.validator_value if n not in given
+            ]
+        else:
+            details.append(_detail(_param_of(problem), problem.validator, _message(problem)))
+    return details
+
+
+def _param_of(problem: Any) -> str | None:
+    return str(problem.absolute_path[0]) if problem.absolute_path else None
+
+
+def _message(problem: Any) -> str:
+    """Words of our own: jsonschema's repeat the value, which may be a user's private prompt."""
+    rule, expected = problem.validator, problem.validator_value
+    if rule in _MESSAGES:
+        return _MESSAGES[rule].format(expected)
+    if rule == "type":
+        return f"must be {_TYPE_WORDS.get(expected, expected)}"
+    if rule == "enum":
+        shown = ", ".join(repr(v) for v in expected[:20]) + (", ..." if len(expected) > 20 else "")
+        return f"must be one of {shown}"
+    if rule == "anyOf":  # the seed
+        top = problem.schema["anyOf"][0]
+        return f'must be an integer from {top.get("minimum", 0)} to {top["maximum"]}, or "random"'
+    return f"breaks {rule}"
+
+
+def _detail(param: str | None, rule: str, message: str) -> dict:
+    return {"param": param, "rule": rule, "message": message}
+
+
+def _images(
+    template: Template, given: dict, fetch: Callable[[str], bytes], details: list[dict]
+) -> list[tuple[str, InputImage]]:
+    """Each image parameter's bytes under a name of its own in the job's input folder."""
+    images = []
+    for name, param in template.params.items():
+        if param.kind != "image" or name not in given:
+            continue
+        value = given[name]
+        try:
+            data = fetch(value) if value.startswith(("http://", "https://")) else decode_base64_image(value)
+        except errors.ImageFetchFailed as exc:
+            details.append(_detail(name, "image", exc.detail))
+            continue
+        except (ValueError, binascii.Error):
+            details.append(_detail(name, "image", "is neither base64, a data URI nor an http(s) URL"))
+            continue
+        extension = image_extension(data)
+        if extension is None:
+            details.append(_detail(name, "image", "is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"))
+            continue
+        images.append((name, InputImage(f"{name}-{uuid.uuid4().hex[:12]}{extension}", data)))
+    return images
+
+
+def _filled(template: Template, given: dict, images: list[tuple[str, InputImage]]) -> tuple[dict, dict]:
+    """(the values used, the workflow with them set). Only the nodes a parameter fills are copied."""
+    used: dict[str, Any] = {}
+    workflow = dict(template.workflow)
+    for name, param in template.params.items():
+        value = given.get(name, param.default)
+        if param.kind == "seed" and (value is None or value == "random"):
+            low = int(param.minimum or 0)
+            value = low + secrets.randbelow(int(param.maximum or tpl.SEED_MAX) - low + 1)
+        used[name] = value
+        for target in param.targets:
+            node = workflow[target.node_id]
+            if node is template.workflow[target.node_id]:
+                node = workflow[target.node_id] = {**node, "inputs": dict(node["inputs"])}
+            node["inputs"][target.input] = value
+    for name, image in images:
+        for target in template.params[name].targets:
+            workflow[target.node_id]["inputs"][target.input] = image.name
+        given_value = given[name]
+        used[name] = (
+            given_value
+            if given_value.startswith(("http://", "https://"))
+            else {"bytes": len(image.data), "sha256": hashlib.sha256(image.data).hexdigest()}
+        )
+    return used, workflow
