@@ -4,6 +4,8 @@ outputs, manage a pod's models, make a worker key.
     comfy-worker keygen
     comfy-worker run workflow.json --url http://pod:8000 [--server-key PUB] [--api-key KEY]
     comfy-worker run workflow.json --endpoint ID --api-key KEY [--runpod-url URL] [--server-key PUB]
+    comfy-worker run --template NAME -p width=512 -p image=@in.png --url http://pod:8000
+    comfy-worker templates check DIR [--comfy http://127.0.0.1:8188]
     comfy-worker download --url http://pod:8000 --type checkpoints (--from URL | --repo-id R --filename F)
     comfy-worker models --url http://pod:8000 [--type loras]
 
@@ -94,6 +96,32 @@ def build_payload(
         payload["models"] = [model_item(spec) for spec in models]
     if webhook:
         payload["webhook"] = webhook  # inside the envelope when the job is encrypted
+    return payload
+
+
+def param_item(spec: str) -> tuple[str, Any]:
+    """`NAME=VALUE` of a template call: VALUE as JSON when it parses (512, 0.5, true, "7"), else
+    as text; `NAME=@PATH` a file's bytes as base64 (an image parameter)."""
+    name, sep, value = spec.partition("=")
+    if not sep or not name:
+        raise ValueError(f"-p {spec!r}: give NAME=VALUE, or NAME=@PATH for an image")
+    if value.startswith("@"):
+        with open(value[1:], "rb") as handle:
+            return name, b64encode(handle.read()).decode("ascii")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
+
+
+def build_template_call(
+    template: str, params: list[str], timeout_s: float | None, webhook: str | None = None
+) -> dict:
+    payload: dict[str, Any] = {"template": template, "params": dict(param_item(spec) for spec in params)}
+    if timeout_s:
+        payload["timeout_s"] = timeout_s
+    if webhook:
+        payload["webhook"] = webhook
     return payload
 
 
@@ -205,10 +233,44 @@ def write_outputs(result: dict, out_dir: str, runner: Runner) -> list[str]:
 def run_workflow(args: argparse.Namespace) -> int:
     """Run the workflow file and write its outputs, one path a line."""
     runner = Runner(args)
-    result = runner.run(build_payload(args.workflow, args.image, args.timeout, args.model, args.webhook))
+    if args.template:
+        payload = build_template_call(args.template, args.param, args.timeout, args.webhook)
+    else:
+        payload = build_payload(args.workflow, args.image, args.timeout, args.model, args.webhook)
+    result = runner.run(payload)
     for path in write_outputs(result, args.out, runner):
         print(path)
+    if "params" in result:  # what the template ran with: a drawn seed repeats the result
+        print(json.dumps({"params": result["params"]}), file=sys.stderr)
     return 0
+
+
+def check_templates(args: argparse.Namespace) -> int:
+    """Each template of DIR against a running ComfyUI's inputs, a line each: 0 all serve, 1 not."""
+    try:  # the worker's own code: in its checkout or image, not in the client's wheel
+        from services.comfy.client import ComfyClient
+        from services.jobs.template_catalog import Catalog
+        from services.jobs.templates import Templates
+    except ImportError:
+        print(
+            "error: templates check runs where the worker is installed (its checkout or image)",
+            file=sys.stderr,
+        )
+        return 2
+    client = ComfyClient(args.comfy)
+    if not client.ready():
+        print(f"error: no ComfyUI answers at {args.comfy} (--comfy URL)", file=sys.stderr)
+        return 2
+    templates = Templates((args.dir,), Catalog(client.node_info))
+    templates.check_with_comfyui(lambda: True)
+    if not templates.checked:
+        print(f"error: ComfyUI at {args.comfy} stopped answering during the check", file=sys.stderr)
+        return 2
+    for template in templates.serving():
+        print(f"ok        {template.name}: {len(template.params)} parameters")
+    for rejected in templates.view()["rejected"]:
+        print(f"rejected  {rejected['reason']}")
+    return 1 if templates.view()["rejected"] else 0
 
 
 def download(args: argparse.Namespace) -> int:
@@ -277,8 +339,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("keygen", help="print a new worker key pair")
-    run = commands.add_parser("run", help="run a workflow file (API format)")
-    run.add_argument("workflow")
+    run = commands.add_parser("run", help="run a workflow file (API format) or a template")
+    run.add_argument("workflow", nargs="?", help="the workflow file (or --template)")
+    run.add_argument("--template", help="a template the worker serves (GET /templates)")
+    run.add_argument(
+        "-p",
+        "--param",
+        action="append",
+        default=[],
+        help="a template parameter as NAME=VALUE (JSON where it parses) or NAME=@PATH (an image)",
+    )
     target = run.add_mutually_exclusive_group(required=True)
     target.add_argument("--url", help="pod API base URL, e.g. http://127.0.0.1:8000")
     target.add_argument("--endpoint", help="RunPod endpoint id")
@@ -312,11 +382,29 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("--name", help="the file name on the volume")
     fetch.add_argument("--sha256", help="refuse the file unless it has this sha256")
     fetch.add_argument("--quiet", action="store_true", help="no progress line")
+    templates = commands.add_parser("templates", help="check a folder of templates")
+    templates.add_argument("action", choices=["check"])
+    templates.add_argument("dir", help="a folder of templates (TEMPLATES_DIR)")
+    templates.add_argument("--comfy", default="http://127.0.0.1:8188", help="a running ComfyUI's URL")
     listing = commands.add_parser("models", help="list the models on a pod's volume")
     listing.add_argument("--url", required=True, help="pod API base URL")
     listing.add_argument("--api-key", help="API_KEY of the pod")
     listing.add_argument("--type", help="only this model folder")
     return parser
+
+
+def _check_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if bool(args.workflow) == bool(args.template):
+        parser.error("give a workflow file or --template NAME, one of them")
+    if args.template and (args.image or args.model):
+        parser.error("a template takes its images as -p NAME=@PATH, and names its models itself")
+    if args.param and not args.template:
+        parser.error("-p goes with --template")
+    for spec in args.model:
+        try:
+            model_item(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,11 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "download" and args.repo_id and not args.filename:
         parser.error("--repo-id needs --filename")
     if args.command == "run":
-        for spec in args.model:
-            try:
-                model_item(spec)
-            except ValueError as exc:
-                parser.error(str(exc))
+        _check_run(parser, args)
     if args.command == "keygen":
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={b64encode(bytes(key)).decode()}")
@@ -337,7 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"KEY_ID={key_id(b64encode(bytes(key.public_key)).decode())}")
         print(f"WEBHOOK_SECRET=whsec_{b64encode(os.urandom(32)).decode()}")
         return 0
-    command = {"run": run_workflow, "download": download, "models": models}[args.command]
+    command = {"run": run_workflow, "download": download, "models": models, "templates": check_templates}[
+        args.command
+    ]
     try:
         return command(args)
     except JobFailed as exc:

@@ -3,8 +3,6 @@ stopped by its pid. Installed from Debian's packages when missing and the tests 
 
 from __future__ import annotations
 
-import fcntl
-import os
 import shutil
 import signal
 import subprocess
@@ -12,37 +10,12 @@ import tempfile
 
 import redis
 
+from tests.debian import installed
 from tests.stack import free_port, wait_until
-
-INSTALL_HINT = "install Debian's redis-server (apt-get install redis-server) or run the tests as root"
 
 
 def binary() -> str:
-    """The redis-server binary, installed first when it is missing (once for parallel runners)."""
-    found = shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-    )
-    if found:
-        return found
-    if os.geteuid() != 0:
-        raise RuntimeError(f"redis-server is not installed: {INSTALL_HINT}")
-    with open(os.path.join(tempfile.gettempdir(), "comfy-worker-redis-install.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists("/usr/bin/redis-server"):
-            _apt_install()
-    return "/usr/bin/redis-server"
-
-
-def _apt_install() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]
-    for command in ([*install], ["apt-get", "update"], [*install]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if command[1] == "install" and done.returncode == 0:
-            return
-    raise RuntimeError(
-        f"apt-get could not install redis-server: {done.stderr.strip()[-400:]}; {INSTALL_HINT}"
-    )
+    return installed("redis-server", "redis-server")
 
 
 class RedisServer:

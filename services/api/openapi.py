@@ -407,20 +407,22 @@ def _template_paths(templates: list[dict]) -> dict:
         "/templates/{name}/run": _template_run("run a template by name", [name], OBJECT),
     }
     for template in templates:
-        body = {**template["schema"], "examples": [template["example"]]}
         summary = f"{template['name']}: {template['description']}"[:120]
-        paths[f"/templates/{template['name']}/run"] = _template_run(summary, [], body)
+        run = _template_run(summary, [], template["schema"], template["example"])
+        run["post"]["operationId"] = "run_" + template["name"].replace("-", "_")
+        paths[f"/templates/{template['name']}/run"] = run
     return paths
 
 
-def _template_run(summary: str, parameters: list, body: dict) -> dict:
+def _template_run(summary: str, parameters: list, body: dict, example: dict | None = None) -> dict:
     """A call: the parameters as the body (or an envelope sealing {template, params})."""
+    media = {"schema": body, **({"example": example} if example is not None else {})}
     return {
         "post": {
             "summary": summary,
             "tags": ["templates"],
             "parameters": [*parameters, ASYNC],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+            "requestBody": {"required": True, "content": {"application/json": media}},
             "responses": {
                 "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
                 "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),

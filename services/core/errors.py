@@ -135,8 +135,9 @@ class InvalidParams(WorkerError):
     http_status = 400
 
     def __init__(self, template: str, details: list[dict]) -> None:
-        names = ", ".join(dict.fromkeys(str(d["param"]) for d in details))
-        super().__init__(f"template {template!r}: {len(details)} problem(s) with: {names}")
+        """The detail lists every problem too: RunPod keeps a failed job's `error` string alone."""
+        said = "; ".join(f"{d['param'] or 'params'}: {d['message']} [{d['rule']}]" for d in details)
+        super().__init__(f"template {template!r}: {said}")
         self.template, self.details = template, details
 
     def to_dict(self) -> dict:

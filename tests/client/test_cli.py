@@ -6,6 +6,7 @@ import glob
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,10 +18,11 @@ from client.cli import build_payload
 from services.core import config
 from services.jobs import envelope
 from tests.file_server import FileServer
-from tests.stack import ROOT, Stack, copy_checkout
+from tests.stack import ROOT, Stack, copy_checkout, free_port
 from tests.workflows import empty_image, invert_upload, png_b64, with_knob
 
 KEY = "cli-key"
+TEMPLATES = os.path.join(ROOT, "templates")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +55,8 @@ def cli(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pod():
-    stack = Stack("api", {"DRY_RUN": "0", "API_KEY": KEY, "ALLOW_PRIVATE_DOWNLOADS": "1"}).ready()
+    env = {"DRY_RUN": "0", "API_KEY": KEY, "ALLOW_PRIVATE_DOWNLOADS": "1", "TEMPLATES_DIR": TEMPLATES}
+    stack = Stack("api", env).ready()
     yield stack
     stack.stop()
 
@@ -230,8 +233,65 @@ def test_seed_recipe_with_the_seed_environment(serverless):
 def test_the_command_only_from_the_wheel_has_no_checkout_to_lean_on(cli):
     result = cli("--help")
     assert result.returncode == 0 and "comfy-worker" in result.stdout
-    for command in ("run", "download", "models", "keygen"):
+    for command in ("run", "download", "models", "keygen", "templates"):
         assert command in result.stdout
+    checked = cli("templates", "check", TEMPLATES)
+    assert checked.returncode == 2 and "runs where the worker is installed" in checked.stderr
+
+
+def test_an_encrypted_template_run_with_parameters_and_an_image_file(cli, pod, tmp_path):
+    picture = tmp_path / "in.png"
+    picture.write_bytes(__import__("base64").b64decode(png_b64(30, 20)))
+    out = str(tmp_path / "webp")
+    result = cli(
+        "run",
+        *("--template", "soft-webp", "-p", f"image=@{picture}", "-p", "width=24", "-p", "height=16"),
+        *("-p", "lossless=true", "-p", "effort=fastest"),
+        *("--url", pod.url, "--api-key", KEY, "--server-key", pod.public_key, "--out", out, "--quiet"),
+    )
+    assert result.returncode == 0, result.stderr
+    [path] = result.stdout.split()
+    assert path.endswith(".webp") and Image.open(path).size == (24, 16)
+    used = json.loads(result.stderr.strip().splitlines()[-1])["params"]
+    assert used["lossless"] is True and used["width"] == 24 and used["effort"] == "fastest"
+
+
+def test_a_template_run_with_a_bad_parameter_exits_1_naming_it(cli, pod):
+    sealed = ("--server-key", pod.public_key, "--quiet")
+    result = cli(
+        "run", "--template", "noise-card", "-p", "width=5000", "--url", pod.url, "--api-key", KEY, *sealed
+    )
+    assert result.returncode == 1
+    assert "invalid_params: template 'noise-card': width: must be at most 1024 [maximum]" in result.stderr
+    usage = cli("run", "--template", "noise-card", "--image", "x.png", "--url", pod.url)
+    assert usage.returncode == 2 and "-p NAME=@PATH" in usage.stderr
+
+
+def test_templates_check_says_a_line_per_template_where_the_worker_is(pod, tmp_path):
+    """Run from the checkout (the image has the same code): the examples pass, a template that
+    widens a bound ComfyUI declares is named with why, and no ComfyUI is exit 2."""
+    folder = tmp_path / "templates"
+    shutil.copytree(TEMPLATES, folder)
+    spec = json.loads((folder / "noise-card" / "template.json").read_text())
+    spec["params"]["width"]["min"] = 0
+    shutil.copytree(folder / "noise-card", folder / "wide")
+    (folder / "wide" / "template.json").write_text(json.dumps(spec))
+    command = [sys.executable, "-m", "client.cli", "templates", "check", str(folder)]
+    comfy = f"http://127.0.0.1:{pod.comfy_port}"
+    result = subprocess.run(
+        [*command, "--comfy", comfy], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [
+        "ok        noise-card: 5 parameters",
+        "ok        soft-webp: 9 parameters",
+        "rejected  wide: parameter 'width': min 0 is outside ComfyUI's min 1 of EmptyImage.width",
+    ]
+    nobody = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [*command, "--comfy", nobody], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and f"no ComfyUI answers at {nobody}" in result.stderr
 
 
 def test_download_then_models_on_a_pod(cli, pod):

@@ -146,6 +146,7 @@ NODES: dict[str, dict] = {
         [],
         output_node=True,
     ),
+    "VAEDecode": spec({"samples": ["LATENT"], "vae": ["VAE"]}, ["IMAGE"]),
     # its list is the checkpoints on the volume, read anew at every ask (Server.inputs_of)
     "CheckpointLoaderSimple": spec(
         {"ckpt_name": [[], {"tooltip": "The name of the checkpoint (model) to load."}]},
@@ -635,6 +636,9 @@ class Server:
                 quality=int(inputs["quality"]),
             )
             return [], {"images": [item], "animated": [True]}
+        if kind == "VAEDecode":
+            width, height = inputs["samples"]["samples"]
+            return [[Image.new("RGB", (width * 8, height * 8), (128, 128, 128))]], None
         if kind == "CheckpointLoaderSimple":
             raise NodeFailure(f"Error while deserializing header: {inputs['ckpt_name']} is no checkpoint")
         if kind in ("SaveImage", "PreviewImage"):
