@@ -77,16 +77,20 @@ def test_env_defaults_equal_the_configuration_defaults():
     )
     defaults = config.Settings()
     differing = {f.name for f in fields(defaults) if getattr(image, f.name) != getattr(defaults, f.name)}
-    # the image's own interpreter for ComfyUI and models, the key given above, and the image
-    # guarantees ComfyUI a user of its own and a driver its torch runs on
+    # the image's own interpreter for ComfyUI and models, the key given above, the image
+    # guarantees ComfyUI a user of its own and a driver its torch runs on, and serves its own
+    # example templates after the volume's
     assert differing == {
         "comfy_python",
         "baked_model_dir",
         "private_key_b64",
         "comfy_user_required",
         "cuda_driver_required",
+        "templates_dir",
     }
     assert env["COMFY_PYTHON"] == "/opt/comfyui-venv/bin/python"
+    assert image.template_folders == ("/workspace/templates", "/app/templates")
+    assert defaults.template_folders == ("/workspace/templates",)  # beside the volume
 
 
 def test_comfyui_is_pinned_to_the_configured_commit():
