@@ -77,6 +77,7 @@ bench: $(STAMP)
 	$(PY) -m bench.rolling_restart
 	$(PY) -m bench.webhooks
 	$(PY) -m bench.envelope_keys
+	$(PY) -m bench.templates
 	$(PY) -m bench.job_models
 	$(PY) -m bench.cold_start
 	$(PY) -m bench.big_payload
