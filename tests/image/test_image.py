@@ -17,7 +17,7 @@ from client.envelope_client import open_answer, seal_request
 from services.jobs import envelope
 from tests import comfyui_source
 from tests.file_server import FileServer
-from tests.stack import copy_checkout, free_port, wait_until
+from tests.stack import ROOT, copy_checkout, free_port, wait_until
 from tests.workflows import decode_png, empty_image, slow_workflow
 
 pytestmark = [pytest.mark.image, pytest.mark.timeout(3600)]
@@ -249,6 +249,9 @@ def test_serverless_dry_run_answers_runsync_of_the_local_queue(image):
 def comfy_container(image):
     """The real ComfyUI inside the image (CPU), a mounted model volume."""
     volume = tempfile.mkdtemp(prefix="volume-")
+    shutil.copytree(
+        os.path.join(ROOT, "templates", "noise-card"), os.path.join(volume, "templates", "volume-card")
+    )
     container = Container(image, {"ALLOW_PRIVATE_DOWNLOADS": "1"}, "-v", f"{volume}:/workspace")
     container.volume = volume
     container.wait_http("/readyz")
@@ -275,6 +278,15 @@ def test_real_comfyui_in_the_image_answers_an_encrypted_job(comfy_container):
     result = sealed_run(comfy_container, {"workflow": empty_image(40, 30, 0x00FF00)})
     image = decode_png(result["outputs"][0])
     assert image.size == (40, 30) and image.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+
+
+def test_the_image_serves_its_example_templates_and_the_volumes_own(comfy_container):
+    health = lambda: requests.get(comfy_container.url + "/healthz", timeout=5).json()["templates"]  # noqa: E731
+    wait_until(lambda: health()["checked_with_comfyui"], 120, "the templates' check against ComfyUI")
+    assert health()["serving"] == ["noise-card", "soft-webp", "volume-card"] and health()["rejected"] == []
+    body = {"template": "volume-card", "params": {"width": 24, "height": 16, "seed": 11}}
+    result = sealed_run(comfy_container, body, path="/templates/volume-card/run")
+    assert result["params"]["seed"] == 11 and decode_png(result["outputs"][0]).size == (24, 16)
 
 
 def test_comfyui_runs_as_its_own_user_without_the_workers_secrets(comfy_container):
