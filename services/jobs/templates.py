@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jsonschema
@@ -235,7 +235,7 @@ def check(template: Template, catalog: Catalog) -> Template:
                     + ("" if catalog.knows(template.class_of[target.node_id]) else " (unknown node class)")
                 )
         params[param.name] = _narrowed(template, param, catalog)
-    checked = Template(template.name, template.description, template.workflow, params, template.class_of)
+    checked = replace(template, params=params)
     _check_defaults(checked, catalog)
     return checked
 
@@ -263,17 +263,7 @@ def _narrowed(template: Template, param: Param, catalog: Catalog) -> Param:
                 raise TemplateLoadError(f"{where}: ComfyUI's {at} does not offer {refused}")
     if param.kind == "seed":
         high = SEED_MAX if high is None else min(high, SEED_MAX)
-    return Param(
-        param.name,
-        param.kind,
-        param.targets,
-        param.description,
-        param.default,
-        low,
-        high,
-        param.values,
-        param.live,
-    )
+    return replace(param, minimum=low, maximum=high)
 
 
 def _tighter(where: str, key: str, own: float | None, comfy: Any, at: str, pick: Callable) -> float | None:
@@ -446,6 +436,9 @@ class Templates:
             else:
                 self._reject(name, result)
         self._checked.set()
+        log.info(
+            "templates checked against ComfyUI: %d serve, %d rejected", len(self._loaded), len(self._rejected)
+        )
 
     def _checked_one(self, template: Template) -> Template | str:
         try:
