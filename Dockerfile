@@ -2,12 +2,13 @@
 # The supervised ComfyUI worker: pod API or RunPod serverless worker (LAUNCH_MODE).
 # Build: docker build -t comfy-worker .   Deploy: docs/deploy.md   Test: make image-test
 #
-# The base needs python3 (3.11) with venv. The default is a CUDA image for GPUs; ComfyUI's own
-# torch comes from comfyui-requirements.lock (its wheels carry their CUDA libraries), so a plain
-# Debian base works too (BASE_IMAGE=..., which is how `make image-test` builds).
+# The base needs python3 (3.11) with venv on Debian or Ubuntu. The default is Python's slim
+# Debian image: ComfyUI's torch comes from comfyui-requirements.lock and its wheels carry their
+# CUDA libraries, so a CUDA base would add gigabytes nothing uses (one still works:
+# BASE_IMAGE=<a CUDA image with python3.11>; `make image-test` builds on a local Debian base).
 # TORCH_FLAVOR=cu128 builds the flavor for NVIDIA drivers 525-579: ComfyUI's torch for CUDA 12.8,
 # from comfyui-requirements-cu128.lock (tag it -cu128); the default's torch needs driver >= 580.
-ARG BASE_IMAGE=pytorch/pytorch:2.8.0-cuda12.8-cudnn9-runtime
+ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 # --- the worker's own virtual environment, from the pinned requirements ----------------------
 FROM ${BASE_IMAGE} AS worker-venv
@@ -27,6 +28,17 @@ ARG COMFYUI_SOURCE=https://github.com/Comfy-Org/ComfyUI/archive/${COMFYUI_REF}.t
 ARG CUSTOM_NODES=docker/custom_nodes.txt
 ARG MODELS_MANIFEST=docker/models.json
 ARG TORCH_FLAVOR=
+
+# What ComfyUI and common custom nodes need at run time that a slim base lacks (docs/deploy.md):
+# git (custom nodes and their installs), libgl1 and libglib2.0-0 (OpenCV, which many custom
+# nodes import). ComfyUI's own video nodes use PyAV, whose wheel carries FFmpeg; add the ffmpeg
+# program for nodes that call it with EXTRA_APT_PACKAGES=ffmpeg. Debian's versions follow the
+# base's point release, so they are not pinned here.
+ARG EXTRA_APT_PACKAGES=
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git libgl1 libglib2.0-0 ${EXTRA_APT_PACKAGES} \
+ && rm -rf /var/lib/apt/lists/*
 
 # ComfyUI's own user: it must not share one with the processes that hold the worker's secrets
 RUN useradd --system --create-home --home-dir /home/comfy --shell /usr/sbin/nologin comfy

@@ -289,6 +289,14 @@ def test_the_image_serves_its_example_templates_and_the_volumes_own(comfy_contai
     assert result["params"]["seed"] == 11 and decode_png(result["outputs"][0]).size == (24, 16)
 
 
+def test_the_slim_base_carries_what_custom_nodes_need_at_run_time(comfy_container):
+    """git for custom nodes, libGL and GLib for OpenCV (docs/deploy.md); PyAV brings FFmpeg."""
+    assert comfy_container.exec("git", "--version").returncode == 0
+    libraries = "import ctypes; ctypes.CDLL('libGL.so.1'); ctypes.CDLL('libglib-2.0.so.0'); import av"
+    loaded = comfy_container.exec("/opt/comfyui-venv/bin/python", "-c", libraries)
+    assert loaded.returncode == 0, loaded.stderr
+
+
 def test_comfyui_runs_as_its_own_user_without_the_workers_secrets(comfy_container):
     """What a custom node could do, as ComfyUI's user: read every process's environment and
     command line, and the run folder."""
