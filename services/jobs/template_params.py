@@ -57,18 +57,25 @@ class Call:
         """ComfyUI's refusal told by parameter where a parameter filled the input it names."""
         filled = self.template.filled_by()
         details = []
-        for node_id, entry in exc.node_errors.items():
-            for problem in (entry or {}).get("errors") or [] if isinstance(entry, dict) else []:
-                name = filled.get((node_id, ((problem or {}).get("extra_info") or {}).get("input_name")))
-                if name is not None:
-                    text = problem.get("message", "refused")
-                    more = problem.get("details")
-                    details.append(
-                        {"param": name, "rule": "comfyui", "message": f"{text}: {more}" if more else text}
-                    )
+        for node_id, problem in _node_problems(exc.node_errors):
+            name = filled.get((node_id, (problem.get("extra_info") or {}).get("input_name")))
+            if name is not None:
+                text, more = problem.get("message", "refused"), problem.get("details")
+                details.append(
+                    {"param": name, "rule": "comfyui", "message": f"{text}: {more}" if more else text}
+                )
         if details:
             return errors.InvalidParams(self.template.name, details)
         return errors.TemplateError(self.template.name, exc.detail, exc.node_errors)
+
+
+def _node_problems(node_errors: dict) -> list[tuple[str, dict]]:
+    """(node id, error) for each error of ComfyUI's `node_errors`, skipping what is malformed."""
+    found = []
+    for node_id, entry in node_errors.items():
+        problems = entry.get("errors") if isinstance(entry, dict) else None
+        found += [(node_id, p) for p in problems or [] if isinstance(p, dict)]
+    return found
 
 
 def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], wait_s: float) -> Call:
