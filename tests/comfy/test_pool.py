@@ -4,6 +4,7 @@ its own instance, an instance that goes FATAL leaves the pool, and nothing of an
 
 import json
 import os
+import re
 import signal
 import socket
 import threading
@@ -221,9 +222,17 @@ def test_an_instance_that_goes_fatal_leaves_the_pool_and_jobs_go_on():
         try:
             rpc.startProcess("comfy-1", False)
             wait_until(lambda: "taken out of the pool" in stack.log, 60, "the watchdog to take comfy-1 out")
-            assert "comfy-1 is FATAL -> taken out of the pool; 1 of 2 ComfyUI instances left" in stack.log
+            # supervisord's FATAL, or on a loaded machine the watchdog's own count of exits first
+            # (a slow probe earlier counted one): either way out, stopped, and said why
+            assert re.search(
+                r"comfy-1 (is FATAL|exited \d+ times within \d+ s) -> taken out of the pool; "
+                r"1 of 2 ComfyUI instances left",
+                stack.log,
+            ), stack.log[-2000:]
             wait_until(
-                lambda: [i["state"] for i in instances(stack)] == ["RUNNING", "FATAL"],
+                lambda: (
+                    [i["state"] for i in instances(stack)] in (["RUNNING", "FATAL"], ["RUNNING", "STOPPED"])
+                ),
                 10,
                 "/healthz to show it",
             )
