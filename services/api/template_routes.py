@@ -35,12 +35,11 @@ def blueprint(api: Api) -> Blueprint:
     @routes.get("/<name>")
     def one(name: str) -> Response:
         template = templates.get(name)
-        schema = tpl.schema(template, templates.catalog if templates.checked else None)
         return json_response(
             {
                 "name": template.name,
                 "description": template.description,
-                "schema": schema,
+                "schema": templates.schema(template),
                 "defaults": tpl.defaults(template),
                 "example": tpl.example(template),
             }
@@ -60,12 +59,11 @@ def blueprint(api: Api) -> Blueprint:
 def documented(api: Api) -> list[dict]:
     """Each serving template for the OpenAPI document: its schema as calls are checked now."""
     templates = api.worker.templates
-    catalog = templates.catalog if templates.checked else None
     return [
         {
             "name": t.name,
             "description": t.description,
-            "schema": tpl.schema(t, catalog),
+            "schema": templates.schema(t),
             "example": tpl.example(t),
         }
         for t in templates.serving()

@@ -20,6 +20,7 @@ from typing import Any
 
 from services.core import errors
 from services.core.job_spec import InputImage, JobRequest
+from services.core.offload import offload
 from services.jobs import templates as tpl
 from services.jobs.job_request import decode_base64_image, image_extension
 from services.jobs.templates import Template, Templates
@@ -153,7 +154,10 @@ def _images(
             continue
         value = given[name]
         try:
-            data = fetch(value) if value.startswith(("http://", "https://")) else decode_base64_image(value)
+            if value.startswith(("http://", "https://")):
+                data = fetch(value)
+            else:  # megabytes of base64: off the gevent hub, like job_request's images
+                data = offload(decode_base64_image, value, size=len(value))
         except errors.ImageFetchFailed as exc:
             details.append(_detail(name, "image", exc.detail))
             continue
@@ -190,6 +194,10 @@ def _filled(template: Template, given: dict, images: list[tuple[str, InputImage]
         used[name] = (
             given_value
             if given_value.startswith(("http://", "https://"))
-            else {"bytes": len(image.data), "sha256": hashlib.sha256(image.data).hexdigest()}
+            else {"bytes": len(image.data), "sha256": offload(_sha256, image.data, size=len(image.data))}
         )
     return used, workflow
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -468,6 +468,10 @@ class Templates:
             self._validators[template.name] = Validator(schema(template, self.catalog, fresh))
         return self._validators[template.name]
 
+    def schema(self, template: Template) -> dict:
+        """The template's schema as calls are checked now: with ComfyUI's lists once checked."""
+        return schema(template, self.catalog if self.checked else None)
+
     def serving(self) -> list[Template]:
         return [self._loaded[name] for name in sorted(self._loaded)]
 
