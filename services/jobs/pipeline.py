@@ -1,7 +1,8 @@
 """The one job pipeline behind both the pod API and the RunPod handler.
 
-envelope (and its replay check) -> payload checks -> the job's models on the volume ->
-(DRY_RUN stops here) -> ComfyUI -> result -> seal. Adapters only authorize, decode the body and
+envelope (and its replay check) -> a template call filled in (services.jobs.template_params) ->
+payload checks -> the job's models on the volume -> (DRY_RUN stops here) -> ComfyUI (a template's
+refused input told by its parameter) -> result (+ the template's `params`) -> seal. Adapters only authorize, decode the body and
 map the `Reply` to their transport.
 Progress of an encrypted job leaves only as a percentage: node ids would reveal the workflow.
 """
