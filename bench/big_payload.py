@@ -28,6 +28,7 @@ from client.envelope_client import (
     envelope_json,
     open_answer,
     payload_json,
+    read_answer,
     seal_request,
 )
 from tests.stack import STANDIN, Backend, Stack, installed_real_backend
@@ -83,9 +84,13 @@ def through_run(url: str, png: bytes, session: requests.Session, public_key: str
     }
     if public_key:
         envelope, ephemeral = seal_request(payload, public_key)
-        answer = session.post(url + "/run", data=envelope_json(envelope), headers=JSON, timeout=120).json()
+        answer = read_answer(
+            session.post(url + "/run", data=envelope_json(envelope), headers=JSON, timeout=120).content
+        )
     else:
-        answer = session.post(url + "/run", data=payload_json(payload), headers=JSON, timeout=120).json()
+        answer = read_answer(
+            session.post(url + "/run", data=payload_json(payload), headers=JSON, timeout=120).content
+        )
         ephemeral = None
     result = open_answer(answer, ephemeral, public_key) if ephemeral else answer
     assert result["status"] == "ok" and result["outputs"], str(result)[:300]

@@ -6,7 +6,6 @@ baseline the direct ComfyUI round trip also pays: writing the input file and rea
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -14,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from bench.big_payload import fresh_png, workflow
-from client.envelope_client import b64decode, b64encode, envelope_json, open_answer, seal_request
+from client.envelope_client import b64decode, b64encode, envelope_json, open_answer, read_answer, seal_request
 from services.core import json_text
 from services.core.codec import b64, unb64
 from services.jobs import envelope
@@ -37,7 +36,7 @@ def one_round(
     payload = {"workflow": workflow("in.png"), "images": [{"name": "in.png", "image": image}]}
     request, ephemeral = note("client: seal the payload", lambda: seal_request(payload, public))
     body = note("client: envelope to JSON", lambda: envelope_json(request))
-    parsed = note("worker: JSON of the request body", lambda: json.loads(body))
+    parsed = note("worker: JSON of the request body", lambda: json_text.loads(body))
     opened = note(
         "worker: open the envelope (b64, decrypt, JSON)", lambda: envelope.open_request(parsed, keyring)
     )
@@ -52,7 +51,7 @@ def one_round(
     }
     sealed = note("worker: seal the result (JSON, encrypt, b64)", lambda: envelope.seal(result, opened.box))
     text = note("worker: JSON of the answer", lambda: json_text.dumps(sealed).encode())
-    answer = note("client: JSON of the answer", lambda: json.loads(text))
+    answer = note("client: JSON of the answer", lambda: read_answer(text))
     opened_answer = note("client: open the answer", lambda: open_answer(answer, ephemeral, public))
     note("client: base64 of the output", lambda: b64decode(opened_answer["outputs"][0]["data"]))
     os.remove(path)

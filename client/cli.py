@@ -34,6 +34,7 @@ from .envelope_client import (
     open_answer,
     open_blob,
     payload_json,
+    read_answer,
     seal_request,
 )
 
@@ -328,7 +329,7 @@ def _session(api_key: str | None) -> requests.Session:
 
 def _json_or_error(response: requests.Response) -> Any:
     try:
-        return response.json()
+        return read_answer(response.content)
     except ValueError:
         return {"error": f"http_{response.status_code}: the worker did not answer JSON"}
 

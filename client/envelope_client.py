@@ -17,9 +17,19 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random
 
 try:
-    from pybase64 import b64decode, b64encode
+    from pybase64 import b64decode, b64encode, b64encode_as_string
+
+    FAST_BASE64 = True
 except ImportError:  # a copy of this file in a client without it
     from base64 import b64decode, b64encode
+
+    FAST_BASE64 = False
+
+    def b64encode_as_string(data: bytes) -> str:
+        return b64encode(data).decode("ascii")
+
+
+LONG = 64 * 1024  # strings this long are base64 to write and read without json's scan
 
 EphemeralKey = PrivateKey
 
@@ -37,9 +47,9 @@ def seal_request(payload: Any, server_public_key_b64: str) -> tuple[dict, Epheme
     envelope = {
         "encrypted": True,
         "kid": key_id(server_public_key_b64),
-        "epk": _b64(bytes(ephemeral.public_key)),
-        "nonce": _b64(nonce),
-        "ciphertext": _b64(ciphertext),
+        "epk": b64encode_as_string(bytes(ephemeral.public_key)),
+        "nonce": b64encode_as_string(nonce),
+        "ciphertext": b64encode_as_string(ciphertext),
     }
     return envelope, ephemeral
 
@@ -67,10 +77,20 @@ def payload_json(payload: Any) -> bytes:
 
 
 def _verbatim_image(item: Any) -> bool:
-    """An inline image whose text JSON takes as it is (one fast search per escaped character)."""
+    """An inline image whose text JSON takes as it is: base64 (one SIMD pass)."""
     text = item.get("image") if isinstance(item, dict) else None
-    escaped = ('"', "\\", "\x7f", *map(chr, range(32)))
-    return isinstance(text, str) and text.isascii() and not any(char in text for char in escaped)
+    return isinstance(text, str) and FAST_BASE64 and _is_base64(text)
+
+
+def _is_base64(text: str | memoryview) -> bool:
+    """Base64's characters only, in whole quads (text JSON takes as it is): one SIMD pass in
+    256 KiB pieces, so no copy of the megabytes is made."""
+    try:
+        for start in range(0, len(text), 256 * 1024):
+            b64decode(text[start : start + 256 * 1024], validate=True)
+    except ValueError:  # binascii.Error is one
+        return False
+    return True
 
 
 def envelope_json(envelope: dict) -> bytes:
@@ -86,13 +106,56 @@ def open_answer(answer: dict, ephemeral: EphemeralKey, server_public_key_b64: st
         return answer
     server = PublicKey(b64decode(server_public_key_b64))
     plaintext = Box(ephemeral, server).decrypt(b64decode(answer["ciphertext"]), b64decode(answer["nonce"]))
-    return json.loads(plaintext.decode("utf-8"))
+    return read_answer(plaintext)
+
+
+def read_answer(raw: bytes) -> Any:
+    """json.loads of a worker's answer (the HTTP body, or an opened one): long base64 strings
+    (ciphertext, outputs) are cut out of the bytes by their quotes first, ~1 ms where json's
+    scanner takes ~40 ms for 17 MB, and put back into what json makes of the rest."""
+    cuts = _long_base64(raw) if FAST_BASE64 else []
+    if not cuts:
+        return json.loads(raw.decode("utf-8"))
+    hole, view = f"z{random(16).hex()}", memoryview(raw)
+    pieces, start, holes = [], 0, {}
+    for number, (begin, end) in enumerate(cuts):
+        pieces += [raw[start:begin], f"{hole}{number}".encode()]
+        holes[f"{hole}{number}"], start = str(view[begin:end], "ascii"), end
+    try:
+        value = json.loads(b"".join([*pieces, raw[start:]]).decode("utf-8"))
+    except json.JSONDecodeError:
+        return json.loads(raw.decode("utf-8"))  # a cut that was no string: json says what is wrong
+    filled: list[str] = []
+    value = _fill(value, holes, filled)
+    return value if sorted(filled) == sorted(holes) else json.loads(raw.decode("utf-8"))
+
+
+def _long_base64(raw: bytes) -> list[tuple[int, int]]:
+    """Where the long base64 strings are: the quotes either side of a probe every LONG/2 bytes
+    (every string LONG long holds one)."""
+    cuts, view, probe, done = [], memoryview(raw), LONG // 2, 0
+    while (end := raw.find(b'"', probe)) >= 0:
+        begin = raw.rfind(b'"', done, probe) + 1
+        if begin and end - begin >= LONG and _is_base64(view[begin:end]):
+            cuts.append((begin, end))
+        done, probe = end, max(end + 1, probe + LONG // 2)
+    return cuts
+
+
+def _fill(value: Any, holes: dict[str, str], filled: list[str]) -> Any:
+    """`value` with each string that is a hole replaced, in place; `filled` gets those met."""
+    if isinstance(value, str):
+        if value in holes:
+            filled.append(value)
+            return holes[value]
+        return value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, str | dict | list):
+            value[key] = _fill(item, holes, filled)
+    return value
 
 
 def open_blob(blob: bytes, ephemeral: EphemeralKey, server_public_key_b64: str) -> bytes:
     """An output the worker moved to a bucket sealed (`"sealed": true`): nonce + box."""
     return Box(ephemeral, PublicKey(b64decode(server_public_key_b64))).decrypt(blob)
-
-
-def _b64(data: bytes) -> str:
-    return b64encode(data).decode("ascii")

@@ -46,7 +46,7 @@ def read_json() -> Any:
     """The request body as JSON, or `invalid_json`."""
     raw = _body()
     try:
-        return offload(json.loads, raw, size=len(raw))
+        return offload(json_text.loads, raw, size=len(raw))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise errors.InvalidJson("the body is not valid JSON") from None
 

@@ -14,16 +14,24 @@ from typing import Any
 import pybase64
 
 
-class Base64Text(str):
-    """Text `b64` made: JSON needs no escaping of it, so services.core.json_text splices it
-    into an answer without scanning its megabytes first."""
-
-    __slots__ = ()
-
-
-def b64(data: bytes) -> Base64Text:
+def b64(data: bytes) -> str:
     """Standard base64 with padding."""
-    return Base64Text(pybase64.b64encode_as_string(data))
+    return pybase64.b64encode_as_string(data)
+
+
+def is_base64(text: str | bytes | memoryview) -> bool:
+    """Base64's characters only, in whole quads: text JSON takes as it is. One SIMD pass in
+    256 KiB pieces (~3 ms per 17 MB, and no copy of the megabytes: each fresh megabyte costs
+    ~1 ms of page faults here), where a search per character JSON escapes took ~45 ms."""
+    try:
+        for start in range(0, len(text), _PIECE):
+            pybase64.b64decode(text[start : start + _PIECE], validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return True
+
+
+_PIECE = 256 * 1024  # a multiple of 4: whole quads; padding may close any piece
 
 
 def unb64(text: Any) -> bytes:

@@ -224,7 +224,7 @@ def _known(job: Job | None) -> Job:
 
 def _body() -> Any:
     try:
-        return json.loads(request.get_data(cache=False) or b"null")
+        return json_text.loads(request.get_data(cache=False) or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise errors.InvalidJson("the body is not valid JSON") from None
 

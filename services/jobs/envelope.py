@@ -120,7 +120,7 @@ def open_request(body: dict, keyring: Keyring | None) -> Opened:
         raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
     box, plaintext, kid = _unbox(keyring, body.get("kid"), epk, nonce, ciphertext)
     try:
-        payload = json.loads(plaintext.decode("utf-8"))
+        payload = json_text.loads(plaintext)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
     except RecursionError:

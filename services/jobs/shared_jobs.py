@@ -319,7 +319,7 @@ class SharedJobs(JobStore):
 
     def _execute(self, job_id: str, body_text: bytes, cancel: Cancel) -> None:
         try:
-            body = offload(json.loads, body_text, size=len(body_text))
+            body = offload(json_text.loads, body_text, size=len(body_text))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             body = None  # the pipeline answers invalid_request
         reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel, job_id)

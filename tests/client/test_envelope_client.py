@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from client.envelope_client import envelope_json, payload_json, seal_request
+from client import envelope_client
+from client.envelope_client import envelope_json, open_answer, payload_json, read_answer, seal_request
+from services.core import json_text
 from services.jobs import envelope
 
 PRIVATE, PUBLIC = envelope.keypair()
@@ -42,3 +44,40 @@ def test_the_envelope_body_is_the_envelope_as_json_and_the_worker_opens_it():
         envelope.open_request(body, envelope.Keyring.from_keys(PRIVATE)).payload["images"]
         == payload["images"]
     )
+
+
+ANSWERS = [
+    {"encrypted": True, "nonce": "bm9uY2U=", "ciphertext": IMAGE},
+    {"status": "ok", "outputs": [{"node_id": "9", "data": IMAGE}, {"node_id": "9", "data": IMAGE[:-4]}]},
+    {"status": "ok", "outputs": [{"text": 'é \\ " \n' + IMAGE, "data": "data:x;base64," + IMAGE}]},
+    {"error": "invalid_json: the body is not valid JSON"},
+    {"numbers": list(range(100_000)), "a": "b"},
+]
+
+
+@pytest.mark.parametrize("answer", ANSWERS)
+@pytest.mark.parametrize("fast", [True, False])
+def test_reading_an_answer_gives_what_json_loads_gives(answer, fast, monkeypatch):
+    monkeypatch.setattr(envelope_client, "FAST_BASE64", fast)
+    raw = json.dumps(answer, separators=(",", ":")).encode()
+    assert read_answer(raw) == answer
+
+
+def test_an_answer_that_is_no_json_fails_as_json_loads_fails():
+    for raw in [b'{"data": "' + IMAGE.encode() + b'",}', b'{"data": "' + IMAGE.encode() + b'"', b"<html>"]:
+        with pytest.raises(ValueError):
+            read_answer(raw)
+
+
+def test_an_answer_holding_the_marker_is_still_read_right(monkeypatch):
+    monkeypatch.setattr(envelope_client, "random", lambda n: b"\x01" * n)
+    answer = {"a": "z" + "01" * 16 + "0", "outputs": [{"data": IMAGE}]}
+    assert read_answer(json.dumps(answer).encode()) == answer
+
+
+def test_the_worker_s_sealed_answer_opens_to_the_result():
+    sealed, ephemeral = seal_request({"workflow": {}}, PUBLIC)
+    opened = envelope.open_request(json.loads(envelope_json(sealed)), envelope.Keyring.from_keys(PRIVATE))
+    result = {"status": "ok", "outputs": [{"data": IMAGE}]}
+    body = json_text.dumps(envelope.seal(result, opened.box)).encode()
+    assert open_answer(read_answer(body), ephemeral, PUBLIC) == result

@@ -41,3 +41,21 @@ def test_what_the_standard_library_refuses_is_refused(text):
 def test_only_text_is_decoded():
     with pytest.raises(ValueError):
         codec.unb64(b"QUJD")
+
+
+@pytest.mark.parametrize("size", [3, 3 * 256 * 1024, 3 * 256 * 1024 + 5, 2_000_000])
+def test_base64_is_known_as_such_in_every_form(size):
+    text = codec.b64(os.urandom(size))
+    assert (
+        codec.is_base64(text)
+        and codec.is_base64(text.encode())
+        and codec.is_base64(memoryview(text.encode()))
+    )
+
+
+@pytest.mark.parametrize("bad", ['"', "\\", "\n", "\x7f", " ", "é", "-"])
+@pytest.mark.parametrize("where", [0, 256 * 1024 + 7, -1])
+def test_a_character_json_would_escape_anywhere_is_not_base64(bad, where):
+    text = list(codec.b64(os.urandom(600_000)))
+    text[where] = bad
+    assert not codec.is_base64("".join(text))

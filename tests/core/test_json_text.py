@@ -40,3 +40,51 @@ def test_base64_the_codec_made_is_spliced_as_it_is():
     data = os.urandom(json_text.SPLICED)
     value = {"outputs": [{"data": codec.b64(data)}], "ciphertext": codec.b64(data[:-1])}
     assert json_text.dumps(value) == compact(value)
+
+
+def utf8(value, **dumps):
+    return json.dumps(value, **dumps).encode("utf-8")
+
+
+LOADS = [
+    utf8({"encrypted": True, "kid": "k", "epk": "ZXBr", "nonce": "bm9uY2U=", "ciphertext": BIG}),
+    utf8({"workflow": {"1": {"inputs": {"text": 'é " \\ \n'}}}, "images": [{"name": "a", "image": BIG}]}),
+    utf8({"images": [{"image": "data:image/png;base64," + BIG}, {"image": BIG[:-4]}, {"image": BIG}]}),
+    utf8([BIG, {"nested": [BIG, 1.5, None, True]}, "small"], indent=2),
+    utf8(BIG),
+    utf8({BIG: 1, "b": BIG}),  # a long key stays json's
+    utf8({"a": "x", "numbers": list(range(json_text.SPLICED // 4)), "b": "y"}),  # long, but no string
+    utf8({"escaped": "\\" + BIG, "quoted": 'a"' + BIG, "unicode": "é" + BIG, "uri": "data:x\\," + BIG}),
+    utf8({"text": "word " * json_text.SPLICED, "padded": BIG[:100] + "=" + BIG}),
+    b'{"a": "\\"' + BIG.encode() + b'"}',  # an escaped quote just before a long stretch
+]
+
+
+@pytest.mark.parametrize("raw", LOADS)
+def test_reading_gives_what_json_loads_gives(raw):
+    assert json_text.loads(raw) == json.loads(raw.decode("utf-8"))
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"a": "' + BIG.encode() + b'", }',  # a stray comma after the long string
+        b'{"a": "' + BIG.encode() + b'" "b": 1}',  # a missing comma
+        b'{"a": "' + BIG[:100].encode() + b"\n" + BIG.encode() + b'"}',  # a raw control character
+        b'{"a": "' + BIG.encode() + b'", "b": "\xff"}',  # not UTF-8 beside it
+        b'{"a": [1, "' + BIG.encode() + b'"',  # cut short
+    ],
+)
+def test_bad_json_fails_as_json_loads_fails(raw):
+    try:
+        json.loads(raw.decode("utf-8"))
+    except ValueError as exc:
+        expected = type(exc)
+    with pytest.raises(expected):
+        json_text.loads(raw)
+
+
+def test_a_body_that_holds_the_marker_is_still_read_right(monkeypatch):
+    monkeypatch.setattr(json_text.secrets, "token_hex", lambda n: "fixed")
+    raw = utf8({"a": "zfixed0", "b": BIG})
+    assert json_text.loads(raw) == {"a": "zfixed0", "b": BIG}
