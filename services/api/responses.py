@@ -20,10 +20,14 @@ from services.core.offload import offload
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
     """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
     if size >= json_text.SPLICED:
-        text = offload(json_text.dumps, body, size=size)
+        text = offload(_utf8_json, body, size=size)  # bytes: werkzeug would encode a str on the hub
     else:
         text = json.dumps(body, separators=(",", ":"))
     return Response(text, status=status, mimetype="application/json")
+
+
+def _utf8_json(body: Any) -> bytes:
+    return json_text.dumps(body).encode("utf-8")
 
 
 def payload_response(body: dict, status: int = 200, retry_after_s: int | None = None) -> Response:
