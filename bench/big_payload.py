@@ -24,7 +24,7 @@ from PIL import Image
 from bench.run_workflow import settle
 from client.envelope_client import (
     b64decode,
-    b64encode,
+    b64encode_as_string,
     envelope_json,
     open_answer,
     payload_json,
@@ -80,7 +80,7 @@ def direct(comfy_url: str, png: bytes, session: requests.Session) -> bytes:
 def through_run(url: str, png: bytes, session: requests.Session, public_key: str | None) -> bytes:
     payload = {
         "workflow": workflow("in.png"),
-        "images": [{"name": "in.png", "image": b64encode(png).decode()}],
+        "images": [{"name": "in.png", "image": b64encode_as_string(png)}],
     }
     if public_key:
         envelope, ephemeral = seal_request(payload, public_key)

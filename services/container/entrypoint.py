@@ -24,11 +24,6 @@ from services.models import model_folders
 
 HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
-# glibc's malloc asks for transparent huge pages (where the host allows them: "madvise" or
-# "always"): a job moves its payload through several fresh buffers of its size (body, ciphertext,
-# plaintext, image), and faulting them in 4 KiB pages cost ~1 ms per MB on a rented VM, 2 MiB
-# pages about a quarter of that. ComfyUI's allow-listed environment does not pass it on.
-HUGE_PAGES = "glibc.malloc.hugetlb=1"
 
 
 def supervisord_environment(settings: config.Settings, environ: dict[str, str]) -> dict[str, str]:
@@ -44,8 +39,6 @@ def supervisord_environment(settings: config.Settings, environ: dict[str, str]) 
         COMFY_USER=settings.comfy_user,  # as settled: the launcher runs ComfyUI as this user
         COMFY_INSTANCES=str(settings.instance_count),  # as settled: every program sees the number
     )
-    if "glibc.malloc.hugetlb" not in env.get("GLIBC_TUNABLES", ""):
-        env["GLIBC_TUNABLES"] = ":".join(filter(None, [env.get("GLIBC_TUNABLES"), HUGE_PAGES]))
     if settings.private_key_b64:
         env["WORKER_PRIVATE_KEY_B64"] = settings.private_key_b64
     env.setdefault("RUNPOD_LOG_LEVEL", "ERROR" if settings.log_silent else "INFO")

@@ -1,7 +1,6 @@
 """The entrypoint validates before anything starts, then supervisord runs the right programs."""
 
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -12,8 +11,6 @@ import time
 import pytest
 
 from services.comfy import supervisor_state
-from services.container import entrypoint
-from services.core import config
 from tests.stack import ROOT, Stack, free_port, wait_until
 
 
@@ -208,22 +205,3 @@ def test_a_second_worker_on_the_same_run_dir_or_comfy_port_is_told_which_setting
         finally:
             shutil.rmtree(other_dir, ignore_errors=True)
         assert first.state("comfy") == "RUNNING"  # the first worker is untouched
-
-
-def test_the_api_asks_for_huge_pages_beside_the_callers_own_tunables():
-    with Stack("api", {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}).ready() as stack:
-        master, workers = stack.api_processes()
-        for pid in [master, *workers]:
-            with open(f"/proc/{pid}/environ", "rb") as handle:
-                environ = handle.read()
-            # as it reads the tunables, glibc writes a NUL over each ':' of the process's copy
-            assert re.search(
-                rb"\0GLIBC_TUNABLES=glibc.malloc.arena_max=2[:\0]glibc.malloc.hugetlb=1\0", environ
-            )
-
-
-def test_a_huge_page_choice_of_the_caller_is_kept():
-    settings = config.load({"DRY_RUN": "1", "ENCRYPTION_REQUIRED": "0"})
-    chosen = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}
-    assert entrypoint.supervisord_environment(settings, chosen)["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=0"
-    assert entrypoint.supervisord_environment(settings, {})["GLIBC_TUNABLES"] == "glibc.malloc.hugetlb=1"
