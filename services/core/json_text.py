@@ -96,11 +96,10 @@ def _base64_strings(raw: bytes) -> list[tuple[int, int]]:
 def _base64_bytes(view: memoryview) -> bool:
     """Base64, or a data URI of base64 (the forms an input image takes)."""
     if view[:5] == b"data:":
-        comma = bytes(view[:256]).find(b",")
-        head = bytes(view[:comma])
-        if comma < 0 or not head.isascii() or not head.decode().isprintable() or b"\\" in head:
+        head, comma, _ = bytes(view[:256]).partition(b",")
+        if not comma or not head.isascii() or not head.decode().isprintable() or b"\\" in head:
             return False
-        view = view[comma + 1 :]
+        view = view[len(head) + 1 :]
     return is_base64(view)
 
 

@@ -56,6 +56,7 @@ LOADS = [
     utf8({"a": "x", "numbers": list(range(json_text.SPLICED // 4)), "b": "y"}),  # long, but no string
     utf8({"escaped": "\\" + BIG, "quoted": 'a"' + BIG, "unicode": "é" + BIG, "uri": "data:x\\," + BIG}),
     utf8({"text": "word " * json_text.SPLICED, "padded": BIG[:100] + "=" + BIG}),
+    utf8({"uri": "data:" + "x" * 300 + ";base64," + BIG, "tab": "data:\t," + BIG}),  # heads json reads
     b'{"a": "\\"' + BIG.encode() + b'"}',  # an escaped quote just before a long stretch
 ]
 
