@@ -6,8 +6,10 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
-from services.api.responses import json_response, payload_response, read_json
+from services.api.responses import json_response, payload_response, read_request
+from services.core import errors
 from services.jobs.async_jobs import known
+from services.jobs.envelope_v2 import Sealed
 
 
 def blueprint(api: Api) -> Blueprint:
@@ -15,7 +17,7 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.post("/run")
     def run() -> Response:
-        return answer(api, read_json())
+        return answer(api, read_request())
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -31,6 +33,10 @@ def blueprint(api: Api) -> Blueprint:
 def answer(api: Api, body: object) -> Response:
     """Run a job and answer its result, or start it with `?async=1` and answer where to poll."""
     if request.args.get("async") in ("1", "true"):
+        if isinstance(body, Sealed):
+            raise errors.InvalidRequest(
+                "an envelope v2 is answered in the same call: send it without ?async=1, or as envelope v1"
+            )
         job = api.jobs.start(body)
         return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
     reply = api.worker.pipeline.run(body)

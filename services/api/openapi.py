@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 from services.core import errors
+from services.jobs.envelope_v2 import MEDIA_TYPE as V2_MEDIA_TYPE
 from services.models.model_store import TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
+BYTES = {"schema": {"type": "string", "format": "binary"}}
 
 
 def _json(schema: dict, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _sealable(responses: dict) -> dict:
+    """A job's answers: an envelope v2 request is answered in its media type (README: Encryption),
+    the result and the job's errors alike."""
+    return {
+        status: {**answer, "content": {**answer["content"], V2_MEDIA_TYPE: BYTES}}
+        if status != "202"
+        else answer
+        for status, answer in responses.items()
+    }
 
 
 def _errors(*statuses: int) -> dict:
@@ -73,7 +86,7 @@ SCHEMAS = {
         },
     },
     "RunRequest": {
-        "description": "A plain job, a bare API-format workflow, or an envelope v1",
+        "description": "A plain job, a bare API-format workflow, or an envelope v1 (v2 is bytes)",
         "oneOf": [
             {
                 "type": "object",
@@ -353,13 +366,18 @@ def _job_paths() -> dict:
                 "parameters": [ASYNC],
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
+                        V2_MEDIA_TYPE: BYTES,
+                    },
                 },
-                "responses": {
-                    "200": _json({"$ref": "#/components/schemas/Result"}, "the result"),
-                    "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
-                    **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
-                },
+                "responses": _sealable(
+                    {
+                        "200": _json({"$ref": "#/components/schemas/Result"}, "the result"),
+                        "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                        **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
+                    }
+                ),
             }
         },
         "/jobs/{job_id}": {
@@ -422,12 +440,14 @@ def _template_run(summary: str, parameters: list, body: dict, example: dict | No
             "summary": summary,
             "tags": ["templates"],
             "parameters": [*parameters, ASYNC],
-            "requestBody": {"required": True, "content": {"application/json": media}},
-            "responses": {
-                "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
-                "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
-                **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
-            },
+            "requestBody": {"required": True, "content": {"application/json": media, V2_MEDIA_TYPE: BYTES}},
+            "responses": _sealable(
+                {
+                    "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
+                    "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                    **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
+                }
+            ),
         }
     }
 

@@ -15,6 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.core import errors, json_text
 from services.core.offload import offload
+from services.jobs import envelope_v2
 
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
@@ -30,9 +31,11 @@ def _utf8_json(body: Any) -> bytes:
     return json_text.dumps(body).encode("utf-8")
 
 
-def payload_response(body: dict, status: int = 200, retry_after_s: int | None = None) -> Response:
+def payload_response(body: dict | bytes, status: int = 200, retry_after_s: int | None = None) -> Response:
     """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
-    (pod async jobs) or `output` (the RunPod-shaped routes)."""
+    (pod async jobs) or `output` (the RunPod-shaped routes); bytes are a sealed envelope v2."""
+    if isinstance(body, bytes):
+        return _retry_after(Response(body, status=status, mimetype=envelope_v2.MEDIA_TYPE), retry_after_s)
     return _retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
 
 
@@ -44,6 +47,13 @@ def _retry_after(response: Response, seconds: int | None) -> Response:
     if seconds is not None:
         response.headers["Retry-After"] = str(seconds)
     return response
+
+
+def read_request() -> Any:
+    """A job's body: JSON, or by its Content-Type an envelope v2 (its header read, not opened)."""
+    if request.mimetype == envelope_v2.MEDIA_TYPE:
+        return envelope_v2.Sealed.parse(_body())
+    return read_json()
 
 
 def read_json() -> Any:

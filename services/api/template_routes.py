@@ -11,8 +11,8 @@ from flask import Blueprint, Response
 
 from services.api import job_routes
 from services.api.context import Api
-from services.api.responses import json_response, read_json
-from services.jobs import envelope
+from services.api.responses import json_response, read_request
+from services.jobs import envelope, envelope_v2
 from services.jobs import templates as tpl
 
 
@@ -47,8 +47,8 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.post("/<name>/run")
     def run(name: str) -> Response:
-        body = read_json()
-        if not envelope.is_envelope(body):
+        body = read_request()
+        if not (envelope.is_envelope(body) or isinstance(body, envelope_v2.Sealed)):
             templates.get(name)  # an unknown name is 404 before anything else
             body = {"template": name, "params": body}
         return job_routes.answer(api, body)

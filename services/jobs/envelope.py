@@ -99,6 +99,7 @@ class Opened:
     epk: bytes
     nonce: bytes
     kid: str  # of the worker key that opened it
+    version: int = 1  # the answer is sealed the way the request came (services.jobs.envelope_v2)
 
 
 def open_request(body: dict, keyring: Keyring | None) -> Opened:
@@ -118,7 +119,7 @@ def open_request(body: dict, keyring: Keyring | None) -> Opened:
         raise errors.InvalidCiphertext(f"epk must be {KEY_SIZE} bytes")
     if len(nonce) != NONCE_SIZE:
         raise errors.InvalidCiphertext(f"nonce must be {NONCE_SIZE} bytes")
-    box, plaintext, kid = _unbox(keyring, body.get("kid"), epk, nonce, ciphertext)
+    box, plaintext, kid = unbox(keyring, body.get("kid"), epk, nonce, ciphertext)
     try:
         payload = json_text.loads(plaintext)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -128,7 +129,7 @@ def open_request(body: dict, keyring: Keyring | None) -> Opened:
     return Opened(payload=payload, box=box, epk=epk, nonce=nonce, kid=kid)
 
 
-def _unbox(keyring: Keyring, kid: Any, epk: bytes, nonce: bytes, ciphertext: bytes) -> tuple[Box, bytes, str]:
+def unbox(keyring: Keyring, kid: Any, epk: bytes, nonce: bytes, ciphertext: bytes) -> tuple[Box, bytes, str]:
     """With the key `kid` names, or each key in turn (the current first) when it names none."""
     candidates = keyring.keys if kid is None else [(k, key) for k, key in keyring.keys if k == kid]
     if not candidates:

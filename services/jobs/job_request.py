@@ -104,20 +104,25 @@ def _images(value: Any, fetch: Callable[[str], bytes] | None) -> tuple[InputImag
         if name in seen:
             raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
         seen.add(name)
-        if "url" in item and "image" not in item:
-            data = _fetched(index, name, item["url"], fetch)
-        else:
-            try:
-                image = item.get("image")
-                data = offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
-            except (ValueError, binascii.Error):
-                raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
+        data = _image_data(index, name, item, fetch)
         if image_extension(data) is None:
             raise errors.InvalidRequest(
                 f"images[{index}] ({short(name)!r}) is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
             )
         images.append(InputImage(name=name, data=data))
     return tuple(images)
+
+
+def _image_data(index: int, name: str, item: dict, fetch: Callable[[str], bytes] | None) -> bytes:
+    if "url" in item and "image" not in item:
+        return _fetched(index, name, item["url"], fetch)
+    image = item.get("image")
+    if isinstance(image, bytes):  # an envelope v2's attachment
+        return image
+    try:
+        return offload(decode_base64_image, image, size=len(image) if isinstance(image, str) else 0)
+    except (ValueError, binascii.Error):
+        raise errors.InvalidRequest(f"images[{index}].image is not valid base64") from None
 
 
 def _fetched(index: int, name: str, url: Any, fetch: Callable[[str], bytes] | None) -> bytes:

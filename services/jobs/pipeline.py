@@ -22,7 +22,15 @@ from services.core.config import Settings
 from services.core.in_hand import CUT, InHand
 from services.core.job_spec import Cancel, JobRequest, Progress
 from services.core.offload import offload
-from services.jobs import envelope, image_fetch, job_request, template_params, webhooks, worker_comfyui
+from services.jobs import (
+    envelope,
+    envelope_v2,
+    image_fetch,
+    job_request,
+    template_params,
+    webhooks,
+    worker_comfyui,
+)
 from services.jobs.output_store import OutputStore
 from services.jobs.replay import ReplayGuard
 from services.jobs.templates import Templates
@@ -64,7 +72,7 @@ def coarse(progress: Progress) -> Progress:
 
 @dataclass(frozen=True)
 class Reply:
-    body: dict
+    body: dict | bytes  # bytes: an envelope v2 answer (services.jobs.envelope_v2)
     status: int
     error_code: str | None = None
     retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
@@ -168,18 +176,24 @@ class Pipeline:
             result, status, code, retry = failure.to_dict(), failure.http_status, failure.code, None
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
-            result = offload(envelope.seal, result, opened.box, size=size)
+            seal = envelope_v2.seal if opened.version == 2 else envelope.seal
+            result = offload(seal, result, opened.box, size=size)
         return Reply(result, status, code, retry, webhook)
 
     def _open(self, body: Any) -> envelope.Opened | None:
-        if envelope.is_envelope(body):
+        if isinstance(body, envelope_v2.Sealed):
+            opened = offload(envelope_v2.open_request, body, self.keyring, size=len(body.ciphertext))
+        elif envelope.is_envelope(body):
             size = len(body["ciphertext"]) if isinstance(body.get("ciphertext"), str) else 0
             opened = offload(envelope.open_request, body, self.keyring, size=size)
+        else:
+            opened = None
+        if opened is not None:
             if self.observer is not None:
                 self.observer.envelope_opened(opened.kid)
             return opened
         if self.settings.encryption_required:
-            raise errors.EncryptionRequired("this worker accepts only encrypted requests (envelope v1)")
+            raise errors.EncryptionRequired("this worker accepts only encrypted requests (an envelope)")
         return None
 
     def _fetch(self, url: str) -> bytes:

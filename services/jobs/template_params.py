@@ -98,6 +98,7 @@ def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], 
 
 
 def _schema_problems(templates: Templates, template: Template, given: dict) -> list[dict]:
+    given = {k: "attachment" if isinstance(v, bytes) else v for k, v in given.items()}  # envelope v2's
     problems = list(templates.validator(template).iter_errors(given))
     live = {n for n, p in template.params.items() if p.live}
     if any(p.validator == "enum" and _param_of(p) in live for p in problems):
@@ -154,7 +155,9 @@ def _images(
             continue
         value = given[name]
         try:
-            if value.startswith(("http://", "https://")):
+            if isinstance(value, bytes):  # an envelope v2's attachment
+                data = value
+            elif value.startswith(("http://", "https://")):
                 data = fetch(value)
             else:  # megabytes of base64: off the gevent hub, like job_request's images
                 data = offload(decode_base64_image, value, size=len(value))
@@ -193,7 +196,7 @@ def _filled(template: Template, given: dict, images: list[tuple[str, InputImage]
         given_value = given[name]
         used[name] = (
             given_value
-            if given_value.startswith(("http://", "https://"))
+            if isinstance(given_value, str) and given_value.startswith(("http://", "https://"))
             else {"bytes": len(image.data), "sha256": offload(_sha256, image.data, size=len(image.data))}
         )
     return used, workflow

@@ -81,3 +81,31 @@ def test_the_worker_s_sealed_answer_opens_to_the_result():
     result = {"status": "ok", "outputs": [{"data": IMAGE}]}
     body = json_text.dumps(envelope.seal(result, opened.box)).encode()
     assert open_answer(read_answer(body), ephemeral, PUBLIC) == result
+
+
+def test_envelope_v2_moves_only_bytes_and_stamps_every_call():
+    """bytes, bytearray and memoryview images and image parameters become attachments; base64
+    text, URLs and other parameters stay in the JSON; template calls get `ts` like workflows."""
+    raw = os.urandom(1000)
+    payload = {
+        "workflow": {},
+        "images": [
+            {"name": "a", "image": raw},
+            {"name": "b", "image": bytearray(raw[:10])},
+            {"name": "c", "image": IMAGE[:8]},
+            {"name": "d", "url": "https://x/d.png"},
+        ],
+    }
+    head, attachments = envelope_client._detached(envelope_client._stamped(payload))
+    assert [i.get("image") for i in head["images"]] == [{"attachment": 0}, {"attachment": 1}, IMAGE[:8], None]
+    assert attachments == [raw, raw[:10]] and "ts" in head
+    call = {"template": "t", "params": {"image": memoryview(raw), "width": 8}}
+    head, attachments = envelope_client._detached(envelope_client._stamped(call))
+    assert head["params"] == {"image": {"attachment": 0}, "width": 8} and attachments == [raw]
+    assert "ts" in head and "ts" not in call
+
+
+def test_an_answer_v2_whose_parts_do_not_add_up_is_refused():
+    for opened in (b"\x00\x00\x00\x00\x00\x00\x00\x09{}", b"\x00\x00\x00", b""):
+        with pytest.raises(ValueError):
+            envelope_client._parts(opened)

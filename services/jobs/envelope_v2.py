@@ -1,0 +1,149 @@
+"""Envelope v2: v1's box (services.jobs.envelope) sent as bytes, with images in it as bytes.
+
+v1 carries a 12 MB image as base64, in JSON, in a box, in base64, in JSON: each way four passes
+over the megabytes that are not the image's own (~300 ms of an encrypted 12.6 MB round trip
+here). v2 is for the pod's calls answered in the same request (`/run`, `/templates/<name>/run`),
+sent with Content-Type MEDIA_TYPE and answered with it:
+
+    request = MAGIC | kid (8 bytes; zeros: none) | epk (32) | nonce (24) | box
+    answer  = MAGIC | nonce (24) | box, sealed with the box that opened the request
+
+A box opens to parts, each a u64 big-endian length and its bytes: the JSON payload (or result)
+first, then attachments 0, 1, ... In the payload `{"attachment": n}` stands where v1 has base64
+(an image's `image`, a template's image parameter); in the result each output's base64 `data`
+becomes `attachment: n`. Errors before the box opens answer plaintext JSON, as in v1.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from nacl.bindings import crypto_box_easy_afternm
+from nacl.public import Box
+from nacl.utils import random
+
+from services.core import errors, json_text
+from services.core.codec import unb64
+from services.jobs.envelope import KEY_SIZE, NONCE_SIZE, Keyring, Opened, unbox
+
+MEDIA_TYPE = "application/vnd.comfy-worker.envelope-v2"
+MAGIC = b"CWE2"
+KID_SIZE = 8
+_LENGTH = struct.Struct(">Q")
+_TAG_SIZE = 16  # Poly1305's
+_HEADER = len(MAGIC) + KID_SIZE + KEY_SIZE + NONCE_SIZE
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A v2 request as it arrived: its header read, its box not yet opened."""
+
+    kid: str | None
+    epk: bytes
+    nonce: bytes
+    ciphertext: bytes
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Sealed:
+        if raw[: len(MAGIC)] != MAGIC:
+            raise errors.InvalidCiphertext(f"an envelope v2 body starts with {MAGIC.decode()}")
+        if len(raw) < _HEADER + _TAG_SIZE:
+            raise errors.InvalidCiphertext(f"an envelope v2 body is at least {_HEADER + _TAG_SIZE} bytes")
+        kid_at, epk_at, nonce_at = len(MAGIC), len(MAGIC) + KID_SIZE, len(MAGIC) + KID_SIZE + KEY_SIZE
+        kid = raw[kid_at:epk_at]
+        return cls(
+            kid=kid.hex() if any(kid) else None,
+            epk=raw[epk_at:nonce_at],
+            nonce=raw[nonce_at:_HEADER],
+            ciphertext=raw[_HEADER:],
+        )
+
+
+def open_request(sealed: Sealed, keyring: Keyring | None) -> Opened:
+    """Open a v2 request, its attachments put where the payload names them (as bytes)."""
+    if keyring is None:
+        raise errors.EncryptionUnavailable("this worker has no private key (WORKER_PRIVATE_KEY_B64)")
+    box, plaintext, kid = unbox(keyring, sealed.kid, sealed.epk, sealed.nonce, sealed.ciphertext)
+    head, *attachments = _parts(plaintext)
+    try:
+        payload = json.loads(str(head, "utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
+    except RecursionError:
+        raise errors.InvalidJson("the decrypted payload is nested too deeply") from None
+    _attach(payload, attachments)
+    return Opened(payload=payload, box=box, epk=sealed.epk, nonce=sealed.nonce, kid=kid, version=2)
+
+
+def seal(result: dict, box: Box) -> bytes:
+    """The answer: `result` with its outputs' bytes as attachments, sealed with a fresh nonce."""
+    head, blobs = _detach(result)
+    parts = [json_text.dumps(head).encode("utf-8"), *blobs]
+    plaintext = b"".join(piece for part in parts for piece in (_LENGTH.pack(len(part)), part))
+    nonce = random(NONCE_SIZE)
+    return b"".join((MAGIC, nonce, crypto_box_easy_afternm(plaintext, nonce, box.shared_key())))
+
+
+def _parts(plaintext: bytes) -> list[memoryview]:
+    view, parts, at = memoryview(plaintext), [], 0
+    while at < len(view):
+        if at + _LENGTH.size > len(view):
+            raise errors.InvalidRequest("the opened envelope ends inside a part's length")
+        (length,) = _LENGTH.unpack_from(view, at)
+        at += _LENGTH.size
+        if at + length > len(view):
+            raise errors.InvalidRequest("a part of the opened envelope runs past its end")
+        parts.append(view[at : at + length])
+        at += length
+    if not parts:
+        raise errors.InvalidRequest("the opened envelope holds no payload")
+    return parts
+
+
+def _attach(payload: Any, attachments: list[memoryview]) -> None:
+    """`{"attachment": n}` in an image's `image` or a template's parameter -> attachment n's bytes."""
+    if not isinstance(payload, dict):
+        return
+    images, params = payload.get("images"), payload.get("params")
+    if isinstance(images, list):
+        for index, item in enumerate(images):
+            if isinstance(item, dict) and isinstance(item.get("image"), dict):
+                item["image"] = _attachment(item["image"], attachments, f"images[{index}].image")
+    if isinstance(params, dict):
+        for name, value in params.items():
+            if isinstance(value, dict) and "attachment" in value:
+                params[name] = _attachment(value, attachments, f"params.{name}")
+
+
+def _attachment(reference: dict, attachments: list[memoryview], where: str) -> bytes:
+    number = reference.get("attachment")
+    if set(reference) != {"attachment"} or isinstance(number, bool) or not isinstance(number, int):
+        raise errors.InvalidRequest(f'{where} must be {{"attachment": n}} with n a whole number')
+    if not 0 <= number < len(attachments):
+        raise errors.InvalidRequest(
+            f"{where} names attachment {number}; the envelope holds {len(attachments)}"
+        )
+    return bytes(attachments[number])
+
+
+def _detach(result: dict) -> tuple[dict, list[bytes]]:
+    """Each output's base64 `data` (both answer shapes) out of the result, as bytes."""
+    blobs: list[bytes] = []
+
+    def moved(output: Any, inline: bool) -> Any:
+        if not (inline and isinstance(output, dict) and isinstance(output.get("data"), str)):
+            return output
+        blobs.append(unb64(output["data"]))
+        return {**{k: v for k, v in output.items() if k != "data"}, "attachment": len(blobs) - 1}
+
+    head = dict(result)
+    if isinstance(result.get("outputs"), list):
+        head["outputs"] = [moved(o, True) for o in result["outputs"]]
+    if isinstance(result.get("images"), list):  # worker-comfyui's shape: a moved output's data is its URL
+        head["images"] = [
+            moved(o, isinstance(o, dict) and o.get("type") == "base64") for o in result["images"]
+        ]
+    return head, blobs
