@@ -1,11 +1,12 @@
 """A big image in and out: a random 2048x2048 PNG (~12.6 MB) through LoadImage -> SaveImage,
-`/run` plain and encrypted (envelope v1, JSON; v2, bytes) against the same done directly to the same ComfyUI (upload with
-POST /upload/image, websocket, POST /prompt, wait for the end, GET /history, GET /view), same
-run, interleaved. Fresh pixels for every call: ComfyUI answers a graph it has seen from its
-cache. The client's own work is timed too (the project's client helpers): base64 of the image,
-sealing and opening, decoding the output. Also the API process's peak memory during a job, above what it held before it,
-in multiples of the payload. Targets: encrypted at most 1.25x (v2: v1 stays
-for RunPod's queue and async jobs), plain at most 1.15x.
+`/run` plain (JSON, and parts: bytes) and encrypted (envelope v1, JSON, and v2: bytes) against
+the same done directly to the same ComfyUI (upload with POST /upload/image, websocket, POST
+/prompt, wait for the end, GET /history, GET /view), same run, interleaved. Fresh pixels for
+every call: ComfyUI answers a graph it has seen from its cache. The client's own work is timed
+too (the project's client helpers): base64 of the image, sealing and opening, decoding the
+output. Also the API process's peak memory during a job, above what it held before it, in
+multiples of the payload. Targets: encrypted at most 1.25x, plain at most 1.15x (the bytes
+forms; RunPod's queue, async and fleet jobs take JSON).
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from PIL import Image
 from bench.run_workflow import settle
 from client.envelope_client import (
     V2_MEDIA_TYPE,
+    V2_PLAIN_MEDIA_TYPE,
     b64decode,
     b64encode_as_string,
     envelope_json,
     open_answer,
     open_answer_v2,
     payload_json,
+    plain_request_v2,
     read_answer,
     seal_request,
     seal_request_v2,
@@ -81,11 +84,16 @@ def direct(comfy_url: str, png: bytes, session: requests.Session) -> bytes:
     return output.content
 
 
-def through_run_v2(url: str, png: bytes, session: requests.Session, public_key: str) -> bytes:
+def through_run_v2(url: str, png: bytes, session: requests.Session, public_key: str | None) -> bytes:
+    """In bytes: an envelope v2, or plain parts without a key."""
     payload = {"workflow": workflow("in.png"), "images": [{"name": "in.png", "image": png}]}
-    body, ephemeral = seal_request_v2(payload, public_key)
-    answer = session.post(url + "/run", data=body, headers={"Content-Type": V2_MEDIA_TYPE}, timeout=120)
-    result = open_answer_v2(answer.content, ephemeral, public_key)
+    if public_key:
+        body, ephemeral = seal_request_v2(payload, public_key)
+        media_type = V2_MEDIA_TYPE
+    else:
+        body, ephemeral, media_type = plain_request_v2(payload), None, V2_PLAIN_MEDIA_TYPE
+    answer = session.post(url + "/run", data=body, headers={"Content-Type": media_type}, timeout=120)
+    result = open_answer_v2(answer.content, ephemeral, public_key or "")
     assert result["status"] == "ok" and result["outputs"], str(result)[:300]
     return result["outputs"][0]["data"]
 
@@ -134,7 +142,8 @@ def measure(backend: Backend, rounds: int) -> None:
         session = requests.Session()
         kinds = {
             "direct ComfyUI (upload, prompt, view)": lambda png: direct(comfy_url, png, session),
-            "/run plain": lambda png: through_run(stack.url, png, session, None),
+            "/run plain (JSON)": lambda png: through_run(stack.url, png, session, None),
+            "/run plain (parts)": lambda png: through_run_v2(stack.url, png, session, None),
             "/run encrypted (envelope v1)": lambda png: through_run(
                 stack.url, png, session, stack.public_key
             ),

@@ -34,6 +34,8 @@ except ImportError:  # a copy of this file in a client without it
 
 V2_MEDIA_TYPE = "application/vnd.comfy-worker.envelope-v2"
 V2_MAGIC = b"CWE2"
+V2_PLAIN_MEDIA_TYPE = "application/vnd.comfy-worker.parts"
+V2_PLAIN_MAGIC = b"CWP2"
 _LENGTH = struct.Struct(">Q")
 LONG = 64 * 1024  # strings this long are base64 to write and read without json's scan
 
@@ -71,14 +73,29 @@ def seal_request_v2(payload: Any, server_public_key_b64: str) -> tuple[bytes, Ep
     return b"".join((V2_MAGIC, kid, bytes(ephemeral.public_key), nonce, box)), ephemeral
 
 
-def open_answer_v2(body: bytes, ephemeral: EphemeralKey, server_public_key_b64: str) -> Any:
-    """The worker's result, each output's `data` its bytes; a plaintext answer (an error before
-    the worker opened the box) is returned as it is."""
-    if not body.startswith(V2_MAGIC):
+def plain_request_v2(payload: Any, template: bool = False) -> bytes:
+    """A plain job in the parts a v2 box holds, to POST with Content-Type V2_PLAIN_MEDIA_TYPE
+    (where the worker takes plaintext): bytes images cost their bytes, not base64 in JSON.
+    `template`: the payload is a template's parameters alone (the body of its own route)."""
+    head, attachments = _detached({"params": payload} if template else payload)
+    head = head["params"] if template else head
+    return V2_PLAIN_MAGIC + _joined([json.dumps(head).encode("utf-8"), *attachments])
+
+
+def open_answer_v2(
+    body: bytes, ephemeral: EphemeralKey | None = None, server_public_key_b64: str = ""
+) -> Any:
+    """The worker's result, each output's `data` its bytes: opened (an envelope v2's answer, with
+    the key `seal_request_v2` returned) or read (a plain request's); a JSON answer (an error
+    before the worker read the body or opened the box) is returned as it is."""
+    if body.startswith(V2_PLAIN_MAGIC):
+        plaintext: bytes | memoryview = memoryview(body)[len(V2_PLAIN_MAGIC) :]
+    elif body.startswith(V2_MAGIC) and ephemeral is not None:
+        nonce_end = len(V2_MAGIC) + Box.NONCE_SIZE
+        server = PublicKey(b64decode(server_public_key_b64))
+        plaintext = Box(ephemeral, server).decrypt(body[nonce_end:], body[len(V2_MAGIC) : nonce_end])
+    else:
         return json.loads(body.decode("utf-8"))
-    nonce_end = len(V2_MAGIC) + Box.NONCE_SIZE
-    server = PublicKey(b64decode(server_public_key_b64))
-    plaintext = Box(ephemeral, server).decrypt(body[nonce_end:], body[len(V2_MAGIC) : nonce_end])
     head, *attachments = _parts(plaintext)
     result = json.loads(str(head, "utf-8"))
     for key in ("outputs", "images"):
@@ -123,7 +140,7 @@ def _joined(parts: list[bytes]) -> bytes:
     return b"".join(piece for part in parts for piece in (_LENGTH.pack(len(part)), part))
 
 
-def _parts(plaintext: bytes) -> list[memoryview]:
+def _parts(plaintext: bytes | memoryview) -> list[memoryview]:
     view, parts, at = memoryview(plaintext), [], 0
     while at + _LENGTH.size <= len(view):
         (length,) = _LENGTH.unpack_from(view, at)

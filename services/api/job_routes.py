@@ -6,10 +6,11 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
-from services.api.responses import json_response, payload_response, read_request
-from services.core import errors
+from services.api.responses import in_parts, json_response, payload_response, read_request
+from services.core import errors, json_text
+from services.core.offload import offload
+from services.jobs import envelope_v2
 from services.jobs.async_jobs import known
-from services.jobs.envelope_v2 import Sealed
 
 
 def blueprint(api: Api) -> Blueprint:
@@ -33,11 +34,14 @@ def blueprint(api: Api) -> Blueprint:
 def answer(api: Api, body: object) -> Response:
     """Run a job and answer its result, or start it with `?async=1` and answer where to poll."""
     if request.args.get("async") in ("1", "true"):
-        if isinstance(body, Sealed):
+        if in_parts():
             raise errors.InvalidRequest(
-                "an envelope v2 is answered in the same call: send it without ?async=1, or as envelope v1"
+                "a body in bytes is answered in the same call: send it without ?async=1, or as JSON"
             )
         job = api.jobs.start(body)
         return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
     reply = api.worker.pipeline.run(body)
-    return payload_response(reply.body, reply.status, reply.retry_after_s)
+    answer = reply.body
+    if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(answer, dict):  # parts in, parts out
+        answer = offload(envelope_v2.write_plain, answer, size=json_text.size_hint(answer))
+    return payload_response(answer, reply.status, reply.retry_after_s)

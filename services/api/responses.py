@@ -15,7 +15,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.core import errors, json_text
 from services.core.offload import offload
-from services.jobs import envelope_v2
+from services.jobs import envelope, envelope_v2
 
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
@@ -33,9 +33,10 @@ def _utf8_json(body: Any) -> bytes:
 
 def payload_response(body: dict | bytes, status: int = 200, retry_after_s: int | None = None) -> Response:
     """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
-    (pod async jobs) or `output` (the RunPod-shaped routes); bytes are a sealed envelope v2."""
+    (pod async jobs) or `output` (the RunPod-shaped routes); bytes are an envelope v2 or parts."""
     if isinstance(body, bytes):
-        return _retry_after(Response(body, status=status, mimetype=envelope_v2.MEDIA_TYPE), retry_after_s)
+        mimetype = envelope_v2.media_type_of(body)
+        return _retry_after(Response(body, status=status, mimetype=mimetype), retry_after_s)
     return _retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
 
 
@@ -49,11 +50,24 @@ def _retry_after(response: Response, seconds: int | None) -> Response:
     return response
 
 
-def read_request() -> Any:
-    """A job's body: JSON, or by its Content-Type an envelope v2 (its header read, not opened)."""
+def read_request(template: str | None = None) -> Any:
+    """A job's body by its Content-Type: JSON, an envelope v2 (its header read, not opened) or
+    plain parts (services.jobs.envelope_v2). `template`: a call of it, whose plain body is the
+    parameters alone."""
     if request.mimetype == envelope_v2.MEDIA_TYPE:
         return envelope_v2.Sealed.parse(_body())
-    return read_json()
+    if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE:
+        raw = _body()
+        return offload(envelope_v2.read_plain, raw, template, size=len(raw))
+    body = read_json()
+    if template is not None and not envelope.is_envelope(body):
+        return {"template": template, "params": body}
+    return body
+
+
+def in_parts() -> bool:
+    """The request came in bytes (an envelope v2 or plain parts): it is answered in bytes."""
+    return request.mimetype in (envelope_v2.MEDIA_TYPE, envelope_v2.PLAIN_MEDIA_TYPE)
 
 
 def read_json() -> Any:

@@ -47,10 +47,9 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.post("/<name>/run")
     def run(name: str) -> Response:
-        body = read_request()
+        body = read_request(template=name)
         if not (envelope.is_envelope(body) or isinstance(body, envelope_v2.Sealed)):
             templates.get(name)  # an unknown name is 404 before anything else
-            body = {"template": name, "params": body}
         return job_routes.answer(api, body)
 
     return routes

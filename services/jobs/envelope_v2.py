@@ -12,6 +12,9 @@ A box opens to parts, each a u64 big-endian length and its bytes: the JSON paylo
 first, then attachments 0, 1, ... In the payload `{"attachment": n}` stands where v1 has base64
 (an image's `image`, a template's image parameter); in the result each output's base64 `data`
 becomes `attachment: n`. Errors before the box opens answer plaintext JSON, as in v1.
+
+The same parts travel without a box for plain jobs (PLAIN_MEDIA_TYPE: PLAIN_MAGIC | parts, and
+so answered), where ENCRYPTION_REQUIRED allows them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from services.jobs.envelope import KEY_SIZE, NONCE_SIZE, Keyring, Opened, unbox
 
 MEDIA_TYPE = "application/vnd.comfy-worker.envelope-v2"
 MAGIC = b"CWE2"
+PLAIN_MEDIA_TYPE = "application/vnd.comfy-worker.parts"
+PLAIN_MAGIC = b"CWP2"
 KID_SIZE = 8
 _LENGTH = struct.Struct(">Q")
 _TAG_SIZE = 16  # Poly1305's
@@ -67,39 +72,67 @@ def open_request(sealed: Sealed, keyring: Keyring | None) -> Opened:
     if keyring is None:
         raise errors.EncryptionUnavailable("this worker has no private key (WORKER_PRIVATE_KEY_B64)")
     box, plaintext, kid = unbox(keyring, sealed.kid, sealed.epk, sealed.nonce, sealed.ciphertext)
-    head, *attachments = _parts(plaintext)
-    try:
-        payload = json.loads(str(head, "utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise errors.InvalidJson("the decrypted payload is not UTF-8 JSON") from None
-    except RecursionError:
-        raise errors.InvalidJson("the decrypted payload is nested too deeply") from None
-    _attach(payload, attachments)
+    payload = _payload(plaintext, "the decrypted payload")
     return Opened(payload=payload, box=box, epk=sealed.epk, nonce=sealed.nonce, kid=kid, version=2)
 
 
 def seal(result: dict, box: Box) -> bytes:
     """The answer: `result` with its outputs' bytes as attachments, sealed with a fresh nonce."""
+    nonce = random(NONCE_SIZE)
+    return b"".join((MAGIC, nonce, crypto_box_easy_afternm(_joined(result), nonce, box.shared_key())))
+
+
+def read_plain(raw: bytes, template: str | None = None) -> Any:
+    """A plain request in parts (PLAIN_MAGIC, then the parts a box would hold): the payload with
+    its attachments put in; for plain jobs whose images should not pay for base64 and JSON.
+    `template`: a call of it, whose payload is the parameters alone, as its JSON body is."""
+    if raw[: len(PLAIN_MAGIC)] != PLAIN_MAGIC:
+        raise errors.InvalidRequest(f"a body of {PLAIN_MEDIA_TYPE} starts with {PLAIN_MAGIC.decode()}")
+    return _payload(memoryview(raw)[len(PLAIN_MAGIC) :], "the payload", template)
+
+
+def write_plain(result: dict) -> bytes:
+    """The answer to a plain request in parts, in parts."""
+    return PLAIN_MAGIC + _joined(result)
+
+
+def media_type_of(answer: bytes) -> str:
+    return PLAIN_MEDIA_TYPE if answer.startswith(PLAIN_MAGIC) else MEDIA_TYPE
+
+
+def _payload(data: bytes | memoryview, what: str, template: str | None = None) -> Any:
+    head, *attachments = _parts(data)
+    try:
+        payload = json.loads(str(head, "utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise errors.InvalidJson(f"{what} is not UTF-8 JSON") from None
+    except RecursionError:
+        raise errors.InvalidJson(f"{what} is nested too deeply") from None
+    if template is not None:
+        payload = {"template": template, "params": payload}
+    _attach(payload, attachments)
+    return payload
+
+
+def _joined(result: dict) -> bytes:
     head, blobs = _detach(result)
     parts = [json_text.dumps(head).encode("utf-8"), *blobs]
-    plaintext = b"".join(piece for part in parts for piece in (_LENGTH.pack(len(part)), part))
-    nonce = random(NONCE_SIZE)
-    return b"".join((MAGIC, nonce, crypto_box_easy_afternm(plaintext, nonce, box.shared_key())))
+    return b"".join(piece for part in parts for piece in (_LENGTH.pack(len(part)), part))
 
 
-def _parts(plaintext: bytes) -> list[memoryview]:
-    view, parts, at = memoryview(plaintext), [], 0
+def _parts(data: bytes | memoryview) -> list[memoryview]:
+    view, parts, at = memoryview(data), [], 0
     while at < len(view):
         if at + _LENGTH.size > len(view):
-            raise errors.InvalidRequest("the opened envelope ends inside a part's length")
+            raise errors.InvalidRequest("the parts end inside a part's length")
         (length,) = _LENGTH.unpack_from(view, at)
         at += _LENGTH.size
         if at + length > len(view):
-            raise errors.InvalidRequest("a part of the opened envelope runs past its end")
+            raise errors.InvalidRequest("a part runs past the end of the parts")
         parts.append(view[at : at + length])
         at += length
     if not parts:
-        raise errors.InvalidRequest("the opened envelope holds no payload")
+        raise errors.InvalidRequest("the parts hold no payload")
     return parts
 
 

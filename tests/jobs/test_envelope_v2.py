@@ -6,7 +6,7 @@ import pytest
 from nacl.public import Box, PrivateKey, PublicKey
 from nacl.utils import random
 
-from client.envelope_client import V2_MAGIC, open_answer_v2, seal_request_v2
+from client.envelope_client import V2_MAGIC, open_answer_v2, plain_request_v2, seal_request_v2
 from services.core import errors
 from services.core.codec import b64, unb64
 from services.jobs import envelope, envelope_v2
@@ -122,9 +122,9 @@ def test_without_a_private_key_it_is_encryption_unavailable():
 @pytest.mark.parametrize(
     ("plaintext", "error", "words"),
     [
-        (b"", errors.InvalidRequest, "no payload"),
-        (b"\x00\x00\x00", errors.InvalidRequest, "inside a part's length"),
-        (struct.pack(">Q", 99) + b"{}", errors.InvalidRequest, "past its end"),
+        (b"", errors.InvalidRequest, "hold no payload"),
+        (b"\x00\x00\x00", errors.InvalidRequest, "end inside a part's length"),
+        (struct.pack(">Q", 99) + b"{}", errors.InvalidRequest, "past the end of the parts"),
         (parts(b"{not json"), errors.InvalidJson, "not UTF-8 JSON"),
         (parts(b"\xff\xfe"), errors.InvalidJson, "not UTF-8 JSON"),
         (parts(b"[" * 100_000 + b"]" * 100_000), errors.InvalidJson, "too deeply"),
@@ -173,3 +173,18 @@ def test_a_json_body_made_by_hand_with_attachments_opens():
     head = json.dumps({"workflow": WORKFLOW, "images": [{"name": "in.png", "image": {"attachment": 0}}]})
     request = opened(hand_sealed(parts(head.encode(), IMAGE), kid=bytes.fromhex(KEYS.current_kid)))
     assert request.payload["images"][0]["image"] == IMAGE and "ts" not in request.payload
+
+
+def test_plain_parts_carry_the_same_payload_and_answer_without_a_box():
+    payload = {"workflow": WORKFLOW, "images": [{"name": "in.png", "image": IMAGE}]}
+    assert envelope_v2.read_plain(plain_request_v2(payload)) == payload
+    params = {"image": IMAGE, "width": 64}
+    assert envelope_v2.read_plain(plain_request_v2(params, template=True), "soft-webp") == {
+        "template": "soft-webp",
+        "params": params,
+    }
+    answer = envelope_v2.write_plain({"status": "ok", "outputs": [{"node_id": "2", "data": b64(IMAGE)}]})
+    assert envelope_v2.media_type_of(answer) == envelope_v2.PLAIN_MEDIA_TYPE
+    assert open_answer_v2(answer)["outputs"] == [{"node_id": "2", "data": IMAGE}]
+    with pytest.raises(errors.InvalidRequest):
+        envelope_v2.read_plain(b'{"workflow": {}}')

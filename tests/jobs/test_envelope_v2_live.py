@@ -1,6 +1,6 @@
-"""Envelope v2 through the live pod (the stand-in in make test, the real ComfyUI in make test-real),
-with ENCRYPTION_REQUIRED: an image in and out as bytes, a template's image parameter, errors
-sealed once the box is open and plaintext before, nothing left of the job in ComfyUI."""
+"""Envelope v2 and plain parts through the live pod (the stand-in in make test, the real ComfyUI
+in make test-real): an image in and out as bytes, a template's image parameter, errors sealed
+once the box is open and plaintext JSON before, nothing left of the job in ComfyUI."""
 
 import io
 import os
@@ -9,18 +9,22 @@ import pytest
 import requests
 from PIL import Image, ImageChops
 
-from client.envelope_client import V2_MEDIA_TYPE, open_answer_v2, seal_request_v2
+from client.envelope_client import (
+    V2_MEDIA_TYPE,
+    V2_PLAIN_MEDIA_TYPE,
+    open_answer_v2,
+    plain_request_v2,
+    seal_request_v2,
+)
 from services.jobs.envelope import keypair
 from tests.jobs.test_templates import EXAMPLES
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import invalid_workflow, invert_upload
 
-V2 = {"Content-Type": V2_MEDIA_TYPE}
-
 
 @pytest.fixture(scope="module")
 def stack(backend):
-    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "1", "TEMPLATES_DIR": EXAMPLES, "JOB_TIMEOUT_S": "120"}
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "TEMPLATES_DIR": EXAMPLES, "JOB_TIMEOUT_S": "120"}
     stack = Stack("api", env, backend=backend).ready()
     try:
         yield stack
@@ -36,8 +40,9 @@ def noise_png(width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
-def post(stack, path, body, **kwargs):
-    return requests.post(stack.url + path, data=body, headers=V2, timeout=120, **kwargs)
+def post(stack, path, body, media_type=V2_MEDIA_TYPE, **kwargs):
+    headers = {"Content-Type": media_type}
+    return requests.post(stack.url + path, data=body, headers=headers, timeout=120, **kwargs)
 
 
 def nothing_left(stack):
@@ -98,3 +103,28 @@ def test_what_cannot_be_opened_answers_a_plaintext_code(stack):
     assert post(stack, "/run", body).headers["Content-Type"] == V2_MEDIA_TYPE
     replayed = post(stack, "/run", body)
     assert replayed.status_code == 409 and replayed.json()["error"].startswith("replayed_request:")
+
+
+def test_a_plain_job_in_parts_costs_its_bytes_too(stack):
+    picture = noise_png(128, 96)
+    body = plain_request_v2(
+        {"workflow": invert_upload("p.png"), "images": [{"name": "p.png", "image": picture}]}
+    )
+    assert len(body) < len(picture) + 1000
+    response = post(stack, "/run", body, V2_PLAIN_MEDIA_TYPE)
+    assert response.status_code == 200 and response.headers["Content-Type"] == V2_PLAIN_MEDIA_TYPE
+    [output] = open_answer_v2(response.content)["outputs"]
+    assert Image.open(io.BytesIO(output["data"])).size == (128, 96)
+    call = plain_request_v2({"image": picture, "width": 20, "height": 18}, template=True)
+    response = post(stack, "/templates/soft-webp/run", call, V2_PLAIN_MEDIA_TYPE)
+    result = open_answer_v2(response.content)
+    assert Image.open(io.BytesIO(result["outputs"][0]["data"])).size == (20, 18)
+    assert result["params"]["image"]["bytes"] == len(picture)
+    failed = post(stack, "/run", plain_request_v2({"workflow": invalid_workflow()}), V2_PLAIN_MEDIA_TYPE)
+    assert failed.status_code == 400 and failed.headers["Content-Type"] == V2_PLAIN_MEDIA_TYPE
+    assert open_answer_v2(failed.content)["error"].startswith("workflow_validation_failed: ")
+    unknown = post(stack, "/templates/nope/run", call, V2_PLAIN_MEDIA_TYPE)
+    assert unknown.status_code == 404 and unknown.json()["error"].startswith("unknown_template:")
+    not_parts = post(stack, "/run", b'{"workflow": {}}', V2_PLAIN_MEDIA_TYPE)
+    assert not_parts.status_code == 400 and not_parts.json()["error"].startswith("invalid_request:")
+    wait_until(lambda: nothing_left(stack), 10, "no history and no files")
