@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from services.core import errors
 from services.jobs.envelope_v2 import MEDIA_TYPE as V2_MEDIA_TYPE
+from services.jobs.envelope_v2 import PLAIN_MEDIA_TYPE as PARTS_MEDIA_TYPE
 from services.models.model_store import TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}
@@ -15,12 +16,11 @@ def _json(schema: dict, description: str) -> dict:
 
 
 def _sealable(responses: dict) -> dict:
-    """A job's answers: an envelope v2 request is answered in its media type (README: Encryption),
-    the result and the job's errors alike."""
+    """A job's answers: a request in bytes (an envelope v2 or plain parts, README: Encryption) is
+    answered in its media type, the result and the job's errors alike."""
+    in_bytes = {V2_MEDIA_TYPE: BYTES, PARTS_MEDIA_TYPE: BYTES}
     return {
-        status: {**answer, "content": {**answer["content"], V2_MEDIA_TYPE: BYTES}}
-        if status != "202"
-        else answer
+        status: {**answer, "content": {**answer["content"], **in_bytes}} if status != "202" else answer
         for status, answer in responses.items()
     }
 
@@ -369,6 +369,7 @@ def _job_paths() -> dict:
                     "content": {
                         "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
                         V2_MEDIA_TYPE: BYTES,
+                        PARTS_MEDIA_TYPE: BYTES,
                     },
                 },
                 "responses": _sealable(
@@ -440,7 +441,10 @@ def _template_run(summary: str, parameters: list, body: dict, example: dict | No
             "summary": summary,
             "tags": ["templates"],
             "parameters": [*parameters, ASYNC],
-            "requestBody": {"required": True, "content": {"application/json": media, V2_MEDIA_TYPE: BYTES}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": media, V2_MEDIA_TYPE: BYTES, PARTS_MEDIA_TYPE: BYTES},
+            },
             "responses": _sealable(
                 {
                     "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
