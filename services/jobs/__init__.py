@@ -3,7 +3,7 @@
     worker.build_worker(settings) wires: shared state (STATE_URL) -> ComfyUI pool -> the model
     volume's downloads -> pipeline
 
-    pipeline.run(body): envelope (+ replay guard) -> a template call filled in (templates,
+    pipeline.run(body): envelope (v1 JSON or envelope_v2 bytes; + replay guard) -> a template call filled in (templates,
     template_params, template_catalog) -> payload checks (job_request, image_fetch) ->
     the job's models on the volume -> (DRY_RUN stops here) -> ComfyUI (the pool) -> answer shape
     (worker_comfyui) -> result cap (output_store) -> seal
