@@ -1,17 +1,27 @@
 """`POST /drain` and `DELETE /drain`: take no new work, for a planned restart (a Kubernetes
 preStop hook, maintenance), and take it again. While draining, `/readyz` answers 503 so load
 balancers stop sending, `/healthz` stays 200, work already accepted runs to its end, and new
-work (NEW_WORK) is refused with 503 `draining` and Retry-After before its body is read."""
+work (each route marked `takes_work`) is refused with 503 `draining` and Retry-After before its
+body is read."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from collections.abc import Callable
+from typing import TypeVar
+
+from flask import Blueprint, Response, current_app, request
 
 from services.api.context import Api
 from services.api.responses import error_response, json_response
 from services.core import drain, errors
 
-NEW_WORK = {"jobs.run", "models.download", "runpod.run", "runpod.runsync"}  # route endpoints
+View = TypeVar("View", bound=Callable)
+
+
+def takes_work(view: View) -> View:
+    """Marks a route that accepts new work: refused while the pod drains."""
+    view.takes_work = True  # type: ignore[attr-defined]
+    return view
 
 
 def blueprint(api: Api) -> Blueprint:
@@ -24,7 +34,8 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.delete("/drain")
     def stop() -> Response:
-        drain.end(layout)
+        if not drain.end(layout):
+            raise errors.NotAvailable("the pod stops: a drain the stop signal began cannot be taken back")
         return json_response({"draining": False, "since": None})
 
     return routes
@@ -32,6 +43,7 @@ def blueprint(api: Api) -> Blueprint:
 
 def refuse_new_work(api: Api) -> Response | None:
     """A before-request hook: new work while draining answers 503 `draining`."""
-    if request.endpoint in NEW_WORK and drain.since(api.settings.run_layout) is not None:
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "takes_work", False) and drain.since(api.settings.run_layout) is not None:
         return error_response(errors.Draining("this worker is draining before a restart; send it to another"))
     return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
+from services.api.drain_routes import takes_work
 from services.api.responses import in_parts, json_response, payload_response, read_request
 from services.core import errors, json_text
 from services.core.offload import offload
@@ -17,8 +18,9 @@ def blueprint(api: Api) -> Blueprint:
     routes = Blueprint("jobs", __name__)
 
     @routes.post("/run")
+    @takes_work
     def run() -> Response:
-        return answer(api, read_request())
+        return answer(api, read_request(api.settings))
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
+from services.api.drain_routes import takes_work
 from services.api.responses import json_response, read_json
 from services.models import model_store
 
@@ -14,6 +15,7 @@ def blueprint(api: Api) -> Blueprint:
     downloads = api.worker.downloads
 
     @routes.post("/download")
+    @takes_work
     def download() -> Response:
         body = read_json()
         items = body.get("items") if isinstance(body, dict) else body

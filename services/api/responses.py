@@ -14,6 +14,7 @@ from flask import Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.core import errors, json_text
+from services.core.config import Settings
 from services.core.offload import offload
 from services.jobs import envelope, envelope_v2
 
@@ -50,14 +51,16 @@ def _retry_after(response: Response, seconds: int | None) -> Response:
     return response
 
 
-def read_request(template: str | None = None) -> Any:
+def read_request(settings: Settings, template: str | None = None) -> Any:
     """A job's body by its Content-Type: JSON, an envelope v2 (its header read, not opened) or
-    plain parts (services.jobs.envelope_v2). `template`: a call of it, whose plain body is the
-    parameters alone."""
+    plain parts (services.jobs.envelope_v2), refused unread where encryption is required.
+    `template`: a call of it, whose plain body is the parameters alone."""
     if request.mimetype == envelope_v2.MEDIA_TYPE:
         raw = _body()
         return offload(envelope_v2.Sealed.parse, raw, size=len(raw))  # copies the box's megabytes
     if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE:
+        if settings.encryption_required:
+            raise errors.EncryptionRequired("this worker accepts only encrypted requests (an envelope)")
         raw = _body()
         return offload(envelope_v2.read_plain, raw, template, size=len(raw))
     body = read_json()

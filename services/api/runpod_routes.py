@@ -14,6 +14,7 @@ import uuid
 from flask import Blueprint, Response
 
 from services.api.context import Api
+from services.api.drain_routes import takes_work
 from services.api.responses import payload_response, read_json
 from services.jobs import outcome, runpod_protocol
 from services.jobs.async_jobs import known
@@ -23,11 +24,13 @@ def blueprint(api: Api) -> Blueprint:
     routes = Blueprint("runpod", __name__, url_prefix="/v2/<endpoint_id>")
 
     @routes.post("/runsync")
+    @takes_work
     def runsync(endpoint_id: str) -> Response:
         reply = api.worker.pipeline.run(runpod_protocol.input_of(read_json()))
         return payload_response({"id": f"sync-{uuid.uuid4()}", **outcome.as_runpod(reply.body)})
 
     @routes.post("/run")
+    @takes_work
     def run(endpoint_id: str) -> Response:
         job = api.jobs.start(runpod_protocol.input_of(read_json()))
         return payload_response({"id": job.id, "status": outcome.RUNPOD_STATUS[job.state]})

@@ -27,6 +27,7 @@ from services.models import model_folders
 RELAY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
 # what ComfyUI gets of the worker's environment: paths, locale, GPU runtimes, thread limits
 _PASSED = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "HF_HOME", "HF_HUB_OFFLINE"}
+SECRET_INSIDE = 8  # shorter secrets are matched whole: inside values they would match by chance
 _PASSED_PREFIXES = ("LC_", "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "HSA_", "PYTORCH_", "TORCH_", "OMP_", "MKL_")
 
 
@@ -34,16 +35,22 @@ def comfy_environment(environ: dict[str, str], settings: Settings, home: str) ->
     """The allow-listed environment of ComfyUI: never the worker's key, API key, tokens, bucket
     credentials or STATE_URL, whatever their names (also when COMFY_ENV names them); COMFY_ENV
     names any more the operator passes on."""
-    passed = _PASSED | set(settings.comfy_env)
-    secrets = settings.secret_values
+    passed = (_PASSED | set(settings.comfy_env)) - config.secret_variables()
     env = {
         k: v
         for k, v in environ.items()
-        if (k in passed or k.startswith(_PASSED_PREFIXES)) and v not in secrets
+        if (k in passed or k.startswith(_PASSED_PREFIXES)) and not _holds_secret(v, settings.secret_values)
     }
     env["HOME"] = home
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def _holds_secret(value: str, secrets: frozenset[str]) -> bool:
+    """The value is a secret, or holds one (a key with a newline, a list of keys, a URL with a
+    password): a secret of 8 characters or more is looked for inside it."""
+    stripped = value.strip()
+    return any(stripped == s or (len(s) >= SECRET_INSIDE and s in value) for s in secrets)
 
 
 def _home(settings: Settings, account: pwd.struct_passwd | None) -> str:

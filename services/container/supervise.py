@@ -42,7 +42,9 @@ def main(argv: list[str]) -> int:
         return 2
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # taken one at a time by sigtimedwait
     # its own session: whatever it leaves behind can be found and ended (reap_session)
-    child = os.posix_spawn(command[0], command, os.environ, setsid=True, setsigmask=set())
+    # WORKER_PID1: the watchdog ends the tree once this process is gone (killed outright)
+    environment = {**os.environ, "WORKER_PID1": str(os.getpid())}
+    child = os.posix_spawn(command[0], command, environment, setsid=True, setsigmask=set())
     nudge(socket_path, child)
     code = Supervision(child, RunDir(run_dir), drain_timeout_s).run()
     reap_session(child)
@@ -113,6 +115,11 @@ class Supervision:
     def _drain_round(self) -> None:
         busy = drain.busy(self.layout)
         now = time.monotonic()
+        if drain.since(self.layout) is None:  # removed by hand: a stop signal's drain stays
+            if self.cut_at is None:
+                drain.begin(self.layout, time.time() + self.deadline - now)
+            else:
+                drain.stop(self.layout)
         if not busy:
             self._stop(signal.SIGTERM, "drained: nothing left in hand, stopping")
         elif self.cut_at is None and now >= self.deadline:
@@ -121,8 +128,6 @@ class Supervision:
             _say(f"[entrypoint] DRAIN_TIMEOUT_S passed: cutting what is left ({_counted(busy)})")
         elif self.cut_at is not None and now >= self.cut_at + CUT_GRACE_S:
             self._stop(signal.SIGTERM, f"stopping with {_counted(busy)} still in hand")
-        elif drain.since(self.layout) is None:  # DELETE /drain cannot undo a stop signal
-            drain.begin(self.layout, time.time() + self.deadline - now)
 
     def _stop(self, number: int, why: str) -> None:
         with contextlib.suppress(OSError):

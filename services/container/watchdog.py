@@ -12,6 +12,9 @@
   dies within `startsecs`, so one that runs a few seconds and dies would loop forever): write
   a marker and shut supervisord down, so that the entrypoint exits non-zero and the platform
   replaces the container instead of keeping a worker that looks alive and does nothing.
+- Every TICK_5, first: when the worker's PID 1 (WORKER_PID1, set by services.container.supervise)
+  is no longer supervisord's parent, it was killed outright: shut supervisord down, so that no
+  process of the worker outlives it.
 - While the container stops after a drain (services.core.drain `stopping`), no probe: a ComfyUI
   still ending a cut prompt is not restarted, and the stop is no failure.
 - With several ComfyUI instances (COMFY_INSTANCES), each is watched and restarted alone; one
@@ -59,6 +62,8 @@ class Watchdog:
         event = headers.get("eventname", "")
         fields = dict(token.split(":", 1) for token in payload.split("\n", 1)[0].split() if ":" in token)
         if event.startswith("TICK"):
+            if self.orphaned():
+                return
             if (draining := drain.state(self.settings.run_layout)) is not None and draining.stopping:
                 return  # the container stops: a ComfyUI busy with a cut prompt is not restarted
             for program in self.comfy:
@@ -72,6 +77,17 @@ class Watchdog:
                 self.count_exit(program)
         elif event == "PROCESS_STATE_FATAL":
             self.give_up(fields.get("processname", "?"), "is FATAL")
+
+    def orphaned(self) -> bool:
+        """supervisord outlived the worker's PID 1 (SIGKILL, the OOM killer, a harness that gave
+        up): it runs in a session of its own, so nothing else would stop it and what it runs.
+        Then it is shut down, and everything with it."""
+        supervisord = os.getppid()
+        if self.settings.pid1 is None or parent_of(supervisord) in (self.settings.pid1, None):
+            return False
+        say(f"the worker's PID 1 ({self.settings.pid1}) is gone -> shutting supervisord down")
+        self.rpc.shutdown()
+        return True
 
     def check_comfy(self, program: str) -> None:
         own = self.comfy[program]
@@ -145,6 +161,15 @@ class Watchdog:
         say(f"{program} {why} -> shutting supervisord down so the container exits non-zero")
         self.exits.clear()
         self.rpc.shutdown()
+
+
+def parent_of(pid: int) -> int | None:
+    """From /proc/<pid>/stat (its 4th field); None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def main() -> int:

@@ -121,6 +121,7 @@ class Settings:
     model_lock_stale_s: float = 60.0  # a transfer lock unchanged this long was left by a dead worker
     model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
     templates_dir: tuple[str, ...] | None = None  # folders of templates; None: `templates` beside the volume
+    pid1: int | None = None  # the worker's PID 1 (supervise sets it): the tree ends when it is gone
 
     @property
     def secret_values(self) -> frozenset[str]:
@@ -420,6 +421,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "COMFY_DEVICE": ("comfy_device", _device),
     "COMFY_INSTANCES": ("comfy_instances", _instances),
     "COMFY_INSTANCE": ("comfy_instance", _int_range(0, MAX_INSTANCES - 1)),
+    "WORKER_PID1": ("pid1", _int_range(1, 2**22)),
     "COMFY_USER": ("comfy_user", _text),
     "COMFY_USER_REQUIRED": ("comfy_user_required", _bool),
     "CUDA_DRIVER_REQUIRED": ("cuda_driver_required", _bool),
@@ -476,6 +478,11 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),
     "TEMPLATES_DIR": ("templates_dir", _folders),
 }
+
+
+def secret_variables() -> frozenset[str]:
+    """The variables that hold the SECRETS fields: never passed on, whatever their value."""
+    return frozenset(name for name, (field, _parse) in _VARIABLES.items() if field in SECRETS)
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

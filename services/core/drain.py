@@ -62,10 +62,14 @@ def stop(layout: RunDir) -> State:
     return _write(layout, State(current.since, current.deadline, stopping=True))
 
 
-def end(layout: RunDir) -> None:
-    """Take work again."""
+def end(layout: RunDir) -> bool:
+    """Take work again; False for a drain with a deadline (a stop signal's), which stays."""
+    current = state(layout)
+    if current is not None and (current.deadline is not None or current.stopping):
+        return False
     with contextlib.suppress(FileNotFoundError):
         os.remove(layout.drain_file)
+    return True
 
 
 def busy(layout: RunDir) -> list[str]:

@@ -56,8 +56,13 @@ class Job:
 class Queue:
     """Job table and FIFO; one condition variable wakes every waiter on any change."""
 
-    def __init__(self, on_end: Callable[[Job], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_end: Callable[[Job], None] | None = None,
+        on_forget: Callable[[str], None] | None = None,
+    ) -> None:
         self.on_end = on_end  # told of each job that ends (the metrics)
+        self.on_forget = on_forget  # told of each ended job whose record is dropped
         self.jobs: dict[str, Job] = {}
         self.pending: deque[str] = deque()
         self.to_stop: set[str] = set()
@@ -79,6 +84,7 @@ class Queue:
 
     def take(self, worker_id: str, count: int, hold: float) -> list[Job]:
         with self.changed:
+            self._prune()  # the SDK asks every few seconds: old records go without a new submit
             self.changed.wait_for(lambda: self.pending, timeout=hold)
             taken = []
             while self.pending and len(taken) < count:
@@ -169,3 +175,5 @@ class Queue:
             if job.finished and now - job.finished > KEEP_S["sync" if job.sync else "async"]
         ]:
             del self.jobs[job_id]
+            if self.on_forget is not None:
+                self.on_forget(job_id)

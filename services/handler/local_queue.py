@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
 from services.comfy.health import ComfyHealth
-from services.core import config, drain, errors, json_text, logs
+from services.core import background, config, drain, errors, json_text, logs
 from services.core.config import Settings
 from services.core.in_hand import CUT, InHand, Piece
 from services.handler.job_queue import Job, Queue
@@ -45,29 +45,34 @@ class LocalQueue:
     def __init__(self, settings: Settings, worker_token: str) -> None:
         self.settings = settings
         self.worker_token = worker_token
-        self.queue = Queue(on_end=self._job_ended)
+        self.queue = Queue(on_end=self._job_ended, on_forget=self._let_go)
         self._metrics: QueueMetrics | None = None
         self.in_hand = InHand(settings.run_layout)
         self.webhooks = Webhooks(settings, in_hand=self.in_hand)
         self._held: dict[str, Piece] = {}  # job id -> held until its end was told its caller
 
     def accept(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
-        """A job a drain waits for until its caller has its end (a runsync answer, a status)."""
+        """A job a drain waits for until it ended and its end was told: answered to its runsync
+        call, read from its status or stream, handed to its webhook (whose delivery a drain
+        waits for in turn), or its record dropped (RUNPOD's keep times, job_queue.KEEP_S)."""
         job = self.queue.submit(payload, sync=sync, webhook=webhook)
         self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
         return job
 
     def told(self, job: Job) -> Job:
         """Its caller was shown `job`: once that is its end, a drain need not wait for it."""
-        if job.status in RUNPOD_FINAL and (piece := self._held.pop(job.id, None)) is not None:
-            piece.release()
+        if job.status in RUNPOD_FINAL:
+            self._let_go(job.id)
         return job
+
+    def _let_go(self, job_id: str) -> None:
+        if (piece := self._held.pop(job_id, None)) is not None:
+            piece.release()
 
     def _cut(self, job_id: str) -> None:
         """The drain's deadline: a job no worker took fails; one running is the handler's to cut."""
         self.queue.fail_queued(job_id, CUT.message)
-        if (piece := self._held.pop(job_id, None)) is not None:
-            piece.release()
+        self._let_go(job_id)
 
     def metrics(self) -> QueueMetrics:
         """Made on first use (a job ended, or a scrape): prometheus_client costs this process
@@ -88,6 +93,7 @@ class LocalQueue:
         self.metrics().job_ended(job.status, job.error, seconds)
         if job.webhook:  # RunPod's webhook: its status object, as RunPod posts it
             self.webhooks.send(job.webhook, json_text.dumps(job.view()), job.id)
+            self._let_go(job.id)  # told by its webhook, which a drain waits for
 
 
 def create_app(settings: Settings, worker_token: str) -> Flask:
@@ -114,7 +120,17 @@ def create_app(settings: Settings, worker_token: str) -> Flask:
     def http_error(exc: HTTPException) -> Response:
         if isinstance(exc, RequestEntityTooLarge):
             return worker_error(runpod_protocol.too_large(settings))
-        return worker_error(errors.NotFound(f"no route {request.method} {request.path}"))
+        if exc.code == 404:
+            return worker_error(errors.NotFound(f"no route {request.method} {request.path}"))
+        if exc.code == 405:
+            return worker_error(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
+        return _json({"error": f"http_{exc.code}: {exc.name}"}, exc.code or 500)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        """A bug: a code, never a traceback (Flask hands it here, not to HTTPException's)."""
+        background.log_unexpected(log, f"request {request.path}", exc)
+        return worker_error(errors.WorkerError("unexpected server error"))
 
     return app
 
@@ -153,6 +169,7 @@ def _public(local: LocalQueue) -> Blueprint:
         job = _known(queue.jobs.get(job_id))
         with queue.changed:
             chunks, job.stream = job.stream, []
+        local.told(job)
         return _json({"id": job.id, "status": job.status, "stream": chunks})
 
     @routes.post("/cancel/<job_id>")

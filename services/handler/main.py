@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
 
 from services.comfy.pool import ComfyPool
-from services.core import config, drain, errors, logs
+from services.core import background, config, drain, errors, logs
 from services.core.config import Settings
 from services.core.job_spec import Cancel
 from services.jobs import outcome
-from services.jobs.pipeline import Pipeline
+from services.jobs.pipeline import Pipeline, Reply
 from services.jobs.webhooks import Webhooks, event
 from services.jobs.worker import build_worker
 
+log = logging.getLogger("worker.handler")
 PROGRESS_INTERVAL_S = 0.5
 
 
@@ -76,22 +78,31 @@ def make_handler(
     with several instances, where the others' jobs go on and the dead one restarts alone.
     `webhooks`: what tells a job's `webhook` of its end (RunPod's status object as `data`)."""
 
-    async def handler(job: dict) -> dict:
-        cancel = Cancel()
-        progress = Throttled(lambda message: send_progress(job, message)) if send_progress else None
+    def run(job: dict, cancel: Cancel, progress: Throttled | None) -> Reply:
+        """In a thread, with its webhook: a job RunPod cancelled runs on here to its end (its
+        awaiting task is gone) and is told as `job.cancelled` all the same."""
         try:
-            reply = await asyncio.to_thread(pipeline.run, job.get("input"), progress, cancel)
-        except asyncio.CancelledError:
-            cancel.set()
-            raise
+            reply = pipeline.run(job.get("input"), progress, cancel)
         finally:
             if progress is not None:
                 progress.close()
         if reply.webhook and webhooks is not None:
-            state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
-            data = {"id": job.get("id"), **outcome.as_runpod(reply.body)}
-            sent = await asyncio.to_thread(event, state, data, pipeline.settings)  # off the SDK's loop
-            webhooks.send(reply.webhook, sent, str(job.get("id")))
+            try:
+                state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
+                data = {"id": job.get("id"), **outcome.as_runpod(reply.body)}
+                webhooks.send(reply.webhook, event(state, data, pipeline.settings), str(job.get("id")))
+            except Exception as exc:  # a bug: the job's answer still goes out
+                background.log_unexpected(log, "the job's webhook", exc)
+        return reply
+
+    async def handler(job: dict) -> dict:
+        cancel = Cancel()
+        progress = Throttled(lambda message: send_progress(job, message)) if send_progress else None
+        try:
+            reply = await asyncio.to_thread(run, job, cancel, progress)  # off the SDK's event loop
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
         body = dict(reply.body)
         if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True

@@ -37,6 +37,7 @@ MAGIC = b"CWE2"
 PLAIN_MEDIA_TYPE = "application/vnd.comfy-worker.parts"
 PLAIN_MAGIC = b"CWP2"
 KID_SIZE = 8
+MAX_ATTACHMENTS = 1024  # a body of many (empty) parts is refused before it costs memory
 _LENGTH = struct.Struct(">Q")
 _TAG_SIZE = 16  # Poly1305's
 _HEADER = len(MAGIC) + KID_SIZE + KEY_SIZE + NONCE_SIZE
@@ -123,6 +124,8 @@ def _joined(result: dict) -> bytes:
 def _parts(data: bytes | memoryview) -> list[memoryview]:
     view, parts, at = memoryview(data), [], 0
     while at < len(view):
+        if len(parts) > MAX_ATTACHMENTS:
+            raise errors.InvalidRequest(f"the parts hold more than {MAX_ATTACHMENTS} attachments")
         if at + _LENGTH.size > len(view):
             raise errors.InvalidRequest("the parts end inside a part's length")
         (length,) = _LENGTH.unpack_from(view, at)
@@ -137,21 +140,22 @@ def _parts(data: bytes | memoryview) -> list[memoryview]:
 
 
 def _attach(payload: Any, attachments: list[memoryview]) -> None:
-    """`{"attachment": n}` in an image's `image` or a template's parameter -> attachment n's bytes."""
+    """`{"attachment": n}` in an image's `image` or a template's parameter -> attachment n's
+    bytes. Each attachment is named once, so the payload holds no more bytes than the body."""
     if not isinstance(payload, dict):
         return
-    images, params = payload.get("images"), payload.get("params")
+    images, params, named = payload.get("images"), payload.get("params"), {}
     if isinstance(images, list):
         for index, item in enumerate(images):
             if isinstance(item, dict) and isinstance(item.get("image"), dict):
-                item["image"] = _attachment(item["image"], attachments, f"images[{index}].image")
+                item["image"] = _attachment(item["image"], attachments, f"images[{index}].image", named)
     if isinstance(params, dict):
         for name, value in params.items():
             if isinstance(value, dict) and "attachment" in value:
-                params[name] = _attachment(value, attachments, f"params.{name}")
+                params[name] = _attachment(value, attachments, f"params.{name}", named)
 
 
-def _attachment(reference: dict, attachments: list[memoryview], where: str) -> bytes:
+def _attachment(reference: dict, attachments: list[memoryview], where: str, named: dict[int, str]) -> bytes:
     number = reference.get("attachment")
     if set(reference) != {"attachment"} or isinstance(number, bool) or not isinstance(number, int):
         raise errors.InvalidRequest(f'{where} must be {{"attachment": n}} with n a whole number')
@@ -159,6 +163,12 @@ def _attachment(reference: dict, attachments: list[memoryview], where: str) -> b
         raise errors.InvalidRequest(
             f"{where} names attachment {number}; the envelope holds {len(attachments)}"
         )
+    if number in named:
+        raise errors.InvalidRequest(
+            f"{where} names attachment {number}, which {named[number]} names already; "
+            "send an image once for each place"
+        )
+    named[number] = where
     return bytes(attachments[number])
 
 

@@ -12,6 +12,7 @@ from services.core import errors
 
 QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED)
+ENDED = (COMPLETED, FAILED, CANCELLED)
 RUNPOD_STATUS = {
     QUEUED: "IN_QUEUE",
     RUNNING: "IN_PROGRESS",

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -79,6 +80,10 @@ class Reply:
     webhook: str | None = field(default=None, repr=False)  # the URL the job asked to be told at
 
 
+_BUG = errors.WorkerError("unexpected worker error")
+_UNEXPECTED = Reply(_BUG.to_dict(), _BUG.http_status, _BUG.code)
+
+
 class Pipeline:
     def __init__(
         self,
@@ -117,68 +122,81 @@ class Pipeline:
         cancel: Cancel | None = None,
         job_id: str | None = None,
     ) -> Reply:
-        """Answer one request body; never raises. `job_id`: a fleet's async job, which may run
-        again elsewhere after a drain cut it, its envelope then no replay."""
+        """Answer one request body; never raises, so every caller's job ends and lets go of
+        what it holds (its drain piece, the in-flight gauge, an async record). `job_id`: a
+        fleet's async job, which may run again elsewhere after a drain cut it, its envelope
+        then no replay."""
         cancel = cancel or Cancel()
-        if self.in_hand is None:
-            return self._observed(body, progress, cancel, job_id)
-        with self.in_hand.hold("job", lambda: cancel.stop(CUT)):
-            return self._observed(body, progress, cancel, job_id)
-
-    def _observed(self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None) -> Reply:
-        if self.observer is None:
-            return self._run(body, progress, cancel, job_id)
         started = time.monotonic()
-        self.observer.job_started()
-        reply = self._run(body, progress, cancel, job_id)
-        self.observer.job_ended(reply, time.monotonic() - started)
+        reply = _UNEXPECTED
+        if self.observer is not None:
+            self.observer.job_started()
+        try:
+            with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
+                reply = self._run(body, progress, cancel, job_id)
+        except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
+            background.log_unexpected(log, "the pipeline", exc)
+        finally:
+            if self.observer is not None:
+                self.observer.job_ended(reply, time.monotonic() - started)
         return reply
 
     def _run(self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None) -> Reply:
+        """Errors before the box opens, and replays, answer in plaintext; every other error of
+        an encrypted job (a bad `webhook` or `ts` in it too) is its own and sealed like a result."""
         try:
             opened = self._open(body)
-            if opened is not None:
-                self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
-            webhook = webhooks.requested(opened.payload if opened else body, self.settings)
         except errors.WorkerError as exc:
             return self._failed(exc)
-        if opened is not None and progress is not None:
-            progress = coarse(progress)
+        webhook = None
         try:
-            payload, call = opened.payload if opened else body, None
-            if template_params.is_call(payload):
-                call = self._template_call(payload)
-                payload = call.payload
-            job = job_request.parse(
-                payload,
-                default_timeout_s=self.settings.job_timeout_s,
-                no_history_default=self.settings.no_history,
-                output_format=self.settings.response_format,
-                fetch=self._fetch,
-            )
-            job = call.job(job) if call else job
-            markers = self.models.ensure(job.models, progress, cancel) if job.models else []
-            try:
-                result = self._fit(self._execute(job, progress, cancel, call), opened)
-                status, code, retry = 200, None, None
-            finally:
-                self.models.release(markers)
-            if job.output_format == "worker-comfyui":
-                result = worker_comfyui.answer(result)
-            if call is not None:
-                result = {**result, "params": call.used}
+            if opened is not None:
+                self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
+            payload = opened.payload if opened else body
+            webhook = webhooks.requested(payload, self.settings)
+            result, status, code, retry = self._result(payload, progress, cancel, opened), 200, None, None
+        except errors.ReplayedRequest as exc:
+            return self._failed(exc)
         except errors.WorkerError as exc:
             result, status, code, retry = exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s
             log.info("job failed: %s", exc.code)
         except Exception as exc:  # a bug: answer with a code, never a traceback or job content
             background.log_unexpected(log, "the pipeline", exc)
-            failure = errors.WorkerError("unexpected worker error")
-            result, status, code, retry = failure.to_dict(), failure.http_status, failure.code, None
+            result, status, code, retry = _UNEXPECTED.body, _UNEXPECTED.status, _UNEXPECTED.error_code, None
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
             seal = envelope_v2.seal if opened.version == 2 else envelope.seal
             result = offload(seal, result, opened.box, size=size)
         return Reply(result, status, code, retry, webhook)
+
+    def _result(
+        self, payload: Any, progress: Progress | None, cancel: Cancel, opened: envelope.Opened | None
+    ) -> dict:
+        """The job's result; raises its error."""
+        if opened is not None and progress is not None:
+            progress = coarse(progress)
+        call = None
+        if template_params.is_call(payload):
+            call = self._template_call(payload)
+            payload = call.payload
+        job = job_request.parse(
+            payload,
+            default_timeout_s=self.settings.job_timeout_s,
+            no_history_default=self.settings.no_history,
+            output_format=self.settings.response_format,
+            fetch=self._fetch,
+        )
+        job = call.job(job) if call else job
+        markers = self.models.ensure(job.models, progress, cancel) if job.models else []
+        try:
+            result = self._fit(self._execute(job, progress, cancel, call), opened)
+        finally:
+            self.models.release(markers)
+        if job.output_format == "worker-comfyui":
+            result = worker_comfyui.answer(result)
+        if call is not None:
+            result = {**result, "params": call.used}
+        return result
 
     def _open(self, body: Any) -> envelope.Opened | None:
         if isinstance(body, envelope_v2.Sealed):

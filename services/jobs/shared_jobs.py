@@ -40,7 +40,7 @@ from services.jobs import envelope, outcome, webhooks
 from services.jobs.async_jobs import AsyncJob, JobStore, check_webhook
 from services.jobs.pipeline import Pipeline
 from services.jobs.state_store import Error, StateStore
-from services.jobs.webhooks import PENDING, Delivery, Webhooks
+from services.jobs.webhooks import FAILED, PENDING, Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
 GROUP = "workers"
@@ -99,6 +99,31 @@ if owner ~= '' and redis.call('EXISTS', ARGV[3] .. owner) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'webhook_owner', ARGV[1])
 return 1
 """
+_HSET_KEPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+_WEBHOOK_KEPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'webhook_url', ARGV[1], 'webhook_body', ARGV[2], 'webhook_owner', ARGV[3],
+  'webhook_state', 'pending', 'webhook_attempts', 0)
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+"""
+_WEBHOOK_CHANGED = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SREM', KEYS[2], ARGV[4])
+  return 0
+end
+redis.call('HSET', KEYS[1], 'webhook_state', ARGV[1], 'webhook_attempts', ARGV[2],
+  'webhook_last_status', ARGV[3])
+if ARGV[1] ~= 'pending' then
+  redis.call('HDEL', KEYS[1], 'webhook_url', 'webhook_body', 'webhook_owner')
+  redis.call('SREM', KEYS[2], ARGV[4])
+end
+return 1
+"""
 _LOST = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 if redis.call('HGET', KEYS[1], 'state') ~= 'running' or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then
@@ -150,6 +175,9 @@ class SharedJobs(JobStore):
                 ("requeue", _REQUEUE),
                 ("claim_webhook", _CLAIM_WEBHOOK),
                 ("lost", _LOST),
+                ("hset_kept", _HSET_KEPT),
+                ("webhook_kept", _WEBHOOK_KEPT),
+                ("webhook_changed", _WEBHOOK_CHANGED),
             )
         }
         self._next_beat = 0.0  # when the watch round next proves this pod lives
@@ -214,7 +242,7 @@ class SharedJobs(JobStore):
         pod is sending may be sent again)."""
         try:
             for job_id in list(self._delivering):
-                self.store.redis.hset(self._job_key(job_id), "webhook_owner", "")
+                self._hset_kept(job_id, "webhook_owner", "")
         except Error as exc:
             log.warning(
                 "could not hand back pending webhooks (%s); taken over once this pod is silent",
@@ -327,27 +355,30 @@ class SharedJobs(JobStore):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
-        self._finish(job_id, state, result, reply.status)
-        if reply.webhook and self.webhooks is not None:
+        if self._finish(job_id, state, result, reply.status):
             view = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status).view()
-            self._send_webhook(job_id, reply.webhook, webhooks.event(state, view, self.settings))
+        else:  # declared worker_lost meanwhile: the webhook tells what the record says
+            view = self._ended_view(job_id)
+        if reply.webhook and self.webhooks is not None and view is not None:
+            self._send_webhook(job_id, reply.webhook, webhooks.event(view["state"], view, self.settings))
+
+    def _ended_view(self, job_id: str) -> dict | None:
+        try:
+            record = self._record(job_id)
+        except errors.StateUnavailable:
+            return None
+        return _job(job_id, record).view() if record.get("state") in outcome.ENDED else None
 
     # webhooks: the pod that ran the job sends; a silent or stopping pod's are taken over -------
     def _send_webhook(self, job_id: str, url: str, body: str, delivery: Delivery | None = None) -> None:
         if delivery is None:
             keyring = self.pipeline.keyring
-            kept = {
-                "webhook_url": envelope.keep_secret(url, keyring) if keyring else url,
-                "webhook_body": body,
-                "webhook_owner": self.name,
-                "webhook_state": PENDING,
-                "webhook_attempts": 0,
-            }
-            try:
-                with self.store.redis.pipeline(transaction=True) as tx:
-                    tx.hset(self._job_key(job_id), mapping=kept)
-                    tx.sadd(self.webhook_set, job_id)
-                    tx.execute()
+            kept_url = envelope.keep_secret(url, keyring) if keyring else url
+            try:  # not when the record expired: a key written anew would never expire
+                self._scripts["webhook_kept"](
+                    keys=[self._job_key(job_id), self.webhook_set],
+                    args=[kept_url, body, self.name, job_id],
+                )
             except Error as exc:
                 self.store.reached(False, exc)  # delivered all the same, by this pod only
         self._delivering.add(job_id)
@@ -356,18 +387,11 @@ class SharedJobs(JobStore):
         )
 
     def _webhook_changed(self, job_id: str, delivery: Delivery) -> None:
-        fields = {
-            "webhook_state": delivery.state,
-            "webhook_attempts": delivery.attempts,
-            "webhook_last_status": delivery.last_status or "",
-        }
-        try:
-            with self.store.redis.pipeline(transaction=True) as tx:
-                tx.hset(self._job_key(job_id), mapping=fields)
-                if delivery.state != PENDING:
-                    tx.hdel(self._job_key(job_id), "webhook_url", "webhook_body", "webhook_owner")
-                    tx.srem(self.webhook_set, job_id)
-                tx.execute()
+        try:  # the record keeps its TTL: an expired one is not written anew
+            self._scripts["webhook_changed"](
+                keys=[self._job_key(job_id), self.webhook_set],
+                args=[delivery.state, delivery.attempts, delivery.last_status or "", job_id],
+            )
         except Error as exc:
             self.store.reached(False, exc)
         if delivery.state != PENDING:
@@ -389,8 +413,15 @@ class SharedJobs(JobStore):
                 continue
             record = self._record(job_id)
             keyring = self.pipeline.keyring
-            url = envelope.open_secret(record["webhook_url"], keyring) if keyring else record["webhook_url"]
             attempts = int(record.get("webhook_attempts") or 0)
+            try:
+                url = (
+                    envelope.open_secret(record["webhook_url"], keyring) if keyring else record["webhook_url"]
+                )
+            except (errors.InvalidCiphertext, KeyError):
+                log.warning("a pending webhook's URL opens with none of this pod's keys: it fails")
+                self._webhook_changed(job_id, Delivery(FAILED, attempts))
+                continue
             log.info("took over a pending webhook of a pod that went silent or stopped")
             self._send_webhook(job_id, url, record["webhook_body"], Delivery(attempts=attempts))
 
@@ -412,13 +443,18 @@ class SharedJobs(JobStore):
 
     def _progress(self, job_id: str, update: dict) -> None:
         try:
-            self.store.redis.hset(self._job_key(job_id), "progress", _dumps(update))
+            self._hset_kept(job_id, "progress", _dumps(update))
         except Error as exc:
             self.store.reached(False, exc)
 
-    def _finish(self, job_id: str, state: str, result: str, status: int) -> None:
+    def _hset_kept(self, job_id: str, name: str, value: str) -> None:
+        """Set a field of a record that still exists (an expired one is not made anew, TTL-less)."""
+        self._scripts["hset_kept"](keys=[self._job_key(job_id)], args=[name, value])
+
+    def _finish(self, job_id: str, state: str, result: str, status: int) -> bool:
         """Write the outcome, waiting out a Redis that does not answer (for up to JOB_TTL_S):
-        a job that ran is never lost to an outage."""
+        a job that ran is never lost to an outage. False: the job had been declared
+        worker_lost meanwhile, and that stays its outcome."""
         deadline = time.monotonic() + self.settings.job_ttl_s
         while True:
             try:
@@ -430,13 +466,13 @@ class SharedJobs(JobStore):
                 self.store.reached(False, exc)
                 if time.monotonic() > deadline:
                     log.error("dropped a job's outcome: the shared state did not answer for JOB_TTL_S")
-                    return
+                    return True
                 time.sleep(RETRY_S)
                 continue
             self.store.reached(True)
             if not written:
                 log.warning("a job ended after it was declared worker_lost; its outcome is dropped")
-            return
+            return bool(written)
 
     # liveness, cancels and lost pods -------------------------------------------------------
     def _watch_round(self) -> None:

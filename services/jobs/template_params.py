@@ -97,13 +97,20 @@ def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], 
     return Call(template, {**options, "workflow": workflow}, used, tuple(i for _, i in images))
 
 
-def _schema_problems(templates: Templates, template: Template, given: dict) -> list[dict]:
-    given = {k: "attachment" if isinstance(v, bytes) else v for k, v in given.items()}  # envelope v2's
+def _schema_problems(templates: Templates, template: Template, sent: dict) -> list[dict]:
+    """Every problem of the call's parameters; an envelope v2's attachment (bytes) fits an
+    image parameter only."""
+    misplaced = [
+        n
+        for n, v in sent.items()
+        if isinstance(v, bytes) and n in template.params and template.params[n].kind != "image"
+    ]
+    given = {k: "attachment" if isinstance(v, bytes) else v for k, v in sent.items() if k not in misplaced}
     problems = list(templates.validator(template).iter_errors(given))
     live = {n for n, p in template.params.items() if p.live}
     if any(p.validator == "enum" and _param_of(p) in live for p in problems):
         problems = list(templates.validator(template, fresh=True).iter_errors(given))  # a new file?
-    details = []
+    details = [_detail(n, "type", "takes no attachment (only an image parameter does)") for n in misplaced]
     for problem in problems:
         if problem.validator == "additionalProperties":
             known = ", ".join(template.params)
@@ -114,7 +121,7 @@ def _schema_problems(templates: Templates, template: Template, given: dict) -> l
             ]
         elif problem.validator == "required":
             details += [
-                _detail(n, "required", "is required") for n in problem.validator_value if n not in given
+                _detail(n, "required", "is required") for n in problem.validator_value if n not in sent
             ]
         else:
             details.append(_detail(_param_of(problem), problem.validator, _message(problem)))

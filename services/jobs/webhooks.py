@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from standardwebhooks.webhooks import Webhook
 
@@ -44,13 +43,15 @@ def requested(payload: Any, settings: Settings) -> str | None:
     url = payload.get("webhook") if isinstance(payload, dict) else None
     if url is None:
         return None
-    parts = urlsplit(url) if isinstance(url, str) and len(url) <= MAX_URL else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.InvalidWebhook(f"'webhook' must be an http(s) URL of at most {MAX_URL} characters")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        url_guard.resolve(parts.hostname, port, settings.allow_private_webhooks)
-    except (errors.UrlNotAllowed, ValueError):
+        parts = url_guard.split(url if isinstance(url, str) and len(url) <= MAX_URL else None)
+    except errors.UrlNotAllowed:
+        raise errors.InvalidWebhook(
+            f"'webhook' must be a well-formed http(s) URL of at most {MAX_URL} characters"
+        ) from None
+    try:
+        url_guard.resolve(parts.hostname, url_guard.port_of(parts), settings.allow_private_webhooks)
+    except errors.UrlNotAllowed:
         raise errors.InvalidWebhook(
             "the webhook's host does not resolve, or to a private, loopback or link-local address "
             "(ALLOW_PRIVATE_WEBHOOKS=1 allows private ones)"

@@ -25,7 +25,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
 from services.core import background, errors
 from services.core.config import Settings
@@ -169,11 +168,11 @@ class Downloads:
         )
 
     def _url_source(self, url: Any) -> tuple[Source, str]:
-        parts = urlsplit(url) if isinstance(url, str) else None
-        if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-            raise errors.UrlNotAllowed("'url' must be an http(s) URL with a host")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        url_guard.resolve(parts.hostname, port, self.settings.allow_private_downloads)
+        try:
+            parts = url_guard.split(url)
+        except errors.UrlNotAllowed:
+            raise errors.UrlNotAllowed("'url' must be a well-formed http(s) URL with a host") from None
+        url_guard.resolve(parts.hostname, url_guard.port_of(parts), self.settings.allow_private_downloads)
         headers = {}
         if self.settings.civitai_token and _within(parts.hostname, "civitai.com"):
             headers["Authorization"] = f"Bearer {self.settings.civitai_token}"

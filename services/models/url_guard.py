@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -22,6 +22,8 @@ REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215: the IPv4 address in its last 32 bits
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated (RFC 2765)
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
 
 
@@ -43,16 +45,36 @@ def embedded_ipv4(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> ipa
         return address.ipv4_mapped
     if address.sixtofour:
         return address.sixtofour
-    if address in _NAT64 or (address in _IPV4_COMPATIBLE and int(address) > 1):
+    if address in _NAT64 or address in _NAT64_LOCAL or address in _SIIT:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
         return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
     return None
+
+
+def split(url: object) -> SplitResult:
+    """An http(s) URL with a host and a port that parses, or `UrlNotAllowed`: urllib raises
+    ValueError for an unclosed `[`, a port that is no number or above 65535."""
+    try:
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is not None:
+            _ = parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise errors.UrlNotAllowed("only well-formed http(s) URLs with a host can be reached")
+    return parts
+
+
+def port_of(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def resolve(host: str, port: int, allow_private: bool) -> list[str]:
     """The host's addresses; any non-public one refuses the whole host (unless allowed)."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror:
+    except (OSError, ValueError):  # no such name, a label IDNA cannot encode
         raise errors.UrlNotAllowed(f"cannot resolve host {host[:80]!r}") from None
     ips = list(dict.fromkeys(info[4][0] for info in infos))
     if not allow_private:
@@ -98,8 +120,11 @@ def get(url: str, headers: dict[str, str], allow_private: bool, timeout: float =
             return response
         location = response.headers.get("Location", "")
         response.close()
-        following = urljoin(current, location)
-        if urlsplit(following).hostname != urlsplit(current).hostname:
+        try:
+            following = urljoin(current, location)
+        except ValueError:
+            raise errors.DownloadFailed("a redirect's Location does not parse") from None
+        if split(following).hostname != split(current).hostname:
             sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
         current = following
     raise errors.DownloadFailed("too many redirects")
@@ -115,10 +140,8 @@ def post(
 def _request(
     method: str, url: str, headers: dict[str, str], body: bytes | None, allow_private: bool, timeout: float
 ) -> requests.Response:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise errors.UrlNotAllowed("only http(s) URLs with a host can be reached")
-    ips = resolve(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80), allow_private)
+    parts = split(url)
+    ips = resolve(parts.hostname, port_of(parts), allow_private)
     session = requests.Session()
     session.trust_env = False  # a proxy would resolve the host itself and undo the pinning
     session.mount(f"{parts.scheme}://", _PinnedAdapter(ips[0]))
