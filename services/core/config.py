@@ -125,8 +125,8 @@ class Settings:
 
     @property
     def secret_values(self) -> frozenset[str]:
-        values = {v for v in (getattr(self, name) for name in SECRETS) if v}
-        return frozenset(values | set(self.previous_keys))
+        values = {v for v in (getattr(self, name) for name in SECRETS) if v} | set(self.previous_keys)
+        return frozenset(values | {v.strip() for v in values if v.strip()})
 
     @property
     def previous_keys(self) -> tuple[str, ...]:

@@ -399,7 +399,8 @@ class Templates:
         self._loaded: dict[str, Template] = {}
         self._rejected: dict[str, str] = {}
         self._checked = threading.Event()
-        self._validators: dict[str, Any] = {}
+        self._validators: dict[str, tuple[Template, Any]] = {}  # compiled for that very template
+        self._lock = threading.Lock()  # the check runs in the background while calls read
         for folder in folders:
             for entry in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
                 path = os.path.join(folder, entry)
@@ -424,17 +425,19 @@ class Templates:
         it went through): `answers` waits for ComfyUI; one that goes away mid-way is asked again."""
         if self.catalog is None or not answers():
             return
+        with self._lock:
+            loaded = list(self._loaded.items())
         try:
-            checked = {name: self._checked_one(template) for name, template in list(self._loaded.items())}
+            checked = {name: self._checked_one(template) for name, template in loaded}
         except errors.WorkerError:
             time.sleep(1.0)
             return
-        for name, result in checked.items():
-            if isinstance(result, Template):
-                self._loaded[name] = result
-                self._validators.pop(name, None)
-            else:
-                self._reject(name, result)
+        with self._lock:
+            for name, result in checked.items():
+                if isinstance(result, Template):
+                    self._loaded[name] = result
+                else:
+                    self._reject(name, result)
         self._checked.set()
         log.info(
             "templates checked against ComfyUI: %d serve, %d rejected", len(self._loaded), len(self._rejected)
@@ -454,31 +457,41 @@ class Templates:
         """A template that serves; `wait_s`: how long a call waits for the check against ComfyUI."""
         if isinstance(name, str) and name in self._loaded:
             self._checked.wait(wait_s)
-        template = self._loaded.get(name) if isinstance(name, str) else None
-        if template is None:
+        with self._lock:
+            template = self._loaded.get(name) if isinstance(name, str) else None
             reason = self._rejected.get(name) if isinstance(name, str) else None
+        if template is None:
             raise errors.UnknownTemplate(
                 f"template {name!r} was rejected: {reason}" if reason else f"no template {str(name)[:80]!r}"
             )
         return template
 
     def validator(self, template: Template, fresh: bool = False) -> Any:
-        """The template's schema, compiled once; `fresh`: with ComfyUI's live lists asked again."""
-        if fresh or template.name not in self._validators:
-            self._validators[template.name] = Validator(schema(template, self.catalog, fresh))
-        return self._validators[template.name]
+        """The template's schema, compiled once; `fresh`: with ComfyUI's live lists asked again.
+        One compiled for the template as it was before the check is not used for the checked one."""
+        with self._lock:
+            cached = self._validators.get(template.name)
+        if not fresh and cached is not None and cached[0] is template:
+            return cached[1]
+        compiled = Validator(schema(template, self.catalog, fresh))
+        with self._lock:
+            self._validators[template.name] = (template, compiled)
+        return compiled
 
     def schema(self, template: Template) -> dict:
         """The template's schema as calls are checked now: with ComfyUI's lists once checked."""
         return schema(template, self.catalog if self.checked else None)
 
     def serving(self) -> list[Template]:
-        return [self._loaded[name] for name in sorted(self._loaded)]
+        with self._lock:
+            return [self._loaded[name] for name in sorted(self._loaded)]
 
     def view(self) -> dict:
         """For /healthz: what serves and what was rejected, with why."""
+        with self._lock:
+            serving, rejected = sorted(self._loaded), sorted(self._rejected.items())
         return {
-            "serving": sorted(self._loaded),
-            "rejected": [{"name": n, "reason": r} for n, r in sorted(self._rejected.items())],
+            "serving": serving,
+            "rejected": [{"name": n, "reason": r} for n, r in rejected],
             "checked_with_comfyui": self._checked.is_set() and self.catalog is not None,
         }

@@ -1,11 +1,13 @@
 """The pod API through Flask's test client (the live gunicorn stack is in test_stack.py)."""
 
+import struct
+
 import pytest
 
 from client.envelope_client import open_answer, seal_request
 from services.api.app import create_app
 from services.core import config
-from services.jobs import envelope
+from services.jobs import envelope, envelope_v2
 
 PRIVATE, PUBLIC = envelope.keypair()
 WORKFLOW = {
@@ -170,3 +172,11 @@ def test_a_bad_setting_ends_the_api_and_the_handler_alike_with_one_line(program,
     assert ended.returncode == 2
     assert f"[{program}] configuration error: JOB_TIMEOUT_S='soon'" in ended.stderr
     assert "Traceback" not in ended.stderr + ended.stdout
+
+
+def test_plain_parts_are_refused_unread_where_encryption_is_required():
+    client = make_client()
+    body = envelope_v2.PLAIN_MAGIC + struct.pack(">Q", 2) + b"{}"
+    for path in ("/run", "/templates/noise-card/run"):
+        answer = client.post(path, data=body, content_type=envelope_v2.PLAIN_MEDIA_TYPE)
+        assert answer.status_code == 400 and answer.get_json()["error"].startswith("encryption_required")

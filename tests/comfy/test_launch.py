@@ -173,3 +173,25 @@ def test_the_device_is_auto_or_cpu(tmp_path):
     assert settings(tmp_path, COMFY_DEVICE="CPU").comfy_device == "cpu"
     with pytest.raises(config.ConfigError, match="COMFY_DEVICE"):
         settings(tmp_path, COMFY_DEVICE="gpu")
+
+
+def test_a_secret_written_with_spaces_or_a_newline_reaches_comfyui_by_no_name(tmp_path):
+    """The filter compared exact values: `"k1, k2"` or a key with a trailing newline passed
+    when COMFY_ENV named its variable (or a copy of it under another name)."""
+    old_keys = [envelope.keypair()[0] for _ in range(2)]
+    current = envelope.keypair()[0]
+    secrets = {
+        "WORKER_PRIVATE_KEY_B64": current + "\n",
+        "WORKER_PREVIOUS_KEYS_B64": f"{old_keys[0]}, {old_keys[1]}",
+        "API_KEY": " an-api-key-of-some-length ",
+    }
+    copies = {
+        "KEY_COPY": current + "\n",
+        "KEYS_COPY": f"{old_keys[0]}, {old_keys[1]}",
+        "ONE_OLD": f" {old_keys[1]}",
+        "AUTH_HEADER": "Bearer an-api-key-of-some-length",
+        "MY_NODE_SETTING": "fine",
+    }
+    s = settings(tmp_path, COMFY_ENV=",".join([*secrets, *copies]), **secrets)
+    env = launch.comfy_environment({**secrets, **copies, "PATH": "/usr/bin"}, s, "/home/x")
+    assert set(env) == {"PATH", "MY_NODE_SETTING", "HOME", "PYTHONUNBUFFERED"}

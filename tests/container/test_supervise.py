@@ -2,11 +2,18 @@
 SIGTERM goes to the entrypoint only, as `docker stop` and Kubernetes send it; real supervisord,
 gunicorn and the ComfyUI stand-in."""
 
+import contextlib
+import os
+import signal
 import threading
 import time
 
 import requests
 
+from services.comfy import supervisor_state
+from services.container.supervise import Supervision
+from services.core import drain
+from services.core.run_dir import RunDir
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import slow_workflow, with_knob
 
@@ -114,3 +121,40 @@ def test_a_second_signal_does_not_wait_for_the_drain():
         assert "stopping now" in busy.log
     finally:
         busy.stop()
+
+
+def test_a_drain_the_stop_signal_began_cannot_be_taken_back_even_in_its_grace_period(tmp_path):
+    """After the deadline PID 1 writes `stopping`, and the processes cut what they hold; a
+    drain file removed meanwhile (DELETE /drain did) is written again with `stopping`, not as
+    a fresh drain that would let new work run uncut."""
+    layout = RunDir(str(tmp_path))
+    os.makedirs(layout.work_dir)
+    open(os.path.join(layout.work_dir, f"{os.getpid()}-0-job"), "x").close()  # work in hand
+    supervision = Supervision(child=os.getpid(), layout=layout, drain_timeout_s=60)
+    drain.begin(layout, time.time() + 60)
+    supervision.deadline = time.monotonic()  # the deadline passes
+    supervision._drain_round()
+    assert drain.state(layout).stopping and supervision.cut_at is not None
+    os.remove(layout.drain_file)
+    supervision._drain_round()
+    assert drain.state(layout) is not None and drain.state(layout).stopping
+    assert not supervision.stopped  # still within CUT_GRACE_S
+
+
+def test_nothing_the_worker_started_outlives_its_pid_1_killed_outright():
+    """SIGKILL to PID 1 (the OOM killer, a harness that gave up): supervisord, in a session of
+    its own, ran on with gunicorn and ComfyUI. The watchdog sees its PID 1 gone and shuts
+    supervisord down."""
+    stack = Stack("api", {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0"}).ready()
+    sessions = {stack.proc.pid, supervisor_state.rpc(stack.socket).supervisor.getPID()}
+    assert len(Stack.sessions(sessions)) >= 4  # supervisord, watchdog, gunicorn (2), ComfyUI
+    try:
+        os.kill(stack.proc.pid, signal.SIGKILL)
+        stack.proc.wait()
+        wait_until(lambda: not Stack.sessions(sessions), 60, "every process of the tree to end")
+        assert "the worker's PID 1" in stack.log
+    finally:
+        for pid in Stack.sessions(sessions):  # what a failed test left: its own processes only
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stack.stop()

@@ -2,10 +2,16 @@
 speaks it (statuses, Bearer auth, the body cap), and the control plane the SDK polls. The real
 SDK worker loop against it is tests/handler/test_worker_loop.py."""
 
+import base64
+import os
+
 import pytest
 
 from services.core import config
+from services.handler import job_queue
 from services.handler.local_queue import create_app
+from tests.stack import wait_until
+from tests.webhook_receiver import Receiver
 
 KEY = "queue-key"
 TOKEN = "sdk-token"
@@ -65,3 +71,59 @@ def test_the_control_plane_needs_the_sdks_token_and_unknown_jobs_are_404(client)
     missing = client.get("/v2/LOCAL/status/nope", headers=BEARER)
     assert missing.status_code == 404 and missing.get_json()["error"].startswith("job_not_found")
     assert client.get("/v2/OTHER/health", headers=BEARER).status_code == 404
+
+
+def pieces(settings_dir) -> list[str]:
+    """The work a drain would wait for (services.core.in_hand)."""
+    return os.listdir(os.path.join(settings_dir, "work"))
+
+
+def finish(client, job_id):
+    worker = {"Authorization": TOKEN}
+    assert client.get("/worker/job-take/w1", headers=worker).get_json()["id"] == job_id
+    client.post(f"/worker/job-done/w1/{job_id}", json={"output": {"status": "ok"}}, headers=worker)
+
+
+def test_a_job_is_let_go_once_its_end_was_told_by_stream_webhook_or_its_record_dropped(tmp_path, monkeypatch):
+    """A drain waits for a job until its end reached someone: its pieces leaked for jobs
+    followed by webhook or /stream, for an expired /runsync, and for pruned jobs."""
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    receiver = Receiver([secret])
+    settings = config.load(
+        {
+            "ENCRYPTION_REQUIRED": "0",
+            "RUN_DIR": str(tmp_path),
+            "ALLOW_PRIVATE_WEBHOOKS": "1",
+            "WEBHOOK_SECRET": secret,
+            "WEBHOOK_RETRY_S": "0",
+        }
+    )
+    client = create_app(settings, TOKEN).test_client()
+    streamed = client.post("/v2/LOCAL/run", json={"input": {"workflow": {}}}).get_json()["id"]
+    finish(client, streamed)
+    assert len(pieces(tmp_path)) == 1
+    assert client.post(f"/v2/LOCAL/stream/{streamed}").get_json()["status"] == "COMPLETED"
+    assert pieces(tmp_path) == []
+
+    hooked = {"input": {"workflow": {}}, "webhook": receiver.url("/hook")}
+    finish(client, client.post("/v2/LOCAL/run", json=hooked).get_json()["id"])
+    wait_until(lambda: receiver.calls and pieces(tmp_path) == [], 10, "the webhook delivered, nothing held")
+
+    expired = client.post("/v2/LOCAL/runsync?wait=1000", json={"input": {"workflow": {}}}).get_json()
+    assert expired["status"] == "IN_QUEUE"
+    finish(client, expired["id"])
+    assert len(pieces(tmp_path)) == 1  # its caller may still poll /status, for RunPod's minute
+    monkeypatch.setitem(job_queue.KEEP_S, "sync", 0.0)
+    client.get("/worker/job-take/w1", headers={"Authorization": TOKEN})  # the SDK's next poll
+    assert client.get(f"/v2/LOCAL/status/{expired['id']}").status_code == 404
+    assert pieces(tmp_path) == []
+    receiver.stop()
+
+
+def test_an_unexpected_error_is_a_500_with_a_code_not_a_missing_route(client, monkeypatch):
+    local = client.application.extensions["local_queue"]
+    monkeypatch.setattr(local.queue, "health", lambda: 1 / 0)
+    answer = client.get("/v2/LOCAL/health", headers=BEARER)
+    assert answer.status_code == 500
+    assert answer.get_json() == {"error": "internal_error: unexpected server error"}
+    assert client.put("/v2/LOCAL/health", headers=BEARER).status_code == 405

@@ -1,6 +1,7 @@
 """The serverless handler: the same pipeline, failures returned (never raised), cancel reaches it."""
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -13,8 +14,10 @@ from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
 from services.handler.main import Throttled, make_handler
 from services.jobs import envelope
+from services.jobs.webhooks import Webhooks
 from tests.pipelines import pipeline
 from tests.stack import ROOT
+from tests.webhook_receiver import Receiver
 
 PRIVATE, PUBLIC = envelope.keypair()
 WORKFLOW = {
@@ -175,3 +178,35 @@ def test_one_shot_run_of_the_real_runpod_worker():
         timeout=60,
     )
     assert bad.returncode == 1 and "invalid_workflow" in bad.stdout + bad.stderr
+
+
+def test_a_job_runpod_cancelled_still_tells_its_webhook_job_cancelled():
+    """The README promises `job.cancelled`: the cancel reaches the handler's task, the job runs
+    on in its thread to its end, and its webhook is told of that end."""
+    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    receiver = Receiver([secret])
+    started = threading.Event()
+
+    def wait_for_cancel(job, progress, cancel):
+        started.set()
+        cancel.wait(10)
+        raise errors.Interrupted("cancelled")
+
+    own = settings(ALLOW_PRIVATE_WEBHOOKS="1", WEBHOOK_RETRY_S="0", WEBHOOK_SECRET=secret)
+    handler = make_handler(pipeline(own, Executor(wait_for_cancel)), webhooks=Webhooks(own))
+
+    async def scenario():
+        job = {"id": "job-c", "input": {"workflow": WORKFLOW, "webhook": receiver.url("/hook")}}
+        task = asyncio.create_task(handler(job))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    deadline = time.monotonic() + 10
+    while not receiver.calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [json.loads(c.body)["type"] for c in receiver.calls] == ["job.cancelled"]
+    assert json.loads(receiver.calls[0].body)["data"]["id"] == "job-c"
+    receiver.stop()

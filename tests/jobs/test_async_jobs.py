@@ -1,6 +1,10 @@
+import shutil
 import threading
 
+from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
+from services.core.in_hand import InHand
+from services.jobs import envelope
 from services.jobs.async_jobs import AsyncJobs
 from tests.pipelines import pipeline
 
@@ -55,3 +59,46 @@ def test_progress_result_and_cancel():
     store.cancel(job.id)
     assert finished(job) and job.state == "cancelled" and job.http_status == 409
     assert store.get("nope") is None and store.cancel("nope") is None
+
+
+def test_an_encrypted_job_with_a_malformed_webhook_ends_failed_sealed_and_lets_go_of_its_piece(tmp_path):
+    """Its webhook is read only when the box opens: a URL urllib cannot parse ended the job
+    nowhere (left `running`, its drain piece held for ever, the in-flight gauge one too high)."""
+    private, public = envelope.keypair()
+    settings = config.load({"WORKER_PRIVATE_KEY_B64": private, "RUN_DIR": str(tmp_path), "DRY_RUN": "1"})
+    observer = Observer()
+    in_hand = InHand(settings.run_layout)
+    store = AsyncJobs(pipeline(settings, in_hand=in_hand, observer=observer))
+    body, ephemeral = seal_request({"workflow": WORKFLOW, "webhook": "http://[::1"}, public)
+    job = store.start(body)
+    assert finished(job) and job.state == "failed" and job.http_status == 400
+    assert "error" not in job.result  # sealed: the job's own error
+    assert open_answer(job.result, ephemeral, public)["error"].startswith("invalid_webhook")
+    assert observer.running == 0
+    store.get(job.id)  # its result fetched once: nothing of it is in hand
+    assert in_hand.count() == 0
+
+
+class Observer:
+    def __init__(self):
+        self.running = 0
+
+    def job_started(self):
+        self.running += 1
+
+    def job_ended(self, reply, seconds):
+        self.running -= 1
+
+    def envelope_opened(self, kid):
+        pass
+
+
+def test_a_pipeline_whose_edge_breaks_still_answers_and_ends_the_job(tmp_path):
+    """A drain piece that cannot be written (RUN_DIR gone): a coded answer, never a raise."""
+    settings = config.load({"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path), "DRY_RUN": "1"})
+    observer = Observer()
+    in_hand = InHand(settings.run_layout)
+    shutil.rmtree(settings.run_layout.work_dir)
+    reply = pipeline(settings, in_hand=in_hand, observer=observer).run({"workflow": WORKFLOW})
+    assert (reply.status, reply.body) == (500, {"error": "internal_error: unexpected worker error"})
+    assert observer.running == 0

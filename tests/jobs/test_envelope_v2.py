@@ -1,6 +1,7 @@
 import json
 import os
 import struct
+import tracemalloc
 
 import pytest
 from nacl.public import Box, PrivateKey, PublicKey
@@ -148,6 +149,16 @@ def test_without_a_private_key_it_is_encryption_unavailable():
             errors.InvalidRequest,
             "params.p names attachment -1",
         ),
+        (
+            parts(
+                b'{"images": [{"name": "a.png", "image": {"attachment": 0}}], '
+                b'"template": "t", "params": {"p": {"attachment": 0}}}',
+                b"x",
+            ),
+            errors.InvalidRequest,
+            "params.p names attachment 0, which images[0].image names already",
+        ),
+        (parts(b"{}", *[b""] * 1025), errors.InvalidRequest, "more than 1024 attachments"),
     ],
     ids=[
         "empty",
@@ -160,6 +171,8 @@ def test_without_a_private_key_it_is_encryption_unavailable():
         "bool",
         "extra-key",
         "negative",
+        "named-twice",
+        "too-many",
     ],
 )
 def test_an_opened_box_that_does_not_add_up_is_refused_with_what_is_wrong(plaintext, error, words):
@@ -188,3 +201,28 @@ def test_plain_parts_carry_the_same_payload_and_answer_without_a_box():
     assert open_answer_v2(answer)["outputs"] == [{"node_id": "2", "data": IMAGE}]
     with pytest.raises(errors.InvalidRequest):
         envelope_v2.read_plain(b'{"workflow": {}}')
+
+
+def test_a_flood_of_references_or_empty_parts_is_refused_before_it_costs_memory():
+    """A 1 MiB attachment named 200 times made 200 copies (2 GiB from a 10 MiB body); 64 MiB of
+    empty parts (8 Mi of them) made a list of 8 Mi views. Both are refused after 1,025 parts or
+    at the second reference, whatever follows."""
+    blob = os.urandom(1 << 20)
+    refs = json.dumps(
+        {
+            "workflow": WORKFLOW,
+            "images": [{"name": f"{i}.png", "image": {"attachment": 0}} for i in range(200)],
+        }
+    )
+    referenced = envelope_v2.PLAIN_MAGIC + parts(refs.encode(), blob)
+    empty = envelope_v2.PLAIN_MAGIC + bytes(64 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(errors.InvalidRequest, match="names already"):
+            envelope_v2.read_plain(referenced)
+        with pytest.raises(errors.InvalidRequest, match="more than 1024 attachments"):
+            envelope_v2.read_plain(empty)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20  # the bodies themselves were made before tracing began

@@ -97,18 +97,27 @@ def test_a_rehearsed_rotation_across_two_pods_fails_no_job(redis_server):
     for pod in pods:
         pod.wait_ready()
     clients = [Client(pods, OLD_PUBLIC, cached=True), Client(pods, OLD_PUBLIC, cached=False)]
-    old_traffic = []
+    stage_of = [0, 0]  # the stage each pod was started in (0: the old key alone)
+    opened = [{"old": 0.0, "new": 0.0} for _ in range(len(stages) + 1)]  # by each stage's pods
+
+    def count(index):
+        """What a pod opened in its life, read before it stops (a restart starts at zero)."""
+        tally = opened[stage_of[index]]
+        tally["old"] += opened_by(pods[index], OLD_PUBLIC)
+        tally["new"] += opened_by(pods[index], NEW_PUBLIC)
+
     try:
         for client in clients:
             client.thread.start()
-        for stage in stages:
+        for number, stage in enumerate(stages, 1):
             for index in range(len(pods)):  # one pod at a time: the other serves meanwhile
+                count(index)
                 pods[index].stop()
-                pods[index] = Stack("api", {**fleet, **stage}).ready()
+                pods[index], stage_of[index] = Stack("api", {**fleet, **stage}).ready(), number
                 done = sum(c.done for c in clients)
                 wait_until(lambda d=done: sum(c.done for c in clients) >= d + 6, 60, "jobs on the new pod")
-            old_traffic.append(sum(opened_by(pod, OLD_PUBLIC) for pod in pods))
-        last = sum(opened_by(pod, OLD_PUBLIC) for pod in pods)
+        for index in range(len(pods)):
+            count(index)
     finally:
         for client in clients:
             client.stop.set()
@@ -119,4 +128,8 @@ def test_a_rehearsed_rotation_across_two_pods_fails_no_job(redis_server):
     assert [client.failed for client in clients] == [[], []]
     assert all(client.done > 10 for client in clients)
     assert clients[0].refetched == 1  # the cached client learnt of the new key once
-    assert old_traffic[0] > 0 and old_traffic[-1] == 0 and last == 0  # the old key's traffic fell to zero
+    # across the rotation: the old key alone; still current; both (the fetching client moved to
+    # the new key, the caching one not yet); the new key alone, which the caching one now uses
+    assert opened[0]["old"] > 0 and opened[1]["old"] > 0
+    assert opened[2]["old"] > 0 and opened[2]["new"] > 0
+    assert opened[3]["new"] > 0 and opened[3]["old"] == 0

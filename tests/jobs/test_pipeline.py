@@ -3,6 +3,8 @@ to a bucket (sealed for encrypted jobs). The live S3 path is in tests/handler/te
 
 import base64
 
+import pytest
+
 from client.envelope_client import open_answer, open_blob, seal_request
 from services.core import config
 from services.jobs import envelope
@@ -103,3 +105,38 @@ def test_progress_of_an_encrypted_job_is_only_a_percentage():
     seen.clear()
     pipeline(settings, Progressing()).run({"workflow": WORKFLOW}, seen.append)  # plain keeps detail
     assert seen == [{"node": "7"}, {"node": "7", "value": 2, "max": 4}]
+
+
+@pytest.mark.parametrize("webhook", ["http://[::1", "http://example.com:70000/x", "https://h:port/", 7])
+def test_a_webhook_that_does_not_parse_is_invalid_webhook(webhook):
+    dry = pipeline(config.load({"ENCRYPTION_REQUIRED": "0", "DRY_RUN": "1"}))
+    reply = dry.run({"workflow": WORKFLOW, "webhook": webhook})
+    assert reply.status == 400 and reply.error_code == "invalid_webhook"
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.png", "http://example.com:99999/x.png"])
+def test_an_image_url_that_does_not_parse_is_image_fetch_failed(url):
+    dry = pipeline(config.load({"ENCRYPTION_REQUIRED": "0", "DRY_RUN": "1"}))
+    reply = dry.run({"workflow": WORKFLOW, "images": [{"name": "a.png", "url": url}]})
+    assert reply.status == 400 and reply.error_code == "image_fetch_failed"
+
+
+@pytest.mark.parametrize(
+    "extra,code",
+    [({"webhook": "http://[::1"}, "invalid_webhook"), ({"ts": "yesterday"}, "invalid_request")],
+)
+def test_an_encrypted_job_s_own_errors_come_back_sealed(extra, code):
+    dry = pipeline(config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "DRY_RUN": "1"}))
+    body, ephemeral = seal_request({"workflow": WORKFLOW, **extra}, PUBLIC)
+    reply = dry.run(body)
+    assert reply.status == 400 and reply.error_code == code
+    assert set(reply.body) >= {"ciphertext", "nonce"} and "error" not in reply.body
+    assert open_answer(reply.body, ephemeral, PUBLIC)["error"].startswith(code)
+
+
+def test_a_replay_is_still_refused_in_plaintext():
+    dry = pipeline(config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "DRY_RUN": "1"}))
+    body, _ = seal_request({"workflow": WORKFLOW, "webhook": "http://[::1"}, PUBLIC)
+    assert dry.run(body).error_code == "invalid_webhook"
+    replayed = dry.run(body)  # refused before the job: in plaintext, as README says
+    assert replayed.status == 409 and replayed.body["error"].startswith("replayed_request")

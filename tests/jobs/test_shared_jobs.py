@@ -2,6 +2,9 @@
 with the ComfyUI stand-in, one Redis for the module. The pods share the worker key, as a fleet
 behind one endpoint does."""
 
+import base64
+import json
+import os
 import threading
 import uuid
 
@@ -10,15 +13,18 @@ import redis
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services.core import config
+from services.core import config, errors
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
+from services.jobs.webhooks import Webhooks
 from tests.pipelines import pipeline
 from tests.pod_jobs import ended, status, submit
 from tests.stack import Stack, real_backend, wait_until
+from tests.webhook_receiver import Receiver
 from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
 
 CLAIM_S = 2.0
+SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
 
 
 def fleet_env(redis_server, prefix, key=None):
@@ -29,10 +35,19 @@ def fleet_env(redis_server, prefix, key=None):
         "STATE_URL": redis_server.url,
         "STATE_PREFIX": prefix,
         "JOB_CLAIM_TIMEOUT_S": str(CLAIM_S),
+        "ALLOW_PRIVATE_WEBHOOKS": "1",
+        "WEBHOOK_RETRY_S": "0,60",
     }
     if key:
         env["WORKER_PRIVATE_KEY_B64"] = key
     return env
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    receiver = Receiver([SECRET])
+    yield receiver
+    receiver.stop()
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +152,7 @@ def test_an_envelope_replayed_to_the_other_pod_is_refused(pods):
     assert replayed.status_code == 409 and replayed.json()["error"].startswith("replayed_request")
 
 
-def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix):
+def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix, receiver):
     first, second, _ = pods
     marker = f"okapi-{uuid.uuid4().hex[:8]}"
     payload = {
@@ -146,7 +161,9 @@ def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix
             "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": marker}},
         },
         "images": [{"name": f"{marker}.png", "image": png_b64(12, 12, (9, 8, 7))}],
+        "webhook": receiver.url(f"/{marker}"),  # refused once: pending, kept in the record
     }
+    receiver.scripts[f"/{marker}"] = [500]
     request, ephemeral = seal_request(payload, first.public_key)
     job_id = submit(first, request)
     done = ended(second, job_id)
@@ -154,7 +171,9 @@ def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix
     assert result["status"] == "ok" and len(result["outputs"]) == 2
     plain_job = submit(second, {"workflow": with_knob("StandinSlow", color=6, seconds=0, steps=1)})
     ended(first, plain_job)
+    wait_until(lambda: receiver.calls, 10, "the webhook's first attempt")
     found = everything_in(redis_server.client(), prefix)
+    assert b"webhook_url=" in found and b"webhook_body=" in found  # the scan reads the pending webhook
     assert marker.encode() not in found and result["outputs"][0]["data"][:40].encode() not in found
     assert b"StandinSlow" not in found  # a plain workflow leaves with its job
     assert job_id.encode() in found  # the scan reads the records
@@ -216,18 +235,24 @@ def test_a_killed_pod_s_job_is_answered_worker_lost_by_the_others(pods):
 
 
 # One pod's side of the queue, in this process on the real Redis (DRY_RUN jobs) --------------
-def shared_jobs(redis_server, prefix, capacity, **env):
+def shared_jobs(redis_server, prefix, capacity, executor=None, **env):
+    """A pod's job store; with `executor` (in ComfyUI's place) its jobs run past DRY_RUN, and
+    webhooks to this machine are sent, signed with SECRET."""
     settings = config.load(
         {
             "ENCRYPTION_REQUIRED": "0",
-            "DRY_RUN": "1",
+            "DRY_RUN": "0" if executor else "1",
             "STATE_URL": redis_server.url,
             "STATE_PREFIX": prefix,
+            "ALLOW_PRIVATE_WEBHOOKS": "1",
+            "WEBHOOK_SECRET": SECRET,
             **env,
         }
     )
     store = StateStore(settings)
-    return SharedJobs(settings, pipeline(settings, shared=store), store, capacity)
+    return SharedJobs(
+        settings, pipeline(settings, executor, shared=store), store, capacity, Webhooks(settings)
+    )
 
 
 DRY_JOB = {"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
@@ -297,6 +322,60 @@ def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_s
     wait_until(lambda: worker.waiting() == 0, 10, "the cancelled entry to leave the queue")
     assert idle.get(job.id).state == "cancelled"  # never ran
     wait_until(lambda: idle.get(job.id) is None, 10, "the record to expire after JOB_TTL_S")
+
+
+class Blocking:
+    """In ComfyUI's place: a job runs until released."""
+
+    def __init__(self):
+        self.running, self.release = threading.Event(), threading.Event()
+
+    def execute(self, job, progress, cancel):
+        self.running.set()
+        self.release.wait(30)
+        return {"status": "ok", "prompt_id": "p", "outputs": []}
+
+
+def test_a_job_declared_worker_lost_tells_its_webhook_what_the_record_says(redis_server, receiver):
+    """The pod went silent while its job ran (no proof of life): another pod answered
+    worker_lost. When the job then ends, its outcome is dropped, and so the webhook says
+    worker_lost too, not a completion nobody can poll."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    comfy = Blocking()
+    runner = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy, JOB_CLAIM_TIMEOUT_S="1")
+    job = runner.start({**DRY_JOB, "webhook": receiver.url(f"/{prefix}")})
+    assert comfy.running.wait(10)
+    runner._beat = lambda: None  # silent from now on
+    redis_server.client().delete(f"{prefix}:pod:{runner.name}")
+    reaper = shared_jobs(redis_server, prefix, lambda own: 0, JOB_CLAIM_TIMEOUT_S="1")
+    wait_until(lambda: reaper.get(job.id).state == "failed", 10, "the job to be declared lost")
+    comfy.release.set()
+    wait_until(lambda: [c for c in receiver.calls if c.path == f"/{prefix}"], 10, "the webhook")
+    (call,) = [c for c in receiver.calls if c.path == f"/{prefix}"]
+    told = json.loads(call.body)
+    assert told["type"] == "job.failed"
+    assert told["data"]["result"]["error"].startswith(errors.WorkerLost.code)
+    assert reaper.get(job.id).state == "failed"
+
+
+def test_a_webhook_that_outlives_its_record_leaves_no_key_without_a_ttl(redis_server, receiver):
+    """JOB_TTL_S shorter than the webhook's retries: the record expires while the delivery goes
+    on, and writing the delivery's state made `job:<id>` anew, never to expire."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    receiver.scripts[f"/{prefix}"] = [500]
+    pod = shared_jobs(
+        redis_server, prefix, lambda own: 1 - own, JOB_TTL_S="1", WEBHOOK_RETRY_S="0,3", WEBHOOK_TIMEOUT_S="2"
+    )
+    job = pod.start({**DRY_JOB, "webhook": receiver.url(f"/{prefix}")})
+    client = redis_server.client()
+
+    def delivery_over():
+        attempts = [c for c in receiver.calls if c.path == f"/{prefix}"]
+        return len(attempts) == 2 and not client.sismember(f"{prefix}:webhooks", job.id)
+
+    wait_until(delivery_over, 20, "both attempts, and the delivery's end written")
+    wait_until(lambda: job.id not in pod._delivering, 5, "the pod to let go of the delivery")
+    assert client.ttl(f"{prefix}:job:{job.id}") != -1  # gone (-2), or still expiring
 
 
 # Redis lost and back --------------------------------------------------------------------------

@@ -273,3 +273,14 @@ def test_a_comfyui_node_error_on_a_filled_input_is_told_by_parameter(templates):
         "template": "kinds",
         "node_errors": unexplained,
     }
+
+
+def test_only_an_image_parameter_takes_an_attachment(templates):
+    """An envelope v2's attachment (bytes) for a string, enum or number passed the schema as the
+    word "attachment" and broke later with a 500: it is `invalid_params` naming the parameter."""
+    data = base64.b64decode(IMAGE)
+    assert call(templates, {"image": data}).images[0].data == data
+    assert problems(templates, {"image": IMAGE, "prefix": data, "crop": data, "width": data}) == [
+        {"param": name, "rule": "type", "message": "takes no attachment (only an image parameter does)"}
+        for name in ("prefix", "crop", "width")
+    ]

@@ -214,6 +214,8 @@ def test_not_enough_disk_space(downloads, server, monkeypatch):
         ({"type": "vae", "url": "http://127.0.0.1/x", "filename": "cafe\u0301.bin"}, "invalid_target"),
         ({"type": "vae", "url": "http://127.0.0.1/x", "filename": ".hidden.part"}, "invalid_target"),
         ({"type": "vae", "url": "ftp://example.com/x"}, "url_not_allowed"),
+        ({"type": "vae", "url": "http://[::1/x"}, "url_not_allowed"),
+        ({"type": "vae", "url": "http://example.com:70000/x"}, "url_not_allowed"),
         ({"type": "vae", "url": "http://127.0.0.1/x", "sha256": "xyz"}, "invalid_request"),
         ({"type": "vae"}, "invalid_request"),
         ({"type": "vae", "repo_id": "a/b"}, "invalid_request"),

@@ -48,6 +48,10 @@ def test_the_token_does_not_follow_a_redirect_to_another_host(server):
         ("64:ff9b::7f00:1", False),  # NAT64 of 127.0.0.1
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 of 169.254.169.254
         ("64:ff9b::808:808", True),  # NAT64 of 8.8.8.8
+        ("64:ff9b:1::7f00:1", False),  # local-use NAT64 (RFC 8215) of 127.0.0.1
+        ("64:ff9b:1::808:808", True),
+        ("::ffff:0:7f00:1", False),  # SIIT (IPv4-translated) of 127.0.0.1
+        ("::ffff:0:808:808", True),
         ("2002:a00:1::", False),  # 6to4 of 10.0.0.1
         ("2002:7f00:1::1", False),  # 6to4 of 127.0.0.1
         ("2002:808:808::1", True),  # 6to4 of 8.8.8.8
@@ -62,3 +66,20 @@ def test_the_token_does_not_follow_a_redirect_to_another_host(server):
 )
 def test_address_classes(ip, public):
     assert url_guard.is_public(ip) is public
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://[::1/x.png", "http://h:70000/x", "http://h:port/x", "ftp://h/x", "http:///x", 7],
+)
+def test_a_url_that_does_not_parse_is_refused_with_a_code_not_a_value_error(url):
+    with pytest.raises(errors.UrlNotAllowed):
+        url_guard.split(url)
+    with pytest.raises(errors.UrlNotAllowed):
+        url_guard.get(url, {}, allow_private=True)
+
+
+@pytest.mark.parametrize("host", ["a" * 64 + ".example", "a..b", "x\x00y"])
+def test_a_host_no_resolver_takes_is_refused_with_a_code(host):
+    with pytest.raises(errors.UrlNotAllowed):
+        url_guard.resolve(host, 80, allow_private=True)
