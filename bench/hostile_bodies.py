@@ -5,8 +5,8 @@ checks and answers). A DRY_RUN pod with the real gunicorn and gevent; nothing of
 
 Hostile bodies: one attachment named 200 times (2 GB before issue 40), 64 MB of empty parts,
 1,024 attachments each named once (the most a body may carry), a v1 envelope of 64 MB that does
-not open, and JSON of 64 MB made of empty lists (JSON's own expansion, the same for every
-JSON reader of the worker).
+not open, and JSON of 64 MB made of empty lists or of numbers (JSON's own expansion, the same
+for every JSON reader of the worker).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def bodies() -> dict[str, tuple[bytes, str]]:
     empty_lists = (
         b'{"workflow": {"1": {"class_type": "X", "inputs": {"a": [' + b"[]," * (room // 3) + b"[]]}}}}"
     )
+    numbers = b'{"workflow": {"1": {"class_type": "X", "inputs": {"a": [' + b"1.5," * (room // 4) + b"1]}}}}"
     v1 = {"encrypted": True, "epk": "A" * 44, "nonce": "A" * 32, "ciphertext": "A" * (room - 200)}
     parts_type = envelope_v2.PLAIN_MEDIA_TYPE
     return {
@@ -59,6 +60,7 @@ def bodies() -> dict[str, tuple[bytes, str]]:
         ),
         "a 64 MB v1 envelope that does not open": (json.dumps(v1).encode(), "application/json"),
         "64 MB of JSON empty lists": (empty_lists, "application/json"),
+        "64 MB of JSON numbers (1.5,1.5,...)": (numbers, "application/json"),
     }
 
 

@@ -104,7 +104,7 @@ def media_type_of(answer: bytes) -> str:
 def _payload(data: bytes | memoryview, what: str, template: str | None = None) -> Any:
     head, *attachments = _parts(data)
     try:
-        payload = json.loads(str(head, "utf-8"))
+        payload = json_text.loads(bytes(head))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise errors.InvalidJson(f"{what} is not UTF-8 JSON") from None
     except RecursionError:

@@ -348,7 +348,7 @@ class SharedJobs(JobStore):
     def _execute(self, job_id: str, body_text: bytes, cancel: Cancel) -> None:
         try:
             body = offload(json_text.loads, body_text, size=len(body_text))
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, errors.InvalidJson):
             body = None  # the pipeline answers invalid_request
         reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel, job_id)
         if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text):

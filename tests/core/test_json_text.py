@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from services.core import codec, json_text
+from services.core import codec, errors, json_text
 
 BIG = base64.b64encode(os.urandom(json_text.SPLICED)).decode()
 
@@ -89,3 +89,17 @@ def test_a_body_that_holds_the_marker_is_still_read_right(monkeypatch):
     monkeypatch.setattr(json_text.secrets, "token_hex", lambda n: "fixed")
     raw = utf8({"a": "zfixed0", "b": BIG})
     assert json_text.loads(raw) == {"a": "zfixed0", "b": BIG}
+
+
+def test_json_that_would_take_twenty_times_its_size_is_refused_before_it_is_parsed():
+    """`[],` is 3 bytes of text and ~60 of objects: a 64 MB body of them took 1.6 GB."""
+    many = b"[" + b"[]," * json_text.MAX_CONTAINERS + b"[]]"
+    with pytest.raises(errors.InvalidJson, match="more than 1000000 lists and objects"):
+        json_text.loads(many)
+    with pytest.raises(errors.InvalidJson):  # base64 beside them changes nothing
+        json_text.loads(b'{"image": "' + b"QUFB" * 40_000 + b'", "x": ' + many + b"}")
+    fine = b"[" + b"[]," * (json_text.MAX_CONTAINERS - 2) + b"[]]"
+    assert len(json_text.loads(fine)) == json_text.MAX_CONTAINERS - 1
+    numbers = b"[" + b"1.5," * (json_text.MAX_ITEMS + 1) + b"1]"
+    with pytest.raises(errors.InvalidJson, match="more than 4000000 items"):
+        json_text.loads(numbers)
