@@ -54,7 +54,7 @@ class LocalQueue:
     def accept(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
         """A job a drain waits for until it ended and its end was told: answered to its runsync
         call, read from its status or stream, handed to its webhook (whose delivery a drain
-        waits for in turn), or its record dropped (RUNPOD's keep times, job_queue.KEEP_S)."""
+        waits for in turn), or its record dropped (RunPod's keep times, job_queue.KEEP_S)."""
         job = self.queue.submit(payload, sync=sync, webhook=webhook)
         self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
         return job

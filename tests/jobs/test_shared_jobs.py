@@ -14,6 +14,7 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
+from services.jobs import envelope
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
 from services.jobs.webhooks import Webhooks
@@ -483,3 +484,19 @@ def test_a_pod_drained_by_sigterm_finishes_its_jobs_for_the_fleet_and_hands_on_w
         for pod in [*drained, other]:
             if pod is not None:
                 pod.stop()
+
+
+def test_a_pending_webhook_sealed_to_a_dropped_key_fails_instead_of_staying_claimed(redis_server):
+    """After a rotation dropped the key its URL was sealed to, no pod can open it: it was
+    claimed, left pending and claimed again for ever; now it ends as failed."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    old, new = envelope.keypair()[0], envelope.keypair()[0]
+    client, key = redis_server.client(), f"{prefix}:job:j1"
+    sealed = envelope.keep_secret("http://127.0.0.1:9/hook", envelope.Keyring.from_keys(old))
+    kept = {"state": "completed", "webhook_url": sealed, "webhook_body": "{}", "webhook_owner": ""}
+    client.hset(key, mapping={**kept, "webhook_state": "pending", "webhook_attempts": 1})
+    client.expire(key, 60)
+    client.sadd(f"{prefix}:webhooks", "j1")
+    shared_jobs(redis_server, prefix, lambda own: 0, WORKER_PRIVATE_KEY_B64=new)
+    wait_until(lambda: not client.sismember(f"{prefix}:webhooks", "j1"), 15, "the webhook to end")
+    assert client.hget(key, "webhook_state") == b"failed" and client.hget(key, "webhook_url") is None
