@@ -82,6 +82,7 @@ def _build(settings: Settings) -> Api:
     worker = build_worker(settings, observer=metrics)
     health = ComfyHealth(settings, worker.pool)
     metrics.watch_models(worker.models)
+    worker.pool.time_jobs(metrics.job_timed)
     jobs = job_store(worker)
     if worker.state is not None:
         metrics.watch_shared(jobs)

@@ -44,10 +44,16 @@ class ComfyPool:
         self._changed = threading.Condition()
         self._waiting: collections.deque[object] = collections.deque()
         self._watchers: list[Callable[[], None]] = []
+        self._timers: list[Callable[[float, float], None]] = []
 
     def watch(self, changed: Callable[[], None]) -> None:
         """`changed()` is called when a job saw its ComfyUI die (health looks again at once)."""
         self._watchers.append(changed)
+
+    def time_jobs(self, timed: Callable[[float, float], None]) -> None:
+        """`timed(waited_s, ran_s)` after each job that reached an instance: how long it waited
+        for one, and how long its ComfyUI took (with one instance, ComfyUI's own queue included)."""
+        self._timers.append(timed)
 
     @classmethod
     def of(
@@ -62,8 +68,10 @@ class ComfyPool:
         return cls(settings, instances)
 
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
-        deadline = time.monotonic() + request.timeout_s
+        asked = time.monotonic()
+        deadline = asked + request.timeout_s
         instance = self._take(request, deadline, cancel)
+        taken = time.monotonic()
         try:
             return instance.executor.execute(request, progress, cancel, deadline=deadline)
         except errors.ComfyRestarted:
@@ -74,6 +82,8 @@ class ComfyPool:
             with self._changed:
                 instance.jobs -= 1
                 self._changed.notify_all()
+            for timed in self._timers:
+                timed(taken - asked, time.monotonic() - taken)
 
     @property
     def waiting(self) -> int:

@@ -8,6 +8,7 @@ starts) is read when Prometheus scrapes.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
@@ -96,6 +97,18 @@ class Metrics(_JobMetrics):
             ["code"],
             registry=self.registry,
         )
+        self.queue_wait = Histogram(
+            "comfy_worker_job_queue_wait_seconds",
+            "Time a job waited for a free ComfyUI instance",
+            buckets=JOB_SECONDS,
+            registry=self.registry,
+        )
+        self.run_time = Histogram(
+            "comfy_worker_comfyui_run_seconds",
+            "Time a job spent in its ComfyUI (with one instance, ComfyUI's own queue included)",
+            buckets=JOB_SECONDS,
+            registry=self.registry,
+        )
 
     def watch_shared(self, jobs: SharedQueue) -> None:
         """The fleet's queue (STATE_URL): jobs waiting in it, taken over, lost with their pod."""
@@ -116,6 +129,11 @@ class Metrics(_JobMetrics):
 
     def envelope_opened(self, kid: str) -> None:
         self.envelopes.labels(kid).inc()
+
+    def job_timed(self, waited_s: float, ran_s: float) -> None:
+        """From the pool (services.comfy.pool.ComfyPool.time_jobs)."""
+        self.queue_wait.observe(waited_s)
+        self.run_time.observe(ran_s)
 
     def webhook_attempted(self, outcome: str) -> None:
         self.webhooks.labels(outcome).inc()
@@ -148,7 +166,7 @@ class SharedQueue(Protocol):
     taken_over: int
     lost: int
 
-    def waiting(self) -> int | None: ...
+    def queue(self) -> tuple[int | None, int] | None: ...
 
 
 class _Shared:
@@ -156,13 +174,21 @@ class _Shared:
         self.jobs = jobs
 
     def collect(self) -> Iterator[Metric]:
-        waiting = self.jobs.waiting()
-        if waiting is not None:  # Redis does not answer: no sample rather than a wrong one
+        queue = self.jobs.queue()
+        if queue is not None:  # Redis does not answer: no sample rather than a wrong one
+            lag, pending = queue
             yield GaugeMetricFamily(
                 "comfy_worker_shared_jobs_waiting",
                 "Async jobs in the fleet's queue that no pod has started",
-                value=waiting,
+                value=(lag or 0) + pending,
             )
+            if lag is not None:
+                yield GaugeMetricFamily(
+                    "comfy_worker_fleet_queue_lag",
+                    "Entries of the fleet's stream no pod has taken yet (XINFO GROUPS lag): what an "
+                    "autoscaler scales on",
+                    value=lag,
+                )
         yield CounterMetricFamily(
             "comfy_worker_jobs_taken_over",
             "Jobs a silent pod took and never started, taken over by this pod",
@@ -246,3 +272,18 @@ class _Scraped:
         if each_busy.samples:
             yield each_busy
         yield restarts
+        yield from _volume(self.settings.model_dir)
+
+
+def _volume(folder: str) -> Iterator[Metric]:
+    """The model volume's size and free space (nothing while it is not there)."""
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return
+    yield GaugeMetricFamily(
+        "comfy_worker_model_volume_size_bytes", "Size of the model volume", value=usage.total
+    )
+    yield GaugeMetricFamily(
+        "comfy_worker_model_volume_free_bytes", "Free space on the model volume", value=usage.free
+    )

@@ -217,14 +217,21 @@ class SharedJobs(JobStore):
             raise self.store.unavailable(exc) from None
         return self.get(job_id)
 
-    def waiting(self) -> int | None:
-        """Jobs in the stream no pod has started (None when Redis does not answer)."""
+    def queue(self) -> tuple[int | None, int] | None:
+        """The consumer group's (lag, pending) as XINFO GROUPS reports them: entries no pod took
+        yet (None where Redis cannot tell), and entries taken but not started. None when Redis
+        does not answer. The lag is what an autoscaler reads (KEDA's redis-streams scaler)."""
         try:
             groups = self.store.redis.xinfo_groups(self.stream)
         except Error:
             return None
         group = next((g for g in groups if g["name"] in (GROUP, GROUP.encode())), None)
-        return (group["lag"] or 0) + group["pending"] if group else 0
+        return (group["lag"], group["pending"]) if group else (0, 0)
+
+    def waiting(self) -> int | None:
+        """Jobs in the stream no pod has started (None when Redis does not answer)."""
+        queue = self.queue()
+        return None if queue is None else (queue[0] or 0) + queue[1]
 
     def close(self) -> None:
         """Stop taking jobs and hand back those taken but not started, for another pod at once
