@@ -42,8 +42,10 @@ def answer(api: Api, body: object) -> Response:
             )
         job = api.jobs.start(body)
         return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
-    reply = api.worker.pipeline.run(body)
+    reply = api.worker.pipeline.run(body, route=request.url_rule.rule if request.url_rule else "")
     answer = reply.body
     if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(answer, dict):  # parts in, parts out
         answer = offload(envelope_v2.write_plain, answer, size=json_text.size_hint(answer))
-    return payload_response(answer, reply.status, reply.retry_after_s)
+    response = payload_response(answer, reply.status, reply.retry_after_s)
+    response.headers["X-Job-Id"] = reply.job_id  # the id its end line in the logs names
+    return response

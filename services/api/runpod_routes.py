@@ -26,8 +26,9 @@ def blueprint(api: Api) -> Blueprint:
     @routes.post("/runsync")
     @takes_work
     def runsync(endpoint_id: str) -> Response:
-        reply = api.worker.pipeline.run(runpod_protocol.input_of(read_json()))
-        return payload_response({"id": f"sync-{uuid.uuid4()}", **outcome.as_runpod(reply.body)})
+        name = f"sync-{uuid.uuid4()}"
+        reply = api.worker.pipeline.run(runpod_protocol.input_of(read_json()), route="runsync", name=name)
+        return payload_response({"id": name, **outcome.as_runpod(reply.body)})
 
     @routes.post("/run")
     @takes_work

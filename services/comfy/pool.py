@@ -20,7 +20,7 @@ from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
 from services.core import errors
 from services.core.config import Settings
-from services.core.job_spec import Cancel, JobRequest, Progress
+from services.core.job_spec import TIMING, Cancel, JobRequest, Progress
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
 
@@ -82,8 +82,11 @@ class ComfyPool:
             with self._changed:
                 instance.jobs -= 1
                 self._changed.notify_all()
+            waited, ran = taken - asked, time.monotonic() - taken
+            if (timing := TIMING.get()) is not None:
+                timing.instance, timing.waited_s, timing.ran_s = instance.number, waited, ran
             for timed in self._timers:
-                timed(taken - asked, time.monotonic() - taken)
+                timed(waited, ran)
 
     @property
     def waiting(self) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,19 @@ class Cancel(threading.Event):
     def stop(self, error: errors.WorkerError) -> None:
         self.error = error
         self.set()
+
+
+@dataclass
+class Timing:
+    """What the pool learnt of the job being answered in this context (its end line says it):
+    which instance ran it, how long it waited for one and how long its ComfyUI took."""
+
+    instance: int | None = None
+    waited_s: float = 0.0
+    ran_s: float = 0.0
+
+
+TIMING: ContextVar[Timing | None] = ContextVar("timing", default=None)  # set by the pipeline
 
 
 @dataclass(frozen=True)

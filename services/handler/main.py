@@ -82,7 +82,9 @@ def make_handler(
         """In a thread, with its webhook: a job RunPod cancelled runs on here to its end (its
         awaiting task is gone) and is told as `job.cancelled` all the same."""
         try:
-            reply = pipeline.run(job.get("input"), progress, cancel)
+            reply = pipeline.run(
+                job.get("input"), progress, cancel, route="serverless", name=str(job.get("id"))
+            )
         finally:
             if progress is not None:
                 progress.close()

@@ -8,6 +8,7 @@ it; with it, services.jobs.shared_jobs keeps jobs in Redis for the fleet.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from services.core.job_spec import Cancel
 from services.jobs import envelope, outcome, webhooks
 from services.jobs.pipeline import Pipeline
 from services.jobs.webhooks import Delivery, Webhooks
+
+log = logging.getLogger("worker.jobs")
 
 
 @dataclass
@@ -101,6 +104,7 @@ class AsyncJobs(JobStore):
         job = self.jobs.get(job_id)
         if job is not None and job.finished is None:
             job.cancel.set()
+            log.info("job %s: cancel asked", job_id, extra={"event": "job.cancel", "job_id": job_id})
         return self.get(job_id)
 
     def close(self) -> None:
@@ -112,7 +116,7 @@ class AsyncJobs(JobStore):
         def progress(update: dict) -> None:
             job.progress = update
 
-        reply = self.pipeline.run(body, progress, job.cancel)
+        reply = self.pipeline.run(body, progress, job.cancel, route="async", name=job.id)
         job.result, job.http_status = reply.body, reply.status
         job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
         job.finished = time.time()

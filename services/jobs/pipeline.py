@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 import uuid
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.core import background, errors
+from services.core import background, errors, json_text
 from services.core.codec import unb64
 from services.core.config import Settings
 from services.core.in_hand import CUT, InHand
-from services.core.job_spec import Cancel, JobRequest, Progress
+from services.core.job_spec import TIMING, Cancel, JobRequest, Progress, Timing
 from services.core.offload import offload
 from services.jobs import (
     envelope,
     envelope_v2,
     image_fetch,
     job_request,
+    outcome,
     template_params,
     webhooks,
     worker_comfyui,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
     from services.jobs.state_store import StateStore
 
 log = logging.getLogger("worker.pipeline")
+POD = socket.gethostname()
 
 
 class JobObserver(Protocol):
@@ -78,6 +81,18 @@ class Reply:
     error_code: str | None = None
     retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
     webhook: str | None = field(default=None, repr=False)  # the URL the job asked to be told at
+    job_id: str = ""  # the id its end line names (a sync /run answers it as X-Job-Id)
+
+
+@dataclass
+class _Facts:
+    """What a job's end line says beside its outcome and times; never anything of its content
+    (an encrypted call's template is not named)."""
+
+    encrypted: bool = False
+    kid: str | None = None  # the worker key that opened it (a rotation's traffic, job by job)
+    template: str | None = None
+    models: int = 0
 
 
 _BUG = errors.WorkerError("unexpected worker error")
@@ -121,27 +136,37 @@ class Pipeline:
         progress: Progress | None = None,
         cancel: Cancel | None = None,
         job_id: str | None = None,
+        route: str = "run",
+        name: str | None = None,
     ) -> Reply:
         """Answer one request body; never raises, so every caller's job ends and lets go of
-        what it holds (its drain piece, the in-flight gauge, an async record). `job_id`: a
-        fleet's async job, which may run again elsewhere after a drain cut it, its envelope
-        then no replay."""
+        what it holds (its drain piece, the in-flight gauge, an async record), and says its end
+        in one line. `job_id`: a fleet's async job, which may run again elsewhere after a drain
+        cut it, its envelope then no replay; `route`: how the job came; `name`: the id its end
+        line gives it (the job's own, by default `job_id`, else a fresh one)."""
         cancel = cancel or Cancel()
         started = time.monotonic()
-        reply = _UNEXPECTED
+        reply, facts, timing = _UNEXPECTED, _Facts(), Timing()
+        name = name or job_id or f"run-{uuid.uuid4()}"
+        context = TIMING.set(timing)
         if self.observer is not None:
             self.observer.job_started()
         try:
             with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
-                reply = self._run(body, progress, cancel, job_id)
+                reply = self._run(body, progress, cancel, job_id, facts)
         except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
             background.log_unexpected(log, "the pipeline", exc)
         finally:
+            TIMING.reset(context)
+            seconds = time.monotonic() - started
             if self.observer is not None:
-                self.observer.job_ended(reply, time.monotonic() - started)
-        return reply
+                self.observer.job_ended(reply, seconds)
+            _say_end(name, route, body, reply, cancel, facts, timing, seconds)
+        return replace(reply, job_id=name)
 
-    def _run(self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None) -> Reply:
+    def _run(
+        self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None, facts: _Facts
+    ) -> Reply:
         """Errors before the box opens, and replays, answer in plaintext; every other error of
         an encrypted job (a bad `webhook` or `ts` in it too) is its own and sealed like a result."""
         try:
@@ -149,17 +174,18 @@ class Pipeline:
         except errors.WorkerError as exc:
             return self._failed(exc)
         webhook = None
+        facts.encrypted, facts.kid = opened is not None, opened.kid if opened else None
         try:
             if opened is not None:
                 self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
             payload = opened.payload if opened else body
             webhook = webhooks.requested(payload, self.settings)
-            result, status, code, retry = self._result(payload, progress, cancel, opened), 200, None, None
+            result = self._result(payload, progress, cancel, opened, facts)
+            status, code, retry = 200, None, None
         except errors.ReplayedRequest as exc:
             return self._failed(exc)
         except errors.WorkerError as exc:
             result, status, code, retry = exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s
-            log.info("job failed: %s", exc.code)
         except Exception as exc:  # a bug: answer with a code, never a traceback or job content
             background.log_unexpected(log, "the pipeline", exc)
             result, status, code, retry = _UNEXPECTED.body, _UNEXPECTED.status, _UNEXPECTED.error_code, None
@@ -170,7 +196,12 @@ class Pipeline:
         return Reply(result, status, code, retry, webhook)
 
     def _result(
-        self, payload: Any, progress: Progress | None, cancel: Cancel, opened: envelope.Opened | None
+        self,
+        payload: Any,
+        progress: Progress | None,
+        cancel: Cancel,
+        opened: envelope.Opened | None,
+        facts: _Facts,
     ) -> dict:
         """The job's result; raises its error."""
         if opened is not None and progress is not None:
@@ -179,6 +210,7 @@ class Pipeline:
         if template_params.is_call(payload):
             call = self._template_call(payload)
             payload = call.payload
+            facts.template = None if opened else call.template.name
         job = job_request.parse(
             payload,
             default_timeout_s=self.settings.job_timeout_s,
@@ -187,6 +219,7 @@ class Pipeline:
             fetch=self._fetch,
         )
         job = call.job(job) if call else job
+        facts.models = len(job.models)
         markers = self.models.ensure(job.models, progress, cancel) if job.models else []
         try:
             result = self._fit(self._execute(job, progress, cancel, call), opened)
@@ -273,5 +306,49 @@ class Pipeline:
 
     @staticmethod
     def _failed(exc: errors.WorkerError) -> Reply:
-        log.info("request refused: %s", exc.code)
         return Reply(exc.to_dict(), exc.http_status, exc.code, exc.retry_after_s)
+
+
+def _say_end(
+    name: str,
+    route: str,
+    body: Any,
+    reply: Reply,
+    cancel: Cancel,
+    facts: _Facts,
+    timing: Timing,
+    seconds: float,
+) -> None:
+    """The job's one end line: where it came from, how it ended and where its time went, in
+    words of the worker's own (README: Operating it)."""
+    fields = {
+        "event": "job.end",
+        "job_id": name,
+        "route": route,
+        "outcome": outcome.of_reply(reply.status, reply.error_code, cancel.is_set()),
+        "code": reply.error_code or "",
+        "encrypted": facts.encrypted,
+        "kid": facts.kid or "",
+        "template": facts.template or "",
+        "instance": timing.instance,
+        "pod": POD,
+        "queue_wait_s": round(timing.waited_s, 3),
+        "comfy_s": round(timing.ran_s, 3),
+        "total_s": round(seconds, 3),
+        "bytes_in": _size(body),
+        "bytes_out": _size(reply.body),
+        "models": facts.models,
+    }
+    said = " ".join(
+        f"{k}={'-' if v in ('', None) else v}" for k, v in fields.items() if k not in ("event", "job_id")
+    )
+    log.info("job %s ended: %s", name, said, extra=fields)
+
+
+def _size(body: Any) -> int:
+    """Bytes of a request or an answer, roughly (a sealed box's, or its JSON's longest strings)."""
+    if isinstance(body, bytes):
+        return len(body)
+    if isinstance(body, envelope_v2.Sealed):
+        return len(body.ciphertext)
+    return json_text.size_hint(body) if isinstance(body, dict | list) else 0

@@ -357,7 +357,9 @@ class SharedJobs(JobStore):
             body = offload(json_text.loads, body_text, size=len(body_text))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, errors.InvalidJson):
             body = None  # the pipeline answers invalid_request
-        reply = self.pipeline.run(body, lambda update: self._progress(job_id, update), cancel, job_id)
+        reply = self.pipeline.run(
+            body, lambda update: self._progress(job_id, update), cancel, job_id, route="fleet"
+        )
         if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
@@ -426,10 +428,18 @@ class SharedJobs(JobStore):
                     envelope.open_secret(record["webhook_url"], keyring) if keyring else record["webhook_url"]
                 )
             except (errors.InvalidCiphertext, KeyError):
-                log.warning("a pending webhook's URL opens with none of this pod's keys: it fails")
+                log.warning(
+                    "the pending webhook of job %s is sealed to none of this pod's keys: it fails",
+                    job_id,
+                    extra={"event": "webhook.failed", "job_id": job_id},
+                )
                 self._webhook_changed(job_id, Delivery(FAILED, attempts))
                 continue
-            log.info("took over a pending webhook of a pod that went silent or stopped")
+            log.info(
+                "took over the pending webhook of job %s from a pod that went silent or stopped",
+                job_id,
+                extra={"event": "webhook.taken_over", "job_id": job_id},
+            )
             self._send_webhook(job_id, url, record["webhook_body"], Delivery(attempts=attempts))
 
     def _requeue(self, job_id: str, body_text: bytes) -> bool:
@@ -445,7 +455,11 @@ class SharedJobs(JobStore):
             self.store.reached(False, exc)
             return False
         if again:
-            log.info("a job the drain's deadline cut went back to the fleet's queue")
+            log.info(
+                "job %s, cut by the drain's deadline, went back to the fleet's queue",
+                job_id,
+                extra={"event": "job.requeued", "job_id": job_id},
+            )
         return bool(again)
 
     def _progress(self, job_id: str, update: dict) -> None:
@@ -472,13 +486,21 @@ class SharedJobs(JobStore):
             except Error as exc:
                 self.store.reached(False, exc)
                 if time.monotonic() > deadline:
-                    log.error("dropped a job's outcome: the shared state did not answer for JOB_TTL_S")
+                    log.error(
+                        "dropped the outcome of job %s: the shared state did not answer for JOB_TTL_S",
+                        job_id,
+                        extra={"event": "job.outcome_dropped", "job_id": job_id},
+                    )
                     return True
                 time.sleep(RETRY_S)
                 continue
             self.store.reached(True)
             if not written:
-                log.warning("a job ended after it was declared worker_lost; its outcome is dropped")
+                log.warning(
+                    "job %s ended after it was declared worker_lost; its outcome is dropped",
+                    job_id,
+                    extra={"event": "job.outcome_dropped", "job_id": job_id},
+                )
             return bool(written)
 
     # liveness, cancels and lost pods -------------------------------------------------------
@@ -537,7 +559,11 @@ class SharedJobs(JobStore):
             raise self.store.unavailable(exc) from None
         if declared:
             self.lost += 1
-            log.warning("a job's pod went silent: answered worker_lost")
+            log.warning(
+                "the pod of job %s went silent: answered worker_lost",
+                job_id,
+                extra={"event": "job.worker_lost", "job_id": job_id},
+            )
         return bool(declared)
 
     # records ---------------------------------------------------------------------------------

@@ -155,7 +155,13 @@ class Webhooks:
                     continue
                 delivery.state = DELIVERED if outcome == "delivered" else FAILED
                 self._observed(delivery.state)
-                log.info("webhook %s after %d attempt(s)", delivery.state, delivery.attempts)
+                log.info(
+                    "webhook of job %s %s after %d attempt(s)",
+                    message_id,
+                    delivery.state,
+                    delivery.attempts,
+                    extra={"event": f"webhook.{delivery.state}", "job_id": message_id},
+                )
                 return
         finally:
             if delivery.state == PENDING:

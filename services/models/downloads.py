@@ -230,17 +230,32 @@ class Downloads:
             download.state = self.fetch(
                 download, lambda: os.path.isfile(download.path) and self._already_there(download)
             )
-            log.info("download %s %s", download.id, download.state)
+            log.info(
+                "download %s %s",
+                download.id,
+                download.state,
+                extra={"event": f"download.{download.state}", "download_id": download.id},
+            )
         except errors.WorkerError as exc:
             download.state, download.error = "failed", exc.message
-            log.info("download %s failed: %s", download.id, exc.code)
+            log.info(
+                "download %s failed: %s",
+                download.id,
+                exc.code,
+                extra={"event": "download.failed", "download_id": download.id},
+            )
             self._failed(exc.code)
         except OSError as exc:
             download.state, download.error = (
                 "failed",
                 f"download_failed: {type(exc).__name__} writing the file",
             )
-            log.info("download %s failed: %s", download.id, type(exc).__name__)
+            log.info(
+                "download %s failed: %s",
+                download.id,
+                type(exc).__name__,
+                extra={"event": "download.failed", "download_id": download.id},
+            )
             self._failed(errors.DownloadFailed.code)
         except Exception as exc:  # a bug: the download fails with a code instead of running forever
             download.state, download.error = "failed", errors.WorkerError("unexpected worker error").message

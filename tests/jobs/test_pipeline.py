@@ -5,7 +5,7 @@ import base64
 
 import pytest
 
-from client.envelope_client import open_answer, open_blob, seal_request
+from client.envelope_client import key_id, open_answer, open_blob, seal_request
 from services.core import config
 from services.jobs import envelope
 from tests.pipelines import pipeline
@@ -140,3 +140,36 @@ def test_a_replay_is_still_refused_in_plaintext():
     assert dry.run(body).error_code == "invalid_webhook"
     replayed = dry.run(body)  # refused before the job: in plaintext, as README says
     assert replayed.status == 409 and replayed.body["error"].startswith("replayed_request")
+
+
+def end_lines(caplog) -> list:
+    return [r for r in caplog.records if getattr(r, "event", None) == "job.end"]
+
+
+def test_each_job_says_its_end_in_one_line_naming_no_content(caplog):
+    """Job id, route, outcome, code, key, template, times and sizes; never the workflow, a
+    prompt, a node, an output or a URL, and an encrypted call's template by no name."""
+    caplog.set_level("INFO", logger="worker.pipeline")
+    dry = pipeline(
+        config.load({"WORKER_PRIVATE_KEY_B64": PRIVATE, "ENCRYPTION_REQUIRED": "0", "DRY_RUN": "1"})
+    )
+    marker = "okapi-prompt-text"
+    workflow = {"7": {"class_type": "SaveImage", "inputs": {"filename_prefix": marker}}}
+    plain = dry.run({"workflow": workflow}, name="job-a", route="async")
+    body, _ = seal_request({"workflow": workflow, "webhook": f"https://{marker}.example/"}, PUBLIC)
+    sealed = dry.run(body, route="/run")
+    refused = dry.run({"workflow": "nope"}, route="/run")
+    [a, b, c] = end_lines(caplog)
+    assert (a.job_id, a.route, a.outcome, a.code, a.encrypted) == ("job-a", "async", "completed", "", False)
+    assert plain.job_id == "job-a" and sealed.job_id == b.job_id and b.job_id.startswith("run-")
+    assert (b.outcome, b.code, b.encrypted, b.kid) == (
+        "failed",
+        "invalid_webhook",
+        True,
+        key_id(PUBLIC),
+    )
+    assert (c.outcome, c.code) == ("failed", "invalid_workflow") and refused.job_id == c.job_id
+    assert all(r.bytes_in > 0 and r.bytes_out > 0 and r.total_s >= 0 and r.pod for r in (a, b, c))
+    text = caplog.text
+    assert marker not in text and "SaveImage" not in text and '"7"' not in text
+    assert "job job-a ended: route=async outcome=completed code=- encrypted=False" in a.getMessage()
