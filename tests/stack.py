@@ -154,6 +154,7 @@ class Stack:
         self.proc: subprocess.Popen | None = None
         self._log: list[str] = []
         self._log_lock = threading.Lock()
+        self.log_closed = threading.Event()  # everything the stack printed, boot to exit, is read
 
     # lifecycle -----------------------------------------------------------------------------
     def start(self, wait_for: tuple[str, ...] = ()) -> Stack:
@@ -261,6 +262,7 @@ class Stack:
         for raw in self.proc.stdout:
             with self._log_lock:
                 self._log.append(raw.decode("utf-8", "replace"))
+        self.log_closed.set()
 
     @property
     def log(self) -> str:

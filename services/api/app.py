@@ -45,8 +45,8 @@ log = logging.getLogger("worker.api")
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the app; gunicorn calls this with no arguments, tests pass their own settings."""
     if settings is None:
-        logs.setup("api")
         settings = config.load_or_exit("api")
+        logs.setup("api", settings.log_format)
         if not settings.api_key:
             log.warning(
                 "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port

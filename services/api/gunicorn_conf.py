@@ -5,6 +5,7 @@ they load (docs/runtime.md). `timeout` is the worker heartbeat, not a request li
 """
 
 from services.core.config import load_or_exit as _load_settings
+from services.core.logs import gunicorn_logging as _gunicorn_logging
 
 _settings = _load_settings("api")
 
@@ -19,6 +20,8 @@ control_socket_disable = True
 accesslog = None if _settings.log_silent else "-"
 errorlog = "-"
 loglevel = "info"
+if _settings.log_format == "json":  # its error and access logs in the worker's schema
+    logconfig_dict = _gunicorn_logging("json")
 
 
 def worker_exit(_server: object, worker: object) -> None:

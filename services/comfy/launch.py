@@ -19,7 +19,7 @@ import sys
 
 from services.comfy import devices, starts
 from services.comfy.account import comfy_account
-from services.core import config
+from services.core import config, logs
 from services.core.config import Settings
 from services.core.run_dir import IO_FOLDERS
 from services.models import model_folders
@@ -136,14 +136,12 @@ def command(settings: Settings, yaml_path: str, gpu: bool) -> list[str]:
 
 
 def main() -> int:
-    try:
-        settings = config.load()
-    except config.ConfigError as exc:
-        print(f"[comfy] configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = config.load_or_exit("comfy")
+    name = "comfy" if settings.log_format == "json" else settings.comfy_program  # json: + instance
+    say = logs.sayer(name, settings.log_format, sys.stdout, settings.comfy_instance)
     main_py = os.path.join(settings.comfyui_dir, "main.py")
     if not os.path.isfile(main_py):
-        print(f"[comfy] comfy_init_failed: no ComfyUI at {main_py}; set COMFYUI_DIR", file=sys.stderr)
+        say.error("comfy_init_failed: no ComfyUI at %s; set COMFYUI_DIR", main_py)
         return 1
     starts.count(settings.comfy_starts_file)
     account = comfy_account(settings)
@@ -151,12 +149,10 @@ def main() -> int:
     argv = command(settings, prepare_folders(settings, account), gpu=bool(gpus.ids))
     env = comfy_environment(dict(os.environ), settings, _home(settings, account))
     env.update(gpus.environment(settings.comfy_instance, settings.instance_count))
-    name = f"[{settings.comfy_program}]"
     device = gpus.describe(settings.comfy_instance)
-    print(f"{name} device: {device} (COMFY_DEVICE={settings.comfy_device})", flush=True)
-    print(
-        f"{name} starting ComfyUI as {account.pw_name if account else 'the worker user'}: {shlex.join(argv)}",
-        flush=True,
+    say.info("device: %s (COMFY_DEVICE=%s)", device, settings.comfy_device)
+    say.info(
+        "starting ComfyUI as %s: %s", account.pw_name if account else "the worker user", shlex.join(argv)
     )
     relay = [settings.comfy_python, place_relay(settings), "--comfy-url", settings.comfy_url]
     layout, program = settings.run_layout, settings.comfy_program
@@ -164,6 +160,8 @@ def main() -> int:
     relay += ["--cwd", settings.comfyui_dir]
     if settings.comfy_output_shown:
         relay.append("--show-after-boot")
+    if settings.log_format == "json":
+        relay += ["--json", str(settings.comfy_instance)]
     os.chdir(settings.comfy_io_dir)  # the checkout may be closed to ComfyUI's user
     if account:
         os.setgroups([])

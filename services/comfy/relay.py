@@ -15,12 +15,14 @@ import argparse
 import collections
 import contextlib
 import http.client
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from typing import IO
 from urllib.parse import urlsplit
 
@@ -34,8 +36,18 @@ DRAIN_S = 1.0
 class Relay:
     """Passes ComfyUI's lines on and remembers the last ones of its boot."""
 
-    def __init__(self, tail_path: str, ready_path: str, comfy_url: str, show_after_boot: bool) -> None:
+    def __init__(
+        self,
+        tail_path: str,
+        ready_path: str,
+        comfy_url: str,
+        show_after_boot: bool,
+        json_instance: int | None = None,
+    ) -> None:
+        """`json_instance`: each line as the worker's JSON log schema (LOG_FORMAT=json), from
+        this ComfyUI instance."""
         self.tail_path = tail_path
+        self.json_instance = json_instance
         self.ready_path = ready_path
         with contextlib.suppress(OSError):
             os.remove(self.ready_path)
@@ -50,12 +62,23 @@ class Relay:
             if self.booting and self.answered.is_set():  # it answered before printing READY_LINE
                 self._end_of_boot()
             if self.booting:
-                _write(line)
+                self._pass(line, "comfy.boot")
                 self.tail.append(line)
                 if READY_LINE in line:
                     self._end_of_boot()
             elif self.show_after_boot:
-                _write(line)
+                self._pass(line, "comfy.output")
+
+    def _pass(self, line: bytes, event: str) -> None:
+        """A line as ComfyUI printed it, or in the worker's JSON schema: written with json.dumps,
+        as this relay runs in ComfyUI's Python with the standard library only."""
+        if self.json_instance is None:
+            _write(line)
+            return
+        stamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        fields = {"program": "comfy", "instance": self.json_instance, "event": event}
+        _write((json.dumps({"ts": stamp, "level": "INFO", "msg": text, **fields}) + "\n").encode())
 
     def died(self) -> None:
         """ComfyUI exited: if it never answered, its last lines are the container's last words
@@ -74,9 +97,10 @@ class Relay:
         with contextlib.suppress(OSError), open(self.ready_path, "w", encoding="ascii") as handle:
             handle.write(str(os.getpid()))  # for the watchdog: this program's ComfyUI has booted
         if not self.show_after_boot:
-            _write(
+            self._pass(
                 b"[comfy] ComfyUI answers; its own output is not logged from now on "
-                b"(LOG_SILENT or encryption; COMFY_LOG=1 shows it)\n"
+                b"(LOG_SILENT or encryption; COMFY_LOG=1 shows it)\n",
+                "comfy.silenced",
             )
 
 
@@ -114,13 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready", required=True, help="where the pid of a booted ComfyUI is written")
     parser.add_argument("--comfy-url", required=True)
     parser.add_argument("--show-after-boot", action="store_true")
+    parser.add_argument("--json", type=int, metavar="INSTANCE", help="lines as JSON, of this instance")
     parser.add_argument("--cwd", required=True, help="ComfyUI's folder")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- ComfyUI's command line")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the group's stop signal is ComfyUI's to obey
     comfy = subprocess.Popen(command, cwd=args.cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    relay = Relay(args.tail, args.ready, args.comfy_url, args.show_after_boot)
+    relay = Relay(args.tail, args.ready, args.comfy_url, args.show_after_boot, args.json)
     passing = threading.Thread(target=relay.run, args=(comfy.stdout,), daemon=True)
     passing.start()
     code = comfy.wait()

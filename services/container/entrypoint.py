@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import logging
 import os
 import pwd
 import secrets
@@ -18,10 +19,11 @@ import sys
 from typing import NoReturn
 
 from services.comfy import account, devices, driver, install
-from services.core import config, errors
+from services.core import config, errors, logs
 from services.jobs import envelope
 from services.models import model_folders
 
+log = logging.getLogger("entrypoint")  # its lines: services.core.logs.sayer, set up in main
 HOME = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONF = os.path.join(HOME, "conf", "supervisord.conf")
 
@@ -38,6 +40,8 @@ def supervisord_environment(settings: config.Settings, environ: dict[str, str]) 
         PYTHONUNBUFFERED="1",
         COMFY_USER=settings.comfy_user,  # as settled: the launcher runs ComfyUI as this user
         COMFY_INSTANCES=str(settings.instance_count),  # as settled: every program sees the number
+        # LOG_FORMAT=json: supervisord prints nothing itself; the watchdog says its state changes
+        SUPERVISORD_SILENT="true" if settings.log_format == "json" else "false",
     )
     if settings.private_key_b64:
         env["WORKER_PRIVATE_KEY_B64"] = settings.private_key_b64
@@ -76,7 +80,7 @@ def ensure_dev_key(env_file: str, environ: dict[str, str]) -> dict[str, str]:
     with open(env_file, "a", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(f"WORKER_PRIVATE_KEY_B64={private}\n")
-    print(f"[entrypoint] made a worker key in {env_file}; public key: {public}", flush=True)
+    log.info(f"made a worker key in {env_file}; public key: {public}")
     merged["WORKER_PRIVATE_KEY_B64"] = private
     return merged
 
@@ -107,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     environ = dict(os.environ)
+    logs.sayer("entrypoint", config.log_format_of(environ))
     try:
         if args.env_file:
             environ = ensure_dev_key(args.env_file, environ)
@@ -116,13 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             settings = config.load(environ)
         check_warmup(settings)
     except config.ConfigError as exc:
-        print(f"[entrypoint] configuration error: {exc}", file=sys.stderr, flush=True)
+        log.error(f"configuration error: {exc}")
         return 2
     except install.InstallError as exc:
-        print(f"[entrypoint] comfy_init_failed: {exc}", file=sys.stderr, flush=True)
+        log.error(f"comfy_init_failed: {exc}")
         return 1
     if args.check:
-        print(f"[entrypoint] configuration ok: {config.describe(settings)}", flush=True)
+        log.info(f"configuration ok: {config.describe(settings)}")
         return 0
     try:
         settings = settle_instances(settings)
@@ -132,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settle_comfy_user(settings)
         write_instance_programs(settings)
     except StartError as exc:
-        print(f"[entrypoint] {exc}", file=sys.stderr, flush=True)
+        log.error(str(exc))
         return 1
     return supervise(settings, supervisord_environment(settings, environ))
 
@@ -157,15 +162,15 @@ def check_driver(
     if settings.dry_run:
         return
     if gpus.vendor != "nvidia":
-        print("[entrypoint] no NVIDIA GPU: no driver to check", flush=True)
+        log.info("no NVIDIA GPU: no driver to check")
         return
     verdict = driver.check(driver.host_driver(proc_version), driver.torch_cuda(settings.comfy_python))
     if not verdict.too_old:
-        print(f"[entrypoint] {verdict.line}", flush=True)
+        log.info(verdict.line)
     elif settings.cuda_driver_required:
         raise StartError(verdict.line)
     else:
-        print(f"[entrypoint] warning: {verdict.line}", file=sys.stderr, flush=True)
+        log.warning(f"warning: {verdict.line}")
 
 
 class StartError(RuntimeError):
@@ -221,10 +226,9 @@ def settle_instances(settings: config.Settings) -> config.Settings:
     settings = dataclasses.replace(settings, comfy_instances=count)
     if not settings.dry_run:
         for number in range(count):
-            print(
-                f"[entrypoint] ComfyUI instance {number} ({settings.instance(number).comfy_program}): "
-                f"port {settings.instance(number).instance_port}, {gpus.describe(number)}",
-                flush=True,
+            log.info(
+                f"ComfyUI instance {number} ({settings.instance(number).comfy_program}): "
+                f"port {settings.instance(number).instance_port}, {gpus.describe(number)}"
             )
     return settings
 
@@ -277,10 +281,9 @@ def settle_comfy_user(settings: config.Settings) -> config.Settings:
     try:
         if user is None:
             user = account.create(settings.comfy_user)
-            print(
-                f"[entrypoint] made ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}), a system user "
-                "without a login shell",
-                flush=True,
+            log.info(
+                f"made ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}), a system user "
+                "without a login shell"
             )
         prepare_folders(settings)
         blocked = account.unreachable(user, comfy_needs(settings))
@@ -296,7 +299,7 @@ def settle_comfy_user(settings: config.Settings) -> config.Settings:
     )
     if settings.comfy_user_required:
         raise StartError(f"{line} (COMFY_USER_REQUIRED)")
-    print(f"[entrypoint] {line}", file=sys.stderr, flush=True)
+    log.warning(line)
     settings = dataclasses.replace(settings, comfy_user="root")
     prepare_folders(settings)
     return settings
@@ -321,12 +324,10 @@ def warn_unread_models(settings: config.Settings, user: pwd.struct_passwd) -> No
     folders = [path for path in (settings.model_dir, settings.baked_model_dir) if path]
     blocked = account.unreachable(user, [(path, os.R_OK | os.X_OK) for path in folders])
     if blocked is not None:
-        print(
-            f"[entrypoint] warning: ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}) cannot reach "
+        log.warning(
+            f"warning: ComfyUI's user {user.pw_name!r} (uid {user.pw_uid}) cannot reach "
             f"{blocked}, so ComfyUI sees no model below it: make it readable for that user "
-            f"(chmod o+rx {blocked})",
-            file=sys.stderr,
-            flush=True,
+            f"(chmod o+rx {blocked})"
         )
 
 
@@ -351,11 +352,9 @@ def prepare_folders(settings: config.Settings) -> None:
             if os.getuid() == 0
             else f"the worker was not started as root but as uid {os.getuid()}"
         )
-        print(
-            f"[entrypoint] warning: {why}, so ComfyUI runs as the same user as the processes that "
-            "hold the worker's key and tokens, and a custom node could read them",
-            file=sys.stderr,
-            flush=True,
+        log.warning(
+            f"warning: {why}, so ComfyUI runs as the same user as the processes that "
+            "hold the worker's key and tokens, and a custom node could read them"
         )
     try:
         _writable(settings.model_dir, "model root (COMFYUI_MODEL_DIR)", mode=0o755)
@@ -365,7 +364,7 @@ def prepare_folders(settings: config.Settings) -> None:
     except StartError as exc:
         if settings.launch_mode == "api":  # the pod API writes downloads there
             raise
-        print(f"[entrypoint] warning: {exc}", file=sys.stderr, flush=True)
+        log.warning(f"warning: {exc}")
 
 
 def _writable(path: str, what: str, mode: int) -> None:
@@ -392,10 +391,7 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
         if os.path.exists(leftover):
             os.remove(leftover)
     shutil.rmtree(layout.work_dir, ignore_errors=True)  # its pids mean other processes now
-    print(
-        f"[entrypoint] starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}",
-        flush=True,
-    )
+    log.info(f"starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}")
     supervisord = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
     command = [
         "-m",
@@ -404,6 +400,7 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
         settings.supervisor_socket,
         settings.run_dir,
         repr(settings.drain_timeout_s),
+        settings.log_format,
         "--",
     ]
     os.execve(sys.executable, [sys.executable, *command, *supervisord], env)

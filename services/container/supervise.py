@@ -10,7 +10,7 @@ at DRAIN_TIMEOUT_S, when what is left is cut (each process cuts its own, and a f
 given for the answers to go out). A second signal, or DRAIN_TIMEOUT_S=0, stops at once; SIGHUP
 goes to supervisord as it is (it reloads).
 
-Usage: python -m services.container.supervise MARKER SOCKET RUN_DIR DRAIN_TIMEOUT_S -- SUPERVISORD COMMAND...
+Usage: python -m services.container.supervise MARKER SOCKET RUN_DIR DRAIN_TIMEOUT_S LOG_FORMAT -- SUPERVISORD COMMAND...
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import socket
 import sys
 import time
 
-from services.core import drain
+from services.core import drain, log_line
 from services.core.run_dir import RunDir
 
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -32,13 +32,14 @@ CUT_GRACE_S = 5.0  # after the deadline: for the cut jobs to stop in ComfyUI and
 
 
 def main(argv: list[str]) -> int:
+    global _FORMAT
     try:
-        marker, socket_path, run_dir, timeout, separator, *command = argv
+        marker, socket_path, run_dir, timeout, _FORMAT, separator, *command = argv
         drain_timeout_s = float(timeout)
     except ValueError:
         separator, command = "", []
     if separator != "--" or not command:
-        _say(f"[entrypoint] usage: {__doc__.strip().splitlines()[-1]}")
+        _say(f"usage: {__doc__.strip().splitlines()[-1]}", "ERROR")
         return 2
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)  # taken one at a time by sigtimedwait
     # its own session: whatever it leaves behind can be found and ended (reap_session)
@@ -52,7 +53,8 @@ def main(argv: list[str]) -> int:
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
             program, _, boot_tail = handle.read().partition("\n")
-        _say(last_words(program, boot_tail))
+        for line in last_words(program, boot_tail):
+            _say(line, "ERROR")
         return 1
     return code
 
@@ -108,7 +110,7 @@ class Supervision:
             return
         self.deadline = time.monotonic() + self.drain_timeout_s
         _say(
-            f"[entrypoint] {signal.Signals(number).name}: draining (no new work; the work in hand "
+            f"{signal.Signals(number).name}: draining (no new work; the work in hand "
             f"finishes within DRAIN_TIMEOUT_S={self.drain_timeout_s:g} s)"
         )
 
@@ -125,14 +127,14 @@ class Supervision:
         elif self.cut_at is None and now >= self.deadline:
             self.cut_at = now
             drain.stop(self.layout)
-            _say(f"[entrypoint] DRAIN_TIMEOUT_S passed: cutting what is left ({_counted(busy)})")
+            _say(f"DRAIN_TIMEOUT_S passed: cutting what is left ({_counted(busy)})")
         elif self.cut_at is not None and now >= self.cut_at + CUT_GRACE_S:
             self._stop(signal.SIGTERM, f"stopping with {_counted(busy)} still in hand")
 
     def _stop(self, number: int, why: str) -> None:
         with contextlib.suppress(OSError):
             drain.stop(self.layout)
-        _say(f"[entrypoint] {why}")
+        _say(f"{why}")
         self.stopped = True
         self._pass_on(number)
 
@@ -145,11 +147,15 @@ def _counted(kinds: list[str]) -> str:
     return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
 
 
-def _say(text: str) -> None:
+_FORMAT = "text"  # LOG_FORMAT, from the command line: PID 1 reads no settings
+
+
+def _say(text: str, level: str = "INFO") -> None:
     """To stderr, unless it is gone (the log pipe of a dying container or a killed test run):
-    the clean-up after supervisord must run to its end either way."""
+    the clean-up after supervisord must run to its end either way. PID 1 speaks as the
+    entrypoint it was (`event`: supervise)."""
     with contextlib.suppress(OSError):
-        print(text, file=sys.stderr, flush=True)
+        log_line.write("entrypoint", text, _FORMAT, level, event="supervise")
 
 
 def _running(pid: int) -> bool:
@@ -188,7 +194,7 @@ def reap_session(session: int) -> None:
         if int(fields[3]) == session:  # the session id, 6th field of /proc/<pid>/stat
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry), signal.SIGKILL)
-                _say(f"[entrypoint] killed leftover process {entry}")
+                _say(f"killed leftover process {entry}")
 
 
 def reap_orphans(seconds: float = 2.0) -> None:
@@ -203,21 +209,19 @@ def reap_orphans(seconds: float = 2.0) -> None:
             time.sleep(0.05)
 
 
-def last_words(program: str, boot_tail: str) -> str:
-    """Why the container stops: for a ComfyUI that never came up, the last lines it printed
-    (boot output only: the launcher drops them once ComfyUI answers). The watchdog names the
-    file (`boot_tail`, empty for other programs) beside the program in the marker."""
-    words = f"[entrypoint] exiting 1: program {program} failed for good"
+def last_words(program: str, boot_tail: str) -> list[str]:
+    """Why the container stops, line by line: for a ComfyUI that never came up, the last lines
+    it printed (boot output only: the launcher drops them once ComfyUI answers). The watchdog
+    names the file (`boot_tail`, empty for other programs) beside the program in the marker."""
+    words = f"exiting 1: program {program} failed for good"
     if not boot_tail:
-        return words
+        return [words]
     try:
         with open(boot_tail, encoding="utf-8", errors="replace") as handle:
             tail = handle.read().rstrip().splitlines()
     except OSError:
-        return words
-    return "\n".join(
-        [f"{words}; the last lines ComfyUI printed:", *(f"[entrypoint]   {line}" for line in tail)]
-    )
+        return [words]
+    return [f"{words}; the last lines ComfyUI printed:", *(f"  {line}" for line in tail)]
 
 
 if __name__ == "__main__":

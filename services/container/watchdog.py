@@ -21,6 +21,9 @@
   that goes FATAL, keeps exiting or never boots is stopped and out of the pool while others are
   left, and only the last one ends the container.
 
+- LOG_FORMAT=json: supervisord prints nothing itself (`silent`), and every PROCESS_STATE event
+  is said here as one line (`event`: process.state) instead.
+
 stdout carries only the listener protocol (supervisor.childutils); decisions go to stderr,
 one line each.
 """
@@ -28,6 +31,7 @@ one line each.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -37,12 +41,14 @@ import xmlrpc.client
 from supervisor import childutils
 
 from services.comfy import health, supervisor_state
-from services.core import config, drain
+from services.core import config, drain, logs
 from services.core.config import Settings
+
+log = logging.getLogger("watchdog")  # on stderr (services.core.logs.sayer, in main)
 
 
 def say(message: str) -> None:
-    print(f"[watchdog] {message}", file=sys.stderr, flush=True)
+    log.info(message)
 
 
 class Watchdog:
@@ -62,14 +68,10 @@ class Watchdog:
         event = headers.get("eventname", "")
         fields = dict(token.split(":", 1) for token in payload.split("\n", 1)[0].split() if ":" in token)
         if event.startswith("TICK"):
-            if self.orphaned():
-                return
-            if (draining := drain.state(self.settings.run_layout)) is not None and draining.stopping:
-                return  # the container stops: a ComfyUI busy with a cut prompt is not restarted
-            for program in self.comfy:
-                if program not in self.out:
-                    self.check_comfy(program)
-        elif event == "PROCESS_STATE_EXITED":
+            self.on_tick()
+        if event.startswith("PROCESS_STATE") and self.settings.log_format == "json":
+            self.said_state(event, fields)
+        if event == "PROCESS_STATE_EXITED":
             program = fields.get("processname", "?")
             if program in self.comfy:
                 self.reap(program, int(fields.get("pid", "0")))
@@ -77,6 +79,36 @@ class Watchdog:
                 self.count_exit(program)
         elif event == "PROCESS_STATE_FATAL":
             self.give_up(fields.get("processname", "?"), "is FATAL")
+
+    def on_tick(self) -> None:
+        if self.orphaned():
+            return
+        if (draining := drain.state(self.settings.run_layout)) is not None and draining.stopping:
+            return  # the container stops: a ComfyUI busy with a cut prompt is not restarted
+        for program in self.comfy:
+            if program not in self.out:
+                self.check_comfy(program)
+
+    @staticmethod
+    def said_state(event: str, fields: dict[str, str]) -> None:
+        """supervisord's own line of a state change, in the schema (it is silent under json)."""
+        program, state = fields.get("processname", "?"), event.removeprefix("PROCESS_STATE_")
+        extra = {
+            "event": "process.state",
+            "process_name": program,
+            "state": state,
+            "from_state": fields.get("from_state"),
+        }
+        if "pid" in fields:
+            extra["pid"] = int(fields["pid"])
+        log.log(
+            logging.WARNING if state in ("FATAL", "BACKOFF", "EXITED") else logging.INFO,
+            "%s: %s -> %s",
+            program,
+            fields.get("from_state", "?"),
+            state,
+            extra={**extra, "program": "supervisord"},
+        )
 
     def orphaned(self) -> bool:
         """supervisord outlived the worker's PID 1 (SIGKILL, the OOM killer, a harness that gave
@@ -174,6 +206,7 @@ def parent_of(pid: int) -> int | None:
 
 def main() -> int:
     settings = config.load()
+    logs.sayer("watchdog", settings.log_format, sys.stderr)  # stdout: the listener protocol
     watchdog = Watchdog(settings)
     programs = ", ".join(watchdog.comfy)
     say(

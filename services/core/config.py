@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 
+from services.core import log_line
 from services.core.run_dir import RunDir
 
 MODES = ("api", "serverless")
@@ -75,6 +76,7 @@ class Settings:
     no_history: bool = False
     response_format: str = "worker"  # or "worker-comfyui": the answer shape of that worker
     log_silent: bool = False
+    log_format: str = "text"  # or "json": one object per line (services.core.logs)
     comfy_log: bool | None = None  # None: decided by comfy_output_shown
     job_timeout_s: float = 600.0
     replay_window_s: float = 600.0
@@ -281,6 +283,19 @@ def _mode(name: str, raw: str) -> str:
     return value
 
 
+def _log_format(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("text", "json"):
+        raise ConfigError(f"{name}={raw!r} must be text or json")
+    return value
+
+
+def log_format_of(environ: Mapping[str, str]) -> str:
+    """LOG_FORMAT for the lines a program says before its settings load (a bad value: text)."""
+    value = environ.get("LOG_FORMAT", "text").strip().lower()
+    return value if value in ("text", "json") else "text"
+
+
 def _response_format(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if value not in RESPONSE_FORMATS:
@@ -432,6 +447,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "NO_HISTORY": ("no_history", _bool),
     "RESPONSE_FORMAT": ("response_format", _response_format),
     "LOG_SILENT": ("log_silent", _bool),
+    "LOG_FORMAT": ("log_format", _log_format),
     "COMFY_LOG": ("comfy_log", _bool),
     "JOB_TIMEOUT_S": ("job_timeout_s", _positive_float),
     "REPLAY_WINDOW_S": ("replay_window_s", _positive_float),
@@ -508,7 +524,7 @@ def load_or_exit(program: str) -> Settings:
     try:
         return load()
     except ConfigError as exc:
-        print(f"[{program}] configuration error: {exc}", file=sys.stderr, flush=True)
+        log_line.write(program, f"configuration error: {exc}", log_format_of(os.environ), "ERROR")
         raise SystemExit(2) from None
 
 

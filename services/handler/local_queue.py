@@ -258,9 +258,9 @@ def _int(value: Any, default: int) -> int:
 
 
 def main() -> int:
-    logs.setup("local_queue")
+    settings = config.load_or_exit("localqueue")
+    logs.setup("localqueue", settings.log_format)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    settings = config.load_or_exit("local_queue")
     server = make_server(
         "0.0.0.0", settings.api_port, create_app(settings, settings.runpod_worker_key or ""), threaded=True
     )

@@ -114,9 +114,12 @@ def make_handler(
 
 
 def main() -> int:
-    logs.setup("handler")
     settings = config.load_or_exit("handler")
+    logs.setup("handler", settings.log_format)
     import runpod  # only the serverless process pays for importing the SDK
+
+    if settings.log_format == "json":
+        _sdk_lines_logged()
 
     worker = build_worker(settings, cap_results=True)
     wait_for_warmups(worker.pool, settings)
@@ -132,6 +135,36 @@ def main() -> int:
     }
     runpod.serverless.start(sdk)
     return 0
+
+
+def _sdk_lines_logged() -> None:
+    """The runpod SDK prints its own lines (RunPodLogger.log, at RUNPOD_LOG_LEVEL): under
+    LOG_FORMAT=json they go through logging instead, with the job they name."""
+    from runpod.serverless.modules import rp_logger
+
+    sdk, levels = logging.getLogger("runpod"), rp_logger.LOG_LEVELS
+
+    def log(
+        self: rp_logger.RunPodLogger, message: object, message_level: str = "INFO", job_id: object = None
+    ) -> None:
+        if self.level == "NOTSET" or (
+            message_level in levels and levels.index(self.level) > levels.index(message_level)
+        ):
+            return
+        level = {
+            "TRACE": logging.DEBUG,
+            "DEBUG": logging.DEBUG,
+            "WARN": logging.WARNING,
+            "ERROR": logging.ERROR,
+        }
+        sdk.log(
+            level.get(message_level, logging.INFO),
+            "%s",
+            message,
+            extra={"job_id": job_id} if job_id else None,
+        )
+
+    rp_logger.RunPodLogger.log = log
 
 
 def wait_for_warmups(pool: ComfyPool, settings: Settings) -> None:

@@ -1,6 +1,7 @@
 """The NVIDIA driver against the CUDA build of ComfyUI's torch, with fake driver files and fake
 torch installs: every branch, and the exact line the entrypoint says."""
 
+import logging
 import stat
 
 import pytest
@@ -65,15 +66,29 @@ def test_without_the_proc_file_nvidia_smi_answers(tmp_path):
     assert driver.host_driver(str(tmp_path / "absent"), str(smi)) is None
 
 
-def test_no_gpu_means_nothing_to_compare(tmp_path, capsys):
+@pytest.fixture(autouse=True)
+def entrypoint_lines(caplog, monkeypatch):
+    """The entrypoint's lines reach caplog, whatever an earlier main() in this process set up."""
+    said_by = logging.getLogger("entrypoint")
+    monkeypatch.setattr(said_by, "handlers", [])
+    monkeypatch.setattr(said_by, "propagate", True)
+    caplog.set_level(logging.INFO, logger="entrypoint")
+
+
+def said(caplog) -> list[str]:
+    """What the entrypoint said (its lines: services.core.logs.sayer, set up by its main)."""
+    return [f"[entrypoint] {r.getMessage()}" for r in caplog.records if r.name == "entrypoint"]
+
+
+def test_no_gpu_means_nothing_to_compare(tmp_path, caplog):
     entrypoint.check_driver(settings(fake_torch(tmp_path, "13.0"), True), devices.Gpus(None))
-    assert capsys.readouterr().out == "[entrypoint] no NVIDIA GPU: no driver to check\n"
+    assert said(caplog) == ["[entrypoint] no NVIDIA GPU: no driver to check"]
 
 
 @pytest.mark.parametrize(("cuda", "host"), [("13.0", "580.65.06"), ("12.8", "550.127.05"), ("13.0", "590.1")])
-def test_a_driver_new_enough_passes(tmp_path, capsys, cuda, host):
+def test_a_driver_new_enough_passes(tmp_path, caplog, cuda, host):
     entrypoint.check_driver(settings(fake_torch(tmp_path, cuda), True), NVIDIA, fake_proc(tmp_path, host))
-    assert capsys.readouterr().out == f"[entrypoint] NVIDIA driver {host} runs torch's CUDA {cuda}\n"
+    assert said(caplog) == [f"[entrypoint] NVIDIA driver {host} runs torch's CUDA {cuda}"]
 
 
 def test_too_old_stops_the_image_with_one_line(tmp_path, capsys):
@@ -85,18 +100,18 @@ def test_too_old_stops_the_image_with_one_line(tmp_path, capsys):
     assert driver.check("525.60.12", "12.8").too_old and not driver.check("525.60.13", "12.8").too_old
 
 
-def test_too_old_outside_the_image_is_a_warning(tmp_path, capsys):
+def test_too_old_outside_the_image_is_a_warning(tmp_path, caplog):
     entrypoint.check_driver(
         settings(fake_torch(tmp_path, "13.0"), False), NVIDIA, fake_proc(tmp_path, "550.127.05")
     )
-    assert capsys.readouterr().err == TOO_OLD.replace("[entrypoint] ", "[entrypoint] warning: ") + "\n"
+    assert said(caplog) == [TOO_OLD.replace("[entrypoint] ", "[entrypoint] warning: ")]
 
 
-def test_an_unreadable_version_is_said_and_not_checked(tmp_path, capsys, monkeypatch):
+def test_an_unreadable_version_is_said_and_not_checked(tmp_path, caplog, monkeypatch):
     garbled = tmp_path / "garbled"
     garbled.write_text("NVRM version: something else entirely\n")
     monkeypatch.setenv("PATH", str(tmp_path))  # and no nvidia-smi to ask
     entrypoint.check_driver(settings(fake_torch(tmp_path, "13.0"), True), NVIDIA, str(garbled))
-    assert capsys.readouterr().out == (
-        "[entrypoint] cannot read the NVIDIA driver's version; torch is built for CUDA 13.0: not checked\n"
-    )
+    assert said(caplog) == [
+        "[entrypoint] cannot read the NVIDIA driver's version; torch is built for CUDA 13.0: not checked"
+    ]
