@@ -31,4 +31,6 @@ def write(
         )
     else:
         line = f"{now} [{program}] {message}"
-    print(line, file=stream or sys.stderr, flush=True)
+    out = stream or sys.stderr
+    out.write(line + "\n")
+    out.flush()
