@@ -392,7 +392,10 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
             os.remove(leftover)
     shutil.rmtree(layout.work_dir, ignore_errors=True)  # its pids mean other processes now
     log.info(f"starting supervisord: mode={settings.launch_mode} dry_run={settings.dry_run}")
-    supervisord = [sys.executable, "-m", "supervisor.supervisord", "-c", CONF]
+    runner = (
+        "services.container.supervisord_json" if settings.log_format == "json" else "supervisor.supervisord"
+    )
+    supervisord = [sys.executable, "-m", runner, "-c", CONF]
     command = [
         "-m",
         "services.container.supervise",

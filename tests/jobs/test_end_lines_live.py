@@ -41,12 +41,21 @@ def records(log: str, log_format: str) -> list[dict]:
     lines = [line for line in log.splitlines() if line.strip()]
     if log_format == "text":
         return [{"msg": line} for line in lines]
+    not_json = [line for line in lines if not _is_json(line)]
+    assert not not_json, not_json[:5]
     found = [json.loads(line) for line in lines]
     for record in found:
         assert {"ts", "level", "program", "event", "msg"} <= set(record), record
         assert STAMP.match(record["ts"]) and record["program"] in PROGRAMS, record
     assert {r["program"] for r in found} >= {"entrypoint", "supervisord", "watchdog", "comfy"}
     return found
+
+
+def _is_json(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def ends(found: list[dict], job_id: str, log_format: str) -> list[dict]:
