@@ -182,6 +182,8 @@ class SharedJobs(JobStore):
         }
         self._next_beat = 0.0  # when the watch round next proves this pod lives
         self._ensure_group()
+        with contextlib.suppress(Error):  # before it can take a job: a pod with no proof of
+            self._beat()  # life yet has its jobs answered worker_lost by any other pod
         background.loop("shared-jobs-take", self._take_round, RETRY_S, until=lambda: self._closing)
         background.loop("shared-jobs-watch", self._watch_round, WATCH_S)
 

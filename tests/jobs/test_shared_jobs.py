@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import threading
+import time
 import uuid
 
 import pytest
@@ -357,6 +358,21 @@ def test_a_job_declared_worker_lost_tells_its_webhook_what_the_record_says(redis
     assert told["type"] == "job.failed"
     assert told["data"]["result"]["error"].startswith(errors.WorkerLost.code)
     assert reaper.get(job.id).state == "failed"
+
+
+def test_a_pod_proves_it_lives_before_it_can_take_a_job(redis_server, monkeypatch):
+    """A pod's first proof of life came from its watch loop, which may run after its take loop
+    started a job: another pod polling then answered that job worker_lost (seen once in CI)."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setattr(SharedJobs, "_watch_round", lambda self: time.sleep(0.25))  # no beat from it
+    comfy = Blocking()
+    runner = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy)
+    job = runner.start(DRY_JOB)
+    assert comfy.running.wait(10)
+    other = shared_jobs(redis_server, prefix, lambda own: 0)
+    assert other.get(job.id).state == "running" and other.lost == 0
+    comfy.release.set()
+    wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to end")
 
 
 def test_a_webhook_that_outlives_its_record_leaves_no_key_without_a_ttl(redis_server, receiver):
