@@ -43,3 +43,17 @@ def redis_server():
         pytest.fail(str(exc), pytrace=False)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def otlp(monkeypatch):
+    """A real OTLP/HTTP receiver; this process's tracing exports to it once a test calls
+    `tracing.setup` with its endpoint, and stops (everything exported) at the test's end."""
+    from services.core import tracing
+    from tests.otlp_receiver import OtlpReceiver
+
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")  # the SDK's own: export within 0.1 s
+    receiver = OtlpReceiver()
+    yield receiver
+    tracing.close()
+    receiver.close()

@@ -25,8 +25,12 @@ if _settings.log_format == "json":  # its error and access logs in the worker's 
 
 
 def worker_exit(_server: object, worker: object) -> None:
-    """On SIGTERM: async jobs taken from the fleet's queue but not started go back to it."""
+    """On SIGTERM: async jobs taken from the fleet's queue but not started go back to it, and
+    the spans not yet exported leave."""
     app = getattr(worker, "wsgi", None)
     jobs = getattr(app, "extensions", {}).get("comfy_worker_jobs")
     if jobs is not None:
         jobs.close()
+    from services.core import tracing  # imported in the worker, after gevent patched it
+
+    tracing.close()  # the spans still waiting for their export

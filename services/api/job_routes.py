@@ -3,12 +3,15 @@ status and cancel. Everything of the job itself is the pipeline's (services.jobs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import in_parts, json_response, payload_response, read_request
-from services.core import errors, json_text
+from services.core import errors, json_text, tracing
 from services.core.offload import offload
 from services.jobs import envelope_v2
 from services.jobs.async_jobs import known
@@ -20,7 +23,10 @@ def blueprint(api: Api) -> Blueprint:
     @routes.post("/run")
     @takes_work
     def run() -> Response:
-        return answer(api, read_request(api.settings))
+        with traced():
+            with tracing.stage("request"):
+                body = read_request(api.settings)
+            return answer(api, body)
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -33,19 +39,45 @@ def blueprint(api: Api) -> Blueprint:
     return routes
 
 
+@contextmanager
+def traced() -> Iterator[None]:
+    """A job answered in this call is one trace from its request to its answer, continuing the
+    caller's `traceparent` header; an async job's trace begins where it is kept (its store)."""
+    if asked_async():
+        yield
+        return
+    with tracing.job(request.headers, **{"job.route": request.url_rule.rule if request.url_rule else ""}):
+        yield
+
+
+def asked_async() -> bool:
+    return request.args.get("async") in ("1", "true")
+
+
 def answer(api: Api, body: object) -> Response:
-    """Run a job and answer its result, or start it with `?async=1` and answer where to poll."""
-    if request.args.get("async") in ("1", "true"):
+    """Run a job and answer its result, or start it with `?async=1` and answer where to poll.
+    Both answers name the job (X-Job-Id, its end line's id) and its trace (X-Trace-Id)."""
+    if asked_async():
         if in_parts():
             raise errors.InvalidRequest(
                 "a body in bytes is answered in the same call: send it without ?async=1, or as JSON"
             )
-        job = api.jobs.start(body)
-        return json_response({"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}, 202)
+        job = api.jobs.start(body, tracing.carried(request.headers))
+        view = {"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
+        return _named(json_response(view, 202), job.id, job.trace_id)
     reply = api.worker.pipeline.run(body, route=request.url_rule.rule if request.url_rule else "")
-    answer = reply.body
-    if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(answer, dict):  # parts in, parts out
-        answer = offload(envelope_v2.write_plain, answer, size=json_text.size_hint(answer))
-    response = payload_response(answer, reply.status, reply.retry_after_s)
-    response.headers["X-Job-Id"] = reply.job_id  # the id its end line in the logs names
+    with tracing.stage("answer"):
+        answer = reply.body
+        if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(
+            answer, dict
+        ):  # parts in, parts out
+            answer = offload(envelope_v2.write_plain, answer, size=json_text.size_hint(answer))
+        response = payload_response(answer, reply.status, reply.retry_after_s)
+    return _named(response, reply.job_id, reply.trace_id)
+
+
+def _named(response: Response, job_id: str, trace_id: str) -> Response:
+    response.headers["X-Job-Id"] = job_id
+    if trace_id:
+        response.headers["X-Trace-Id"] = trace_id
     return response

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, request
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import json_response, read_json
+from services.core import tracing
 from services.models import model_store
 
 
@@ -19,7 +20,7 @@ def blueprint(api: Api) -> Blueprint:
     def download() -> Response:
         body = read_json()
         items = body.get("items") if isinstance(body, dict) else body
-        started = downloads.submit(items)
+        started = downloads.submit(items, tracing.carried(request.headers))
         if isinstance(body, dict) and body.get("wait") is True:
             for item in started:
                 item.ended.wait()

@@ -27,13 +27,16 @@ def blueprint(api: Api) -> Blueprint:
     @takes_work
     def runsync(endpoint_id: str) -> Response:
         name = f"sync-{uuid.uuid4()}"
-        reply = api.worker.pipeline.run(runpod_protocol.input_of(read_json()), route="runsync", name=name)
-        return payload_response({"id": name, **outcome.as_runpod(reply.body)})
+        body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
+        reply = api.worker.pipeline.run(body, route="runsync", name=name, trace=trace)
+        return payload_response(
+            {"id": name, **outcome.as_runpod(reply.body), **runpod_protocol.traced(reply.trace_id)}
+        )
 
     @routes.post("/run")
     @takes_work
     def run(endpoint_id: str) -> Response:
-        job = api.jobs.start(runpod_protocol.input_of(read_json()))
+        job = api.jobs.start(*runpod_protocol.trace_of(runpod_protocol.input_of(read_json())))
         return payload_response({"id": job.id, "status": outcome.RUNPOD_STATUS[job.state]})
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])

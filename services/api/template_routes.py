@@ -13,6 +13,7 @@ from services.api import job_routes
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import json_response, read_request
+from services.core import tracing
 from services.jobs import envelope, envelope_v2
 from services.jobs import templates as tpl
 
@@ -49,10 +50,12 @@ def blueprint(api: Api) -> Blueprint:
     @routes.post("/<name>/run")
     @takes_work
     def run(name: str) -> Response:
-        body = read_request(api.settings, template=name)
-        if not (envelope.is_envelope(body) or isinstance(body, envelope_v2.Sealed)):
-            templates.get(name)  # an unknown name is 404 before anything else
-        return job_routes.answer(api, body)
+        with job_routes.traced():
+            with tracing.stage("request"):
+                body = read_request(api.settings, template=name)
+            if not (envelope.is_envelope(body) or isinstance(body, envelope_v2.Sealed)):
+                templates.get(name)  # an unknown name is 404 before anything else
+            return job_routes.answer(api, body)
 
     return routes
 

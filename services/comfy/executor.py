@@ -27,7 +27,7 @@ from typing import Any
 from services.comfy import health
 from services.comfy.cleanup import Cleanup, files_of, local_path
 from services.comfy.client import ComfyClient, ComfyUnreachable, Socket, SocketLost, describe_validation_error
-from services.core import errors
+from services.core import errors, tracing
 from services.core.codec import b64
 from services.core.config import Settings
 from services.core.job_spec import Cancel, JobRequest, Progress
@@ -97,29 +97,34 @@ class ComfyExecutor:
             job.client_id, ws = self._socket()
             keep = False
             try:
-                prompt = self._prepare(job)
+                with tracing.stage("upload", **{"job.images": len(request.images)}):
+                    prompt = self._prepare(job)
                 job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
-                accepted = self._submit(job, prompt)
-                if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
-                    self._stop(job)
-                    with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
-                        entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
-                    raise errors.WorkflowValidationFailed(
-                        describe_validation_error(accepted), accepted.get("node_errors")
-                    )
-                outcome = self._follow(job, ws, deadline, progress, cancel)
+                with tracing.stage("comfyui.execute"):
+                    accepted = self._submit(job, prompt)
+                    if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
+                        self._stop(job)
+                        with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
+                            entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
+                        raise errors.WorkflowValidationFailed(
+                            describe_validation_error(accepted), accepted.get("node_errors")
+                        )
+                    outcome = self._follow(job, ws, deadline, progress, cancel)
                 keep = outcome.on_socket
             finally:
                 self._release(job.client_id, ws, keep)
-            entry = self._history_entry(job)
-            self._last_success = time.monotonic()
-            self._raise_for(outcome, entry)
-            if request.no_history:
-                return {"status": "ok", "prompt_id": job.prompt_id}
+            with tracing.stage("outputs") as read:
+                entry = self._history_entry(job)
+                self._last_success = time.monotonic()
+                self._raise_for(outcome, entry)
+                if request.no_history:
+                    return {"status": "ok", "prompt_id": job.prompt_id}
+                outputs = self._fetch_outputs(entry)
+                read.set(**{"job.outputs": len(outputs)})
             return {
                 "status": "ok",
                 "prompt_id": job.prompt_id,
-                "outputs": self._fetch_outputs(entry),
+                "outputs": outputs,
                 "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
             }
         finally:

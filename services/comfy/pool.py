@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from services.comfy import health
 from services.comfy.executor import ComfyExecutor
 from services.comfy.warmup import Warmup
-from services.core import errors
+from services.core import errors, tracing
 from services.core.config import Settings
 from services.core.job_spec import TIMING, Cancel, JobRequest, Progress
 
@@ -70,7 +70,9 @@ class ComfyPool:
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
         asked = time.monotonic()
         deadline = asked + request.timeout_s
-        instance = self._take(request, deadline, cancel)
+        with tracing.stage("queue.wait") as waited:
+            instance = self._take(request, deadline, cancel)
+            waited.set(**{"comfyui.instance": instance.number})
         taken = time.monotonic()
         try:
             return instance.executor.execute(request, progress, cancel, deadline=deadline)

@@ -47,6 +47,15 @@ SECRETS = (  # Settings fields never logged and never handed to ComfyUI
     "civitai_token",
     "state_url",
     "webhook_secret",
+    "otel_headers",
+)
+OTEL_SAMPLERS = (  # OTEL_TRACES_SAMPLER's values (services.core.tracing)
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
 )
 
 
@@ -124,11 +133,30 @@ class Settings:
     model_fetch_timeout_s: float = 1800.0  # a job's model transfers, beside its own timeout
     templates_dir: tuple[str, ...] | None = None  # folders of templates; None: `templates` beside the volume
     pid1: int | None = None  # the worker's PID 1 (supervise sets it): the tree ends when it is gone
+    # OpenTelemetry's standard variables (services.core.tracing); no endpoint: nothing is traced
+    otel_endpoint: str | None = None  # OTLP/HTTP base URL: traces go to <it>/v1/traces
+    otel_traces_url: str | None = None  # the traces URL itself, when it is not <base>/v1/traces
+    otel_headers: str | None = None  # `k=v,k=v` sent with each export (an exporter's token)
+    otel_service_name: str = "comfy-worker"
+    otel_resource_attributes: tuple[tuple[str, str], ...] = ()
+    otel_traces_sampler: str = "parentbased_always_on"
+    otel_traces_sampler_arg: float = 1.0
 
     @property
     def secret_values(self) -> frozenset[str]:
         values = {v for v in (getattr(self, name) for name in SECRETS) if v} | set(self.previous_keys)
         return frozenset(values | {v.strip() for v in values if v.strip()})
+
+    @property
+    def otel_traces_endpoint(self) -> str | None:
+        """Where spans are exported, or None: tracing off."""
+        if self.otel_traces_url:
+            return self.otel_traces_url
+        return f"{self.otel_endpoint}/v1/traces" if self.otel_endpoint else None
+
+    @property
+    def otel_header_pairs(self) -> dict[str, str]:
+        return dict(_pairs("OTEL_EXPORTER_OTLP_HEADERS", self.otel_headers or ""))
 
     @property
     def previous_keys(self) -> tuple[str, ...]:
@@ -392,6 +420,45 @@ def _http_url(name: str, raw: str) -> str:
     return value
 
 
+def _optional_http_url(name: str, raw: str) -> str | None:
+    return _http_url(name, raw) if raw.strip() else None
+
+
+def _pairs(name: str, raw: str) -> tuple[tuple[str, str], ...]:
+    """`k=v,k=v` (values percent-decoded), as OpenTelemetry's variables write them."""
+    pairs = []
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{name} must be key=value pairs separated by commas (its value is not shown)")
+        pairs.append((key.strip(), urllib.parse.unquote(value.strip())))
+    return tuple(pairs)
+
+
+def _headers(name: str, raw: str) -> str | None:
+    _pairs(name, raw)
+    return raw or None
+
+
+def _sampler(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in OTEL_SAMPLERS:
+        raise ConfigError(f"{name}={raw!r} is not a sampler; use one of: {', '.join(OTEL_SAMPLERS)}")
+    return value
+
+
+def _ratio(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name}={raw!r} must be a number from 0 to 1")
+    return value
+
+
 def _commit(name: str, raw: str) -> str:
     value = raw.strip().lower()
     if not 7 <= len(value) <= 40 or any(c not in "0123456789abcdef" for c in value):
@@ -493,6 +560,13 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "MODEL_LOCK_STALE_S": ("model_lock_stale_s", _positive_float),
     "MODEL_FETCH_TIMEOUT_S": ("model_fetch_timeout_s", _positive_float),
     "TEMPLATES_DIR": ("templates_dir", _folders),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("otel_endpoint", _optional_http_url),
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ("otel_traces_url", _optional_http_url),
+    "OTEL_EXPORTER_OTLP_HEADERS": ("otel_headers", _headers),
+    "OTEL_SERVICE_NAME": ("otel_service_name", _text),
+    "OTEL_RESOURCE_ATTRIBUTES": ("otel_resource_attributes", _pairs),
+    "OTEL_TRACES_SAMPLER": ("otel_traces_sampler", _sampler),
+    "OTEL_TRACES_SAMPLER_ARG": ("otel_traces_sampler_arg", _ratio),
 }
 
 

@@ -19,7 +19,7 @@ from services.comfy.pool import ComfyPool
 from services.core import background, config, drain, errors, logs
 from services.core.config import Settings
 from services.core.job_spec import Cancel
-from services.jobs import outcome
+from services.jobs import outcome, runpod_protocol
 from services.jobs.pipeline import Pipeline, Reply
 from services.jobs.webhooks import Webhooks, event
 from services.jobs.worker import build_worker
@@ -81,9 +81,10 @@ def make_handler(
     def run(job: dict, cancel: Cancel, progress: Throttled | None) -> Reply:
         """In a thread, with its webhook: a job RunPod cancelled runs on here to its end (its
         awaiting task is gone) and is told as `job.cancelled` all the same."""
+        body, trace = runpod_protocol.trace_of(job.get("input"))
         try:
             reply = pipeline.run(
-                job.get("input"), progress, cancel, route="serverless", name=str(job.get("id"))
+                body, progress, cancel, route="serverless", name=str(job.get("id")), trace=trace
             )
         finally:
             if progress is not None:
@@ -92,7 +93,8 @@ def make_handler(
             try:
                 state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
                 data = {"id": job.get("id"), **outcome.as_runpod(reply.body)}
-                webhooks.send(reply.webhook, event(state, data, pipeline.settings), str(job.get("id")))
+                sent = event(state, data, pipeline.settings)
+                webhooks.send(reply.webhook, sent, str(job.get("id")), trace=reply.trace)
             except Exception as exc:  # a bug: the job's answer still goes out
                 background.log_unexpected(log, "the job's webhook", exc)
         return reply
@@ -106,6 +108,7 @@ def make_handler(
             cancel.set()
             raise
         body = dict(reply.body)
+        body.update(runpod_protocol.traced(reply.trace_id))  # which trace to open (README: Operating it)
         if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
             body["refresh_worker"] = True
         return body

@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.core import background, errors
+from services.core import background, errors, tracing
 from services.core.in_hand import Piece
 from services.core.job_spec import Cancel
 from services.jobs import envelope, outcome, webhooks
@@ -36,9 +37,16 @@ class AsyncJob:
     cancel: Cancel = field(default_factory=Cancel)
     held: Piece | None = field(default=None, repr=False)  # a drain waits until its result was fetched once
     webhook: Delivery | None = None
+    trace: dict = field(default_factory=dict)  # its submission's span: its run continues the trace
+
+    @property
+    def trace_id(self) -> str:
+        return tracing.trace_id_of(self.trace)
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "state": self.state, "progress": self.progress}
+        if self.trace:
+            body["trace_id"] = self.trace_id
         if self.result is not None:
             body["result"] = self.result
             body["http_status"] = self.http_status
@@ -65,8 +73,9 @@ class JobStore(Protocol):
     """What the routes ask of async jobs; kept in this process (AsyncJobs) or, for a fleet, in
     Redis (services.jobs.shared_jobs.SharedJobs)."""
 
-    def start(self, body: Any) -> AsyncJob:
-        """Accept a request body as a job; it runs in the background."""
+    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
+        """Accept a request body as a job; it runs in the background, continuing `trace` (the
+        `traceparent` it came with)."""
 
     def get(self, job_id: str) -> AsyncJob | None: ...
 
@@ -84,10 +93,11 @@ class AsyncJobs(JobStore):
         self.keep_s = pipeline.settings.job_ttl_s
         self.jobs: dict[str, AsyncJob] = {}
 
-    def start(self, body: Any) -> AsyncJob:
+    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
         check_webhook(body, self.pipeline)
         self._prune()
         job = AsyncJob(id=str(uuid.uuid4()))
+        job.trace = tracing.submitted(trace, **{"job.id": job.id})
         if self.pipeline.in_hand is not None:  # its result dies with this process: a drain waits for it
             job.held = self.pipeline.in_hand.hold("async")
         self.jobs[job.id] = job
@@ -116,13 +126,13 @@ class AsyncJobs(JobStore):
         def progress(update: dict) -> None:
             job.progress = update
 
-        reply = self.pipeline.run(body, progress, job.cancel, route="async", name=job.id)
+        reply = self.pipeline.run(body, progress, job.cancel, route="async", name=job.id, trace=job.trace)
         job.result, job.http_status = reply.body, reply.status
         job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
         job.finished = time.time()
         if reply.webhook and self.webhooks is not None:
             sent = webhooks.event(job.state, job.view(), self.pipeline.settings)
-            job.webhook = self.webhooks.send(reply.webhook, sent, job.id)
+            job.webhook = self.webhooks.send(reply.webhook, sent, job.id, trace=reply.trace)
 
     def _prune(self) -> None:
         now = time.time()

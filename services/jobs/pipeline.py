@@ -14,11 +14,12 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from services.core import background, errors, json_text
+from services.core import background, errors, json_text, tracing
 from services.core.codec import unb64
 from services.core.config import Settings
 from services.core.in_hand import CUT, InHand
@@ -82,6 +83,12 @@ class Reply:
     retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
     webhook: str | None = field(default=None, repr=False)  # the URL the job asked to be told at
     job_id: str = ""  # the id its end line names (a sync /run answers it as X-Job-Id)
+    trace: dict = field(default_factory=dict)  # its span's context: what comes after continues it
+
+    @property
+    def trace_id(self) -> str:
+        """Its trace's id (services.core.tracing), "" when nothing is traced."""
+        return tracing.trace_id_of(self.trace)
 
 
 @dataclass
@@ -138,12 +145,14 @@ class Pipeline:
         job_id: str | None = None,
         route: str = "run",
         name: str | None = None,
+        trace: Mapping[str, str] | None = None,
     ) -> Reply:
         """Answer one request body; never raises, so every caller's job ends and lets go of
         what it holds (its drain piece, the in-flight gauge, an async record), and says its end
         in one line. `job_id`: a fleet's async job, which may run again elsewhere after a drain
         cut it, its envelope then no replay; `route`: how the job came; `name`: the id its end
-        line gives it (the job's own, by default `job_id`, else a fresh one)."""
+        line gives it (the job's own, by default `job_id`, else a fresh one); `trace`: the
+        `traceparent` it came with, which its trace continues."""
         cancel = cancel or Cancel()
         started = time.monotonic()
         reply, facts, timing = _UNEXPECTED, _Facts(), Timing()
@@ -151,18 +160,19 @@ class Pipeline:
         context = TIMING.set(timing)
         if self.observer is not None:
             self.observer.job_started()
-        try:
-            with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
-                reply = self._run(body, progress, cancel, job_id, facts)
-        except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
-            background.log_unexpected(log, "the pipeline", exc)
-        finally:
-            TIMING.reset(context)
-            seconds = time.monotonic() - started
-            if self.observer is not None:
-                self.observer.job_ended(reply, seconds)
-            _say_end(name, route, body, reply, cancel, facts, timing, seconds)
-        return replace(reply, job_id=name)
+        with tracing.job(trace, **{"job.id": name, "job.route": route}):
+            try:
+                with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
+                    reply = self._run(body, progress, cancel, job_id, facts)
+            except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
+                background.log_unexpected(log, "the pipeline", exc)
+            finally:
+                TIMING.reset(context)
+                seconds = time.monotonic() - started
+                if self.observer is not None:
+                    self.observer.job_ended(reply, seconds)
+                _say_end(name, route, body, reply, cancel, facts, timing, seconds)
+            return replace(reply, job_id=name, trace=tracing.carrier_of_current())
 
     def _run(
         self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None, facts: _Facts
@@ -170,7 +180,8 @@ class Pipeline:
         """Errors before the box opens, and replays, answer in plaintext; every other error of
         an encrypted job (a bad `webhook` or `ts` in it too) is its own and sealed like a result."""
         try:
-            opened = self._open(body)
+            with tracing.stage("envelope.open"):
+                opened = self._open(body)
         except errors.WorkerError as exc:
             return self._failed(exc)
         webhook = None
@@ -192,7 +203,8 @@ class Pipeline:
         if opened is not None:
             size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
             seal = envelope_v2.seal if opened.version == 2 else envelope.seal
-            result = offload(seal, result, opened.box, size=size)
+            with tracing.stage("seal"):
+                result = offload(seal, result, opened.box, size=size)
         return Reply(result, status, code, retry, webhook)
 
     def _result(
@@ -208,7 +220,8 @@ class Pipeline:
             progress = coarse(progress)
         call = None
         if template_params.is_call(payload):
-            call = self._template_call(payload)
+            with tracing.stage("template"):
+                call = self._template_call(payload)
             payload = call.payload
             facts.template = None if opened else call.template.name
         job = job_request.parse(
@@ -220,7 +233,8 @@ class Pipeline:
         )
         job = call.job(job) if call else job
         facts.models = len(job.models)
-        markers = self.models.ensure(job.models, progress, cancel) if job.models else []
+        with tracing.stage("models", **{"job.models": len(job.models)}) if job.models else nullcontext():
+            markers = self.models.ensure(job.models, progress, cancel) if job.models else []
         try:
             result = self._fit(self._execute(job, progress, cancel, call), opened)
         finally:
@@ -248,7 +262,8 @@ class Pipeline:
         return None
 
     def _fetch(self, url: str) -> bytes:
-        return image_fetch.fetch(url, self.settings)
+        with tracing.stage("image.fetch"):
+            return image_fetch.fetch(url, self.settings)
 
     def _template_call(self, payload: dict) -> template_params.Call:
         if self.templates is None:
@@ -289,10 +304,11 @@ class Pipeline:
                 f"the result is {size / 1e6:.2f} MB, the cap is {limit / 1e6:.2f} MB (MAX_RESULT_MB) "
                 f"[{sizes}]; configure BUCKET_* to receive the outputs as URLs"
             )
-        return {
-            **result,
-            "outputs": [self._upload(result["prompt_id"], o, opened) for o in result["outputs"]],
-        }
+        with tracing.stage("result.store", **{"job.outputs": len(result["outputs"])}):
+            return {
+                **result,
+                "outputs": [self._upload(result["prompt_id"], o, opened) for o in result["outputs"]],
+            }
 
     def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
@@ -339,10 +355,14 @@ def _say_end(
         "bytes_out": _size(reply.body),
         "models": facts.models,
     }
+    tracing.annotate(**{f"job.{k}": v for k, v in fields.items() if k not in ("event", "job_id")})
+    if reply.error_code:
+        tracing.failed(reply.error_code)
     said = " ".join(
         f"{k}={'-' if v in ('', None) else v}" for k, v in fields.items() if k not in ("event", "job_id")
     )
-    log.info("job %s ended: %s", name, said, extra=fields)
+    trace_id = tracing.trace_id()  # on the record already, as every line of the job has it
+    log.info("job %s ended: %s%s", name, said, f" trace_id={trace_id}" if trace_id else "", extra=fields)
 
 
 def _size(body: Any) -> int:

@@ -29,10 +29,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from services.core import background, drain, errors, json_text
+from services.core import background, drain, errors, json_text, tracing
 from services.core.config import Settings
 from services.core.job_spec import Cancel
 from services.core.offload import offload
@@ -86,7 +86,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'started', 'progress')
 redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'body', ARGV[3])
+redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'body', ARGV[3], 'traceparent', ARGV[4])
 return 1
 """
 _CLAIM_WEBHOOK = """
@@ -188,14 +188,17 @@ class SharedJobs(JobStore):
         background.loop("shared-jobs-watch", self._watch_round, WATCH_S)
 
     # what the routes call ------------------------------------------------------------------
-    def start(self, body: Any) -> AsyncJob:
+    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
         check_webhook(body, self.pipeline)
         job = AsyncJob(id=str(uuid.uuid4()))
+        job.trace = tracing.submitted(trace, **{"job.id": job.id})  # the pod that runs it goes on
+        traceparent = job.trace.get("traceparent", "")
         text = offload(json_text.dumps, body, size=json_text.size_hint(body))
         try:
             with self.store.redis.pipeline(transaction=True) as tx:
-                tx.hset(self._job_key(job.id), mapping={"state": "queued", "created": job.created})
-                tx.xadd(self.stream, {"id": job.id, "body": text})
+                record = {"state": "queued", "created": job.created, "traceparent": traceparent}
+                tx.hset(self._job_key(job.id), mapping=record)
+                tx.xadd(self.stream, {"id": job.id, "body": text, "traceparent": traceparent})
                 tx.execute()
         except Error as exc:
             raise self.store.unavailable(exc) from None
@@ -319,9 +322,10 @@ class SharedJobs(JobStore):
             if self._closing:
                 return
             self._held[entry_id] = job_id
-        background.start("shared-job", self._run, entry_id, job_id, fields.get(b"body", b"null"))
+        trace = tracing.carried({"traceparent": _text(fields.get(b"traceparent", b""))})
+        background.start("shared-job", self._run, entry_id, job_id, fields.get(b"body", b"null"), trace)
 
-    def _run(self, entry_id: str, job_id: str, body_text: bytes) -> None:
+    def _run(self, entry_id: str, job_id: str, body_text: bytes, trace: dict[str, str]) -> None:
         cancel = Cancel()
         started = not self._closing and self._start(entry_id, job_id)
         with self._lock:
@@ -331,8 +335,8 @@ class SharedJobs(JobStore):
         try:
             if started:
                 # held until its outcome is in Redis (the pipeline's own hold ends with its answer)
-                with self._in_hand("fleet-job"):
-                    self._execute(job_id, body_text, cancel)
+                with self._in_hand("fleet-job"), tracing.job(trace, **{"job.id": job_id}):
+                    self._execute(job_id, body_text, cancel, trace)
         finally:
             with self._lock:
                 self._running.pop(job_id, None)
@@ -354,7 +358,7 @@ class SharedJobs(JobStore):
             return False  # still pending: taken over after the claim timeout
         return bool(started)
 
-    def _execute(self, job_id: str, body_text: bytes, cancel: Cancel) -> None:
+    def _execute(self, job_id: str, body_text: bytes, cancel: Cancel, trace: dict[str, str]) -> None:
         try:
             body = offload(json_text.loads, body_text, size=len(body_text))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, errors.InvalidJson):
@@ -362,16 +366,20 @@ class SharedJobs(JobStore):
         reply = self.pipeline.run(
             body, lambda update: self._progress(job_id, update), cancel, job_id, route="fleet"
         )
-        if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text):
+        if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text, trace):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
-        result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
-        if self._finish(job_id, state, result, reply.status):
-            view = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status).view()
+        with tracing.stage("result.store"):
+            result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
+            finished = self._finish(job_id, state, result, reply.status)
+        if finished:
+            job = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status, trace=trace)
+            view = job.view()
         else:  # declared worker_lost meanwhile: the webhook tells what the record says
             view = self._ended_view(job_id)
         if reply.webhook and self.webhooks is not None and view is not None:
-            self._send_webhook(job_id, reply.webhook, webhooks.event(view["state"], view, self.settings))
+            sent = webhooks.event(view["state"], view, self.settings)
+            self._send_webhook(job_id, reply.webhook, sent, trace=tracing.carrier_of_current())
 
     def _ended_view(self, job_id: str) -> dict | None:
         try:
@@ -381,7 +389,15 @@ class SharedJobs(JobStore):
         return _job(job_id, record).view() if record.get("state") in outcome.ENDED else None
 
     # webhooks: the pod that ran the job sends; a silent or stopping pod's are taken over -------
-    def _send_webhook(self, job_id: str, url: str, body: str, delivery: Delivery | None = None) -> None:
+    def _send_webhook(
+        self,
+        job_id: str,
+        url: str,
+        body: str,
+        delivery: Delivery | None = None,
+        trace: Mapping[str, str] | None = None,
+    ) -> None:
+        """`trace`: the job's span, or its submission's for a delivery taken over."""
         if delivery is None:
             keyring = self.pipeline.keyring
             kept_url = envelope.keep_secret(url, keyring) if keyring else url
@@ -394,7 +410,7 @@ class SharedJobs(JobStore):
                 self.store.reached(False, exc)  # delivered all the same, by this pod only
         self._delivering.add(job_id)
         self.webhooks.send(
-            url, body, job_id, delivery, lambda d: self._webhook_changed(job_id, d), hold=False
+            url, body, job_id, delivery, lambda d: self._webhook_changed(job_id, d), hold=False, trace=trace
         )
 
     def _webhook_changed(self, job_id: str, delivery: Delivery) -> None:
@@ -442,16 +458,17 @@ class SharedJobs(JobStore):
                 job_id,
                 extra={"event": "webhook.taken_over", "job_id": job_id},
             )
-            self._send_webhook(job_id, url, record["webhook_body"], Delivery(attempts=attempts))
+            delivery, trace = Delivery(attempts=attempts), tracing.carried(record)
+            self._send_webhook(job_id, url, record["webhook_body"], delivery, trace)
 
-    def _requeue(self, job_id: str, body_text: bytes) -> bool:
+    def _requeue(self, job_id: str, body_text: bytes, trace: Mapping[str, str]) -> bool:
         """A job the drain's deadline cut goes back to the queue as it was sent, under its id,
         for another pod (its envelope opens again there for this job only); False when Redis
         does not answer or the job is no longer this pod's."""
         try:
             again = self._scripts["requeue"](
                 keys=[self._job_key(job_id), self.running_set, self.stream],
-                args=[self.name, job_id, body_text],
+                args=[self.name, job_id, body_text, trace.get("traceparent", "")],
             )
         except Error as exc:
             self.store.reached(False, exc)
@@ -600,6 +617,7 @@ def _job(job_id: str, record: dict[str, str]) -> AsyncJob:
         progress=json.loads(record["progress"]) if "progress" in record else None,
         result=offload(json.loads, result, size=len(result)) if result is not None else None,
         http_status=int(record["http_status"]) if "http_status" in record else None,
+        trace=tracing.carried(record),
     )
     if record.get("cancel") == "1":
         job.cancel.set()

@@ -18,14 +18,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from standardwebhooks.webhooks import Webhook
 
-from services.core import background, errors, json_text
+from services.core import background, errors, json_text, tracing
 from services.core.config import Settings
 from services.core.in_hand import InHand
 from services.core.offload import offload
@@ -110,12 +110,14 @@ class Webhooks:
         delivery: Delivery | None = None,
         on_change: Callable[[Delivery], None] | None = None,
         hold: bool = True,
+        trace: Mapping[str, str] | None = None,
     ) -> Delivery:
         """Deliver `body` to `url` in the background, from `delivery.attempts` on; `on_change`
-        after each attempt; `hold`: a drain waits for it (a fleet's pods take it over instead)."""
+        after each attempt; `hold`: a drain waits for it (a fleet's pods take it over instead);
+        `trace`: the job's span, which each attempt's span continues."""
         delivery = delivery or Delivery()
         held = self.in_hand.hold("webhook") if self.in_hand and hold else None
-        background.start("webhook", self._deliver, url, body, message_id, delivery, held, on_change)
+        background.start("webhook", self._deliver, url, body, message_id, delivery, held, on_change, trace)
         return delivery
 
     def headers(self, message_id: str, body: str) -> dict[str, str]:
@@ -139,13 +141,22 @@ class Webhooks:
         delivery: Delivery,
         held: Any,
         on_change: Callable[[Delivery], None] | None,
+        trace: Mapping[str, str] | None,
     ) -> None:
         try:
             schedule = self.settings.webhook_retry_s
             wait = 0.0 if delivery.attempts else schedule[0]  # a delivery taken over goes at once
             while True:
                 time.sleep(wait * random.uniform(0.9, 1.1))
-                outcome, retry_after = self._attempt(url, body, message_id, delivery)
+                with tracing.span("webhook.attempt", trace, **{"job.id": message_id}) as attempt:
+                    outcome, retry_after = self._attempt(url, body, message_id, delivery)
+                    attempt.set(
+                        **{
+                            "webhook.attempt": delivery.attempts,
+                            "webhook.outcome": outcome,
+                            "http.response.status_code": delivery.last_status,
+                        }
+                    )
                 if outcome == "retry" and delivery.attempts < len(schedule):
                     self._observed("retried")
                     if on_change is not None:

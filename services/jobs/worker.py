@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from services.comfy.pool import ComfyPool
 from services.comfy.warmup import start_warmup
-from services.core import background
+from services.core import background, tracing
 from services.core.config import Settings
 from services.core.in_hand import InHand
 from services.jobs.async_jobs import AsyncJobs, JobStore
@@ -51,6 +51,7 @@ class Observer(JobObserver, DownloadObserver, WebhookObserver, Protocol):
 
 
 def build_worker(settings: Settings, observer: Observer | None = None, cap_results: bool = False) -> Worker:
+    tracing.setup(settings, "api" if observer is not None else "handler")
     state = None
     if settings.state_url:
         from services.jobs.state_store import StateStore

@@ -22,11 +22,11 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from services.core import background, errors
+from services.core import background, errors, tracing
 from services.core.config import Settings
 from services.core.in_hand import InHand
 from services.core.offload import offload, start
@@ -68,6 +68,7 @@ class Download:
     error: str | None = None
     finished: float | None = None
     ended: threading.Event = field(default_factory=threading.Event)
+    trace: dict = field(default_factory=dict, repr=False)  # its submission's span (/download)
 
     def view(self) -> dict:
         return {
@@ -80,6 +81,7 @@ class Download:
             "total": self.total,
             "rate_bytes_s": round(self.rate),
             "error": self.error,
+            **({"trace_id": tracing.trace_id_of(self.trace)} if self.trace else {}),
         }
 
 
@@ -113,8 +115,9 @@ class Downloads:
         self.lock = threading.Lock()
 
     # --- requests ------------------------------------------------------------------------------
-    def submit(self, items: Any) -> list[Download]:
-        """Check every item first (nothing starts when one is bad), then start or join transfers."""
+    def submit(self, items: Any, trace: Mapping[str, str] | None = None) -> list[Download]:
+        """Check every item first (nothing starts when one is bad), then start or join transfers,
+        each traced as a `download` span continuing `trace`."""
         if isinstance(items, dict):
             items = [items]
         if not isinstance(items, list) or not items:
@@ -132,6 +135,7 @@ class Downloads:
                     continue
                 self.active[download.path] = download
                 self.by_id[download.id] = download
+                download.trace = tracing.submitted(trace, **{"download.id": download.id})
                 held = self.in_hand.hold("download") if self.in_hand else contextlib.nullcontext()
                 background.start("download", self._run, download, held)
                 started.append(download)
@@ -205,6 +209,20 @@ class Downloads:
         """The file on the volume, "exists" or "done": under the lock beside it, `present()` is
         asked first (again, once a transfer by another worker ended), then it is transferred.
         `deadline` (monotonic) bounds waiting and transfer alike; `stop` raises to give up."""
+        with tracing.span(
+            "download", download.trace, **{"download.id": download.id, "download.type": download.type}
+        ) as span:
+            state = self._fetch(download, present, deadline, stop)
+            span.set(**{"download.state": state, "download.bytes": download.bytes_done})
+            return state
+
+    def _fetch(
+        self,
+        download: Download,
+        present: Callable[[], bool],
+        deadline: float | None,
+        stop: Callable[[], None] | None,
+    ) -> str:
         deadline = time.monotonic() + FOREVER_S if deadline is None else deadline
         os.makedirs(os.path.dirname(download.path), exist_ok=True)
         lock = VolumeLock(model_store.lock_path(download.path), self.settings.model_lock_stale_s)

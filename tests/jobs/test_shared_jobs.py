@@ -14,7 +14,7 @@ import redis
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services.core import config, errors
+from services.core import config, errors, tracing
 from services.jobs import envelope
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
@@ -373,6 +373,60 @@ def test_a_pod_proves_it_lives_before_it_can_take_a_job(redis_server, monkeypatc
     assert other.get(job.id).state == "running" and other.lost == 0
     comfy.release.set()
     wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to end")
+
+
+def traced_here(otlp):
+    """Both pods of these tests are in this process: one tracer, whose spans join across the
+    pods only by what Redis carries."""
+    tracing.setup(
+        config.load({"ENCRYPTION_REQUIRED": "0", "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.endpoint}), "api"
+    )
+
+
+def test_a_job_submitted_on_one_pod_and_run_on_another_is_one_trace(redis_server, receiver, otlp):
+    traced_here(otlp)
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    client_trace, client_span = os.urandom(16).hex(), os.urandom(8).hex()
+    submitter = shared_jobs(redis_server, prefix, lambda own: 0)
+    job = submitter.start(
+        {**DRY_JOB, "webhook": receiver.url(f"/{prefix}")},
+        {"traceparent": f"00-{client_trace}-{client_span}-01"},
+    )
+    assert job.trace_id == client_trace
+    runner = shared_jobs(redis_server, prefix, lambda own: 1 - own)
+    wait_until(lambda: submitter.get(job.id).state == "completed", 10, "the other pod to run it")
+    assert submitter.get(job.id).view()["trace_id"] == client_trace and runner.taken_over == 0
+    spans = otlp.wait_for(client_trace, {"submit", "job", "result.store", "webhook.attempt"})
+    named = {s.name: s for s in spans}
+    assert named["submit"].parent_id == client_span
+    assert named["job"].parent_id == named["submit"].span_id
+    assert named["result.store"].parent_id == named["job"].span_id
+    assert named["webhook.attempt"].parent_id == named["job"].span_id
+    assert named["webhook.attempt"].attributes["http.response.status_code"] == 200
+    assert [s.name for s in spans].count("job") == 1
+
+
+def test_a_webhook_taken_over_by_another_pod_continues_the_job_s_trace(redis_server, receiver, otlp):
+    traced_here(otlp)
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
+    client, key = redis_server.client(), f"{prefix}:job:j1"
+    left = {
+        "state": "completed",
+        "traceparent": f"00-{trace_id}-{span_id}-01",
+        "webhook_url": receiver.url(f"/{prefix}"),
+        "webhook_body": "{}",
+        "webhook_owner": "",  # its pod stopped and handed it back
+        "webhook_state": "pending",
+        "webhook_attempts": 1,
+    }
+    client.hset(key, mapping=left)
+    client.expire(key, 60)
+    client.sadd(f"{prefix}:webhooks", "j1")
+    shared_jobs(redis_server, prefix, lambda own: 0)
+    [attempt] = otlp.wait_for(trace_id, {"webhook.attempt"})
+    assert attempt.parent_id == span_id and attempt.attributes["webhook.attempt"] == 2
+    assert client.hget(key, "webhook_state") == b"delivered"
 
 
 def test_a_webhook_that_outlives_its_record_leaves_no_key_without_a_ttl(redis_server, receiver):
