@@ -83,7 +83,7 @@ bench: $(STAMP)
 	$(PY) -m bench.big_payload
 	$(PY) -m bench.footprint
 	$(PY) -m bench.hostile_bodies
-	$(PY) -m bench.logs
+	$(PY) -m bench.telemetry
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
 dist: $(STAMP)

@@ -1,7 +1,8 @@
-"""What LOG_FORMAT=json costs a job: a tiny encrypted DRY_RUN `/run` (its end line and access
-line written each time) on a pod with JSON logs against one with text logs, both up at once,
-driven in interleaved rounds by the same client. Server CPU per request and latency; the
-target (issue 41) is within +1 ms per job.
+"""What telemetry costs a job: a tiny encrypted DRY_RUN `/run` on three pods up at once, driven
+in interleaved rounds by the same client: text logs and no tracing (the baseline), JSON logs,
+and JSON logs with tracing exporting every job's spans over OTLP/HTTP to a receiver in this
+process (tests/otlp_receiver.py, which decodes them as a collector would). Server CPU per
+request and latency; the target (issue 41) is within +1 ms per job.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import statistics
 
 from bench.run_dry_run import drive, worker_cpu_seconds
 from client.envelope_client import seal_request
+from tests.otlp_receiver import OtlpReceiver
 from tests.smoke import WORKFLOW
 from tests.stack import Stack
 
@@ -21,10 +23,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    pods = {
-        log_format: Stack("api", {"ENCRYPTION_REQUIRED": "1", "LOG_FORMAT": log_format}).start()
-        for log_format in ("text", "json")
+    receiver = OtlpReceiver()
+    traced = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+    kinds = {
+        "text, no tracing": {"LOG_FORMAT": "text"},
+        "json logs": {"LOG_FORMAT": "json"},
+        "json + tracing": {"LOG_FORMAT": "json", **traced},
     }
+    pods = {name: Stack("api", {"ENCRYPTION_REQUIRED": "1", **env}).start() for name, env in kinds.items()}
     try:
         for pod in pods.values():
             pod.wait_ready()
@@ -45,18 +51,23 @@ def main() -> None:
                 cpu[name] += worker_cpu_seconds(pod) - before
                 rates[name].append(rps)
                 latencies[name].extend(lat)
+        jobs = args.requests * args.rounds
         for name in pods:
             lat = latencies[name]
-            cpu_ms = cpu[name] * 1000 / (args.requests * args.rounds)
             print(
-                f"LOG_FORMAT={name:5s} {statistics.median(rates[name]):7.0f} req/s   "
-                f"p50 {statistics.median(lat) * 1000:5.2f} ms   server CPU {cpu_ms:.3f} ms/job"
+                f"{name:17s} {statistics.median(rates[name]):7.0f} req/s   "
+                f"p50 {statistics.median(lat) * 1000:5.2f} ms   server CPU {cpu[name] * 1000 / jobs:.3f} ms/job"
             )
-        extra = (cpu["json"] - cpu["text"]) * 1000 / (args.requests * args.rounds)
-        print(f"JSON logs against text, server CPU per job: {extra:+.3f} ms (target within +1 ms)")
+        print(
+            f"spans received: {len(receiver.spans)} ({len(receiver.spans) / max(1, jobs + 300):.1f} per job)"
+        )
+        for name in ("json logs", "json + tracing"):
+            extra = (cpu[name] - cpu["text, no tracing"]) * 1000 / jobs
+            print(f"{name} against the baseline, server CPU per job: {extra:+.3f} ms (target within +1 ms)")
     finally:
         for pod in pods.values():
             pod.stop()
+        receiver.close()
 
 
 if __name__ == "__main__":
