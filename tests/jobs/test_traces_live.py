@@ -1,8 +1,8 @@
 """A job is one trace, exported by the real worker (supervisord, gunicorn with gevent, the runpod
 SDK) over OTLP/HTTP to a real receiver: a pod's encrypted job from its request to its answer,
 with a client's `traceparent` continued and nothing of the job in any span, its async job from
-submission to run, and a serverless job through the local queue. The fleet's side (a job
-submitted on one pod and run on another, a webhook taken over) is in test_shared_jobs.py."""
+submission to run, a serverless job through the local queue, and a fleet's job submitted on one
+pod and run by another. A webhook taken over by another pod is in test_shared_jobs.py."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from tests.otlp_receiver import OtlpReceiver
-from tests.pod_jobs import ended
-from tests.stack import Stack
-from tests.workflows import empty_image
+from tests.pod_jobs import ended, status, submit
+from tests.stack import Stack, wait_until
+from tests.workflows import empty_image, with_knob
 
 MARKER = f"okapi{uuid.uuid4().hex[:8]}"  # a filename prefix of an encrypted job
 POD_STAGES = [
@@ -100,3 +100,36 @@ def test_a_serverless_job_continues_the_traceparent_of_its_input_and_answers_its
         assert job_span.resource["comfy_worker.program"] == "handler"
     finally:
         worker.stop()
+
+
+def test_a_fleet_job_submitted_on_one_pod_and_run_on_another_is_one_trace(redis_server, otlp):
+    fleet = {**env(otlp), "STATE_URL": redis_server.url, "STATE_PREFIX": f"traces-{uuid.uuid4().hex[:8]}"}
+    first = Stack("api", {**fleet, "OTEL_RESOURCE_ATTRIBUTES": "pod.name=first"}).ready()
+    second = None
+    try:
+        blocker = submit(first, {"workflow": with_knob("StandinSlow", color=5, seconds=60, steps=60)})
+        wait_until(lambda: status(first, blocker)["state"] == "running", 30, "the first pod to be busy")
+        second = Stack(
+            "api",
+            {
+                **fleet,
+                "WORKER_PRIVATE_KEY_B64": first.private_key,
+                "OTEL_RESOURCE_ATTRIBUTES": "pod.name=second",
+            },
+        ).ready()
+        trace_id, span_id, header = client_trace()
+        answer = requests.post(
+            first.url + "/run?async=1", json={"workflow": empty_image(8, 8, 6)}, headers=header, timeout=30
+        )
+        assert answer.headers["X-Trace-Id"] == trace_id
+        assert ended(second, answer.json()["id"])["trace_id"] == trace_id
+        spans = otlp.wait_for(trace_id, {"submit", "job", "comfyui.execute", "result.store"})
+        named = {s.name: s for s in spans}
+        assert named["submit"].parent_id == span_id and named["submit"].resource["pod.name"] == "first"
+        assert named["job"].parent_id == named["submit"].span_id
+        assert {s.resource["pod.name"] for s in spans if s.name != "submit"} == {"second"}
+        requests.post(first.url + f"/jobs/{blocker}/cancel", timeout=10)
+    finally:
+        for pod in (first, second):
+            if pod is not None:
+                pod.stop()
