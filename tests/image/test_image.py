@@ -17,6 +17,7 @@ from client.envelope_client import open_answer, seal_request
 from services.jobs import envelope
 from tests import comfyui_source
 from tests.file_server import FileServer
+from tests.otlp_receiver import OtlpReceiver
 from tests.stack import ROOT, copy_checkout, free_port, wait_until
 from tests.workflows import decode_png, empty_image, slow_workflow
 
@@ -236,13 +237,35 @@ def test_api_dry_run_is_healthy_and_answers_an_encrypted_request(image):
         assert result == {"status": "ok", "dry_run": True, "nodes": 2, "images": 0}
 
 
-def test_serverless_dry_run_answers_runsync_of_the_local_queue(image):
-    with Container(image, {"DRY_RUN": "1"}, mode="serverless") as container:
-        container.wait_http("/v2/LOCAL/health")
-        request, ephemeral = seal_request({"workflow": empty_image()}, container.public)
-        job = requests.post(container.url + "/v2/LOCAL/runsync", json={"input": request}, timeout=120).json()
-        assert job["status"] == "COMPLETED", job
-        assert open_answer(job["output"], ephemeral, container.public)["dry_run"] is True
+def test_serverless_dry_run_answers_runsync_traced_with_json_logs(image):
+    """The image's serverless worker with LOG_FORMAT=json and an OTLP collector: it answers an
+    encrypted job, exports its trace, continuing the input's `traceparent`, and prints JSON only."""
+    receiver = OtlpReceiver()
+    traced = {
+        "LOG_FORMAT": "json",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    trace_id, span_id = os.urandom(16).hex(), os.urandom(8).hex()
+    try:
+        with Container(image, {"DRY_RUN": "1", **traced}, mode="serverless") as container:
+            container.wait_http("/v2/LOCAL/health")
+            request, ephemeral = seal_request({"workflow": empty_image()}, container.public)
+            job_input = {**request, "traceparent": f"00-{trace_id}-{span_id}-01"}
+            job = requests.post(
+                container.url + "/v2/LOCAL/runsync", json={"input": job_input}, timeout=120
+            ).json()
+            assert job["status"] == "COMPLETED", job
+            assert open_answer(job["output"], ephemeral, container.public)["dry_run"] is True
+            assert job["output"]["trace_id"] == trace_id
+            [job_span] = [s for s in receiver.wait_for(trace_id, {"job", "seal"}) if s.name == "job"]
+            assert job_span.parent_id == span_id and job_span.resource["comfy_worker.program"] == "handler"
+            lines = [line for line in container.logs().splitlines() if line.strip()]
+        assert lines and all(line.startswith("{") and json.loads(line)["program"] for line in lines), lines[
+            :5
+        ]
+    finally:
+        receiver.close()
 
 
 @pytest.fixture(scope="module")
