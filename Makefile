@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) -m bench.health
 	$(PY) -m bench.health --instances 2
 	$(PY) -m bench.pool
+	$(PY) -m bench.throughput
 	$(PY) -m bench.shared_jobs
 	$(PY) -m bench.rolling_restart
 	$(PY) -m bench.webhooks

@@ -27,34 +27,21 @@ def fixed_time(seconds: float) -> dict:
     return with_knob("StandinSlow", color=next(_colors), seconds=seconds, steps=4)
 
 
-def cpu_bound() -> dict:
-    """Lanczos scaling of a 1024x1024 image to 2048x2048 and back, on the CPU."""
-    color = next(_colors)
+def cpu_bound(side: int = 1024) -> dict:
+    """Lanczos scaling of a side x side image (a color of its own: ComfyUI answers a graph it
+    has seen from its cache) to twice its side and back, on the CPU."""
+
+    def scale(image: list, to: int) -> dict:
+        inputs = {"image": image, "upscale_method": "lanczos", "width": to, "height": to, "crop": "disabled"}
+        return {"class_type": "ImageScale", "inputs": inputs}
+
     return {
         "1": {
             "class_type": "EmptyImage",
-            "inputs": {"width": 1024, "height": 1024, "batch_size": 1, "color": color},
+            "inputs": {"width": side, "height": side, "batch_size": 1, "color": next(_colors)},
         },
-        "2": {
-            "class_type": "ImageScale",
-            "inputs": {
-                "image": ["1", 0],
-                "upscale_method": "lanczos",
-                "width": 2048,
-                "height": 2048,
-                "crop": "disabled",
-            },
-        },
-        "3": {
-            "class_type": "ImageScale",
-            "inputs": {
-                "image": ["2", 0],
-                "upscale_method": "lanczos",
-                "width": 1024,
-                "height": 1024,
-                "crop": "disabled",
-            },
-        },
+        "2": scale(["1", 0], side * 2),
+        "3": scale(["2", 0], side),
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "bench"}},
     }
 

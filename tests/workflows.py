@@ -50,12 +50,13 @@ def with_knob(knob: str, color: int = 1, **inputs: object) -> dict:
     }
 
 
-def slow_workflow(steps: int = 6) -> dict:
-    """Seconds of lanczos scaling on this CPU, one node after another (interruptible between them)."""
+def slow_workflow(steps: int = 6, color: int = 7) -> dict:
+    """Seconds of lanczos scaling on this CPU, one node after another (interruptible between them).
+    Another `color` is another graph, which ComfyUI's cache cannot shorten."""
     workflow = {
         "1": {
             "class_type": "EmptyImage",
-            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": 7},
+            "inputs": {"width": 2048, "height": 2048, "batch_size": 1, "color": color},
         }
     }
     for n in range(2, steps + 2):

@@ -45,6 +45,17 @@ PROBE_EVERY_S = 0.5  # ... and how often ComfyUI is asked over HTTP without it
 NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
 
 
+class NotStarted(Exception):
+    """The job's prompt never ran in this ComfyUI and is not in it now: it may run elsewhere.
+    `error`: the ComfyUI died or restarted under it; None: it was taken back to move."""
+
+    code = "not_started"  # what its span says
+
+    def __init__(self, error: errors.ComfyRestarted | None) -> None:
+        super().__init__(str(error) if error else "moved")
+        self.error = error
+
+
 @dataclass
 class _Outcome:
     done: bool = False
@@ -53,7 +64,7 @@ class _Outcome:
     on_socket: bool = False  # the end came over the job's first socket, which is still good
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     request: JobRequest
     prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -61,6 +72,10 @@ class _Job:
     client_id: str = ""
     files: list[dict] = field(default_factory=list)  # every file an `executed` message named
     submitted: bool = False
+    number: int | None = None  # its place in ComfyUI's queue, once ComfyUI accepted it
+    started: bool = False  # ComfyUI told of the prompt running (or ending): it left the queue
+    ended: bool = False  # ComfyUI told of its end
+    behind: bool = False  # when ComfyUI was lost: a prompt of ours ahead of it had not ended
     unanswered: bool = False  # ComfyUI stopped answering: leave its history to a later sweep
 
 
@@ -72,6 +87,7 @@ class ComfyExecutor:
         self._output_nodes: dict[str, bool] = {}
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
         self._spare: tuple[str, Socket, float] | None = None  # client id, socket, since
+        self._accepted: list[_Job] = []  # jobs whose prompt ComfyUI accepted, until they answer
         self._lock = threading.Lock()
         self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
 
@@ -83,9 +99,13 @@ class ComfyExecutor:
         cancel: Cancel | None,
         gated: bool = True,
         deadline: float | None = None,
+        move: Callable[[], bool] | None = None,
     ) -> dict:
         """`gated`: wait for the gate (the warm-up of ComfyUI's current start) first.
-        `deadline`: when the job's time began before (it waited for a free instance)."""
+        `deadline`: when the job's time began before (it waited for a free instance).
+        `move`: asked while the prompt waits in ComfyUI's queue; True takes it out to run
+        elsewhere. Given, a job whose ComfyUI died before its prompt started raises NotStarted
+        rather than comfy_restarted (the pool runs it again)."""
         job = _Job(request)
         deadline = time.monotonic() + request.timeout_s if deadline is None else deadline
         entry: dict | None = None
@@ -102,6 +122,9 @@ class ComfyExecutor:
                 job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
                 with tracing.stage("comfyui.execute"):
                     accepted = self._submit(job, prompt)
+                    with self._lock:
+                        job.number = accepted.get("number")
+                        self._accepted.append(job)
                     if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
                         self._stop(job)
                         with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
@@ -109,7 +132,7 @@ class ComfyExecutor:
                         raise errors.WorkflowValidationFailed(
                             describe_validation_error(accepted), accepted.get("node_errors")
                         )
-                    outcome = self._follow(job, ws, deadline, progress, cancel)
+                    outcome = self._follow(job, ws, deadline, progress, cancel, move)
                 keep = outcome.on_socket
             finally:
                 self._release(job.client_id, ws, keep)
@@ -127,7 +150,15 @@ class ComfyExecutor:
                 "outputs": outputs,
                 "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
             }
+        except errors.ComfyRestarted as error:
+            self._last_success = -READY_TRUST_S  # the next job asks whether ComfyUI is back first
+            if move is None or job.started or (job.number is not None and not job.behind):
+                raise  # it ran, or may have: the first prompt in the queue starts at once
+            raise NotStarted(error) from None
         finally:
+            with self._lock:
+                if job in self._accepted:
+                    self._accepted.remove(job)
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
 
@@ -225,15 +256,24 @@ class ComfyExecutor:
 
     # --- waiting for the end ------------------------------------------------------------------
     def _follow(
-        self, job: _Job, ws: Socket, deadline: float, progress: Progress | None, cancel: Cancel | None
+        self,
+        job: _Job,
+        ws: Socket,
+        deadline: float,
+        progress: Progress | None,
+        cancel: Cancel | None,
+        move: Callable[[], bool] | None,
     ) -> _Outcome:
         outcome, current = _Outcome(), ws
         try:
             while not outcome.done:
                 self._check_limits(job, deadline, cancel)
+                if move is not None and not job.started and move() and self._withdraw(job):
+                    raise NotStarted(None)
                 try:
                     raw = current.receive()
                 except SocketLost:
+                    job.behind = job.behind or self._behind(job)
                     current = self._reconnect(job)
                     if current is None:
                         return self._poll(job, deadline, cancel)
@@ -254,11 +294,12 @@ class ComfyExecutor:
             return
         if not isinstance(data, dict) or data.get("prompt_id") != job.prompt_id:
             return
+        job.started = True  # only a prompt that left the queue is told of
         if kind == "executed":
             job.files.extend(files_of({"outputs": {"node": data.get("output")}}))
         elif kind == "executing":
             if data.get("node") is None:
-                outcome.done = True
+                outcome.done = job.ended = True
             elif progress:
                 progress({"node": data["node"]})
         elif kind == "progress" and progress:
@@ -267,6 +308,16 @@ class ComfyExecutor:
             outcome.error = data
         elif kind == "execution_interrupted":
             outcome.interrupted = True
+
+    def _behind(self, job: _Job) -> bool:
+        """Whether an accepted prompt of ours that had not ended is ahead of `job`'s in ComfyUI's
+        queue (ComfyUI runs one prompt at a time, the lowest number first): then `job`'s had
+        not started. Asked the moment the job's socket breaks, before the other job answers."""
+        with self._lock:
+            return job.number is not None and any(
+                other.number is not None and other.number < job.number and not other.ended
+                for other in self._accepted
+            )
 
     def _reconnect(self, job: _Job) -> Socket | None:
         """A dropped socket: reconnect with the same client id, or give up and poll."""
@@ -280,7 +331,7 @@ class ComfyExecutor:
             if self.client.history(job.prompt_id) is not None:  # it ended while we were away
                 ws.close()
                 return None
-            if not self._known_to_queue(job.prompt_id):
+            if not self._known_to_queue(job):
                 ws.close()
                 raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
             return ws
@@ -295,7 +346,7 @@ class ComfyExecutor:
                 entry = self.client.history(job.prompt_id)
                 if entry is not None:
                     return _outcome_from_history(entry)
-                if not self._known_to_queue(job.prompt_id):
+                if not self._known_to_queue(job):
                     raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
                 unreachable_since = None
             except ComfyUnreachable:
@@ -304,12 +355,27 @@ class ComfyExecutor:
                     raise errors.ComfyRestarted("ComfyUI stopped answering under the job") from None
             time.sleep(0.25)
 
-    def _known_to_queue(self, prompt_id: str) -> bool:
+    def _known_to_queue(self, job: _Job) -> bool:
         queue = self.client.queue()
-        items = queue.get("queue_running", []) + queue.get("queue_pending", [])
-        if any(len(item) > 1 and item[1] == prompt_id for item in items):
+        if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_running", [])):
+            job.started = True
             return True
-        return self.client.history(prompt_id) is not None  # finished between the two calls
+        if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_pending", [])):
+            return True
+        return self.client.history(job.prompt_id) is not None  # finished between the two calls
+
+    def _withdraw(self, job: _Job) -> bool:
+        """Take a prompt that waits in ComfyUI's queue out of it. False when it started in the
+        meantime (ComfyUI moves a prompt from its queue to running, and from running to its
+        history, under one lock: after the delete it is in one of them or gone)."""
+        try:
+            self.client.delete_from_queue(job.prompt_id)
+            if self._known_to_queue(job):
+                job.started = True  # not pending after the delete: running or ended; keep it
+                return False
+        except errors.WorkerError:
+            return False  # the job's own wait finds out what became of ComfyUI
+        return True
 
     def _check_limits(self, job: _Job, deadline: float, cancel: Cancel | None) -> None:
         if cancel is not None and cancel.is_set():

@@ -1,28 +1,40 @@
-"""Several ComfyUIs (one per GPU) as one executor: the worker schedules, ComfyUI does not queue.
+"""Several ComfyUIs (one per GPU) as one executor, each kept busy: the worker schedules.
 
-Each instance runs at most one prompt. A job takes an idle instance that is not out of the pool,
-one whose ComfyUI has booted and warmed up first; when none is idle it waits, first come first
-served, within its own time. Every instance has its own executor (socket, clean-up, warm-up
-gate), so a crash, a hang, a cancel or a clean-up reaches only the job on it. An instance whose
-program supervisord gave up on (FATAL), or the watchdog stopped, is out until it runs again.
+Each instance holds at most DEPTH jobs: the prompt ComfyUI runs, and the next one with its inputs
+uploaded and its prompt waiting in that ComfyUI's queue, so the GPU goes on to it the moment the
+first ends while the worker answers the first (history, outputs, seal). A job takes the instance
+with the fewest jobs among those that are not out of the pool, one whose ComfyUI has booted and
+warmed up first; when every instance is full it waits, first come first served, within its own
+time. A prompt still waiting behind another is taken back and moved when another instance falls
+idle. A job whose prompt had not started when its ComfyUI died or was restarted runs again (on
+another instance, or on its own once it is back): only the running job answers
+`comfy_restarted`. Every instance has its own executor (sockets, clean-up, warm-up gate), so a
+crash, a hang, a cancel or a clean-up reaches only the jobs on it. An instance whose program
+supervisord gave up on (FATAL), or the watchdog stopped, is out until it runs again.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from services.comfy import health
-from services.comfy.executor import ComfyExecutor
+from services.comfy.executor import ComfyExecutor, NotStarted
 from services.comfy.warmup import Warmup
 from services.core import errors, tracing
 from services.core.config import Settings
 from services.core.job_spec import TIMING, Cancel, JobRequest, Progress
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
+DEPTH = 2  # jobs an instance holds: the running prompt and the next one, queued in its ComfyUI
+RERUNS = 2  # runs again of a job whose ComfyUI died before it started (a prompt may be the cause)
+
+log = logging.getLogger("worker.comfy")
 
 
 @dataclass
@@ -30,7 +42,7 @@ class Instance:
     settings: Settings
     executor: ComfyExecutor
     warmup: Warmup | None = None
-    jobs: int = 0  # at most 1 in a pool; a single ComfyUI takes them all, as before the pool
+    jobs: int = 0  # at most DEPTH in a pool; a single ComfyUI takes them all and queues them
 
     @property
     def number(self) -> int:
@@ -52,7 +64,7 @@ class ComfyPool:
 
     def time_jobs(self, timed: Callable[[float, float], None]) -> None:
         """`timed(waited_s, ran_s)` after each job that reached an instance: how long it waited
-        for one, and how long its ComfyUI took (with one instance, ComfyUI's own queue included)."""
+        for one, and how long its ComfyUI took (its queue behind another prompt included)."""
         self._timers.append(timed)
 
     @classmethod
@@ -68,27 +80,57 @@ class ComfyPool:
         return cls(settings, instances)
 
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
-        asked = time.monotonic()
-        deadline = asked + request.timeout_s
-        with tracing.stage("queue.wait") as waited:
-            instance = self._take(request, deadline, cancel)
-            waited.set(**{"comfyui.instance": instance.number})
-        taken = time.monotonic()
+        deadline = time.monotonic() + request.timeout_s
+        waited = ran = 0.0
+        instance: Instance | None = None
+        reruns, again, failed = 0, False, None
         try:
-            return instance.executor.execute(request, progress, cancel, deadline=deadline)
-        except errors.ComfyRestarted:
-            for changed in self._watchers:
-                changed()
-            raise
+            while True:
+                asked = time.monotonic()
+                with tracing.stage("queue.wait") as wait:
+                    instance = self._take(request, deadline, cancel, again, failed)
+                    wait.set(**{"comfyui.instance": instance.number})
+                taken = time.monotonic()
+                waited += taken - asked
+                try:
+                    return instance.executor.execute(
+                        request,
+                        progress,
+                        cancel,
+                        deadline=deadline,
+                        move=functools.partial(self._idle_besides, instance),
+                    )
+                except NotStarted as back:
+                    if back.error is not None:
+                        self._changed_instances()
+                        failed = instance
+                        reruns += 1
+                        if reruns > RERUNS:
+                            raise back.error from None
+                    log.info(
+                        "a job's prompt had not started on instance %d (%s): it runs again",
+                        instance.number,
+                        back.error or "another instance is idle",
+                    )
+                    again = True
+                except errors.ComfyRestarted:
+                    self._changed_instances()
+                    raise
+                finally:
+                    ran += time.monotonic() - taken
+                    with self._changed:
+                        instance.jobs -= 1
+                        self._changed.notify_all()
         finally:
-            with self._changed:
-                instance.jobs -= 1
-                self._changed.notify_all()
-            waited, ran = taken - asked, time.monotonic() - taken
-            if (timing := TIMING.get()) is not None:
-                timing.instance, timing.waited_s, timing.ran_s = instance.number, waited, ran
-            for timed in self._timers:
-                timed(waited, ran)
+            if instance is not None:
+                if (timing := TIMING.get()) is not None:
+                    timing.instance, timing.waited_s, timing.ran_s = instance.number, waited, ran
+                for timed in self._timers:
+                    timed(waited, ran)
+
+    def _changed_instances(self) -> None:
+        for changed in self._watchers:
+            changed()
 
     @property
     def waiting(self) -> int:
@@ -103,30 +145,53 @@ class ComfyPool:
         )
 
     def spare(self, own: int) -> int:
-        """How many more jobs would start now, when `own` jobs were given to the pool that may
-        not have reached an instance yet: idle instances that are not out, less the jobs
-        waiting for one, and at most as many as are not out less `own`."""
+        """How many more jobs the pool would take now (to run, or to queue behind a running
+        one), when `own` jobs were given to it that may not have reached an instance yet: room
+        on the instances that are not out, less the jobs waiting for one, and at most DEPTH per
+        such instance less `own`."""
         states = self._states()
         usable = [i for i in self.instances if not health.out(states[i.number][0])]
-        idle = sum(1 for i in usable if not i.jobs) - len(self._waiting)
-        return max(0, min(idle, len(usable) - own))
+        room = sum(max(0, DEPTH - i.jobs) for i in usable) - len(self._waiting)
+        return max(0, min(room, DEPTH * len(usable) - own))
 
-    def _take(self, request: JobRequest, deadline: float, cancel: Cancel | None) -> Instance:
+    def _take(
+        self,
+        request: JobRequest,
+        deadline: float,
+        cancel: Cancel | None,
+        again: bool,
+        failed: Instance | None,
+    ) -> Instance:
+        """`again`: the job was taken back from an instance; it goes first in the line.
+        `failed`: the instance whose ComfyUI died under it, the last choice (its state may not
+        say so yet)."""
         if len(self.instances) == 1:  # nothing to choose: the executor waits for its ComfyUI
             return self._claim_single(request, deadline, cancel)
         ticket = object()
         with self._changed:
-            self._waiting.append(ticket)
+            if again:
+                self._waiting.appendleft(ticket)
+            else:
+                self._waiting.append(ticket)
         try:
             while True:
                 states = self._states()
                 with self._changed:
                     if self._waiting[0] is ticket:
-                        free = [
-                            i for i in self.instances if not i.jobs and not health.out(states[i.number][0])
+                        room = [
+                            i
+                            for i in self.instances
+                            if i.jobs < DEPTH and not health.out(states[i.number][0])
                         ]
-                        if free:
-                            chosen = min(free, key=lambda i: (not self._ready(i, states[i.number]), i.number))
+                        if room:
+                            chosen = min(
+                                room,
+                                key=lambda i: (
+                                    i is failed or not self._ready(i, states[i.number]),
+                                    i.jobs,
+                                    i.number,
+                                ),
+                            )
                             chosen.jobs += 1
                             return chosen
                     _check(request, deadline, cancel)
@@ -135,6 +200,17 @@ class ComfyPool:
             with self._changed:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
+
+    def _idle_besides(self, instance: Instance) -> bool:
+        """Whether a job still queued on `instance` should move: another instance is ready and
+        has no job, and no job waits for one (it would take that instance itself)."""
+        if len(self.instances) == 1 or self._waiting:
+            return False
+        idle = [i for i in self.instances if i is not instance and not i.jobs]
+        if not idle:
+            return False
+        states = self._states()
+        return any(self._ready(i, states[i.number]) for i in idle)
 
     def _claim_single(self, request: JobRequest, deadline: float, cancel: Cancel | None) -> Instance:
         """One ComfyUI, as before the pool: jobs share it and ComfyUI's queue orders them."""

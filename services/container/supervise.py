@@ -144,7 +144,8 @@ class Supervision:
 
 
 def _counted(kinds: list[str]) -> str:
-    return ", ".join(f"{kinds.count(kind)} {kind}" for kind in sorted(set(kinds)))
+    counts = {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+    return ", ".join(f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in counts.items())
 
 
 _FORMAT = "text"  # LOG_FORMAT, from the command line: PID 1 reads no settings

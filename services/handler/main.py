@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 
-from services.comfy.pool import ComfyPool
+from services.comfy.pool import DEPTH, ComfyPool
 from services.core import background, config, drain, errors, logs
 from services.core.config import Settings
 from services.core.job_spec import Cancel
@@ -180,14 +180,15 @@ def wait_for_warmups(pool: ComfyPool, settings: Settings) -> None:
 
 
 def concurrency(pool: ComfyPool, settings: Settings) -> int:
-    """As many jobs at once as instances are in the pool. Not only the idle ones: the SDK
+    """DEPTH jobs at once per instance in the pool (the running one and the next, queued in
+    its ComfyUI, services.comfy.pool). All instances, not only the idle ones: the SDK
     changes its concurrency only once no job is in flight, so the number must stay put while
     instances come and go between jobs; it moves when one is taken out for good. None while
     draining on RunPod (what the queue holds goes to other workers); off RunPod the local queue
     refuses new jobs and those it accepted still run here."""
     if settings.on_runpod and drain.since(settings.run_layout) is not None:
         return 0
-    return max(1, pool.usable())
+    return max(1, DEPTH * pool.usable())
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ the next job runs once supervisord has ComfyUI back."""
 import contextlib
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -40,6 +41,37 @@ def test_comfy_crash_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack
     assert response.status_code == 200, response.text
     assert decode_png(response.json()["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 255, 0)
     assert comfy_pid(stack) != before
+
+
+def test_comfyui_killed_with_jobs_queued_behind_fails_only_the_running_one(stack):
+    """The jobs that waited in ComfyUI's queue never started: they run once it is back."""
+    [comfyui] = stack.children(comfy_pid(stack))
+    answers = {}
+
+    def send(name, workflow):
+        thread = threading.Thread(
+            target=lambda: answers.setdefault(name, run(stack, {"workflow": workflow})[0])
+        )
+        thread.start()
+        return thread
+
+    threads = [send("running", with_knob("StandinSlow", color=9, seconds=30, steps=30))]
+    wait_until(lambda: comfy(stack)["queue_running"] != [], 30, "the first job to run")
+    threads += [send(rgb, empty_image(5, 5, int(rgb, 16))) for rgb in ("FF0000", "0000FF")]
+    wait_until(lambda: len(comfy(stack)["queue_pending"]) == 2, 30, "two jobs queued behind it")
+    os.kill(comfyui, signal.SIGKILL)
+    for thread in threads:
+        thread.join(90)
+    assert answers["running"].json()["error"].startswith("comfy_restarted"), answers["running"].text
+    for rgb in ("FF0000", "0000FF"):
+        assert answers[rgb].status_code == 200, answers[rgb].text
+        pixel = decode_png(answers[rgb].json()["outputs"][0]).convert("RGB").getpixel((0, 0))
+        assert pixel == tuple(bytes.fromhex(rgb))
+    assert "it runs again" in stack.log
+
+
+def comfy(stack):
+    return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()
 
 
 def test_hung_comfy_answers_timeout_within_bounds(stack):

@@ -1,6 +1,8 @@
 """COMFY_INSTANCES=2 through the real supervisord stack (stand-in ComfyUIs): each instance runs
-one job at a time, a third job waits for one, a crash, a hang, a cancel or a timeout touches only
-its own instance, an instance that goes FATAL leaves the pool, and nothing of any job is left."""
+one job with the next queued behind it, a fifth job waits for one, a queued job moves to an
+instance that falls idle, a crash, a hang, a cancel or a timeout touches only its own job, a
+queued job a crash caught runs again, an instance that goes FATAL leaves the pool, and nothing
+of any job is left."""
 
 import json
 import os
@@ -98,23 +100,61 @@ def nothing_left(stack):
     return quiet and stack.job_files() == []
 
 
-def test_each_instance_runs_one_job_and_a_third_waits_for_a_free_one(stack):
+def pending(stack, instance):
+    return comfy(stack, instance, "/queue")["queue_pending"]
+
+
+def waiting(stack):
+    metrics = requests.get(f"{stack.url}/metrics", headers=AUTH, timeout=10).text
+    return float(re.search(r"^comfy_worker_jobs_waiting (\S+)$", metrics, re.M).group(1))
+
+
+def test_each_instance_runs_one_job_with_the_next_queued_behind_it_and_a_fifth_waits(stack):
     first, second = submit(stack, slow(3)), submit(stack, slow(3))
     wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "both instances to run a job")
     views = instances(stack)
     assert [v["busy"] for v in views] == [True, True] and [v["device"] for v in views] == ["cpu", "cpu"]
-    third = submit(stack, empty_image(5, 5, 0x0000FF))
-    wait_until(
-        lambda: (
-            "comfy_worker_jobs_waiting 1.0"
-            in requests.get(f"{stack.url}/metrics", headers=AUTH, timeout=10).text
-        ),
-        10,
-        "the third job to wait for an instance",
+    third, fourth = submit(stack, slow(1)), submit(stack, slow(1))
+    wait_until(lambda: pending(stack, 0) and pending(stack, 1), 10, "the next job queued in each ComfyUI")
+    fifth = submit(stack, empty_image(5, 5, 0x0000FF))
+    wait_until(lambda: waiting(stack) == 1, 10, "the fifth job to wait for an instance")
+    assert [len(pending(stack, i)) for i in range(2)] == [1, 1]  # no instance holds more than two
+    assert requests.get(f"{stack.url}/jobs/{fifth}", headers=AUTH, timeout=10).json()["state"] == "running"
+    for job_id in (first, second, third, fourth, fifth):
+        assert ended(stack, job_id)["state"] == "completed"
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_a_job_queued_behind_a_long_one_moves_to_an_instance_that_falls_idle(stack):
+    long = submit(stack, slow(20))
+    wait_until(lambda: running(stack, 0), 30, "the long job to run on instance 0")
+    short = submit(stack, slow(1))
+    wait_until(lambda: running(stack, 1), 30, "the short job to run on instance 1")
+    queued = submit(stack, empty_image(6, 6, 0x00FF00))  # both busy: behind the long one, on 0
+    assert ended(stack, short)["state"] == "completed"
+    assert ended(stack, queued)["state"] == "completed"
+    assert requests.get(f"{stack.url}/jobs/{long}", headers=AUTH, timeout=10).json()["state"] == "running"
+    assert (
+        "a job's prompt had not started on instance 0 (another instance is idle): it runs again" in stack.log
     )
-    assert all(comfy(stack, i, "/queue")["queue_pending"] == [] for i in range(2))  # ComfyUI queues nothing
-    assert requests.get(f"{stack.url}/jobs/{third}", headers=AUTH, timeout=10).json()["state"] == "running"
-    for job_id in (first, second, third):
+    requests.post(f"{stack.url}/jobs/{long}/cancel", headers=AUTH, timeout=10)
+    assert ended(stack, long)["state"] == "cancelled"
+    wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
+
+
+def test_a_queued_job_cancelled_or_timed_out_leaves_the_running_ones_alone(stack):
+    keepers = [submit(stack, slow(8)) for _ in range(2)]
+    wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "both instances to run a job")
+    cancelled = submit(stack, slow(1))
+    wait_until(lambda: pending(stack, 0) or pending(stack, 1), 10, "the job to queue behind one")
+    requests.post(f"{stack.url}/jobs/{cancelled}/cancel", headers=AUTH, timeout=10)
+    assert ended(stack, cancelled)["state"] == "cancelled"
+    assert not pending(stack, 0) and not pending(stack, 1)
+    timed_out = submit(stack, slow(1), timeout_s=1)
+    assert ended(stack, timed_out)["result"]["error"].startswith("timeout")
+    assert not pending(stack, 0) and not pending(stack, 1)
+    assert running(stack, 0) and running(stack, 1)  # the running jobs went on
+    for job_id in keepers:
         assert ended(stack, job_id)["state"] == "completed"
     wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
 
@@ -164,8 +204,8 @@ def test_cancel_and_timeout_reach_the_instance_that_runs_the_job(stack):
 
 
 def test_a_job_that_never_gets_an_instance_times_out(stack):
-    blockers = [submit(stack, slow(6)) for _ in range(2)]
-    wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "both instances busy")
+    blockers = [submit(stack, slow(3)) for _ in range(4)]
+    wait_until(lambda: pending(stack, 0) and pending(stack, 1), 30, "both instances full")
     starved = submit(stack, empty_image(4, 4), timeout_s=1)
     answer = ended(stack, starved)
     assert (
@@ -271,14 +311,14 @@ def squatted(squatter, port):
     return True
 
 
-def test_serverless_takes_as_many_jobs_at_once_as_there_are_instances():
+def test_serverless_takes_two_jobs_at_once_per_instance():
     with Stack("serverless", {**ENV, "JOB_TIMEOUT_S": "60"}).ready() as stack:
         wait_until(lambda: all(answers(stack, i) for i in range(2)), 60, "both instances")
         ids = [
             requests.post(
                 f"{stack.url}/v2/LOCAL/run", json={"input": {"workflow": slow(4)}}, headers=AUTH, timeout=30
             ).json()["id"]
-            for _ in range(2)
+            for _ in range(5)
         ]
 
         def statuses():
@@ -287,9 +327,10 @@ def test_serverless_takes_as_many_jobs_at_once_as_there_are_instances():
                 for i in ids
             ]
 
-        wait_until(lambda: statuses() == ["IN_PROGRESS", "IN_PROGRESS"], 30, "both jobs in progress at once")
-        wait_until(lambda: running(stack, 0) and running(stack, 1), 30, "each instance to run one")
-        wait_until(lambda: statuses() == ["COMPLETED", "COMPLETED"], 60, "both jobs to complete")
+        wait_until(lambda: statuses().count("IN_PROGRESS") == 4, 30, "four jobs in progress at once")
+        wait_until(lambda: pending(stack, 0) and pending(stack, 1), 30, "each to run one, one queued behind")
+        assert [len(pending(stack, i)) for i in range(2)] == [1, 1] and statuses()[4] == "IN_QUEUE"
+        wait_until(lambda: statuses() == ["COMPLETED"] * 5, 60, "all jobs to complete")
         wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
 
 
@@ -333,9 +374,13 @@ def test_two_instances_run_encrypted_jobs_side_by_side_and_a_kill_costs_only_its
         victim = busy_instance(stack)
         spared = start(slow_workflow(6) if backend.name == "real" else slow(4))
         wait_until(lambda: running(stack, victim) and running(stack, 1 - victim), 60, "both instances to run")
+        queued = start(empty_image(12, 12, 0x00FF00))  # behind the doomed job (the lower number)
+        wait_until(lambda: pending(stack, victim), 60, "the third job queued behind the doomed one")
         [comfyui] = stack.children(relay_pid(stack, victim))
         os.kill(comfyui, signal.SIGKILL)
         assert answer(doomed)["error"].startswith("comfy_restarted")
         assert answer(spared)["status"] == "ok"
+        image = decode_png(answer(queued)["outputs"][0])  # it never started: it ran again, not failed
+        assert image.size == (12, 12) and image.convert("RGB").getpixel((3, 3)) == (0, 255, 0)
         wait_until(lambda: all(i["ready"] for i in instances(stack)), 180, "the killed instance back")
         wait_until(lambda: nothing_left(stack), 60, "nothing left in either instance")

@@ -297,6 +297,27 @@ def test_cancel_interrupts_a_long_prompt_and_the_next_job_runs(stack):
     assert_nothing_left(stack)
 
 
+def pending(stack):
+    return comfy(stack, "/queue").json()["queue_pending"]
+
+
+def test_a_queued_job_cancelled_or_timed_out_leaves_the_running_one_alone(stack):
+    """The next job waits in ComfyUI's own queue behind the running one (both modes take two at
+    once): a cancel or a timeout takes it out of that queue, and the running job goes on."""
+    blocker = start(stack, {"workflow": slow_workflow(8, color=0x101010)})
+    wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the blocker to run")
+    job_id, ephemeral = start(stack, {"workflow": empty_image(9, 9, 0x111111)})
+    wait_until(lambda: pending(stack) != [], 30, "the next job to queue behind it")
+    cancel(stack, job_id)
+    assert outcome(stack, job_id, ephemeral)[0].lower() == "cancelled"
+    assert pending(stack) == [] and comfy(stack, "/queue").json()["queue_running"] != []
+    _, result = outcome(stack, *start(stack, {"workflow": empty_image(9, 9, 0x121212), "timeout_s": 2}))
+    assert result["error"].startswith("timeout"), result
+    assert pending(stack) == [] and comfy(stack, "/queue").json()["queue_running"] != []
+    assert outcome(stack, *blocker)[1]["status"] == "ok"
+    assert_nothing_left(stack)
+
+
 def test_save_latent_returns_the_latent_file(stack):
     workflow = {
         "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
@@ -350,4 +371,20 @@ def test_comfyui_killed_mid_job_answers_comfy_restarted_and_the_next_job_runs(st
     after = run(stack, {"workflow": empty_image(10, 10, 0x0000FF)})
     assert decode_png(after["outputs"][0]).convert("RGB").getpixel((0, 0)) == (0, 0, 255)
     assert rpc.getProcessInfo("comfy")["pid"] != before
+    assert_nothing_left(stack)
+
+
+def test_comfyui_killed_with_a_job_queued_fails_only_the_running_one(stack):
+    """The queued job had not started: it runs once ComfyUI is back, and answers its pixels."""
+    rpc = supervisor_state.rpc(stack.socket).supervisor
+    stack.wait_http("/readyz", timeout=120)
+    [comfyui] = stack.children(rpc.getProcessInfo("comfy")["pid"])
+    doomed = start(stack, {"workflow": slow_workflow(8, color=0x202020)})
+    wait_until(lambda: comfy(stack, "/queue").json()["queue_running"] != [], 30, "the prompt to run")
+    queued = start(stack, {"workflow": empty_image(11, 7, 0x00FF00)})
+    wait_until(lambda: answers(stack, "/queue") and pending(stack) != [], 30, "the next job to queue")
+    os.kill(comfyui, signal.SIGKILL)
+    assert outcome(stack, *doomed)[1]["error"].startswith("comfy_restarted")
+    image = decode_png(outcome(stack, *queued)[1]["outputs"][0])
+    assert image.size == (11, 7) and image.convert("RGB").getpixel((2, 2)) == (0, 255, 0)
     assert_nothing_left(stack)

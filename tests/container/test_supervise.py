@@ -15,7 +15,7 @@ from services.container.supervise import Supervision
 from services.core import drain
 from services.core.run_dir import RunDir
 from tests.stack import STANDIN, Stack, wait_until
-from tests.workflows import slow_workflow, with_knob
+from tests.workflows import empty_image, slow_workflow, with_knob
 
 
 def slow(seconds, color=0):
@@ -24,10 +24,14 @@ def slow(seconds, color=0):
 
 def comfy_running(stack):
     """What ComfyUI runs now; nothing while it does not listen yet."""
+    return comfy_queue(stack)["queue_running"]
+
+
+def comfy_queue(stack):
     try:
-        return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()["queue_running"]
+        return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()
     except requests.ConnectionError:
-        return []
+        return {"queue_running": [], "queue_pending": []}
 
 
 def in_thread(call):
@@ -89,21 +93,29 @@ def test_sigterm_lets_two_sync_jobs_and_an_async_one_finish_refuses_new_work_and
 
 
 def test_a_job_longer_than_the_drain_answers_shutting_down_and_leaves_comfyui_idle(backend):
+    """The job queued behind it in ComfyUI is cut too, taken out of ComfyUI's queue: a sync
+    caller is told to send it again, as for any job not started."""
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "DRAIN_TIMEOUT_S": "2"}
     stack = Stack("api", env, backend=backend).ready()
     long_job = slow(60) if backend is STANDIN else {"workflow": slow_workflow(40)}
     try:
         answers, thread = in_thread(lambda: requests.post(stack.url + "/run", json=long_job, timeout=120))
         wait_until(lambda: comfy_running(stack) != [], 20, "the job to run in ComfyUI")
+        behind_it = {"workflow": empty_image(5, 5, 0x050505)}
+        queued, behind = in_thread(lambda: requests.post(stack.url + "/run", json=behind_it, timeout=120))
+        wait_until(lambda: comfy_queue(stack)["queue_pending"] != [], 20, "the next job to queue behind it")
         stack.terminate()
-        thread.join(60)
-        answer = answers[0]
-        assert answer.status_code == 503 and answer.json()["error"].startswith("shutting_down"), answer.text
-        assert answer.headers["Retry-After"] == "5"
-        assert comfy_running(stack) == []  # ComfyUI still runs (it stops last) and runs nothing
+        for cut, waiter in ((answers, thread), (queued, behind)):
+            waiter.join(60)
+            answer = cut[0]
+            assert answer.status_code == 503 and answer.json()["error"].startswith("shutting_down"), (
+                answer.text
+            )
+            assert answer.headers["Retry-After"] == "5"
+        assert comfy_queue(stack) == {"queue_running": [], "queue_pending": []}  # ComfyUI stops last
         assert stack.exit_code(timeout=30) == 0
         wait_until(
-            lambda: "DRAIN_TIMEOUT_S passed: cutting what is left (1 job)" in stack.log, 5, "PID 1's words"
+            lambda: "DRAIN_TIMEOUT_S passed: cutting what is left (2 jobs)" in stack.log, 5, "PID 1's words"
         )
     finally:
         stack.stop()

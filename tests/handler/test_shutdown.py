@@ -95,15 +95,16 @@ def test_on_runpod_the_job_in_flight_is_delivered_and_nothing_more_is_taken():
     try:
         assert stack.programs()["localqueue"] == "STOPPED"  # on RunPod: its queue, not ours
         first = runpod.queue.submit(slow(4)["input"], sync=False)
-        second = runpod.queue.submit(slow(1, color=1)["input"], sync=False)
-        wait_until(lambda: first.status == "IN_PROGRESS", 60, "the worker to take the first job")
-        wait_until(lambda: comfy_running(stack) != [], 20, "its prompt to run")
+        second = runpod.queue.submit(slow(1, color=1)["input"], sync=False)  # queued behind the first
+        third = runpod.queue.submit(slow(1, color=2)["input"], sync=False)
+        wait_until(lambda: second.status == "IN_PROGRESS", 60, "the worker to take two jobs")
+        wait_until(lambda: comfy_running(stack) != [], 20, "the first prompt to run")
         stack.terminate()
         signalled = time.time()
         assert stack.exit_code(timeout=40) == 0
-        assert first.status == "COMPLETED", first.view()  # delivered before the worker exited
-        assert first.output["outputs"], first.view()
-        assert second.status == "IN_QUEUE"  # left in RunPod's queue for another worker
+        for job in (first, second):  # delivered before the worker exited
+            assert job.status == "COMPLETED" and job.output["outputs"], job.view()
+        assert third.status == "IN_QUEUE"  # left in RunPod's queue for another worker
         assert any(signalled < ping < first.finished for ping in runpod.pings), "no heartbeat in the drain"
     finally:
         stack.stop()

@@ -107,8 +107,13 @@ def test_a_fleet_job_submitted_on_one_pod_and_run_on_another_is_one_trace(redis_
     first = Stack("api", {**fleet, "OTEL_RESOURCE_ATTRIBUTES": "pod.name=first"}).ready()
     second = None
     try:
-        blocker = submit(first, {"workflow": with_knob("StandinSlow", color=5, seconds=60, steps=60)})
-        wait_until(lambda: status(first, blocker)["state"] == "running", 30, "the first pod to be busy")
+        blockers = [  # its one instance holds two: one running, the next queued behind it
+            submit(first, {"workflow": with_knob("StandinSlow", color=c, seconds=60, steps=60)})
+            for c in (5, 15)
+        ]
+        wait_until(
+            lambda: all(status(first, b)["state"] == "running" for b in blockers), 30, "the first pod full"
+        )
         second = Stack(
             "api",
             {
@@ -128,7 +133,8 @@ def test_a_fleet_job_submitted_on_one_pod_and_run_on_another_is_one_trace(redis_
         assert named["submit"].parent_id == span_id and named["submit"].resource["pod.name"] == "first"
         assert named["job"].parent_id == named["submit"].span_id
         assert {s.resource["pod.name"] for s in spans if s.name != "submit"} == {"second"}
-        requests.post(first.url + f"/jobs/{blocker}/cancel", timeout=10)
+        for blocker in blockers:
+            requests.post(first.url + f"/jobs/{blocker}/cancel", timeout=10)
     finally:
         for pod in (first, second):
             if pod is not None:
