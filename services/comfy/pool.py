@@ -148,9 +148,13 @@ class ComfyPool:
         """How many more jobs the pool would take now (to run, or to queue behind a running
         one), when `own` jobs were given to it that may not have reached an instance yet: room
         on the instances that are not out, less the jobs waiting for one, and at most DEPTH per
-        such instance less `own`."""
-        states = self._states()
+        such instance less `own`. None while no instance is ready (booting, restarting, warming
+        up): a fleet's other pods run the work meanwhile."""
+        dry_run = self.settings.dry_run  # no ComfyUI: every job is answered without one
+        states = self._states(always=not dry_run)
         usable = [i for i in self.instances if not health.out(states[i.number][0])]
+        if not dry_run and not any(self._ready(i, states[i.number]) for i in usable):
+            return 0
         room = sum(max(0, DEPTH - i.jobs) for i in usable) - len(self._waiting)
         return max(0, min(room, DEPTH * len(usable) - own))
 
@@ -220,9 +224,10 @@ class ComfyPool:
             instance.jobs += 1
         return instance
 
-    def _states(self) -> dict[int, tuple[str, int]]:
-        """(state, pid) of each instance's program, in one call to supervisord."""
-        if len(self.instances) == 1:
+    def _states(self, always: bool = False) -> dict[int, tuple[str, int]]:
+        """(state, pid) of each instance's program, in one call to supervisord; a single
+        instance's is asked only when `always` (scheduling never needs it)."""
+        if len(self.instances) == 1 and not always:
             return {0: ("RUNNING", 0)}
         # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
         from services.comfy import supervisor_state

@@ -14,6 +14,7 @@ import redis
 import requests
 
 from client.envelope_client import open_answer, seal_request
+from services.comfy import supervisor_state
 from services.core import config, errors, tracing
 from services.jobs import envelope
 from services.jobs.shared_jobs import GROUP, SharedJobs
@@ -515,6 +516,28 @@ def test_two_pods_with_the_real_comfyui_share_async_jobs(redis_server):
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_pod_whose_only_comfyui_is_down_takes_nothing_from_the_stream(redis_server, backend):
+    """Its ComfyUI stopped, a pod leaves the jobs submitted to it in the stream (a job it took
+    would wait there for its ComfyUI); a pod that comes up meanwhile runs them."""
+    prefix = f"down-{uuid.uuid4().hex[:8]}"
+    first = Stack("api", fleet_env(redis_server, prefix), backend=backend).ready()
+    second = None
+    try:
+        supervisor_state.rpc(first.socket).supervisor.stopProcess("comfy")
+        sealed, ephemeral = seal_request({"workflow": empty_image(12, 8, 0x00FF00)}, first.public_key)
+        job_id = submit(first, sealed)
+        second = Stack("api", fleet_env(redis_server, prefix, first.private_key), backend=backend).start()
+        done = ended(first, job_id, timeout=300)  # the first pod taking it would fail it
+        assert done["state"] == "completed", done
+        assert completed_jobs(second) == 1 and completed_jobs(first) == 0
+        image = decode_png(open_answer(done["result"], ephemeral, first.public_key)["outputs"][0])
+        assert image.size == (12, 8) and image.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
+    finally:
+        for pod in (first, second):
+            if pod is not None:
+                pod.stop()
 
 
 def test_a_pod_drained_by_sigterm_finishes_its_jobs_for_the_fleet_and_hands_on_what_its_deadline_cut(
