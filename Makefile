@@ -75,6 +75,7 @@ bench: $(STAMP)
 	$(PY) -m bench.pool
 	$(PY) -m bench.throughput
 	$(PY) -m bench.shared_jobs
+	$(PY) -m bench.soak
 	$(PY) -m bench.rolling_restart
 	$(PY) -m bench.webhooks
 	$(PY) -m bench.envelope_keys
