@@ -9,7 +9,7 @@ import requests
 from services.api.app import create_app
 from services.core import config
 from tests.stack import STANDIN, Stack, wait_until
-from tests.workflows import empty_image, slow_workflow, with_knob
+from tests.workflows import decode_png, empty_image, slow_workflow, with_knob
 
 KEY = "control-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -43,32 +43,38 @@ def test_free_empties_comfyuis_cache(stack):
     assert cached_nodes(run(stack, workflow)) == []
 
 
-def test_restart_answers_when_comfyui_answers_and_the_job_in_it_gets_comfy_restarted(stack, backend):
+def test_restart_answers_when_comfyui_answers_and_only_the_running_job_gets_comfy_restarted(stack, backend):
+    """The job queued behind the running one never started: it runs on the new ComfyUI."""
     slow = with_knob("StandinSlow", seconds=30, steps=30) if backend is STANDIN else slow_workflow(36)
-    started = requests.post(
-        f"{stack.url}/run",
-        params={"async": "1"},
-        json={"workflow": slow},
-        headers=AUTH,
-        timeout=30,
-    ).json()
 
-    def comfy_running_it() -> bool:
-        queue = requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()
-        return bool(queue["queue_running"])
+    def submit(workflow) -> str:
+        answer = requests.post(
+            f"{stack.url}/run", params={"async": "1"}, json={"workflow": workflow}, headers=AUTH, timeout=30
+        )
+        return answer.json()["id"]
 
-    wait_until(comfy_running_it, 30, "ComfyUI to run the slow prompt")
+    def comfy_queue() -> dict:
+        return requests.get(f"http://127.0.0.1:{stack.comfy_port}/queue", timeout=5).json()
+
+    started = submit(slow)
+    wait_until(lambda: bool(comfy_queue()["queue_running"]), 30, "ComfyUI to run the slow prompt")
+    queued = submit(empty_image(9, 7, 0x00FF00))
+    wait_until(lambda: bool(comfy_queue()["queue_pending"]), 30, "the next job to queue behind it")
     restarted = requests.post(f"{stack.url}/comfy/restart", headers=AUTH, timeout=300)
     assert restarted.status_code == 200 and restarted.json()["restarted"] is True
     assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
-    job: dict = {}
+    jobs: dict = {}
 
-    def ended() -> bool:
-        job.update(requests.get(f"{stack.url}/jobs/{started['id']}", headers=AUTH, timeout=10).json())
-        return job["state"] in ("completed", "failed")
+    def ended(job_id: str) -> bool:
+        jobs[job_id] = requests.get(f"{stack.url}/jobs/{job_id}", headers=AUTH, timeout=10).json()
+        return jobs[job_id]["state"] in ("completed", "failed")
 
-    wait_until(ended, 60, "the job that was in ComfyUI to answer")
-    assert job["result"]["error"].startswith("comfy_restarted")
+    wait_until(lambda: ended(started), 60, "the job that was in ComfyUI to answer")
+    assert jobs[started]["result"]["error"].startswith("comfy_restarted")
+    wait_until(lambda: ended(queued), 60, "the queued job to answer")
+    assert jobs[queued]["state"] == "completed", jobs[queued]
+    [output] = jobs[queued]["result"]["outputs"]
+    assert decode_png(output).convert("RGB").getpixel((4, 3)) == (0, 255, 0)
     assert run(stack, empty_image(8, 8))["status"] == "ok"
 
 
