@@ -105,6 +105,10 @@ class ComfyPool:
                         self._changed_instances()
                         failed = instance
                         reruns += 1
+                        if request.elsewhere and not self._ready_besides(failed):
+                            raise errors.NotStartedHere(
+                                "the job had not started when this pod's last ready ComfyUI went down"
+                            ) from None
                         if reruns > RERUNS:
                             raise back.error from None
                     log.info(
@@ -204,6 +208,11 @@ class ComfyPool:
             with self._changed:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
+
+    def _ready_besides(self, failed: Instance) -> bool:
+        """Whether an instance other than `failed` is ready to take a job."""
+        states = self._states(always=True)
+        return any(self._ready(i, states[i.number]) for i in self.instances if i is not failed)
 
     def _idle_besides(self, instance: Instance) -> bool:
         """Whether a job still queued on `instance` should move: another instance is ready and

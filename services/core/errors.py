@@ -196,6 +196,15 @@ class ComfyRestarted(WorkerError):
     http_status = 503
 
 
+class NotStartedHere(WorkerError):
+    """A fleet's job had not started when the pod's last ready ComfyUI went down: it goes back
+    to the fleet's queue for another pod (the answer only when Redis could not take it back)."""
+
+    code = "not_started"
+    http_status = 503
+    retry_after_s = 5
+
+
 class ComfyProtocolError(WorkerError):
     code = "comfy_error"
     http_status = 502

@@ -68,6 +68,8 @@ class JobRequest:
     comfy_org_api_key: str | None = field(default=None, repr=False)
     # models to make sure of on the volume first (services.models.job_models checks each item)
     models: tuple[dict, ...] = field(default=(), repr=False)
+    # a fleet's job: one that has not started in ComfyUI may go back to the fleet's queue
+    elsewhere: bool = False
 
 
 def validate_workflow(workflow: Any) -> dict:

@@ -191,7 +191,7 @@ class Pipeline:
                 self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
             payload = opened.payload if opened else body
             webhook = webhooks.requested(payload, self.settings)
-            result = self._result(payload, progress, cancel, opened, facts)
+            result = self._result(payload, progress, cancel, opened, facts, job_id)
             status, code, retry = 200, None, None
         except errors.ReplayedRequest as exc:
             return self._failed(exc)
@@ -214,6 +214,7 @@ class Pipeline:
         cancel: Cancel,
         opened: envelope.Opened | None,
         facts: _Facts,
+        job_id: str | None,
     ) -> dict:
         """The job's result; raises its error."""
         if opened is not None and progress is not None:
@@ -232,6 +233,7 @@ class Pipeline:
             fetch=self._fetch,
         )
         job = call.job(job) if call else job
+        job = replace(job, elsewhere=job_id is not None)
         facts.models = len(job.models)
         with tracing.stage("models", **{"job.models": len(job.models)}) if job.models else nullcontext():
             markers = self.models.ensure(job.models, progress, cancel) if job.models else []

@@ -44,6 +44,10 @@ from services.jobs.webhooks import FAILED, PENDING, Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
 GROUP = "workers"
+_ELSEWHERE = {  # a job that answers one of these goes back to the queue, and why
+    errors.ShuttingDown.code: "cut by the drain's deadline",
+    errors.NotStartedHere.code: "not started when this pod's last ComfyUI went down",
+}
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
 WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
 RETRY_S = 0.5  # after Redis did not answer
@@ -366,7 +370,7 @@ class SharedJobs(JobStore):
         reply = self.pipeline.run(
             body, lambda update: self._progress(job_id, update), cancel, job_id, route="fleet"
         )
-        if reply.error_code == errors.ShuttingDown.code and self._requeue(job_id, body_text, trace):
+        if reply.error_code in _ELSEWHERE and self._requeue(job_id, body_text, trace, reply.error_code):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         with tracing.stage("result.store"):
@@ -461,10 +465,11 @@ class SharedJobs(JobStore):
             delivery, trace = Delivery(attempts=attempts), tracing.carried(record)
             self._send_webhook(job_id, url, record["webhook_body"], delivery, trace)
 
-    def _requeue(self, job_id: str, body_text: bytes, trace: Mapping[str, str]) -> bool:
-        """A job the drain's deadline cut goes back to the queue as it was sent, under its id,
-        for another pod (its envelope opens again there for this job only); False when Redis
-        does not answer or the job is no longer this pod's."""
+    def _requeue(self, job_id: str, body_text: bytes, trace: Mapping[str, str], code: str) -> bool:
+        """A job that did not run here to its end (the drain's deadline cut it, or it had not
+        started when this pod's last ComfyUI went down) goes back to the queue as it was sent,
+        under its id, for another pod (its envelope opens again there for this job only); False
+        when Redis does not answer or the job is no longer this pod's."""
         try:
             again = self._scripts["requeue"](
                 keys=[self._job_key(job_id), self.running_set, self.stream],
@@ -475,8 +480,9 @@ class SharedJobs(JobStore):
             return False
         if again:
             log.info(
-                "job %s, cut by the drain's deadline, went back to the fleet's queue",
+                "job %s went back to the fleet's queue (%s)",
                 job_id,
+                _ELSEWHERE[code],
                 extra={"event": "job.requeued", "job_id": job_id},
             )
         return bool(again)

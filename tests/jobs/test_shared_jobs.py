@@ -5,6 +5,7 @@ behind one endpoint does."""
 import base64
 import json
 import os
+import signal
 import threading
 import time
 import uuid
@@ -538,6 +539,40 @@ def test_a_pod_whose_only_comfyui_is_down_takes_nothing_from_the_stream(redis_se
         for pod in (first, second):
             if pod is not None:
                 pod.stop()
+
+
+def test_a_job_queued_behind_the_running_one_goes_back_to_the_stream_when_its_comfyui_dies(redis_server):
+    """The pod's only ComfyUI is killed: its running job answers comfy_restarted, and the job
+    queued behind it, which never started, runs on the other pod under its id."""
+    prefix = f"died-{uuid.uuid4().hex[:8]}"
+    first = Stack("api", fleet_env(redis_server, prefix)).ready()
+    second = None
+    try:
+        running = submit(first, {"workflow": with_knob("StandinSlow", color=60, seconds=30, steps=30)})
+        wait_until(lambda: comfy_queue(first)["queue_running"] != [], 20, "the first pod's ComfyUI to run it")
+        sealed, ephemeral = seal_request({"workflow": empty_image(10, 6, 0x0000FF)}, first.public_key)
+        queued = submit(first, sealed)
+        wait_until(lambda: comfy_queue(first)["queue_pending"] != [], 20, "the next job queued behind it")
+        second = Stack("api", fleet_env(redis_server, prefix, first.private_key)).ready()
+        relay = supervisor_state.rpc(first.socket).supervisor.getProcessInfo("comfy")["pid"]
+        [comfyui] = Stack.children(relay)
+        os.kill(comfyui, signal.SIGKILL)
+        lost = ended(second, running)
+        assert lost["state"] == "failed" and lost["result"]["error"].startswith("comfy_restarted"), lost
+        again = ended(second, queued)
+        assert again["state"] == "completed", again
+        image = decode_png(open_answer(again["result"], ephemeral, first.public_key)["outputs"][0])
+        assert image.size == (10, 6) and image.convert("RGB").getpixel((1, 1)) == (0, 0, 255)
+        assert completed_jobs(second) == 1 and completed_jobs(first) == 0
+        assert f"job {queued} went back to the fleet's queue (not started when this pod's last" in first.log
+    finally:
+        for pod in (first, second):
+            if pod is not None:
+                pod.stop()
+
+
+def comfy_queue(pod):
+    return requests.get(f"http://127.0.0.1:{pod.comfy_port}/queue", timeout=5).json()
 
 
 def test_a_pod_drained_by_sigterm_finishes_its_jobs_for_the_fleet_and_hands_on_what_its_deadline_cut(
