@@ -4,10 +4,14 @@ No `preload_app` and no imports of requests/urllib3 here: gevent must patch the 
 they load (docs/runtime.md). `timeout` is the worker heartbeat, not a request limit.
 """
 
+import subprocess
+import sys
+
 from services.core.config import load_or_exit as _load_settings
 from services.core.logs import gunicorn_logging as _gunicorn_logging
 
 _settings = _load_settings("api")
+_CHILD_EXIT_TIMEOUT_S = 20  # ComfyUI and Redis calls, each with its own timeout
 
 bind = f"0.0.0.0:{_settings.api_port}"
 worker_class = "gevent"
@@ -34,3 +38,16 @@ def worker_exit(_server: object, worker: object) -> None:
     from services.core import tracing  # imported in the worker, after gevent patched it
 
     tracing.close()  # the spans still waiting for their export
+
+
+def child_exit(server: object, worker: object) -> None:
+    """A worker that died (killed, crashed, past its heartbeat): what it left in ComfyUI and in
+    the fleet's queue is handed on before the next worker starts (services/api/worker_died.py).
+    Not while the master stops: the worker's own `worker_exit` handed back its jobs then."""
+    if not getattr(server, "LISTENERS", None):
+        return
+    command = [sys.executable, "-m", "services.api.worker_died", str(getattr(worker, "pid", 0))]
+    try:
+        subprocess.run(command, timeout=_CHILD_EXIT_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        server.log.warning("could not hand on what the dead worker left: %s", type(exc).__name__)

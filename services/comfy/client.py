@@ -121,14 +121,19 @@ class ComfyClient:
     def delete_from_queue(self, prompt_id: str) -> None:
         self._call("POST", "/queue", json={"delete": [prompt_id]})
 
+    def clear_queue(self) -> None:
+        """Every prompt waiting in ComfyUI's queue out of it (the running one runs on)."""
+        self._call("POST", "/queue", json={"clear": True})
+
     def free(self) -> None:
         """Unload models and free memory (ComfyUI does it between prompts)."""
         response = self._call("POST", "/free", json={"unload_models": True, "free_memory": True})
         if response.status_code != 200:
             raise ComfyUnreachable(f"POST /free answered HTTP {response.status_code}")
 
-    def interrupt(self, prompt_id: str) -> None:
-        self._call("POST", "/interrupt", json={"prompt_id": prompt_id})
+    def interrupt(self, prompt_id: str | None = None) -> None:
+        """Stop `prompt_id` if it runs; without one, whatever runs."""
+        self._call("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
 
     def node_info(self, class_type: str) -> dict:
         body = self._json(self._call("GET", f"/object_info/{class_type}"), "GET /object_info")

@@ -134,6 +134,7 @@ class ComfyExecutor:
                         )
                     outcome = self._follow(job, ws, deadline, progress, cancel, move)
                 keep = outcome.on_socket
+                self._started(job)  # it ran, even when no message said it started
             finally:
                 self._release(job.client_id, ws, keep)
             with tracing.stage("outputs") as read:
@@ -294,7 +295,7 @@ class ComfyExecutor:
             return
         if not isinstance(data, dict) or data.get("prompt_id") != job.prompt_id:
             return
-        job.started = True  # only a prompt that left the queue is told of
+        self._started(job)  # only a prompt that left the queue is told of
         if kind == "executed":
             job.files.extend(files_of({"outputs": {"node": data.get("output")}}))
         elif kind == "executing":
@@ -308,6 +309,13 @@ class ComfyExecutor:
             outcome.error = data
         elif kind == "execution_interrupted":
             outcome.interrupted = True
+
+    @staticmethod
+    def _started(job: _Job) -> None:
+        if not job.started:
+            job.started = True
+            if job.request.on_start is not None:
+                job.request.on_start()
 
     def _behind(self, job: _Job) -> bool:
         """Whether an accepted prompt of ours that had not ended is ahead of `job`'s in ComfyUI's
@@ -358,7 +366,7 @@ class ComfyExecutor:
     def _known_to_queue(self, job: _Job) -> bool:
         queue = self.client.queue()
         if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_running", [])):
-            job.started = True
+            self._started(job)
             return True
         if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_pending", [])):
             return True
@@ -371,7 +379,7 @@ class ComfyExecutor:
         try:
             self.client.delete_from_queue(job.prompt_id)
             if self._known_to_queue(job):
-                job.started = True  # not pending after the delete: running or ended; keep it
+                self._started(job)  # not pending after the delete: running or ended; keep it
                 return False
         except errors.WorkerError:
             return False  # the job's own wait finds out what became of ComfyUI

@@ -14,7 +14,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
@@ -146,13 +146,15 @@ class Pipeline:
         route: str = "run",
         name: str | None = None,
         trace: Mapping[str, str] | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Reply:
         """Answer one request body; never raises, so every caller's job ends and lets go of
         what it holds (its drain piece, the in-flight gauge, an async record), and says its end
         in one line. `job_id`: a fleet's async job, which may run again elsewhere after a drain
         cut it, its envelope then no replay; `route`: how the job came; `name`: the id its end
         line gives it (the job's own, by default `job_id`, else a fresh one); `trace`: the
-        `traceparent` it came with, which its trace continues."""
+        `traceparent` it came with, which its trace continues; `on_start`: called when its prompt
+        leaves ComfyUI's queue (JobRequest.on_start)."""
         cancel = cancel or Cancel()
         started = time.monotonic()
         reply, facts, timing = _UNEXPECTED, _Facts(), Timing()
@@ -163,7 +165,7 @@ class Pipeline:
         with tracing.job(trace, **{"job.id": name, "job.route": route}):
             try:
                 with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
-                    reply = self._run(body, progress, cancel, job_id, facts)
+                    reply = self._run(body, progress, cancel, job_id, facts, on_start)
             except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
                 background.log_unexpected(log, "the pipeline", exc)
             finally:
@@ -175,7 +177,13 @@ class Pipeline:
             return replace(reply, job_id=name, trace=tracing.carrier_of_current())
 
     def _run(
-        self, body: Any, progress: Progress | None, cancel: Cancel, job_id: str | None, facts: _Facts
+        self,
+        body: Any,
+        progress: Progress | None,
+        cancel: Cancel,
+        job_id: str | None,
+        facts: _Facts,
+        on_start: Callable[[], None] | None,
     ) -> Reply:
         """Errors before the box opens, and replays, answer in plaintext; every other error of
         an encrypted job (a bad `webhook` or `ts` in it too) is its own and sealed like a result."""
@@ -191,7 +199,7 @@ class Pipeline:
                 self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
             payload = opened.payload if opened else body
             webhook = webhooks.requested(payload, self.settings)
-            result = self._result(payload, progress, cancel, opened, facts, job_id)
+            result = self._result(payload, progress, cancel, opened, facts, job_id, on_start)
             status, code, retry = 200, None, None
         except errors.ReplayedRequest as exc:
             return self._failed(exc)
@@ -215,6 +223,7 @@ class Pipeline:
         opened: envelope.Opened | None,
         facts: _Facts,
         job_id: str | None,
+        on_start: Callable[[], None] | None,
     ) -> dict:
         """The job's result; raises its error."""
         if opened is not None and progress is not None:
@@ -233,7 +242,7 @@ class Pipeline:
             fetch=self._fetch,
         )
         job = call.job(job) if call else job
-        job = replace(job, elsewhere=job_id is not None)
+        job = replace(job, elsewhere=job_id is not None, on_start=on_start)
         facts.models = len(job.models)
         with tracing.stage("models", **{"job.models": len(job.models)}) if job.models else nullcontext():
             markers = self.models.ensure(job.models, progress, cancel) if job.models else []

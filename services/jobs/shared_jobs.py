@@ -3,25 +3,32 @@ on any pod, run by whichever pod has a free ComfyUI.
 
 A submitted job is a record (a hash, `<prefix>:job:<id>`) and an entry in one Redis Stream
 (`<prefix>:jobs`) holding the request as sent (an envelope stays sealed). Every pod reads the
-stream in one consumer group, and only while it has a free ComfyUI instance. Starting a job is
-one atomic step (a script): the record turns `running` under the pod's name and the stream
-entry is deleted, so a job starts once, on one pod, and a plain workflow leaves Redis when its
-job starts.
+stream in one consumer group, and only while it has room on a ready ComfyUI instance. A job
+starts when its prompt leaves ComfyUI's queue, in one atomic step (a script): the record turns
+`running` under the pod's name and the stream entry is deleted, so a job starts once, on one
+pod, and a plain workflow leaves Redis when its job starts. Until then the entry stays pending
+under the pod that took it, which keeps it from the others (their XAUTOCLAIM) by claiming it
+again every beat.
 
 A pod shows it lives by a key it refreshes (`<prefix>:pod:<name>`, expiring after
 JOB_CLAIM_TIMEOUT_S). Entries a silent pod took but never started are claimed by another pod
 (XAUTOCLAIM) and run; a job it had started is answered `worker_lost`, since running it again
-would reach ComfyUI twice (and its envelope is spent). A cancel sets a flag in the record,
-which the running pod reads four times a second. Records are kept JOB_TTL_S after they end.
+would reach ComfyUI twice (and its envelope is spent). When a pod's API process dies, its
+gunicorn master hands on at once what it left (`release`). A cancel sets a flag in the record,
+which the pod holding the job reads four times a second. Records are kept JOB_TTL_S after they
+end.
 
 A draining pod (services.core.drain) takes nothing and hands back what it was handed; a job
-its drain's deadline cut goes back to the stream as it was sent, under its id (the record is
-`queued` again), and runs on another pod, where its envelope opens again for that job only.
+its drain's deadline cut, or one that had not started when the pod's last ComfyUI went down,
+goes back to the stream as it was sent, under its id (the record is `queued` again), and runs
+on another pod, where its envelope opens again for that job only. Handing back is claiming an
+entry for HANDED_BACK, idle past the claim timeout: the next pod that looks takes it over.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -30,6 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from services.core import background, drain, errors, json_text, tracing
@@ -44,6 +52,7 @@ from services.jobs.webhooks import FAILED, PENDING, Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
 GROUP = "workers"
+HANDED_BACK = "handed-back"  # the consumer entries a pod let go of wait under
 _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and why
     errors.ShuttingDown.code: "cut by the drain's deadline",
     errors.NotStartedHere.code: "not started when this pod's last ComfyUI went down",
@@ -52,6 +61,26 @@ BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its 
 WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
 RETRY_S = 0.5  # after Redis did not answer
 
+_HOLD = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'queued' then
+  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[2], ARGV[2])
+  return 0
+end
+return 1
+"""
+_KEEP = """
+local kept = 0
+for i = 3, #ARGV do
+  local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if pending[1] and pending[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+"""
 _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
@@ -63,7 +92,9 @@ return 1
 """
 _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
+redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
+redis.call('XDEL', KEYS[3], ARGV[9])
+if state and state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'http_status', ARGV[4],
@@ -141,6 +172,18 @@ return 1
 """
 
 
+@dataclass(eq=False)
+class _Taken:
+    """A job this pod took from the stream. Not started (its entry pending here) until its
+    prompt leaves ComfyUI's queue."""
+
+    entry_id: str
+    job_id: str
+    cancel: Cancel = field(default_factory=Cancel)
+    started: bool = False  # its record is `running` under this pod
+    dropped: bool = False  # handed back (the pod stops): this run answers nothing
+
+
 class SharedJobs(JobStore):
     """`capacity(own)`: how many more jobs this pod's ComfyUIs would start now, given `own`
     jobs it took (ComfyPool.spare)."""
@@ -160,19 +203,20 @@ class SharedJobs(JobStore):
         self.webhooks = webhooks
         self.webhook_set = store.key("webhooks")  # job ids whose webhook is still pending
         self._delivering: set[str] = set()  # ... delivered by this pod
-        self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.name = _name_prefix(os.getpid()) + uuid.uuid4().hex[:6]
         self.stream = store.key("jobs")
         self.running_set = store.key("running")
         self.taken_over = 0
         self.lost = 0
-        self._held: dict[str, str] = {}  # stream entry -> job id: taken, not started
-        self._running: dict[str, Cancel] = {}  # job id -> its cancel
+        self._taken: dict[str, _Taken] = {}  # by stream entry
         self._lock = threading.Lock()
         self._changed = threading.Event()
         self._closing = False
         self._scripts = {
             name: store.redis.register_script(text)
             for name, text in (
+                ("hold", _HOLD),
+                ("keep", _KEEP),
                 ("start", _START),
                 ("finish", _FINISH),
                 ("cancel", _CANCEL),
@@ -247,10 +291,15 @@ class SharedJobs(JobStore):
         (their idle time is set past the claim timeout). Jobs running here run on."""
         with self._lock:
             self._closing = True
-            held, self._held = list(self._held), {}
+            held = [taken for taken in self._taken.values() if not taken.started]
+            for taken in held:
+                taken.dropped = True
         self._changed.set()
         log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
-        self._hand_back(held)
+        _hand_back(self.store, self.settings, [taken.entry_id for taken in held])
+        stop = errors.ShuttingDown("this pod's API process stops; the job went back to the fleet's queue")
+        for taken in held:  # out of ComfyUI's queue
+            taken.cancel.stop(stop)
         self._hand_back_webhooks()
 
     def _hand_back_webhooks(self) -> None:
@@ -265,26 +314,11 @@ class SharedJobs(JobStore):
                 type(exc).__name__,
             )
 
-    def _hand_back(self, entry_ids: list[str]) -> None:
-        """Entries this pod took but will not start: idle past the claim timeout, so the next
-        pod that looks takes them over at once."""
-        if not entry_ids:
-            return
-        idle_ms = int(self.settings.job_claim_timeout_s * 1000) * 2
-        try:
-            self.store.redis.xclaim(self.stream, GROUP, self.name, 0, entry_ids, idle=idle_ms, justid=True)
-        except Error as exc:
-            log.warning(
-                "could not hand back %d job(s): %s; they are taken over after the claim timeout",
-                len(entry_ids),
-                type(exc).__name__,
-            )
-
     # taking and running --------------------------------------------------------------------
     def _take_round(self) -> None:
         """Take as many entries as this pod would start now, and start them."""
         with self._lock:
-            own = len(self._held) + len(self._running)
+            own = len(self._taken)
         draining = drain.since(self.settings.run_layout) is not None  # it takes nothing new
         free = 0 if draining else self.capacity(own)
         if free <= 0:
@@ -301,7 +335,7 @@ class SharedJobs(JobStore):
             return
         self.store.reached(True)
         if entries and drain.since(self.settings.run_layout) is not None:  # began while it waited
-            self._hand_back([entry_id for entry_id, _ in entries])
+            _hand_back(self.store, self.settings, [entry_id for entry_id, _ in entries])
             return
         for entry_id, fields in entries:
             self._begin(entry_id, fields)
@@ -321,65 +355,92 @@ class SharedJobs(JobStore):
         return [(_text(i), f) for _stream, entries in answer or [] for i, f in entries]
 
     def _begin(self, entry_id: str, fields: dict) -> None:
-        job_id = _text(fields.get(b"id", b""))
+        taken = _Taken(entry_id, _text(fields.get(b"id", b"")))
         with self._lock:
-            if self._closing:
-                return
-            self._held[entry_id] = job_id
+            closing = self._closing
+            if not closing:
+                self._taken[entry_id] = taken
+        if closing:
+            _hand_back(self.store, self.settings, [entry_id])
+            return
         trace = tracing.carried({"traceparent": _text(fields.get(b"traceparent", b""))})
-        background.start("shared-job", self._run, entry_id, job_id, fields.get(b"body", b"null"), trace)
+        background.start("shared-job", self._run, taken, fields.get(b"body", b"null"), trace)
 
-    def _run(self, entry_id: str, job_id: str, body_text: bytes, trace: dict[str, str]) -> None:
-        cancel = Cancel()
-        started = not self._closing and self._start(entry_id, job_id)
-        with self._lock:
-            self._held.pop(entry_id, None)
-            if started:  # even when handed back meanwhile: its entry is gone, it runs here
-                self._running[job_id] = cancel
+    def _run(self, taken: _Taken, body_text: bytes, trace: dict[str, str]) -> None:
         try:
-            if started:
+            if self._hold(taken):
                 # held until its outcome is in Redis (the pipeline's own hold ends with its answer)
-                with self._in_hand("fleet-job"), tracing.job(trace, **{"job.id": job_id}):
-                    self._execute(job_id, body_text, cancel, trace)
+                with self._in_hand("fleet-job"), tracing.job(trace, **{"job.id": taken.job_id}):
+                    self._execute(taken, body_text, trace)
         finally:
             with self._lock:
-                self._running.pop(job_id, None)
+                self._taken.pop(taken.entry_id, None)
             self._changed.set()
 
     def _in_hand(self, kind: str) -> contextlib.AbstractContextManager:
         in_hand = self.pipeline.in_hand
         return in_hand.hold(kind, cut=lambda: None) if in_hand else contextlib.nullcontext()
 
-    def _start(self, entry_id: str, job_id: str) -> bool:
-        """Claim the job for this pod, once; False when it was cancelled or started elsewhere."""
+    def _hold(self, taken: _Taken) -> bool:
+        """Whether the job is still to run: False (its entry let go) when it was cancelled or
+        started elsewhere before this pod took it."""
         try:
-            started = self._scripts["start"](
-                keys=[self._job_key(job_id), self.running_set, self.stream],
-                args=[GROUP, entry_id, self.name, time.time(), job_id],
+            return bool(
+                self._scripts["hold"](
+                    keys=[self._job_key(taken.job_id), self.stream], args=[GROUP, taken.entry_id]
+                )
             )
         except Error as exc:
             self.store.reached(False, exc)
             return False  # still pending: taken over after the claim timeout
-        return bool(started)
 
-    def _execute(self, job_id: str, body_text: bytes, cancel: Cancel, trace: dict[str, str]) -> None:
+    def _started(self, taken: _Taken) -> None:
+        """Its prompt left ComfyUI's queue: the job starts here, once (JobRequest.on_start).
+        Cancelled or started on another pod meanwhile, it stops; handed back, it stops and
+        answers nothing."""
+        with self._lock:
+            dropped = taken.dropped
+        if not dropped:
+            try:
+                taken.started = bool(
+                    self._scripts["start"](
+                        keys=[self._job_key(taken.job_id), self.running_set, self.stream],
+                        args=[GROUP, taken.entry_id, self.name, time.time(), taken.job_id],
+                    )
+                )
+            except Error as exc:
+                self.store.reached(False, exc)
+                return  # it runs on; its outcome is written once Redis answers (_finish)
+            if taken.started:
+                return
+        taken.cancel.stop(errors.Interrupted("the job was cancelled, or it runs on another pod"))
+
+    def _execute(self, taken: _Taken, body_text: bytes, trace: dict[str, str]) -> None:
+        job_id, cancel = taken.job_id, taken.cancel
         try:
             body = offload(json_text.loads, body_text, size=len(body_text))
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, errors.InvalidJson):
             body = None  # the pipeline answers invalid_request
         reply = self.pipeline.run(
-            body, lambda update: self._progress(job_id, update), cancel, job_id, route="fleet"
+            body,
+            lambda update: self._progress(job_id, update),
+            cancel,
+            job_id,
+            route="fleet",
+            on_start=functools.partial(self._started, taken),
         )
-        if reply.error_code in _ELSEWHERE and self._requeue(job_id, body_text, trace, reply.error_code):
+        if taken.dropped:
+            return  # handed back: another pod answers
+        if reply.error_code in _ELSEWHERE and self._requeue(taken, body_text, trace, reply.error_code):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         with tracing.stage("result.store"):
             result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
-            finished = self._finish(job_id, state, result, reply.status)
+            finished = self._finish(taken, state, result, reply.status)
         if finished:
             job = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status, trace=trace)
             view = job.view()
-        else:  # declared worker_lost meanwhile: the webhook tells what the record says
+        else:  # answered elsewhere meanwhile: the webhook tells what the record says
             view = self._ended_view(job_id)
         if reply.webhook and self.webhooks is not None and view is not None:
             sent = webhooks.event(view["state"], view, self.settings)
@@ -465,19 +526,24 @@ class SharedJobs(JobStore):
             delivery, trace = Delivery(attempts=attempts), tracing.carried(record)
             self._send_webhook(job_id, url, record["webhook_body"], delivery, trace)
 
-    def _requeue(self, job_id: str, body_text: bytes, trace: Mapping[str, str], code: str) -> bool:
+    def _requeue(self, taken: _Taken, body_text: bytes, trace: Mapping[str, str], code: str) -> bool:
         """A job that did not run here to its end (the drain's deadline cut it, or it had not
         started when this pod's last ComfyUI went down) goes back to the queue as it was sent,
-        under its id, for another pod (its envelope opens again there for this job only); False
-        when Redis does not answer or the job is no longer this pod's."""
-        try:
-            again = self._scripts["requeue"](
-                keys=[self._job_key(job_id), self.running_set, self.stream],
-                args=[self.name, job_id, body_text, trace.get("traceparent", "")],
-            )
-        except Error as exc:
-            self.store.reached(False, exc)
-            return False
+        under its id, for another pod (its envelope opens again there for this job only): a
+        started one as a new entry, one not started by handing its entry back. False when Redis
+        does not answer or the job is no longer this pod's."""
+        job_id = taken.job_id
+        if not taken.started:
+            again = _hand_back(self.store, self.settings, [taken.entry_id])
+        else:
+            try:
+                again = self._scripts["requeue"](
+                    keys=[self._job_key(job_id), self.running_set, self.stream],
+                    args=[self.name, job_id, body_text, trace.get("traceparent", "")],
+                )
+            except Error as exc:
+                self.store.reached(False, exc)
+                return False
         if again:
             log.info(
                 "job %s went back to the fleet's queue (%s)",
@@ -497,16 +563,28 @@ class SharedJobs(JobStore):
         """Set a field of a record that still exists (an expired one is not made anew, TTL-less)."""
         self._scripts["hset_kept"](keys=[self._job_key(job_id)], args=[name, value])
 
-    def _finish(self, job_id: str, state: str, result: str, status: int) -> bool:
-        """Write the outcome, waiting out a Redis that does not answer (for up to JOB_TTL_S):
-        a job that ran is never lost to an outage. False: the job had been declared
-        worker_lost meanwhile, and that stays its outcome."""
+    def _finish(self, taken: _Taken, state: str, result: str, status: int) -> bool:
+        """Write the outcome (and let go of the entry of a job that ended before it started),
+        waiting out a Redis that does not answer (for up to JOB_TTL_S): a job that ran is never
+        lost to an outage. False: the job was answered elsewhere meanwhile (cancelled, declared
+        worker_lost, run by another pod), and that stays its outcome."""
+        job_id = taken.job_id
         deadline = time.monotonic() + self.settings.job_ttl_s
         while True:
             try:
                 written = self._scripts["finish"](
-                    keys=[self._job_key(job_id), self.running_set],
-                    args=[self.name, state, result, status, time.time(), self._ttl(), job_id],
+                    keys=[self._job_key(job_id), self.running_set, self.stream],
+                    args=[
+                        self.name,
+                        state,
+                        result,
+                        status,
+                        time.time(),
+                        self._ttl(),
+                        job_id,
+                        GROUP,
+                        taken.entry_id,
+                    ],
                 )
             except Error as exc:
                 self.store.reached(False, exc)
@@ -522,7 +600,7 @@ class SharedJobs(JobStore):
             self.store.reached(True)
             if not written:
                 log.warning(
-                    "job %s ended after it was declared worker_lost; its outcome is dropped",
+                    "job %s ended here after it was answered elsewhere; its outcome here is dropped",
                     job_id,
                     extra={"event": "job.outcome_dropped", "job_id": job_id},
                 )
@@ -536,6 +614,7 @@ class SharedJobs(JobStore):
             self._read_cancels()
             if time.monotonic() >= self._next_beat:
                 self._beat()
+                self._keep()
                 self._reap()
                 self._take_over_webhooks()
                 self._next_beat = time.monotonic() + max(WATCH_S, self.settings.job_claim_timeout_s / 3)
@@ -550,9 +629,17 @@ class SharedJobs(JobStore):
         self.store.redis.set(self.store.key("pod", self.name), b"1", px=ttl_ms)
         self.store.reached(True)
 
+    def _keep(self) -> None:
+        """Claim again the entries this pod holds and has not started, so no other pod takes
+        them over (their idle time restarts); one already handed back or taken over is left."""
+        with self._lock:
+            held = [taken.entry_id for taken in self._taken.values() if not taken.started]
+        if held:
+            self._scripts["keep"](keys=[self.stream], args=[GROUP, self.name, *held])
+
     def _read_cancels(self) -> None:
         with self._lock:
-            running = list(self._running.items())
+            running = [(taken.job_id, taken.cancel) for taken in self._taken.values()]
         if not running:
             return
         with self.store.redis.pipeline(transaction=False) as reads:
@@ -611,6 +698,47 @@ class SharedJobs(JobStore):
 
     def _ttl(self) -> int:
         return max(1, int(self.settings.job_ttl_s))
+
+
+def release(store: StateStore, settings: Settings, pid: int) -> int:
+    """Hand on at once what the API process `pid` of this host left when it died: the jobs it
+    took and had not started go back to the stream, and its proof of life goes, so its running
+    jobs are answered `worker_lost` at the next look of any pod. How many went back."""
+    stream, handed = store.key("jobs"), 0
+    for consumer in store.redis.xinfo_consumers(stream, GROUP):
+        name = _text(consumer["name"])
+        if not name.startswith(_name_prefix(pid)):
+            continue
+        pending = store.redis.xpending_range(stream, GROUP, "-", "+", 100_000, consumername=name)
+        entry_ids = [_text(entry["message_id"]) for entry in pending]
+        if entry_ids and _hand_back(store, settings, entry_ids):
+            handed += len(entry_ids)
+        store.redis.delete(store.key("pod", name))
+    return handed
+
+
+def _hand_back(store: StateStore, settings: Settings, entry_ids: list[str]) -> bool:
+    """Entries a pod took but will not start: idle past the claim timeout, so the next pod that
+    looks takes them over at once. False when Redis did not answer."""
+    if not entry_ids:
+        return True
+    idle_ms = int(settings.job_claim_timeout_s * 1000) * 2
+    try:
+        store.redis.xclaim(store.key("jobs"), GROUP, HANDED_BACK, 0, entry_ids, idle=idle_ms, justid=True)
+    except Error as exc:
+        store.reached(False, exc)
+        log.warning(
+            "could not hand back %d job(s): %s; they are taken over after the claim timeout",
+            len(entry_ids),
+            type(exc).__name__,
+        )
+        return False
+    return True
+
+
+def _name_prefix(pid: int) -> str:
+    """How the names of this host's process `pid` begin (as a pod of the fleet)."""
+    return f"{socket.gethostname()}-{pid}-"
 
 
 def _job(job_id: str, record: dict[str, str]) -> AsyncJob:

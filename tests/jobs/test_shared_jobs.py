@@ -25,7 +25,7 @@ from tests.pipelines import pipeline
 from tests.pod_jobs import ended, status, submit
 from tests.stack import Stack, real_backend, wait_until
 from tests.webhook_receiver import Receiver
-from tests.workflows import decode_png, empty_image, invert_upload, png_b64, with_knob
+from tests.workflows import decode_png, empty_image, invert_upload, png_b64, slow_workflow, with_knob
 
 CLAIM_S = 2.0
 SECRET = "whsec_" + base64.b64encode(os.urandom(32)).decode()
@@ -275,27 +275,21 @@ def test_a_job_a_silent_pod_took_but_never_started_is_taken_over_and_runs(redis_
     assert client.xlen(f"{prefix}:jobs") == 0 and taker.waiting() == 0
 
 
-def test_a_pod_that_stops_hands_back_what_it_took_but_did_not_start(redis_server, monkeypatch):
+def test_a_pod_that_stops_hands_back_what_it_took_but_did_not_start(redis_server):
+    """Its job waits in ComfyUI's queue (not started) when the pod stops: it runs on another pod
+    at once, not after the claim timeout, and the stopped pod takes its prompt out of ComfyUI."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    stopping = shared_jobs(redis_server, prefix, lambda own: 1 - own)  # claim timeout 30 s
-    starting, release = threading.Event(), threading.Event()
-    really_start = stopping._start
-
-    def caught_between_take_and_start(entry_id, job_id):
-        starting.set()
-        release.wait(30)
-        return really_start(entry_id, job_id)
-
-    monkeypatch.setattr(stopping, "_start", caught_between_take_and_start)
+    queued = Blocking(starts=False)
+    stopping = shared_jobs(redis_server, prefix, lambda own: 1 - own, queued)  # claim timeout 30 s
     job = stopping.start(DRY_JOB)
-    assert starting.wait(10)
+    assert queued.running.wait(10)
+    assert stopping.get(job.id).state == "queued"  # taken, not started
     stopping.close()
     other = shared_jobs(redis_server, prefix, lambda own: 1 - own)
     wait_until(lambda: other.get(job.id).state == "completed", 10, "another pod to run it (not after 30 s)")
-    release.set()
     assert other.taken_over == 1
-    wait_until(lambda: not stopping._running and not stopping._held, 5, "the stopped pod to let go")
-    assert other.get(job.id).state == "completed"
+    wait_until(lambda: not stopping._taken, 5, "the stopped pod to let go")
+    assert queued.stopped.is_set() and other.get(job.id).result["dry_run"] is True
 
 
 def test_a_bug_in_one_round_of_taking_does_not_stop_the_pod_taking_jobs(redis_server, caplog):
@@ -329,14 +323,24 @@ def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_s
 
 
 class Blocking:
-    """In ComfyUI's place: a job runs until released."""
+    """In ComfyUI's place: a job runs until released (with `starts=False`, it waits in ComfyUI's
+    queue until then, and starts when released). A cancel stops it."""
 
-    def __init__(self):
-        self.running, self.release = threading.Event(), threading.Event()
+    def __init__(self, starts=True):
+        self.starts = starts
+        self.running, self.release, self.stopped = threading.Event(), threading.Event(), threading.Event()
 
     def execute(self, job, progress, cancel):
+        if self.starts and job.on_start:
+            job.on_start()
         self.running.set()
-        self.release.wait(30)
+        deadline = time.monotonic() + 30
+        while not self.release.wait(0.05) and time.monotonic() < deadline:
+            if cancel.is_set():
+                self.stopped.set()
+                raise cancel.error
+        if not self.starts and job.on_start:
+            job.on_start()
         return {"status": "ok", "prompt_id": "p", "outputs": []}
 
 
@@ -569,6 +573,75 @@ def test_a_job_queued_behind_the_running_one_goes_back_to_the_stream_when_its_co
         for pod in (first, second):
             if pod is not None:
                 pod.stop()
+
+
+def test_a_killed_api_process_s_jobs_not_started_run_at_once_and_its_prompts_leave_comfyui(
+    redis_server, backend
+):
+    """The first pod's gunicorn worker is killed with one job running in its ComfyUI and one
+    queued behind it. The queued one, which never started, runs at once (the claim timeout is
+    ten minutes) under its id; the running one answers worker_lost; the dead process's prompts
+    leave that ComfyUI."""
+    prefix = f"apikill-{uuid.uuid4().hex[:8]}"
+    env = {**fleet_env(redis_server, prefix), "JOB_CLAIM_TIMEOUT_S": "600", "JOB_TIMEOUT_S": "300"}
+    first = Stack("api", env, backend=backend).ready()
+    second = None
+    try:
+        real = backend.name == "real"
+        blocker = (
+            slow_workflow(60, color=71)
+            if real
+            else with_knob("StandinSlow", color=71, seconds=120, steps=120)
+        )
+        running = submit(first, {"workflow": blocker})
+        wait_until(lambda: comfy_queue(first)["queue_running"] != [], 60, "the first pod's ComfyUI to run it")
+        sealed, ephemeral = seal_request({"workflow": empty_image(10, 6, 0x00FFFF)}, first.public_key)
+        queued = submit(first, sealed)
+        wait_until(lambda: comfy_queue(first)["queue_pending"] != [], 30, "the next job queued behind it")
+        assert status(first, queued)["state"] == "queued"  # taken, but not started
+        assert status(first, running)["state"] == "running"
+        second = Stack("api", {**env, "WORKER_PRIVATE_KEY_B64": first.private_key}, backend=backend).ready()
+        assert comfy_queue(first)["queue_running"] != [], "the blocker ended first: a longer one is needed"
+        master = supervisor_state.rpc(first.socket).supervisor.getProcessInfo("api")["pid"]
+        [worker] = Stack.children(master)
+        os.kill(worker, signal.SIGKILL)
+        again = ended(second, queued, timeout=120)
+        assert again["state"] == "completed", again
+        image = decode_png(open_answer(again["result"], ephemeral, first.public_key)["outputs"][0])
+        assert image.size == (10, 6) and image.convert("RGB").getpixel((1, 1)) == (0, 255, 255)
+        lost = ended(second, running, timeout=60)
+        assert lost["state"] == "failed" and lost["result"]["error"].startswith("worker_lost"), lost
+        wait_until(
+            lambda: comfy_queue(first) == {"queue_running": [], "queue_pending": []}, 30, "an idle ComfyUI"
+        )
+        said = f"the API process {worker} is gone: instance 0: deleted 1 waiting prompt(s), interrupted 1; "
+        assert said + "1 fleet job(s) it took and had not started went back to the queue" in first.log
+    finally:
+        for pod in (first, second):
+            if pod is not None:
+                pod.stop()
+
+
+def test_an_entry_waiting_in_comfyui_is_kept_from_other_pods_past_the_claim_timeout(redis_server):
+    """A job waits in its pod's ComfyUI queue longer than JOB_CLAIM_TIMEOUT_S: the pod that took
+    it keeps it (no other pod takes it over and runs it twice); it starts and completes there."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    queued = Blocking(starts=False)
+    holder = shared_jobs(redis_server, prefix, lambda own: 1 - own, queued, JOB_CLAIM_TIMEOUT_S="1")
+    job = holder.start(DRY_JOB)
+    assert queued.running.wait(10)
+    other = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="1")
+    client, stream = redis_server.client(), f"{prefix}:jobs"
+    pending = lambda: client.xpending_range(stream, GROUP, "-", "+", 10)  # noqa: E731
+    since = time.monotonic()
+    while time.monotonic() - since < 3:  # three claim timeouts
+        [entry] = pending()
+        assert entry["consumer"].decode() == holder.name and entry["time_since_delivered"] < 1000
+        time.sleep(0.1)
+    assert other.taken_over == 0 and other.get(job.id).state == "queued"
+    queued.release.set()
+    wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to end where it waited")
+    assert pending() == [] and client.xlen(stream) == 0
 
 
 def comfy_queue(pod):

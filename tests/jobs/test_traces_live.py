@@ -111,8 +111,14 @@ def test_a_fleet_job_submitted_on_one_pod_and_run_on_another_is_one_trace(redis_
             submit(first, {"workflow": with_knob("StandinSlow", color=c, seconds=60, steps=60)})
             for c in (5, 15)
         ]
-        wait_until(
-            lambda: all(status(first, b)["state"] == "running" for b in blockers), 30, "the first pod full"
+        queue = f"http://127.0.0.1:{first.comfy_port}/queue"
+        wait_until(  # the second has not started: it waits in ComfyUI's queue, taken by the first pod
+            lambda: (
+                sorted(status(first, b)["state"] for b in blockers) == ["queued", "running"]
+                and len(requests.get(queue, timeout=5).json()["queue_pending"]) == 1
+            ),
+            30,
+            "the first pod full",
         )
         second = Stack(
             "api",
