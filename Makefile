@@ -86,13 +86,14 @@ bench: $(STAMP)
 	$(PY) -m bench.footprint
 	$(PY) -m bench.hostile_bodies
 	$(PY) -m bench.telemetry
+	$(PY) -m bench.access
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
 dist: $(STAMP)
 	$(PY) -m pip wheel --quiet --disable-pip-version-check --no-deps -w dist .
 
-keygen: $(STAMP)
-	$(PY) -m services.container.keygen
+keygen: $(STAMP)  # an API key: make keygen NAME=ci SCOPES=jobs,models
+	$(PY) -m services.container.keygen $(if $(NAME),--api-key $(NAME) --scopes $(or $(SCOPES),jobs))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist client.egg-info comfy_worker.egg-info

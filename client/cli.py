@@ -1,7 +1,7 @@
 """The `comfy-worker` command: run a workflow file on a pod or a RunPod endpoint and save its
 outputs, manage a pod's models, make a worker key.
 
-    comfy-worker keygen
+    comfy-worker keygen [--api-key NAME [--scopes jobs,models,admin,metrics]]
     comfy-worker run workflow.json --url http://pod:8000 [--server-key PUB] [--api-key KEY]
     comfy-worker run workflow.json --endpoint ID --api-key KEY [--runpod-url URL] [--server-key PUB]
     comfy-worker run --template NAME -p width=512 -p image=@in.png --url http://pod:8000
@@ -17,8 +17,10 @@ opened locally. Progress is drawn on stderr while a job or a download runs. Exit
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import secrets
 import sys
 import time
 from typing import Any
@@ -339,7 +341,9 @@ def _parser() -> argparse.ArgumentParser:
         prog="comfy-worker", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("keygen", help="print a new worker key pair")
+    keygen = commands.add_parser("keygen", help="print a new worker key pair, or an API key")
+    keygen.add_argument("--api-key", metavar="NAME", help="an API key named NAME and its API_KEYS_FILE line")
+    keygen.add_argument("--scopes", default="jobs", help="its scopes: jobs, models, admin, metrics")
     run = commands.add_parser("run", help="run a workflow file (API format) or a template")
     run.add_argument("workflow", nargs="?", help="the workflow file (or --template)")
     run.add_argument("--template", help="a template the worker serves (GET /templates)")
@@ -415,6 +419,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repo-id needs --filename")
     if args.command == "run":
         _check_run(parser, args)
+    if args.command == "keygen" and args.api_key:
+        token = "cwk_" + secrets.token_urlsafe(32)
+        print(f"# the client's token (shown once; the file keeps only its hash): {token}")
+        print(f"{args.api_key} sha256:{hashlib.sha256(token.encode()).hexdigest()} {args.scopes}")
+        return 0
     if args.command == "keygen":
         key = PrivateKey.generate()
         print(f"WORKER_PRIVATE_KEY_B64={b64encode(bytes(key)).decode()}")

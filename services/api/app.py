@@ -13,13 +13,13 @@ with gevent workers. It authorizes and maps errors; the routes are blueprints by
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from flask import Flask, Response, request
 from flask_swagger_ui import get_swaggerui_blueprint
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services.api import (
+    access_control,
     comfy_routes,
     drain_routes,
     job_routes,
@@ -36,7 +36,9 @@ from services.comfy.health import ComfyHealth
 from services.core import background, config, errors, logs
 from services.core.config import Settings
 from services.jobs import envelope, runpod_protocol
+from services.jobs.access import Keys
 from services.jobs.metrics import Metrics
+from services.jobs.quotas import Quotas
 from services.jobs.worker import build_worker, job_store
 
 log = logging.getLogger("worker.api")
@@ -47,15 +49,23 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings is None:
         settings = config.load_or_exit("api")
         logs.setup("api", settings.log_format)
-        if not settings.api_key:
+        if not settings.api_key and not settings.api_keys_file:
             log.warning(
-                "API_KEY is not set: every route is open to whoever reaches port %d", settings.api_port
+                "API_KEY and API_KEYS_FILE are not set: every route is open to whoever reaches port %d",
+                settings.api_port,
             )
-    api = _build(settings)
+        try:
+            keys = Keys(settings)
+        except config.ConfigError as exc:  # API_KEYS_FILE went bad after the entrypoint checked it
+            log.error("configuration error: %s", exc)
+            raise SystemExit(2) from None
+    else:
+        keys = Keys(settings)
+    api = _build(settings, keys)
     app = Flask("comfy-worker")
     app.config["MAX_CONTENT_LENGTH"] = runpod_protocol.body_limit(settings)
     app.extensions["comfy_worker_jobs"] = api.jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
-    app.before_request(_authorize(settings))
+    access_control.install(app, api)  # first: who calls, then whether the pod takes work
     app.before_request(lambda: drain_routes.refuse_new_work(api))
     for module in (
         probes,
@@ -69,21 +79,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(module.blueprint(api))
     app.register_blueprint(
         get_swaggerui_blueprint(
-            probes.DOCS, "/openapi.json", {"app_name": "comfy-worker", "tryItOutEnabled": True}
+            access_control.DOCS, "/openapi.json", {"app_name": "comfy-worker", "tryItOutEnabled": True}
         )
     )
     _handle_errors(app, settings)
     return app
 
 
-def _build(settings: Settings) -> Api:
+def _build(settings: Settings, keys: Keys) -> Api:
     """The worker, observed by the metrics, and what the routes need beside it."""
     metrics = Metrics(settings, lambda: health.read()["instances"], lambda: worker.pool.waiting)
     worker = build_worker(settings, observer=metrics)
     health = ComfyHealth(settings, worker.pool)
     metrics.watch_models(worker.models)
     worker.pool.time_jobs(metrics.job_timed)
-    jobs = job_store(worker)
+    quotas = Quotas(settings, worker.state)
+    jobs = job_store(worker, quotas)
     if worker.state is not None:
         metrics.watch_shared(jobs)
     controls = [
@@ -91,7 +102,7 @@ def _build(settings: Settings) -> Api:
         for n, instance in enumerate(worker.pool.instances)
     ]
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
-    return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings))
+    return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings), keys, quotas)
 
 
 def _cuda(settings: Settings) -> dict | None:
@@ -99,17 +110,6 @@ def _cuda(settings: Settings) -> dict | None:
     if settings.dry_run or devices.of(settings).vendor != "nvidia":
         return None
     return driver.check(driver.host_driver(), driver.torch_cuda(settings.comfy_python)).view()
-
-
-def _authorize(settings: Settings) -> Callable[[], Response | None]:
-    def authorize() -> Response | None:
-        if request.path in probes.OPEN_ROUTES or request.path.startswith(probes.DOCS + "/"):
-            return None
-        if runpod_protocol.authorized(request.headers.get("Authorization"), settings.api_key):
-            return None
-        return error_response(errors.Unauthorized(runpod_protocol.AUTH_HINT))
-
-    return authorize
 
 
 def _handle_errors(app: Flask, settings: Settings) -> None:

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from services.comfy.control import ComfyControl
 from services.comfy.health import ComfyHealth
 from services.core.config import Settings
+from services.jobs.access import Keys
 from services.jobs.async_jobs import JobStore
 from services.jobs.metrics import Metrics
+from services.jobs.quotas import Quotas
 from services.jobs.worker import Worker
 
 
@@ -21,6 +23,8 @@ class Api:
     controls: list[ComfyControl]  # one per ComfyUI instance
     public_key: str | None
     cuda: dict | None  # the NVIDIA driver and torch's CUDA build (services.comfy.driver); None without one
+    keys: Keys  # who may call what (services.api.access_control)
+    quotas: Quotas  # the limits of the keys
 
     @property
     def settings(self) -> Settings:

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from flask import Blueprint, Response, request
 
+from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import in_parts, json_response, payload_response, read_request
@@ -30,11 +31,11 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
-        return payload_response(known(api.jobs.get(job_id)).view())
+        return payload_response(known(api.jobs.get(job_id, caller().name)).view())
 
     @routes.post("/jobs/<job_id>/cancel")
     def job_cancel(job_id: str) -> Response:
-        return json_response(known(api.jobs.cancel(job_id)).view())
+        return json_response(known(api.jobs.cancel(job_id, caller().name)).view())
 
     return routes
 
@@ -62,10 +63,12 @@ def answer(api: Api, body: object) -> Response:
             raise errors.InvalidRequest(
                 "a body in bytes is answered in the same call: send it without ?async=1, or as JSON"
             )
-        job = api.jobs.start(body, tracing.carried(request.headers))
+        job = api.jobs.start(body, tracing.carried(request.headers), caller().name, slot())
+        handed_over()
         view = {"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
         return _named(json_response(view, 202), job.id, job.trace_id)
-    reply = api.worker.pipeline.run(body, route=request.url_rule.rule if request.url_rule else "")
+    route = request.url_rule.rule if request.url_rule else ""
+    reply = api.worker.pipeline.run(body, route=route, key=caller().name)
     with tracing.stage("answer"):
         answer = reply.body
         if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import Blueprint, Response, request
 
+from services.api.access_control import caller
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import json_response, read_json
@@ -20,7 +23,9 @@ def blueprint(api: Api) -> Blueprint:
     def download() -> Response:
         body = read_json()
         items = body.get("items") if isinstance(body, dict) else body
-        started = downloads.submit(items, tracing.carried(request.headers))
+        key = caller()
+        counted = functools.partial(api.quotas.downloaded, key.name) if key.download_bytes_per_day else None
+        started = downloads.submit(items, tracing.carried(request.headers), counted)
         if isinstance(body, dict) and body.get("wait") is True:
             for item in started:
                 item.ended.wait()

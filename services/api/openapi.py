@@ -31,7 +31,7 @@ def _errors(*statuses: int) -> dict:
     return {str(status): _json(ERROR, ", ".join(codes[status])) for status in statuses}
 
 
-COMMON = (401, 405, 413)
+COMMON = (401, 403, 405, 413)  # a key's scope: services.api.access_control
 OBJECT = {"type": "object"}
 HEALTH = {"$ref": "#/components/schemas/Health"}
 JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -376,7 +376,7 @@ def _job_paths() -> dict:
                     {
                         "200": _json({"$ref": "#/components/schemas/Result"}, "the result"),
                         "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
-                        **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
+                        **_errors(400, 404, 409, 422, 429, 500, 502, 503, 504, 507, *COMMON),
                     }
                 ),
             }
@@ -449,7 +449,7 @@ def _template_run(summary: str, parameters: list, body: dict, example: dict | No
                 {
                     "200": _json({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
                     "202": _json({"$ref": "#/components/schemas/AsyncJob"}, "started"),
-                    **_errors(400, 404, 409, 422, 500, 502, 503, 504, 507, *COMMON),
+                    **_errors(400, 404, 409, 422, 429, 500, 502, 503, 504, 507, *COMMON),
                 }
             ),
         }
@@ -466,7 +466,7 @@ def _model_paths() -> dict:
                 "responses": {
                     "200": _json(DOWNLOADS, "finished (wait)"),
                     "202": _json(DOWNLOADS, "started"),
-                    **_errors(400, 503, *COMMON),
+                    **_errors(400, 429, 503, *COMMON),
                 },
             }
         },
@@ -556,7 +556,7 @@ def _runpod_paths() -> dict:
                 "summary": "RunPod-style: run and wait (endpoint_id is any name)",
                 "parameters": [ENDPOINT_ID],
                 "requestBody": body,
-                "responses": {"200": job, **_errors(400, 503, *COMMON)},
+                "responses": {"200": job, **_errors(400, 429, 503, *COMMON)},
             }
         },
         "/v2/{endpoint_id}/run": {
@@ -564,7 +564,7 @@ def _runpod_paths() -> dict:
                 "summary": "RunPod-style: start a job",
                 "parameters": [ENDPOINT_ID],
                 "requestBody": body,
-                "responses": {"200": job, **_errors(400, 503, *COMMON)},
+                "responses": {"200": job, **_errors(400, 429, 503, *COMMON)},
             }
         },
         "/v2/{endpoint_id}/status/{job_id}": {

@@ -1,19 +1,17 @@
 """What platforms, load balancers and Prometheus ask: liveness, readiness, the OpenAPI document,
 metrics. `/healthz`, `/readyz`, `/openapi.json` and its Swagger UI at `/docs` are open without
-API_KEY (probes send no token; the UI sends the key a user enters); they never wait on a busy ComfyUI (services.comfy.health)."""
+a key (probes send no token; the UI sends the key a user enters; services.api.access_control);
+they never wait on a busy ComfyUI (services.comfy.health)."""
 
 from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from services.api import openapi, template_routes
+from services.api import access_control, openapi, template_routes
 from services.api.context import Api
 from services.api.responses import json_response
 from services.core import drain
 from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-
-OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
-DOCS = "/docs"  # Swagger UI for the document, open like it (services.api.app)
 
 
 def blueprint(api: Api) -> Blueprint:
@@ -60,11 +58,11 @@ def blueprint(api: Api) -> Blueprint:
 
     @routes.get("/openapi.json")
     def openapi_document() -> Response:
-        return json_response(openapi.document(template_routes.documented(api)))
+        return json_response(access_control.declared(openapi.document(template_routes.documented(api))))
 
     @routes.get("/metrics")
     def metrics_page() -> Response:
-        """Prometheus text format; behind API_KEY like every route but the probes."""
+        """Prometheus text format, for keys with the `metrics` scope."""
         return Response(api.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
 
     return routes

@@ -13,6 +13,7 @@ import uuid
 
 from flask import Blueprint, Response
 
+from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import payload_response, read_json
@@ -28,7 +29,7 @@ def blueprint(api: Api) -> Blueprint:
     def runsync(endpoint_id: str) -> Response:
         name = f"sync-{uuid.uuid4()}"
         body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
-        reply = api.worker.pipeline.run(body, route="runsync", name=name, trace=trace)
+        reply = api.worker.pipeline.run(body, route="runsync", name=name, trace=trace, key=caller().name)
         return payload_response(
             {"id": name, **outcome.as_runpod(reply.body), **runpod_protocol.traced(reply.trace_id)}
         )
@@ -36,15 +37,17 @@ def blueprint(api: Api) -> Blueprint:
     @routes.post("/run")
     @takes_work
     def run(endpoint_id: str) -> Response:
-        job = api.jobs.start(*runpod_protocol.trace_of(runpod_protocol.input_of(read_json())))
+        body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
+        job = api.jobs.start(body, trace, caller().name, slot())
+        handed_over()
         return payload_response({"id": job.id, "status": outcome.RUNPOD_STATUS[job.state]})
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])
     def status(endpoint_id: str, job_id: str) -> Response:
-        return payload_response(runpod_protocol.view(known(api.jobs.get(job_id))))
+        return payload_response(runpod_protocol.view(known(api.jobs.get(job_id, caller().name))))
 
     @routes.post("/cancel/<job_id>")
     def cancel(endpoint_id: str, job_id: str) -> Response:
-        return payload_response(runpod_protocol.view(known(api.jobs.cancel(job_id))))
+        return payload_response(runpod_protocol.view(known(api.jobs.cancel(job_id, caller().name))))
 
     return routes

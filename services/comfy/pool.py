@@ -4,8 +4,10 @@ Each instance holds at most DEPTH jobs: the prompt ComfyUI runs, and the next on
 uploaded and its prompt waiting in that ComfyUI's queue, so the GPU goes on to it the moment the
 first ends while the worker answers the first (history, outputs, seal). A job takes the instance
 with the fewest jobs among those that are not out of the pool, one whose ComfyUI has booted and
-warmed up first; when every instance is full it waits, first come first served, within its own
-time. A prompt still waiting behind another is taken back and moved when another instance falls
+warmed up first; when every instance is full it waits, within its own time. Waiting jobs take
+turns by the API key that sent them: the next free place goes to the key with the fewest jobs on
+the instances, first come first served among its jobs, so one key's burst does not starve
+another key's single job. A single ComfyUI is scheduled the same way. A prompt still waiting behind another is taken back and moved when another instance falls
 idle. A job whose prompt had not started when its ComfyUI died or was restarted runs again (on
 another instance, or on its own once it is back): only the running job answers
 `comfy_restarted`. Every instance has its own executor (sockets, clean-up, warm-up gate), so a
@@ -37,12 +39,18 @@ RERUNS = 2  # runs again of a job whose ComfyUI died before it started (a prompt
 log = logging.getLogger("worker.comfy")
 
 
+@dataclass(eq=False)
+class _Waiter:
+    owner: str  # the name of the key that sent the job
+    again: bool  # taken back from an instance: it goes first
+
+
 @dataclass
 class Instance:
     settings: Settings
     executor: ComfyExecutor
     warmup: Warmup | None = None
-    jobs: int = 0  # at most DEPTH in a pool; a single ComfyUI takes them all and queues them
+    jobs: int = 0  # at most DEPTH
 
     @property
     def number(self) -> int:
@@ -54,7 +62,8 @@ class ComfyPool:
         self.settings = settings
         self.instances = instances
         self._changed = threading.Condition()
-        self._waiting: collections.deque[object] = collections.deque()
+        self._waiting: list[_Waiter] = []
+        self._owners: collections.Counter[str] = collections.Counter()  # jobs on instances, by key
         self._watchers: list[Callable[[], None]] = []
         self._timers: list[Callable[[float, float], None]] = []
 
@@ -124,6 +133,7 @@ class ComfyPool:
                     ran += time.monotonic() - taken
                     with self._changed:
                         instance.jobs -= 1
+                        self._owners[request.owner] -= 1
                         self._changed.notify_all()
         finally:
             if instance is not None:
@@ -172,20 +182,15 @@ class ComfyPool:
     ) -> Instance:
         """`again`: the job was taken back from an instance; it goes first in the line.
         `failed`: the instance whose ComfyUI died under it, the last choice (its state may not
-        say so yet)."""
-        if len(self.instances) == 1:  # nothing to choose: the executor waits for its ComfyUI
-            return self._claim_single(request, deadline, cancel)
-        ticket = object()
+        say so yet). A single ComfyUI waits for its boot in the executor."""
+        ticket = _Waiter(request.owner, again)
         with self._changed:
-            if again:
-                self._waiting.appendleft(ticket)
-            else:
-                self._waiting.append(ticket)
+            self._waiting.append(ticket)
         try:
             while True:
                 states = self._states()
                 with self._changed:
-                    if self._waiting[0] is ticket:
+                    if self._next() is ticket:
                         room = [
                             i
                             for i in self.instances
@@ -201,6 +206,7 @@ class ComfyPool:
                                 ),
                             )
                             chosen.jobs += 1
+                            self._owners[request.owner] += 1
                             return chosen
                     _check(request, deadline, cancel)
                     self._changed.wait(min(WAIT_TICK_S, max(deadline - time.monotonic(), 0.01)))
@@ -208,6 +214,12 @@ class ComfyPool:
             with self._changed:
                 self._waiting.remove(ticket)
                 self._changed.notify_all()
+
+    def _next(self) -> _Waiter:
+        """The waiting job whose turn it is: one taken back from an instance, then one of the
+        key with the fewest jobs on the instances, the first of that key's."""
+        order = {waiter: place for place, waiter in enumerate(self._waiting)}
+        return min(self._waiting, key=lambda w: (not w.again, self._owners[w.owner], order[w]))
 
     def _ready_besides(self, failed: Instance) -> bool:
         """Whether an instance other than `failed` is ready to take a job."""
@@ -224,14 +236,6 @@ class ComfyPool:
             return False
         states = self._states()
         return any(self._ready(i, states[i.number]) for i in idle)
-
-    def _claim_single(self, request: JobRequest, deadline: float, cancel: Cancel | None) -> Instance:
-        """One ComfyUI, as before the pool: jobs share it and ComfyUI's queue orders them."""
-        [instance] = self.instances
-        _check(request, deadline, cancel)
-        with self._changed:
-            instance.jobs += 1
-        return instance
 
     def _states(self, always: bool = False) -> dict[int, tuple[str, int]]:
         """(state, pid) of each instance's program, in one call to supervisord; a single

@@ -21,6 +21,7 @@ from typing import NoReturn
 from services.comfy import account, devices, driver, install
 from services.core import config, errors, logs
 from services.jobs import envelope
+from services.jobs.access import Keys
 from services.models import model_folders
 
 log = logging.getLogger("entrypoint")  # its lines: services.core.logs.sayer, set up in main
@@ -120,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             environ = ensure_dev_comfyui(settings, environ)
             settings = config.load(environ)
         check_warmup(settings)
+        Keys(settings)  # API_KEYS_FILE: a bad line stops the start, naming the line
     except config.ConfigError as exc:
         log.error(f"configuration error: {exc}")
         return 2

@@ -64,6 +64,7 @@ class Settings:
     launch_mode: str = "serverless"
     api_port: int = 8000
     api_key: str | None = None
+    api_keys_file: str | None = None  # named keys with scopes and limits (services.jobs.access)
     model_dir: str = "/workspace/models"
     baked_model_dir: str | None = None  # the image's own models, beside the volume's
     comfyui_dir: str = "/opt/ComfyUI"
@@ -493,6 +494,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "LAUNCH_MODE": ("launch_mode", _mode),
     "API_PORT": ("api_port", _int_range(1, 65535)),
     "API_KEY": ("api_key", _optional),
+    "API_KEYS_FILE": ("api_keys_file", _optional_path),
     "COMFYUI_MODEL_DIR": ("model_dir", _path),
     "COMFYUI_BAKED_MODEL_DIR": ("baked_model_dir", _optional_path),
     "COMFYUI_DIR": ("comfyui_dir", _path),

@@ -29,6 +29,24 @@ class Unauthorized(WorkerError):
     http_status = 401
 
 
+class Forbidden(WorkerError):
+    """A known key without the route's scope (the detail names the scope, never the key)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class QuotaExceeded(WorkerError):
+    """A key's limit is reached (README: Access); answered before the request body is read."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class NotFound(WorkerError):
     code = "not_found"
     http_status = 404

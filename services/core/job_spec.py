@@ -70,6 +70,8 @@ class JobRequest:
     models: tuple[dict, ...] = field(default=(), repr=False)
     # a fleet's job: one that has not started in ComfyUI may go back to the fleet's queue
     elsewhere: bool = False
+    # the name of the API key that sent it: waiting jobs take turns by key (services.comfy.pool)
+    owner: str = "-"
     # called once, when its prompt leaves ComfyUI's queue (a fleet's job starts then, in Redis)
     on_start: Callable[[], None] | None = field(default=None, repr=False, compare=False)
 

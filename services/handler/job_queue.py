@@ -35,6 +35,8 @@ class Job:
     progress: Any = None
     stream: list = field(default_factory=list)
     webhook: str | None = field(default=None, repr=False)  # RunPod's own: told the status at the end
+    owner: str = "-"  # the name of the API key that submitted it: only that key sees it
+    slot: str | None = None  # the key's job slot it holds (services.jobs.quotas)
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -69,8 +71,17 @@ class Queue:
         self.changed = threading.Condition()
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
 
-    def submit(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
-        job = Job(id=("sync-" if sync else "") + str(uuid.uuid4()), input=payload, sync=sync, webhook=webhook)
+    def submit(
+        self, payload: dict, sync: bool, webhook: str | None = None, owner: str = "-", slot: str | None = None
+    ) -> Job:
+        job = Job(
+            id=("sync-" if sync else "") + str(uuid.uuid4()),
+            input=payload,
+            sync=sync,
+            webhook=webhook,
+            owner=owner,
+            slot=slot,
+        )
         with self.changed:
             self._prune()
             self.jobs[job.id] = job

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
@@ -27,7 +27,9 @@ from services.core.config import Settings
 from services.core.in_hand import CUT, InHand, Piece
 from services.handler.job_queue import Job, Queue
 from services.jobs import runpod_protocol, webhooks
+from services.jobs.access import Key, Keys
 from services.jobs.outcome import RUNPOD_FINAL
+from services.jobs.quotas import Quotas
 from services.jobs.webhooks import Webhooks
 
 if TYPE_CHECKING:
@@ -45,17 +47,19 @@ class LocalQueue:
     def __init__(self, settings: Settings, worker_token: str) -> None:
         self.settings = settings
         self.worker_token = worker_token
+        self.keys = Keys(settings)
+        self.quotas = Quotas(settings)
         self.queue = Queue(on_end=self._job_ended, on_forget=self._let_go)
         self._metrics: QueueMetrics | None = None
         self.in_hand = InHand(settings.run_layout)
         self.webhooks = Webhooks(settings, in_hand=self.in_hand)
         self._held: dict[str, Piece] = {}  # job id -> held until its end was told its caller
 
-    def accept(self, payload: dict, sync: bool, webhook: str | None = None) -> Job:
+    def accept(self, payload: dict, sync: bool, webhook: str | None, key: Key, slot: str | None) -> Job:
         """A job a drain waits for until it ended and its end was told: answered to its runsync
         call, read from its status or stream, handed to its webhook (whose delivery a drain
         waits for in turn), or its record dropped (RunPod's keep times, job_queue.KEEP_S)."""
-        job = self.queue.submit(payload, sync=sync, webhook=webhook)
+        job = self.queue.submit(payload, sync=sync, webhook=webhook, owner=key.name, slot=slot)
         self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
         return job
 
@@ -88,9 +92,31 @@ class LocalQueue:
             )
         return self._metrics
 
+    def authorize(self, scope: str) -> Key:
+        """The key of this request, with `scope`; raises `unauthorized` or `forbidden`."""
+        key = self.keys.identify(request.headers.get("Authorization"))
+        if key is None:
+            self.metrics().request_seen("-", errors.Unauthorized.code)
+            log.warning("refused %s %s for key -: unauthorized", request.method, request.path)
+            raise errors.Unauthorized(runpod_protocol.AUTH_HINT)
+        if scope not in key.scopes:
+            self.metrics().request_seen(key.name, errors.Forbidden.code)
+            log.warning("refused %s %s for key %s: forbidden", request.method, request.path, key.name)
+            raise errors.Forbidden(f"this key has no '{scope}' scope, which this route needs")
+        self.metrics().request_seen(key.name, "allowed")
+        return key
+
+    def own(self, job: Job | None, key: Key) -> Job:
+        """`job` when `key` submitted it; to any other key it does not exist."""
+        if job is None or job.owner != key.name:
+            raise errors.JobNotFound("request does not exist")
+        return job
+
     def _job_ended(self, job: Job) -> None:
         seconds = (job.finished or time.time()) - (job.started or job.created)
-        self.metrics().job_ended(job.status, job.error, seconds)
+        self.metrics().job_ended(job.status, job.error, seconds, job.owner)
+        if job.slot is not None:
+            self.quotas.give_back(job.owner, job.slot)
         if job.webhook:  # RunPod's webhook: its status object, as RunPod posts it
             self.webhooks.send(job.webhook, json_text.dumps(job.view()), job.id)
             self._let_go(job.id)  # told by its webhook, which a drain waits for
@@ -106,7 +132,7 @@ def create_app(settings: Settings, worker_token: str) -> Flask:
 
     @app.get("/metrics")
     def metrics_page() -> Response:
-        _authorize(settings)
+        local.authorize("metrics")
         return Response(local.metrics().render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
 
     @app.errorhandler(errors.WorkerError)
@@ -136,37 +162,34 @@ def create_app(settings: Settings, worker_token: str) -> Flask:
 
 
 def _public(local: LocalQueue) -> Blueprint:
-    """RunPod's public API, behind API_KEY when it is set."""
+    """RunPod's public API, for keys with the `jobs` scope (README: Access)."""
     routes = Blueprint("public", __name__)
     queue = local.queue
-    routes.before_request(lambda: _authorize(local.settings))
+
+    @routes.before_request
+    def authorize() -> None:
+        g.key = local.authorize("jobs")
 
     @routes.post("/run")
     @routes.post("/runsync")
     def run() -> Response:
         if drain.since(local.settings.run_layout) is not None:  # before the body is read
             raise errors.Draining("this worker is draining before a restart; send it to another")
-        body = _body()
-        payload = runpod_protocol.input_of(body)
-        if not isinstance(payload, dict):
-            raise errors.InvalidRequest('the body must be {"input": {...}}')
-        webhook = webhooks.requested({"webhook": body.get("webhook")}, local.settings)
-        sync = request.path.endswith("/runsync")
-        job = local.accept(payload, sync=sync, webhook=webhook)
-        if not sync:
-            return _json({"id": job.id, "status": job.status})
-        low, default, high = RUNSYNC_WAIT_MS
-        wait_ms = min(max(_int(request.args.get("wait"), default), low), high)
-        queue.wait_final(job, wait_ms / 1000)
-        return _json(local.told(job).view())
+        slot = local.quotas.take_job(g.key)
+        try:
+            return _run(local, slot)
+        except BaseException:
+            if slot is not None:
+                local.quotas.give_back(g.key.name, slot)
+            raise
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])
     def status(job_id: str) -> Response:
-        return _json(local.told(_known(queue.jobs.get(job_id))).view())
+        return _json(local.told(local.own(queue.jobs.get(job_id), g.key)).view())
 
     @routes.route("/stream/<job_id>", methods=["GET", "POST"])
     def stream(job_id: str) -> Response:
-        job = _known(queue.jobs.get(job_id))
+        job = local.own(queue.jobs.get(job_id), g.key)
         with queue.changed:
             chunks, job.stream = job.stream, []
         local.told(job)
@@ -174,6 +197,7 @@ def _public(local: LocalQueue) -> Blueprint:
 
     @routes.post("/cancel/<job_id>")
     def cancel(job_id: str) -> Response:
+        local.own(queue.jobs.get(job_id), g.key)
         job = _known(queue.cancel(job_id))
         return _json({"id": job.id, "status": job.status})
 
@@ -182,6 +206,23 @@ def _public(local: LocalQueue) -> Blueprint:
         return _json(queue.health())
 
     return routes
+
+
+def _run(local: LocalQueue, slot: str | None) -> Response:
+    """A job from the request's body; once accepted, it holds `slot` until it ends."""
+    body = _body()
+    payload = runpod_protocol.input_of(body)
+    if not isinstance(payload, dict):
+        raise errors.InvalidRequest('the body must be {"input": {...}}')
+    webhook = webhooks.requested({"webhook": body.get("webhook")}, local.settings)
+    sync = request.path.endswith("/runsync")
+    job = local.accept(payload, sync=sync, webhook=webhook, key=g.key, slot=slot)
+    if not sync:
+        return _json({"id": job.id, "status": job.status})
+    low, default, high = RUNSYNC_WAIT_MS
+    wait_ms = min(max(_int(request.args.get("wait"), default), low), high)
+    local.queue.wait_final(job, wait_ms / 1000)
+    return _json(local.told(job).view())
 
 
 def _control_plane(local: LocalQueue) -> Blueprint:
@@ -228,11 +269,6 @@ def _control_plane(local: LocalQueue) -> Blueprint:
     return routes
 
 
-def _authorize(settings: Settings) -> None:
-    if not runpod_protocol.authorized(request.headers.get("Authorization"), settings.api_key):
-        raise errors.Unauthorized(runpod_protocol.AUTH_HINT)
-
-
 def _known(job: Job | None) -> Job:
     if job is None:
         raise errors.JobNotFound("request does not exist")
@@ -261,12 +297,18 @@ def main() -> int:
     settings = config.load_or_exit("localqueue")
     logs.setup("localqueue", settings.log_format)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    server = make_server(
-        "0.0.0.0", settings.api_port, create_app(settings, settings.runpod_worker_key or ""), threaded=True
-    )
+    try:
+        app = create_app(settings, settings.runpod_worker_key or "")
+    except config.ConfigError as exc:  # API_KEYS_FILE went bad after the entrypoint checked it
+        log.error("configuration error: %s", exc)
+        return 2
+    server = make_server("0.0.0.0", settings.api_port, app, threaded=True)
     log.info("RunPod-style queue on port %d under /v2/%s/", settings.api_port, settings.local_endpoint_id)
-    if not settings.api_key:
-        log.warning("API_KEY is not set: anyone who reaches port %d can submit jobs", settings.api_port)
+    if not settings.api_key and not settings.api_keys_file:
+        log.warning(
+            "API_KEY and API_KEYS_FILE are not set: anyone who reaches port %d can submit jobs",
+            settings.api_port,
+        )
     server.serve_forever()
     return 0
 

@@ -20,6 +20,7 @@ from services.core.in_hand import Piece
 from services.core.job_spec import Cancel
 from services.jobs import envelope, outcome, webhooks
 from services.jobs.pipeline import Pipeline
+from services.jobs.quotas import Quotas
 from services.jobs.webhooks import Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
@@ -38,6 +39,8 @@ class AsyncJob:
     held: Piece | None = field(default=None, repr=False)  # a drain waits until its result was fetched once
     webhook: Delivery | None = None
     trace: dict = field(default_factory=dict)  # its submission's span: its run continues the trace
+    owner: str = "-"  # the name of the key that submitted it: only that key sees it
+    slotted: bool = False  # its id is a slot of its key's jobs (services.jobs.quotas), given back at its end
 
     @property
     def trace_id(self) -> str:
@@ -71,15 +74,19 @@ def known(job: AsyncJob | None) -> AsyncJob:
 
 class JobStore(Protocol):
     """What the routes ask of async jobs; kept in this process (AsyncJobs) or, for a fleet, in
-    Redis (services.jobs.shared_jobs.SharedJobs)."""
+    Redis (services.jobs.shared_jobs.SharedJobs). A job is its owner's (the name of the key that
+    submitted it): to another key it does not exist."""
 
-    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
+    def start(
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+    ) -> AsyncJob:
         """Accept a request body as a job; it runs in the background, continuing `trace` (the
-        `traceparent` it came with)."""
+        `traceparent` it came with). `slot`: the key's job slot it holds (services.jobs.quotas),
+        which becomes its id."""
 
-    def get(self, job_id: str) -> AsyncJob | None: ...
+    def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None: ...
 
-    def cancel(self, job_id: str) -> AsyncJob | None:
+    def cancel(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
         """Ask the job to stop; its state says when it did."""
 
     def close(self) -> None:
@@ -87,16 +94,19 @@ class JobStore(Protocol):
 
 
 class AsyncJobs(JobStore):
-    def __init__(self, pipeline: Pipeline, webhooks: Webhooks | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, quotas: Quotas, webhooks: Webhooks | None = None) -> None:
         self.pipeline = pipeline
+        self.quotas = quotas
         self.webhooks = webhooks
         self.keep_s = pipeline.settings.job_ttl_s
         self.jobs: dict[str, AsyncJob] = {}
 
-    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
+    def start(
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+    ) -> AsyncJob:
         check_webhook(body, self.pipeline)
         self._prune()
-        job = AsyncJob(id=str(uuid.uuid4()))
+        job = AsyncJob(id=slot or str(uuid.uuid4()), owner=owner, slotted=slot is not None)
         job.trace = tracing.submitted(trace, **{"job.id": job.id})
         if self.pipeline.in_hand is not None:  # its result dies with this process: a drain waits for it
             job.held = self.pipeline.in_hand.hold("async")
@@ -104,18 +114,20 @@ class AsyncJobs(JobStore):
         background.start("async-job", self._run, job, body)
         return job
 
-    def get(self, job_id: str) -> AsyncJob | None:
+    def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
         job = self.jobs.get(job_id)
-        if job is not None and job.finished is not None and job.held is not None:
+        if job is None or (owner is not None and job.owner != owner):
+            return None
+        if job.finished is not None and job.held is not None:
             job.held.release()  # its result is fetched once: a drain need not wait for it
         return job
 
-    def cancel(self, job_id: str) -> AsyncJob | None:
-        job = self.jobs.get(job_id)
+    def cancel(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
+        job = self.get(job_id, owner)
         if job is not None and job.finished is None:
             job.cancel.set()
             log.info("job %s: cancel asked", job_id, extra={"event": "job.cancel", "job_id": job_id})
-        return self.get(job_id)
+        return job
 
     def close(self) -> None:
         """Nothing to hand back: these jobs live and end with the process."""
@@ -126,10 +138,14 @@ class AsyncJobs(JobStore):
         def progress(update: dict) -> None:
             job.progress = update
 
-        reply = self.pipeline.run(body, progress, job.cancel, route="async", name=job.id, trace=job.trace)
+        reply = self.pipeline.run(
+            body, progress, job.cancel, route="async", name=job.id, trace=job.trace, key=job.owner
+        )
         job.result, job.http_status = reply.body, reply.status
         job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
         job.finished = time.time()
+        if job.slotted:
+            self.quotas.give_back(job.owner, job.id)
         if reply.webhook and self.webhooks is not None:
             sent = webhooks.event(job.state, job.view(), self.pipeline.settings)
             job.webhook = self.webhooks.send(reply.webhook, sent, job.id, trace=reply.trace)

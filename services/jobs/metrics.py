@@ -52,11 +52,28 @@ class _JobMetrics:
             buckets=JOB_SECONDS,
             registry=self.registry,
         )
+        self.requests = Counter(
+            "comfy_worker_requests",
+            "Requests by the name of their API key (- for none known) and outcome: allowed, or the "
+            "refusal's code (unauthorized, forbidden, quota_exceeded)",
+            ["key_name", "outcome"],
+            registry=self.registry,
+        )
+        self.key_jobs = Counter(
+            "comfy_worker_key_jobs",
+            "Jobs by the name of the API key that sent them and outcome",
+            ["key_name", "outcome"],
+            registry=self.registry,
+        )
         self.registry.register(_Scraped(settings, instances))
 
-    def ended(self, outcome: str, code: str, seconds: float) -> None:
+    def ended(self, outcome: str, code: str, seconds: float, key: str = "-") -> None:
         self.duration.observe(seconds)
         self.jobs.labels(outcome, code).inc()
+        self.key_jobs.labels(key, outcome).inc()
+
+    def request_seen(self, key: str, outcome: str) -> None:
+        self.requests.labels(key, outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -121,9 +138,9 @@ class Metrics(_JobMetrics):
     def job_started(self) -> None:
         self.in_flight.inc()
 
-    def job_ended(self, reply: Reply, seconds: float) -> None:
+    def job_ended(self, reply: Reply, seconds: float, key: str) -> None:
         self.in_flight.dec()
-        self.ended(outcome.of_reply(reply.status, reply.error_code), reply.error_code or "", seconds)
+        self.ended(outcome.of_reply(reply.status, reply.error_code), reply.error_code or "", seconds, key)
         if drain.since(self.run_layout) is not None:
             self.drained.labels("cut" if reply.error_code == errors.ShuttingDown.code else "finished").inc()
 
@@ -158,8 +175,8 @@ class QueueMetrics(_JobMetrics):
         super().__init__(settings, instances)
         self.registry.register(_InFlight(in_flight))
 
-    def job_ended(self, status: str, error: object, seconds: float) -> None:
-        self.ended(outcome.of_runpod(status), error_code(error), seconds)
+    def job_ended(self, status: str, error: object, seconds: float, key: str = "-") -> None:
+        self.ended(outcome.of_runpod(status), error_code(error), seconds, key)
 
 
 class SharedQueue(Protocol):

@@ -52,7 +52,7 @@ class JobObserver(Protocol):
 
     def job_started(self) -> None: ...
 
-    def job_ended(self, reply: Reply, seconds: float) -> None: ...
+    def job_ended(self, reply: Reply, seconds: float, key: str) -> None: ...
 
     def envelope_opened(self, kid: str) -> None:
         """By which worker key (a rotation's old key's traffic shows falling to zero)."""
@@ -147,6 +147,7 @@ class Pipeline:
         name: str | None = None,
         trace: Mapping[str, str] | None = None,
         on_start: Callable[[], None] | None = None,
+        key: str = "-",
     ) -> Reply:
         """Answer one request body; never raises, so every caller's job ends and lets go of
         what it holds (its drain piece, the in-flight gauge, an async record), and says its end
@@ -154,7 +155,7 @@ class Pipeline:
         cut it, its envelope then no replay; `route`: how the job came; `name`: the id its end
         line gives it (the job's own, by default `job_id`, else a fresh one); `trace`: the
         `traceparent` it came with, which its trace continues; `on_start`: called when its prompt
-        leaves ComfyUI's queue (JobRequest.on_start)."""
+        leaves ComfyUI's queue (JobRequest.on_start); `key`: the name of the key that sent it."""
         cancel = cancel or Cancel()
         started = time.monotonic()
         reply, facts, timing = _UNEXPECTED, _Facts(), Timing()
@@ -165,15 +166,15 @@ class Pipeline:
         with tracing.job(trace, **{"job.id": name, "job.route": route}):
             try:
                 with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
-                    reply = self._run(body, progress, cancel, job_id, facts, on_start)
+                    reply = self._run(body, progress, cancel, job_id, facts, on_start, key)
             except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
                 background.log_unexpected(log, "the pipeline", exc)
             finally:
                 TIMING.reset(context)
                 seconds = time.monotonic() - started
                 if self.observer is not None:
-                    self.observer.job_ended(reply, seconds)
-                _say_end(name, route, body, reply, cancel, facts, timing, seconds)
+                    self.observer.job_ended(reply, seconds, key)
+                _say_end(name, route, key, body, reply, cancel, facts, timing, seconds)
             return replace(reply, job_id=name, trace=tracing.carrier_of_current())
 
     def _run(
@@ -184,6 +185,7 @@ class Pipeline:
         job_id: str | None,
         facts: _Facts,
         on_start: Callable[[], None] | None,
+        key: str,
     ) -> Reply:
         """Errors before the box opens, and replays, answer in plaintext; every other error of
         an encrypted job (a bad `webhook` or `ts` in it too) is its own and sealed like a result."""
@@ -199,7 +201,7 @@ class Pipeline:
                 self.replay.check(opened.epk, opened.nonce, opened.payload, job=job_id)
             payload = opened.payload if opened else body
             webhook = webhooks.requested(payload, self.settings)
-            result = self._result(payload, progress, cancel, opened, facts, job_id, on_start)
+            result = self._result(payload, progress, cancel, opened, facts, job_id, on_start, key)
             status, code, retry = 200, None, None
         except errors.ReplayedRequest as exc:
             return self._failed(exc)
@@ -224,6 +226,7 @@ class Pipeline:
         facts: _Facts,
         job_id: str | None,
         on_start: Callable[[], None] | None,
+        key: str,
     ) -> dict:
         """The job's result; raises its error."""
         if opened is not None and progress is not None:
@@ -242,7 +245,7 @@ class Pipeline:
             fetch=self._fetch,
         )
         job = call.job(job) if call else job
-        job = replace(job, elsewhere=job_id is not None, on_start=on_start)
+        job = replace(job, elsewhere=job_id is not None, on_start=on_start, owner=key)
         facts.models = len(job.models)
         with tracing.stage("models", **{"job.models": len(job.models)}) if job.models else nullcontext():
             markers = self.models.ensure(job.models, progress, cancel) if job.models else []
@@ -339,6 +342,7 @@ class Pipeline:
 def _say_end(
     name: str,
     route: str,
+    key: str,
     body: Any,
     reply: Reply,
     cancel: Cancel,
@@ -352,6 +356,7 @@ def _say_end(
         "event": "job.end",
         "job_id": name,
         "route": route,
+        "key": key,
         "outcome": outcome.of_reply(reply.status, reply.error_code, cancel.is_set()),
         "code": reply.error_code or "",
         "encrypted": facts.encrypted,

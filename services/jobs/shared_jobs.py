@@ -47,6 +47,7 @@ from services.core.offload import offload
 from services.jobs import envelope, outcome, webhooks
 from services.jobs.async_jobs import AsyncJob, JobStore, check_webhook
 from services.jobs.pipeline import Pipeline
+from services.jobs.quotas import Quotas
 from services.jobs.state_store import Error, StateStore
 from services.jobs.webhooks import FAILED, PENDING, Delivery, Webhooks
 
@@ -179,6 +180,7 @@ class _Taken:
 
     entry_id: str
     job_id: str
+    key: str  # the name of the API key that submitted it
     cancel: Cancel = field(default_factory=Cancel)
     started: bool = False  # its record is `running` under this pod
     dropped: bool = False  # handed back (the pod stops): this run answers nothing
@@ -194,12 +196,14 @@ class SharedJobs(JobStore):
         pipeline: Pipeline,
         store: StateStore,
         capacity: Callable[[int], int],
+        quotas: Quotas,
         webhooks: Webhooks | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
         self.capacity = capacity
+        self.quotas = quotas
         self.webhooks = webhooks
         self.webhook_set = store.key("webhooks")  # job ids whose webhook is still pending
         self._delivering: set[str] = set()  # ... delivered by this pod
@@ -236,39 +240,53 @@ class SharedJobs(JobStore):
         background.loop("shared-jobs-watch", self._watch_round, WATCH_S)
 
     # what the routes call ------------------------------------------------------------------
-    def start(self, body: Any, trace: Mapping[str, str] | None = None) -> AsyncJob:
+    def start(
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+    ) -> AsyncJob:
         check_webhook(body, self.pipeline)
-        job = AsyncJob(id=str(uuid.uuid4()))
+        job = AsyncJob(id=slot or str(uuid.uuid4()), owner=owner, slotted=slot is not None)
         job.trace = tracing.submitted(trace, **{"job.id": job.id})  # the pod that runs it goes on
         traceparent = job.trace.get("traceparent", "")
         text = offload(json_text.dumps, body, size=json_text.size_hint(body))
         try:
             with self.store.redis.pipeline(transaction=True) as tx:
-                record = {"state": "queued", "created": job.created, "traceparent": traceparent}
+                record = {
+                    "state": "queued",
+                    "created": job.created,
+                    "traceparent": traceparent,
+                    "key": owner,
+                    "slot": int(job.slotted),
+                }
                 tx.hset(self._job_key(job.id), mapping=record)
-                tx.xadd(self.stream, {"id": job.id, "body": text, "traceparent": traceparent})
+                tx.xadd(self.stream, {"id": job.id, "body": text, "traceparent": traceparent, "key": owner})
                 tx.execute()
         except Error as exc:
             raise self.store.unavailable(exc) from None
         self.store.reached(True)
         return job
 
-    def get(self, job_id: str) -> AsyncJob | None:
+    def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
         record = self._record(job_id)
+        if not record or (owner is not None and record.get("key", "-") != owner):
+            return None
         if record.get("state") == "running" and self._declare_lost(job_id, record.get("owner", "")):
             record = self._record(job_id)
         return _job(job_id, record) if record else None
 
-    def cancel(self, job_id: str) -> AsyncJob | None:
+    def cancel(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
+        if self.get(job_id, owner) is None:
+            return None
         interrupted = errors.Interrupted("the job was cancelled")
         try:
-            self._scripts["cancel"](
+            state = self._scripts["cancel"](
                 keys=[self._job_key(job_id)],
                 args=[_dumps(interrupted.to_dict()), interrupted.http_status, time.time(), self._ttl()],
             )
         except Error as exc:
             raise self.store.unavailable(exc) from None
-        return self.get(job_id)
+        if state == b"queued":  # it ended now, before any pod started it
+            self._ended(job_id)
+        return self.get(job_id, owner)
 
     def queue(self) -> tuple[int | None, int] | None:
         """The consumer group's (lag, pending) as XINFO GROUPS reports them: entries no pod took
@@ -355,7 +373,7 @@ class SharedJobs(JobStore):
         return [(_text(i), f) for _stream, entries in answer or [] for i, f in entries]
 
     def _begin(self, entry_id: str, fields: dict) -> None:
-        taken = _Taken(entry_id, _text(fields.get(b"id", b"")))
+        taken = _Taken(entry_id, _text(fields.get(b"id", b"")), _text(fields.get(b"key", b"-")))
         with self._lock:
             closing = self._closing
             if not closing:
@@ -428,6 +446,7 @@ class SharedJobs(JobStore):
             job_id,
             route="fleet",
             on_start=functools.partial(self._started, taken),
+            key=taken.key,
         )
         if taken.dropped:
             return  # handed back: another pod answers
@@ -438,6 +457,7 @@ class SharedJobs(JobStore):
             result = offload(json_text.dumps, reply.body, size=json_text.size_hint(reply.body))
             finished = self._finish(taken, state, result, reply.status)
         if finished:
+            self._ended(job_id)
             job = AsyncJob(id=job_id, state=state, result=reply.body, http_status=reply.status, trace=trace)
             view = job.view()
         else:  # answered elsewhere meanwhile: the webhook tells what the record says
@@ -670,6 +690,7 @@ class SharedJobs(JobStore):
         except Error as exc:
             raise self.store.unavailable(exc) from None
         if declared:
+            self._ended(job_id)
             self.lost += 1
             log.warning(
                 "the pod of job %s went silent: answered worker_lost",
@@ -677,6 +698,16 @@ class SharedJobs(JobStore):
                 extra={"event": "job.worker_lost", "job_id": job_id},
             )
         return bool(declared)
+
+    def _ended(self, job_id: str) -> None:
+        """The job ended: its key's slot, if it took one, is free (services.jobs.quotas)."""
+        try:
+            key, slotted = self.store.redis.hmget(self._job_key(job_id), "key", "slot")
+        except Error as exc:
+            self.store.reached(False, exc)  # the slot frees itself after JOB_TTL_S
+            return
+        if slotted == b"1":
+            self.quotas.give_back(_text(key or b"-"), job_id)
 
     # records ---------------------------------------------------------------------------------
     def _ensure_group(self) -> None:

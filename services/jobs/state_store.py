@@ -22,6 +22,8 @@ Error = redis.RedisError
 
 
 class StateStore:
+    Error = Error  # what a call raises when Redis does not answer
+
     def __init__(self, settings: Settings) -> None:
         if not settings.state_url:
             raise ValueError("StateStore needs STATE_URL")

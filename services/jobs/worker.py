@@ -23,6 +23,7 @@ from services.core.in_hand import InHand
 from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
+from services.jobs.quotas import Quotas
 from services.jobs.template_catalog import Catalog
 from services.jobs.templates import Templates
 from services.jobs.webhooks import WebhookObserver, Webhooks
@@ -94,11 +95,13 @@ def _templates(settings: Settings, pool: ComfyPool) -> Templates:
     return templates
 
 
-def job_store(worker: Worker) -> JobStore:
+def job_store(worker: Worker, quotas: Quotas) -> JobStore:
     """Async jobs: in this process, or in the fleet's Redis taken by whichever pod has a free
     ComfyUI instance."""
     if worker.state is None:
-        return AsyncJobs(worker.pipeline, worker.webhooks)
+        return AsyncJobs(worker.pipeline, quotas, worker.webhooks)
     from services.jobs.shared_jobs import SharedJobs
 
-    return SharedJobs(worker.settings, worker.pipeline, worker.state, worker.pool.spare, worker.webhooks)
+    return SharedJobs(
+        worker.settings, worker.pipeline, worker.state, worker.pool.spare, quotas, worker.webhooks
+    )

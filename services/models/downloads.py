@@ -69,6 +69,7 @@ class Download:
     finished: float | None = None
     ended: threading.Event = field(default_factory=threading.Event)
     trace: dict = field(default_factory=dict, repr=False)  # its submission's span (/download)
+    counted: Callable[[int], None] | None = field(default=None, repr=False)  # told each chunk's size
 
     def view(self) -> dict:
         return {
@@ -115,9 +116,15 @@ class Downloads:
         self.lock = threading.Lock()
 
     # --- requests ------------------------------------------------------------------------------
-    def submit(self, items: Any, trace: Mapping[str, str] | None = None) -> list[Download]:
+    def submit(
+        self,
+        items: Any,
+        trace: Mapping[str, str] | None = None,
+        counted: Callable[[int], None] | None = None,
+    ) -> list[Download]:
         """Check every item first (nothing starts when one is bad), then start or join transfers,
-        each traced as a `download` span continuing `trace`."""
+        each traced as a `download` span continuing `trace`; `counted` is told the size of each
+        chunk a transfer started here receives (a key's daily quota)."""
         if isinstance(items, dict):
             items = [items]
         if not isinstance(items, list) or not items:
@@ -136,6 +143,7 @@ class Downloads:
                 self.active[download.path] = download
                 self.by_id[download.id] = download
                 download.trace = tracing.submitted(trace, **{"download.id": download.id})
+                download.counted = counted
                 held = self.in_hand.hold("download") if self.in_hand else contextlib.nullcontext()
                 background.start("download", self._run, download, held)
                 started.append(download)
@@ -399,6 +407,8 @@ class Downloads:
                     received += len(chunk)
                     if self.observer is not None:
                         self.observer.received(len(chunk))
+                    if download.counted is not None:
+                        download.counted(len(chunk))
                     download.bytes_done = offset + received
                     download.rate = received / max(time.monotonic() - started, 1e-6)
                     if download.total is not None and download.bytes_done > download.total:

@@ -44,7 +44,8 @@ def test_comfy_crash_mid_job_answers_comfy_restarted_and_the_next_job_runs(stack
 
 
 def test_comfyui_killed_with_jobs_queued_behind_fails_only_the_running_one(stack):
-    """The jobs that waited in ComfyUI's queue never started: they run once it is back."""
+    """The job queued in ComfyUI behind the running one and the one waiting in the worker
+    (an instance holds two) never started: they run once it is back."""
     [comfyui] = stack.children(comfy_pid(stack))
     answers = {}
 
@@ -58,7 +59,11 @@ def test_comfyui_killed_with_jobs_queued_behind_fails_only_the_running_one(stack
     threads = [send("running", with_knob("StandinSlow", color=9, seconds=30, steps=30))]
     wait_until(lambda: comfy(stack)["queue_running"] != [], 30, "the first job to run")
     threads += [send(rgb, empty_image(5, 5, int(rgb, 16))) for rgb in ("FF0000", "0000FF")]
-    wait_until(lambda: len(comfy(stack)["queue_pending"]) == 2, 30, "two jobs queued behind it")
+    wait_until(
+        lambda: len(comfy(stack)["queue_pending"]) == 1 and waiting(stack) == 1,
+        30,
+        "one job queued behind it, one waiting in the worker",
+    )
     os.kill(comfyui, signal.SIGKILL)
     for thread in threads:
         thread.join(90)
@@ -68,6 +73,12 @@ def test_comfyui_killed_with_jobs_queued_behind_fails_only_the_running_one(stack
         pixel = decode_png(answers[rgb].json()["outputs"][0]).convert("RGB").getpixel((0, 0))
         assert pixel == tuple(bytes.fromhex(rgb))
     assert "it runs again" in stack.log
+
+
+def waiting(stack):
+    page = requests.get(stack.url + "/metrics", timeout=5).text
+    [line] = [line for line in page.splitlines() if line.startswith("comfy_worker_jobs_waiting ")]
+    return int(float(line.split()[1]))
 
 
 def comfy(stack):

@@ -81,7 +81,7 @@ def test_supervisord_runs_exactly_the_programs_of_the_mode(mode, dry_run, expect
     try:
         stack.start(wait_for=[name for name, state in expected.items() if state == "RUNNING"])
         assert stack.programs() == expected
-        wait_until(lambda: "API_KEY is not set" in stack.log, 10, "the open-port warning")
+        wait_until(lambda: "API_KEY and API_KEYS_FILE are not set" in stack.log, 10, "the open-port warning")
     finally:
         assert stack.stop() == 0
 

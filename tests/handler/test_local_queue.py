@@ -10,6 +10,7 @@ import pytest
 from services.core import config
 from services.handler import job_queue
 from services.handler.local_queue import create_app
+from services.jobs import access
 from tests.stack import wait_until
 from tests.webhook_receiver import Receiver
 
@@ -127,3 +128,35 @@ def test_an_unexpected_error_is_a_500_with_a_code_not_a_missing_route(client, mo
     assert answer.status_code == 500
     assert answer.get_json() == {"error": "internal_error: unexpected server error"}
     assert client.put("/v2/LOCAL/health", headers=BEARER).status_code == 405
+
+
+def test_named_keys_scope_the_queue_and_each_sees_only_its_jobs(tmp_path):
+    tokens = {name: access.new_token() for name in ("a", "b", "watch")}
+    lines = {"a": "jobs jobs=1", "b": "jobs", "watch": "metrics"}
+    (tmp_path / "keys").write_text(
+        "".join(f"{n} sha256:{access.hash_of(t)} {lines[n]}\n" for n, t in tokens.items())
+    )
+    settings = config.load(
+        {"ENCRYPTION_REQUIRED": "0", "API_KEYS_FILE": str(tmp_path / "keys"), "RUN_DIR": str(tmp_path)}
+    )
+    client = create_app(settings, TOKEN).test_client()
+    key = {name: {"Authorization": f"Bearer {token}"} for name, token in tokens.items()}
+    job = client.post("/v2/LOCAL/run", json={"input": {"workflow": {}}}, headers=key["a"]).get_json()
+    assert job["status"] == "IN_QUEUE"
+    limited = client.post("/v2/LOCAL/run", json={"input": {"workflow": {}}}, headers=key["a"])
+    assert limited.status_code == 429 and limited.headers["Retry-After"]
+    for path in (
+        f"/v2/LOCAL/status/{job['id']}",
+        f"/v2/LOCAL/stream/{job['id']}",
+        f"/v2/LOCAL/cancel/{job['id']}",
+    ):
+        assert client.post(path, headers=key["b"]).status_code == 404, path
+    assert client.get(f"/v2/LOCAL/status/{job['id']}", headers=key["a"]).get_json()["status"] == "IN_QUEUE"
+    refused = client.post("/v2/LOCAL/run", json={"input": {"workflow": {}}}, headers=key["watch"])
+    assert refused.status_code == 403 and "'jobs'" in refused.get_json()["error"]
+    assert client.get("/metrics", headers=key["a"]).status_code == 403
+    page = client.get("/metrics", headers=key["watch"]).get_data(as_text=True)
+    assert 'comfy_worker_requests_total{key_name="watch",outcome="forbidden"} 1.0' in page
+    assert client.post(f"/v2/LOCAL/cancel/{job['id']}", headers=key["a"]).get_json()["status"] == "CANCELLED"
+    again = client.post("/v2/LOCAL/run", json={"input": {"workflow": {}}}, headers=key["a"])
+    assert again.get_json()["status"] == "IN_QUEUE"  # the cancelled job gave its slot back

@@ -6,6 +6,7 @@ from services.core import config, errors
 from services.core.in_hand import InHand
 from services.jobs import envelope
 from services.jobs.async_jobs import AsyncJobs
+from services.jobs.quotas import Quotas
 from tests.pipelines import pipeline
 
 WORKFLOW = {"1": {"class_type": "SaveImage", "inputs": {}}}
@@ -20,7 +21,8 @@ class Executor:
 
 
 def jobs(behaviour):
-    return AsyncJobs(pipeline(config.load({"ENCRYPTION_REQUIRED": "0"}), Executor(behaviour)))
+    settings = config.load({"ENCRYPTION_REQUIRED": "0"})
+    return AsyncJobs(pipeline(settings, Executor(behaviour)), Quotas(settings))
 
 
 def finished(job):
@@ -68,7 +70,7 @@ def test_an_encrypted_job_with_a_malformed_webhook_ends_failed_sealed_and_lets_g
     settings = config.load({"WORKER_PRIVATE_KEY_B64": private, "RUN_DIR": str(tmp_path), "DRY_RUN": "1"})
     observer = Observer()
     in_hand = InHand(settings.run_layout)
-    store = AsyncJobs(pipeline(settings, in_hand=in_hand, observer=observer))
+    store = AsyncJobs(pipeline(settings, in_hand=in_hand, observer=observer), Quotas(settings))
     body, ephemeral = seal_request({"workflow": WORKFLOW, "webhook": "http://[::1"}, public)
     job = store.start(body)
     assert finished(job) and job.state == "failed" and job.http_status == 400
@@ -86,7 +88,7 @@ class Observer:
     def job_started(self):
         self.running += 1
 
-    def job_ended(self, reply, seconds):
+    def job_ended(self, reply, seconds, key):
         self.running -= 1
 
     def envelope_opened(self, kid):

@@ -172,4 +172,4 @@ def test_each_job_says_its_end_in_one_line_naming_no_content(caplog):
     assert all(r.bytes_in > 0 and r.bytes_out > 0 and r.total_s >= 0 and r.pod for r in (a, b, c))
     text = caplog.text
     assert marker not in text and "SaveImage" not in text and '"7"' not in text
-    assert "job job-a ended: route=async outcome=completed code=- encrypted=False" in a.getMessage()
+    assert "job job-a ended: route=async key=- outcome=completed code=- encrypted=False" in a.getMessage()

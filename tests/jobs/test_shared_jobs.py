@@ -18,6 +18,7 @@ from client.envelope_client import open_answer, seal_request
 from services.comfy import supervisor_state
 from services.core import config, errors, tracing
 from services.jobs import envelope
+from services.jobs.quotas import Quotas
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
 from services.jobs.webhooks import Webhooks
@@ -255,7 +256,12 @@ def shared_jobs(redis_server, prefix, capacity, executor=None, **env):
     )
     store = StateStore(settings)
     return SharedJobs(
-        settings, pipeline(settings, executor, shared=store), store, capacity, Webhooks(settings)
+        settings,
+        pipeline(settings, executor, shared=store),
+        store,
+        capacity,
+        Quotas(settings, store),
+        Webhooks(settings),
     )
 
 

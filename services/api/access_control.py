@@ -1,0 +1,151 @@
+"""Which key calls, and whether it may (README: Access): every route's scope in one table, the
+check before each request, a key's job slot and download quota, and the record of refusals and
+admin actions. Never the key itself in a line, a label or an answer: its name."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import Flask, Response, current_app, g, request
+
+from services.api.context import Api
+from services.api.responses import error_response
+from services.core import drain, errors
+from services.jobs import runpod_protocol
+from services.jobs.access import OPEN, Key
+
+log = logging.getLogger("worker.access")
+OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
+DOCS = "/docs"  # Swagger UI for the document, open like it (services.api.app)
+ANY_KEY = ""  # a route any known key may call
+# scope by blueprint, and by endpoint where one differs from its blueprint's
+BLUEPRINT_SCOPES = {
+    "jobs": "jobs",
+    "templates": "jobs",
+    "runpod": "jobs",
+    "models": "models",
+    "drain": "admin",
+    "comfy": "admin",
+}
+ENDPOINT_SCOPES = {
+    "probes.metrics_page": "metrics",
+    "probes.ping": ANY_KEY,
+}
+JOB_ROUTES = ("jobs", "templates", "runpod")  # their new work takes a slot of the key's jobs
+
+
+def scope_of(endpoint: str | None, path: str) -> str | None:
+    """The scope a route needs: ANY_KEY for any known key, None for an open route."""
+    if path in OPEN_ROUTES or path == DOCS or path.startswith(DOCS + "/"):
+        return None
+    if endpoint is None:
+        return ANY_KEY  # no such route: a 404 for a known key only
+    if endpoint in ENDPOINT_SCOPES:
+        return ENDPOINT_SCOPES[endpoint]
+    return BLUEPRINT_SCOPES.get(endpoint.split(".", 1)[0], ANY_KEY)
+
+
+def declared(document: dict) -> dict:
+    """The OpenAPI document with each operation's scope (`security: [{"bearer": [scope]}]`, a
+    role as OpenAPI 3.1 allows for a bearer scheme; none for an open route)."""
+    for rule in current_app.url_map.iter_rules():
+        path = re.sub(r"<(?:[^:>]+:)?([^>]+)>", r"{\1}", rule.rule)
+        scope = scope_of(rule.endpoint, rule.rule)
+        for method, operation in document["paths"].get(path, {}).items():
+            if method.upper() in (rule.methods or ()):
+                operation["security"] = [] if scope is None else [{"bearer": [scope] if scope else []}]
+                if scope:
+                    operation["x-scope"] = scope
+    return document
+
+
+def install(app: Flask, api: Api) -> None:
+    """The check before each request and, after an admin action, its line on record."""
+    app.before_request(lambda: _check(api))
+    app.after_request(lambda response: _after(api, response))
+    app.teardown_request(lambda _exc: _give_back(api))
+
+
+def caller() -> Key:
+    """The key of the request being answered."""
+    return g.get("key", OPEN)
+
+
+def slot() -> str | None:
+    """The job slot this request took (None without a limit), for an async job to keep as its
+    id; once the job was accepted, `handed_over` (its store gives the slot back at its end)."""
+    return g.get("slot")
+
+
+def handed_over() -> None:
+    g.pop("slot", None)
+
+
+def _check(api: Api) -> Response | None:
+    scope = scope_of(request.endpoint, request.path)
+    if scope is None:
+        return None
+    key = api.keys.identify(request.headers.get("Authorization"))
+    if key is None:
+        return _refused(api, None, errors.Unauthorized(runpod_protocol.AUTH_HINT))
+    g.key = key
+    if scope and scope not in key.scopes:
+        return _refused(
+            api, key, errors.Forbidden(f"this key has no '{scope}' scope, which this route needs")
+        )
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, "takes_work", False) and drain.since(api.settings.run_layout) is None:
+        try:
+            if request.endpoint and request.endpoint.split(".", 1)[0] in JOB_ROUTES:
+                g.slot = api.quotas.take_job(key)
+            elif scope == "models":
+                api.quotas.check_download(key)
+        except errors.QuotaExceeded as exc:
+            return _refused(api, key, exc)
+    api.metrics.request_seen(key.name, "allowed")
+    return None
+
+
+def _refused(api: Api, key: Key | None, error: errors.WorkerError) -> Response:
+    name = key.name if key is not None else "-"
+    api.metrics.request_seen(name, error.code)
+    log.warning(
+        "refused %s %s for key %s: %s",
+        request.method,
+        _route(),
+        name,
+        error.code,
+        extra={"event": "access.refused", "key_name": name, "route": _route(), "result": error.code},
+    )
+    return error_response(error)
+
+
+def _after(api: Api, response: Response) -> Response:
+    if scope_of(request.endpoint, request.path) == "admin" and "key" in g:
+        name = g.key.name
+        log.info(
+            "admin %s %s by key %s: %d",
+            request.method,
+            _route(),
+            name,
+            response.status_code,
+            extra={
+                "event": "access.admin",
+                "key_name": name,
+                "route": _route(),
+                "result": response.status_code,
+            },
+        )
+    return response
+
+
+def _give_back(api: Api) -> None:
+    """A slot no async job took: the request's job was answered (or never began)."""
+    slot = g.pop("slot", None)
+    if slot is not None:
+        api.quotas.give_back(g.key.name, slot)
+
+
+def _route() -> str:
+    return request.url_rule.rule if request.url_rule else request.path
