@@ -2,13 +2,12 @@
 `/v2/<id>/...` routes and the local queue of serverless mode off RunPod.
 
 `{"input": ...}` in; `{"id", "status", "output" | "error"}` out; `Authorization: Bearer <key>`
-when a key is set; bodies up to MAX_REQUEST_MB. Statuses and outcomes come from
-services.jobs.outcome.
+when a key is set (services.jobs.access); bodies up to MAX_REQUEST_MB. Statuses and outcomes
+come from services.jobs.outcome.
 """
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from services.core import errors, tracing
@@ -16,14 +15,7 @@ from services.core.config import Settings
 from services.jobs import outcome
 from services.jobs.async_jobs import AsyncJob
 
-AUTH_HINT = "send 'Authorization: Bearer <API_KEY>'"
-
-
-def authorized(header: str | None, key: str | None) -> bool:
-    """No key set: open. Otherwise exactly `Bearer <key>`, compared in constant time."""
-    if not key:
-        return True
-    return hmac.compare_digest((header or "").encode(), f"Bearer {key}".encode())
+AUTH_HINT = "send 'Authorization: Bearer <key>' with a key of API_KEY or API_KEYS_FILE"
 
 
 def body_limit(settings: Settings) -> int:
