@@ -267,7 +267,8 @@ class SharedJobs(JobStore):
 
     def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
         record = self._record(job_id)
-        if not record or (owner is not None and record.get("key", "-") != owner):
+        # a record without a key was written before keys had names (a rolling upgrade): anyone's
+        if not record or (owner is not None and record.get("key", owner) != owner):
             return None
         if record.get("state") == "running" and self._declare_lost(job_id, record.get("owner", "")):
             record = self._record(job_id)

@@ -707,3 +707,16 @@ def test_a_pending_webhook_sealed_to_a_dropped_key_fails_instead_of_staying_clai
     shared_jobs(redis_server, prefix, lambda own: 0, WORKER_PRIVATE_KEY_B64=new)
     wait_until(lambda: not client.sismember(f"{prefix}:webhooks", "j1"), 15, "the webhook to end")
     assert client.hget(key, "webhook_state") == b"failed" and client.hget(key, "webhook_url") is None
+
+
+def test_a_job_a_pod_before_named_keys_submitted_is_every_key_s_and_another_key_s_is_not(redis_server):
+    """During a rolling upgrade a record may have no key: it stays visible; a named one is its key's."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    store = shared_jobs(redis_server, prefix, lambda own: 0)
+    client = redis_server.client()
+    client.hset(f"{prefix}:job:old", mapping={"state": "queued", "created": 1})
+    assert store.get("old", "ci").state == "queued" and store.get("old").state == "queued"
+    job = store.start(DRY_JOB, owner="ci")
+    assert store.get(job.id, "ci").state == "queued"
+    assert store.get(job.id, "team") is None and store.cancel(job.id, "team") is None
+    assert store.get(job.id, "ci").state == "queued"  # the other key's cancel did not reach it
