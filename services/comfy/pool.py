@@ -64,6 +64,7 @@ class ComfyPool:
         self._changed = threading.Condition()
         self._waiting: list[_Waiter] = []
         self._owners: collections.Counter[str] = collections.Counter()  # jobs on instances, by key
+        self._turn: _Waiter | None = None  # the waiting job whose turn it is (_choose)
         self._watchers: list[Callable[[], None]] = []
         self._timers: list[Callable[[float, float], None]] = []
 
@@ -134,6 +135,7 @@ class ComfyPool:
                     with self._changed:
                         instance.jobs -= 1
                         self._owners[request.owner] -= 1
+                        self._choose()
                         self._changed.notify_all()
         finally:
             if instance is not None:
@@ -186,11 +188,12 @@ class ComfyPool:
         ticket = _Waiter(request.owner, again)
         with self._changed:
             self._waiting.append(ticket)
+            self._choose()
         try:
             while True:
                 states = self._states()
                 with self._changed:
-                    if self._next() is ticket:
+                    if self._turn is ticket:
                         room = [
                             i
                             for i in self.instances
@@ -213,13 +216,17 @@ class ComfyPool:
         finally:
             with self._changed:
                 self._waiting.remove(ticket)
+                self._choose()
                 self._changed.notify_all()
 
-    def _next(self) -> _Waiter:
-        """The waiting job whose turn it is: one taken back from an instance, then one of the
-        key with the fewest jobs on the instances, the first of that key's."""
+    def _choose(self) -> None:
+        """Whose turn it is, chosen once per change of the line or of the keys' jobs (under
+        `_changed`), so each waiting job only compares itself: one taken back from an instance,
+        then one of the key with the fewest jobs on the instances, the first of that key's."""
         order = {waiter: place for place, waiter in enumerate(self._waiting)}
-        return min(self._waiting, key=lambda w: (not w.again, self._owners[w.owner], order[w]))
+        self._turn = min(
+            self._waiting, key=lambda w: (not w.again, self._owners[w.owner], order[w]), default=None
+        )
 
     def _ready_besides(self, failed: Instance) -> bool:
         """Whether an instance other than `failed` is ready to take a job."""
