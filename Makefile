@@ -87,6 +87,7 @@ bench: $(STAMP)
 	$(PY) -m bench.hostile_bodies
 	$(PY) -m bench.telemetry
 	$(PY) -m bench.access
+	$(PY) -m bench.fleet_turns
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
 dist: $(STAMP)

@@ -1,28 +1,33 @@
 """Async jobs of a fleet of pods sharing one Redis (STATE_URL): submitted, polled and cancelled
-on any pod, run by whichever pod has a free ComfyUI.
+on any pod, run by whichever pod has a free ComfyUI; when jobs wait, the API keys take turns.
 
-A submitted job is a record (a hash, `<prefix>:job:<id>`) and an entry in one Redis Stream
-(`<prefix>:jobs`) holding the request as sent (an envelope stays sealed). Every pod reads the
-stream in one consumer group, and only while it has room on a ready ComfyUI instance. A job
-starts when its prompt leaves ComfyUI's queue, in one atomic step (a script): the record turns
-`running` under the pod's name and the stream entry is deleted, so a job starts once, on one
-pod, and a plain workflow leaves Redis when its job starts. Until then the entry stays pending
-under the pod that took it, which keeps it from the others (their XAUTOCLAIM) by claiming it
-again every beat.
+A submitted job is a record (a hash, `<prefix>:job:<id>`), its request as sent (a string,
+`<prefix>:body:<id>`; an envelope stays sealed), its id in its key's line (a list,
+`<prefix>:waiting:<key>`) and a ticket in one Redis Stream (`<prefix>:jobs`): one ticket per
+waiting job, so the stream's lag is what waits (an autoscaler reads it). Every pod reads the
+stream in one consumer group, and only while it has room on a ready ComfyUI instance. A pod that
+reads a ticket binds it, in one atomic step (a script), to the first job in the line of the key
+with the fewest jobs taken across the fleet (`<prefix>:inflight:<key>`), then of the key served
+least recently, then of the oldest: one key's burst does not starve another key's job. A job
+starts when its prompt leaves ComfyUI's queue, in one atomic step: the record turns `running`
+under the pod's name and its ticket and request are deleted, so a job starts once, on one pod,
+and a plain workflow leaves Redis when its job starts. Until then the ticket stays pending under
+the pod that took it, which keeps it from the others (their XAUTOCLAIM) by claiming it again
+every beat.
 
 A pod shows it lives by a key it refreshes (`<prefix>:pod:<name>`, expiring after
-JOB_CLAIM_TIMEOUT_S). Entries a silent pod took but never started are claimed by another pod
-(XAUTOCLAIM) and run; a job it had started is answered `worker_lost`, since running it again
-would reach ComfyUI twice (and its envelope is spent). When a pod's API process dies, its
-gunicorn master hands on at once what it left (`release`). A cancel sets a flag in the record,
-which the pod holding the job reads four times a second. Records are kept JOB_TTL_S after they
-end.
+JOB_CLAIM_TIMEOUT_S). Tickets a silent pod took but never started are claimed by another pod
+(XAUTOCLAIM), which runs the job they were bound to; a job it had started is answered
+`worker_lost`, since running it again would reach ComfyUI twice (and its envelope is spent).
+When a pod's API process dies, its gunicorn master hands on at once what it left (`release`). A
+cancel sets a flag in the record, which the pod holding the job reads four times a second (a
+job still in its line leaves it at once). Records are kept JOB_TTL_S after they end.
 
 A draining pod (services.core.drain) takes nothing and hands back what it was handed; a job
 its drain's deadline cut, or one that had not started when the pod's last ComfyUI went down,
-goes back to the stream as it was sent, under its id (the record is `queued` again), and runs
-on another pod, where its envelope opens again for that job only. Handing back is claiming an
-entry for HANDED_BACK, idle past the claim timeout: the next pod that looks takes it over.
+goes back to the queue as it was sent, under its id (the record is `queued` again), and runs
+on another pod, where its envelope opens again for that job only. Handing back is claiming a
+ticket for HANDED_BACK, idle past the claim timeout: the next pod that looks takes it over.
 """
 
 from __future__ import annotations
@@ -61,15 +66,49 @@ _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and wh
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
 WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
 RETRY_S = 0.5  # after Redis did not answer
+FIRST_TURN = 1e10  # a key's turn before it was first served: its first job's time less this
 
-_HOLD = """
-local state = redis.call('HGET', KEYS[1], 'state')
-if state and state ~= 'queued' then
-  redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[2], ARGV[2])
-  return 0
+_BIND = """
+local p = ARGV[5]
+local function let_go()
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[2])
+  return false
 end
-return 1
+local function bound(job, key)
+  redis.call('ZADD', p .. 'inflight:' .. key, ARGV[4], job)
+  redis.call('EXPIREAT', p .. 'inflight:' .. key, math.ceil(tonumber(ARGV[4])))
+  return {job, key, redis.call('HGET', p .. 'job:' .. job, 'traceparent') or '',
+    redis.call('GET', p .. 'body:' .. job) or ''}
+end
+local job = redis.call('HGET', KEYS[2], ARGV[2])
+if not job and ARGV[6] ~= '' then job = ARGV[6] end
+if job then
+  if redis.call('HGET', p .. 'job:' .. job, 'state') ~= 'queued' then return let_go() end
+  return bound(job, redis.call('HGET', p .. 'job:' .. job, 'key') or '-')
+end
+while true do
+  local served, flat = {}, redis.call('HGETALL', KEYS[4])
+  for i = 1, #flat, 2 do served[flat[i]] = tonumber(flat[i + 1]) end
+  local best, best_count, best_served
+  for _, key in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    local count = redis.call('ZCOUNT', p .. 'inflight:' .. key, ARGV[3], '+inf')
+    local turn = served[key] or 0
+    if not best or count < best_count or (count == best_count and turn < best_served) then
+      best, best_count, best_served = key, count, turn
+    end
+  end
+  if not best then return let_go() end
+  job = redis.call('LPOP', p .. 'waiting:' .. best)
+  if not job or redis.call('LLEN', p .. 'waiting:' .. best) == 0 then redis.call('SREM', KEYS[3], best) end
+  if job and redis.call('HGET', p .. 'job:' .. job, 'state') == 'queued' then
+    redis.call('ZREMRANGEBYSCORE', p .. 'inflight:' .. best, '-inf', ARGV[3])
+    redis.call('HSET', KEYS[2], ARGV[2], job)
+    redis.call('HSET', KEYS[4], best, redis.call('INCR', KEYS[5]))
+    return bound(job, best)
+  end
+end
 """
 _KEEP = """
 local kept = 0
@@ -86,6 +125,8 @@ _START = """
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
+redis.call('HDEL', KEYS[4], ARGV[2])
+redis.call('DEL', KEYS[5])
 if state and state ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[3], 'started', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[5])
@@ -95,6 +136,8 @@ _FINISH = """
 local state = redis.call('HGET', KEYS[1], 'state')
 redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
 redis.call('XDEL', KEYS[3], ARGV[9])
+redis.call('HDEL', KEYS[4], ARGV[9])
+redis.call('DEL', KEYS[5])
 if state and state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
   return 0
 end
@@ -102,6 +145,7 @@ redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'http_status', 
   'finished', ARGV[5], 'owner', ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SREM', KEYS[2], ARGV[7])
+redis.call('ZREM', ARGV[10] .. 'inflight:' .. (redis.call('HGET', KEYS[1], 'key') or '-'), ARGV[7])
 return 1
 """
 _CANCEL = """
@@ -110,6 +154,10 @@ if state == 'queued' then
   redis.call('HSET', KEYS[1], 'state', 'cancelled', 'result', ARGV[1], 'http_status', ARGV[2],
     'finished', ARGV[3], 'cancel', '1')
   redis.call('EXPIRE', KEYS[1], ARGV[4])
+  local key = redis.call('HGET', KEYS[1], 'key') or '-'
+  redis.call('LREM', ARGV[5] .. 'waiting:' .. key, 0, ARGV[6])
+  redis.call('ZREM', ARGV[5] .. 'inflight:' .. key, ARGV[6])
+  redis.call('DEL', ARGV[5] .. 'body:' .. ARGV[6])
 elseif state == 'running' then
   redis.call('HSET', KEYS[1], 'cancel', '1')
 end
@@ -122,7 +170,12 @@ end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.call('HDEL', KEYS[1], 'owner', 'started', 'progress')
 redis.call('SREM', KEYS[2], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'id', ARGV[2], 'body', ARGV[3], 'traceparent', ARGV[4])
+local key = redis.call('HGET', KEYS[1], 'key') or '-'
+redis.call('SET', ARGV[4] .. 'body:' .. ARGV[2], ARGV[3])
+redis.call('LPUSH', ARGV[4] .. 'waiting:' .. key, ARGV[2])
+redis.call('SADD', ARGV[4] .. 'waiting', key)
+redis.call('ZREM', ARGV[4] .. 'inflight:' .. key, ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'ticket', '1')
 return 1
 """
 _CLAIM_WEBHOOK = """
@@ -169,6 +222,7 @@ end
 redis.call('HSET', KEYS[1], 'state', 'failed', 'result', ARGV[2], 'http_status', ARGV[3], 'finished', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.call('SREM', KEYS[2], ARGV[5])
+redis.call('ZREM', ARGV[7] .. 'inflight:' .. (redis.call('HGET', KEYS[1], 'key') or '-'), ARGV[5])
 return 1
 """
 
@@ -219,7 +273,7 @@ class SharedJobs(JobStore):
         self._scripts = {
             name: store.redis.register_script(text)
             for name, text in (
-                ("hold", _HOLD),
+                ("bind", _BIND),
                 ("keep", _KEEP),
                 ("start", _START),
                 ("finish", _FINISH),
@@ -258,7 +312,12 @@ class SharedJobs(JobStore):
                     "slot": int(job.slotted),
                 }
                 tx.hset(self._job_key(job.id), mapping=record)
-                tx.xadd(self.stream, {"id": job.id, "body": text, "traceparent": traceparent, "key": owner})
+                tx.set(self.store.key("body", job.id), text)
+                tx.rpush(self.store.key("waiting", owner), job.id)
+                tx.sadd(self.store.key("waiting"), owner)
+                # a key never served yet goes before the keys served, in the order of their first jobs
+                tx.hsetnx(self.store.key("served"), owner, job.created - FIRST_TURN)
+                tx.xadd(self.stream, {"ticket": "1"})
                 tx.execute()
         except Error as exc:
             raise self.store.unavailable(exc) from None
@@ -281,7 +340,14 @@ class SharedJobs(JobStore):
         try:
             state = self._scripts["cancel"](
                 keys=[self._job_key(job_id)],
-                args=[_dumps(interrupted.to_dict()), interrupted.http_status, time.time(), self._ttl()],
+                args=[
+                    _dumps(interrupted.to_dict()),
+                    interrupted.http_status,
+                    time.time(),
+                    self._ttl(),
+                    self.store.key(""),
+                    job_id,
+                ],
             )
         except Error as exc:
             raise self.store.unavailable(exc) from None
@@ -374,7 +440,14 @@ class SharedJobs(JobStore):
         return [(_text(i), f) for _stream, entries in answer or [] for i, f in entries]
 
     def _begin(self, entry_id: str, fields: dict) -> None:
-        taken = _Taken(entry_id, _text(fields.get(b"id", b"")), _text(fields.get(b"key", b"-")))
+        try:
+            bound = self._bind(entry_id, fields)
+        except Error as exc:
+            self.store.reached(False, exc)
+            return  # still pending: taken over after the claim timeout
+        if bound is None:
+            return
+        taken, body_text, trace = bound
         with self._lock:
             closing = self._closing
             if not closing:
@@ -382,15 +455,42 @@ class SharedJobs(JobStore):
         if closing:
             _hand_back(self.store, self.settings, [entry_id])
             return
-        trace = tracing.carried({"traceparent": _text(fields.get(b"traceparent", b""))})
-        background.start("shared-job", self._run, taken, fields.get(b"body", b"null"), trace)
+        background.start("shared-job", self._run, taken, body_text, trace)
+
+    def _bind(self, entry_id: str, fields: dict) -> tuple[_Taken, bytes, dict[str, str]] | None:
+        """The job a ticket runs: the one it ran before (a ticket taken over), or else the head
+        job of the key with the fewest jobs taken in the fleet, then the key served least
+        recently. None (the ticket let go) when that job was cancelled or no job waits."""
+        legacy_id = _text(fields.get(b"id", b""))  # an entry a pod before tickets wrote
+        answer = self._scripts["bind"](
+            keys=[
+                self.stream,
+                self.store.key("tickets"),
+                self.store.key("waiting"),
+                self.store.key("served"),
+                self.store.key("turns"),
+            ],
+            args=[
+                GROUP,
+                entry_id,
+                time.time(),
+                time.time() + self.settings.job_timeout_s + self.settings.job_ttl_s,
+                self.store.key(""),
+                legacy_id,
+            ],
+        )
+        if answer is None:
+            return None
+        job_id, key, traceparent, body_text = answer
+        taken = _Taken(entry_id, _text(job_id), _text(key))
+        trace = tracing.carried({"traceparent": _text(traceparent)})
+        return taken, fields.get(b"body", b"null") if legacy_id else body_text, trace
 
     def _run(self, taken: _Taken, body_text: bytes, trace: dict[str, str]) -> None:
         try:
-            if self._hold(taken):
-                # held until its outcome is in Redis (the pipeline's own hold ends with its answer)
-                with self._in_hand("fleet-job"), tracing.job(trace, **{"job.id": taken.job_id}):
-                    self._execute(taken, body_text, trace)
+            # held until its outcome is in Redis (the pipeline's own hold ends with its answer)
+            with self._in_hand("fleet-job"), tracing.job(trace, **{"job.id": taken.job_id}):
+                self._execute(taken, body_text, trace)
         finally:
             with self._lock:
                 self._taken.pop(taken.entry_id, None)
@@ -399,19 +499,6 @@ class SharedJobs(JobStore):
     def _in_hand(self, kind: str) -> contextlib.AbstractContextManager:
         in_hand = self.pipeline.in_hand
         return in_hand.hold(kind, cut=lambda: None) if in_hand else contextlib.nullcontext()
-
-    def _hold(self, taken: _Taken) -> bool:
-        """Whether the job is still to run: False (its entry let go) when it was cancelled or
-        started elsewhere before this pod took it."""
-        try:
-            return bool(
-                self._scripts["hold"](
-                    keys=[self._job_key(taken.job_id), self.stream], args=[GROUP, taken.entry_id]
-                )
-            )
-        except Error as exc:
-            self.store.reached(False, exc)
-            return False  # still pending: taken over after the claim timeout
 
     def _started(self, taken: _Taken) -> None:
         """Its prompt left ComfyUI's queue: the job starts here, once (JobRequest.on_start).
@@ -423,7 +510,13 @@ class SharedJobs(JobStore):
             try:
                 taken.started = bool(
                     self._scripts["start"](
-                        keys=[self._job_key(taken.job_id), self.running_set, self.stream],
+                        keys=[
+                            self._job_key(taken.job_id),
+                            self.running_set,
+                            self.stream,
+                            self.store.key("tickets"),
+                            self.store.key("body", taken.job_id),
+                        ],
                         args=[GROUP, taken.entry_id, self.name, time.time(), taken.job_id],
                     )
                 )
@@ -451,7 +544,7 @@ class SharedJobs(JobStore):
         )
         if taken.dropped:
             return  # handed back: another pod answers
-        if reply.error_code in _ELSEWHERE and self._requeue(taken, body_text, trace, reply.error_code):
+        if reply.error_code in _ELSEWHERE and self._requeue(taken, body_text, reply.error_code):
             return
         state = outcome.of_reply(reply.status, reply.error_code, cancel.is_set())
         with tracing.stage("result.store"):
@@ -547,11 +640,12 @@ class SharedJobs(JobStore):
             delivery, trace = Delivery(attempts=attempts), tracing.carried(record)
             self._send_webhook(job_id, url, record["webhook_body"], delivery, trace)
 
-    def _requeue(self, taken: _Taken, body_text: bytes, trace: Mapping[str, str], code: str) -> bool:
+    def _requeue(self, taken: _Taken, body_text: bytes, code: str) -> bool:
         """A job that did not run here to its end (the drain's deadline cut it, or it had not
         started when this pod's last ComfyUI went down) goes back to the queue as it was sent,
         under its id, for another pod (its envelope opens again there for this job only): a
-        started one as a new entry, one not started by handing its entry back. False when Redis
+        started one first in its key's line with a new ticket, one not started by handing its
+        ticket back. False when Redis
         does not answer or the job is no longer this pod's."""
         job_id = taken.job_id
         if not taken.started:
@@ -560,7 +654,7 @@ class SharedJobs(JobStore):
             try:
                 again = self._scripts["requeue"](
                     keys=[self._job_key(job_id), self.running_set, self.stream],
-                    args=[self.name, job_id, body_text, trace.get("traceparent", "")],
+                    args=[self.name, job_id, body_text, self.store.key("")],
                 )
             except Error as exc:
                 self.store.reached(False, exc)
@@ -594,7 +688,13 @@ class SharedJobs(JobStore):
         while True:
             try:
                 written = self._scripts["finish"](
-                    keys=[self._job_key(job_id), self.running_set, self.stream],
+                    keys=[
+                        self._job_key(job_id),
+                        self.running_set,
+                        self.stream,
+                        self.store.key("tickets"),
+                        self.store.key("body", job_id),
+                    ],
                     args=[
                         self.name,
                         state,
@@ -605,6 +705,7 @@ class SharedJobs(JobStore):
                         job_id,
                         GROUP,
                         taken.entry_id,
+                        self.store.key(""),
                     ],
                 )
             except Error as exc:
@@ -686,7 +787,15 @@ class SharedJobs(JobStore):
         try:
             declared = self._scripts["lost"](
                 keys=[self._job_key(job_id), self.running_set, self.store.key("pod", owner)],
-                args=[owner, _dumps(lost.to_dict()), lost.http_status, time.time(), job_id, self._ttl()],
+                args=[
+                    owner,
+                    _dumps(lost.to_dict()),
+                    lost.http_status,
+                    time.time(),
+                    job_id,
+                    self._ttl(),
+                    self.store.key(""),
+                ],
             )
         except Error as exc:
             raise self.store.unavailable(exc) from None

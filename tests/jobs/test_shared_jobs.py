@@ -182,6 +182,15 @@ def test_nothing_of_an_encrypted_job_is_left_in_redis(pods, redis_server, prefix
     assert marker.encode() not in found and result["outputs"][0]["data"][:40].encode() not in found
     assert b"StandinSlow" not in found  # a plain workflow leaves with its job
     assert job_id.encode() in found  # the scan reads the records
+    lines = client_lists(redis_server.client(), prefix)
+    assert job_id.encode() not in lines and plain_job.encode() not in lines  # out of every line
+
+
+def client_lists(client: redis.Redis, prefix: str) -> bytes:
+    """The job ids still in a key's line or counted as taken."""
+    ids = [client.lrange(key, 0, -1) for key in client.scan_iter(match=f"{prefix}:waiting:*")]
+    ids += [client.zrange(key, 0, -1) for key in client.scan_iter(match=f"{prefix}:inflight:*")]
+    return b"\n".join(i for group in ids for i in group)
 
 
 def everything_in(client: redis.Redis, prefix: str) -> bytes:
@@ -196,6 +205,10 @@ def everything_in(client: redis.Redis, prefix: str) -> bytes:
             parts += list(client.smembers(key))
         elif kind == b"string":
             parts.append(client.get(key))
+        elif kind == b"list":
+            parts += client.lrange(key, 0, -1)
+        elif kind == b"zset":
+            parts += client.zrange(key, 0, -1)
         elif kind == b"stream":
             parts += [b"%s=%s" % item for _id, fields in client.xrange(key) for item in fields.items()]
     return b"\n".join(parts)
@@ -274,7 +287,7 @@ def test_a_job_a_silent_pod_took_but_never_started_is_taken_over_and_runs(redis_
     job = submitter.start(DRY_JOB)
     client = redis_server.client()
     taken = client.xreadgroup(GROUP, "silent-pod", {f"{prefix}:jobs": ">"}, count=1, block=5000)
-    assert taken and taken[0][1][0][1][b"id"] == job.id.encode()  # a pod took it, then went silent
+    assert taken  # a pod took its ticket, then went silent before it bound the ticket to the job
     taker = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="0.5")
     wait_until(lambda: submitter.get(job.id).state == "completed", 10, "the job to be taken over")
     assert taker.taken_over == 1 and submitter.get(job.id).result["dry_run"] is True
@@ -720,3 +733,55 @@ def test_a_job_a_pod_before_named_keys_submitted_is_every_key_s_and_another_key_
     assert store.get(job.id, "ci").state == "queued"
     assert store.get(job.id, "team") is None and store.cancel(job.id, "team") is None
     assert store.get(job.id, "ci").state == "queued"  # the other key's cancel did not reach it
+
+
+def ran_in_order(pod, jobs):
+    """The jobs' ids in the order they ended (one at a time: the order they were taken)."""
+    return sorted(jobs, key=lambda job_id: pod.get(job_id).finished)
+
+
+def test_a_key_s_single_job_runs_next_when_another_key_floods_the_fleet_s_queue(redis_server):
+    """One key queues five jobs, then another key one: the second key's job is the next taken,
+    not the sixth, and each key's own jobs keep their order."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    submitter = shared_jobs(redis_server, prefix, lambda own: 0)
+    flood = [submitter.start(DRY_JOB, owner="flood").id for _ in range(5)]
+    single = submitter.start(DRY_JOB, owner="single").id
+    worker = shared_jobs(redis_server, prefix, lambda own: 1 - own)  # one job at a time
+    wait_until(lambda: all(worker.get(j).state == "completed" for j in [*flood, single]), 20, "every job")
+    assert ran_in_order(worker, [*flood, single]) == [flood[0], single, *flood[1:]]
+    assert worker.waiting() == 0
+
+
+def test_a_key_with_a_job_running_on_another_pod_waits_for_a_key_with_none(redis_server):
+    """Turns count the jobs each key has taken across the fleet: while one pod runs key A's job,
+    a second pod takes both of key B's before A's next, though A's were sent first."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    submitter = shared_jobs(redis_server, prefix, lambda own: 0)
+    first = submitter.start(DRY_JOB, owner="a").id
+    blocking = Blocking()
+    busy = shared_jobs(redis_server, prefix, lambda own: 1 - own, blocking)
+    assert blocking.running.wait(10) and busy.get(first).state == "running"
+    busy.capacity = lambda own: 0
+    later_a = [submitter.start(DRY_JOB, owner="a").id for _ in range(2)]
+    b_jobs = [submitter.start(DRY_JOB, owner="b").id for _ in range(2)]
+    other = shared_jobs(redis_server, prefix, lambda own: 1 - own)
+    jobs = [*later_a, *b_jobs]
+    wait_until(lambda: all(other.get(j).state == "completed" for j in jobs), 20, "the other pod's jobs")
+    assert ran_in_order(other, jobs) == [*b_jobs, *later_a]
+    blocking.release.set()
+    wait_until(lambda: busy.get(first).state == "completed", 10, "the first job")
+    client = redis_server.client()
+    assert client_lists(client, prefix) == b"" and client.xlen(f"{prefix}:jobs") == 0
+
+
+def test_a_job_in_the_queue_as_a_pod_before_tickets_wrote_it_still_runs(redis_server):
+    """A rolling upgrade: an entry that carries its job's id and request runs as that job."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    pod = shared_jobs(redis_server, prefix, lambda own: 0)
+    client = redis_server.client()
+    client.hset(f"{prefix}:job:old", mapping={"state": "queued", "created": 1, "key": "-"})
+    client.xadd(f"{prefix}:jobs", {"id": "old", "body": json.dumps(DRY_JOB), "traceparent": "", "key": "-"})
+    pod.capacity = lambda own: 1 - own
+    wait_until(lambda: pod.get("old").state == "completed", 10, "the old entry's job")
+    assert pod.get("old").result["dry_run"] is True and pod.waiting() == 0
