@@ -406,6 +406,7 @@ def supervise(settings: config.Settings, env: dict[str, str]) -> NoReturn:
         settings.run_dir,
         repr(settings.drain_timeout_s),
         settings.log_format,
+        settings.api_keys_file or "",
         "--",
     ]
     os.execve(sys.executable, [sys.executable, *command, *supervisord], env)

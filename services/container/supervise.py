@@ -7,10 +7,11 @@ drains on the platform's stop signal, reaps orphans, and turns a FATAL shutdown 
 SIGTERM or SIGINT (`docker stop`, Kubernetes, Ctrl-C) begins the drain (services.core.drain):
 new work is refused at once, and supervisord is told to stop once the work in hand is done, or
 at DRAIN_TIMEOUT_S, when what is left is cut (each process cuts its own, and a few seconds are
-given for the answers to go out). A second signal, or DRAIN_TIMEOUT_S=0, stops at once; SIGHUP
-goes to supervisord as it is (it reloads).
+given for the answers to go out). A second signal, or DRAIN_TIMEOUT_S=0, stops at once. SIGHUP
+reads API_KEYS_FILE again and says what is in force (services.container.keys_check); it never
+reaches supervisord, whose reload would restart every program and cut every job.
 
-Usage: python -m services.container.supervise MARKER SOCKET RUN_DIR DRAIN_TIMEOUT_S LOG_FORMAT -- SUPERVISORD COMMAND...
+Usage: python -m services.container.supervise MARKER SOCKET RUN_DIR DRAIN_TIMEOUT_S LOG_FORMAT KEYS_FILE -- SUPERVISORD COMMAND...
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ CUT_GRACE_S = 5.0  # after the deadline: for the cut jobs to stop in ComfyUI and
 def main(argv: list[str]) -> int:
     global _FORMAT
     try:
-        marker, socket_path, run_dir, timeout, _FORMAT, separator, *command = argv
+        marker, socket_path, run_dir, timeout, _FORMAT, keys_file, separator, *command = argv
         drain_timeout_s = float(timeout)
     except ValueError:
         separator, command = "", []
@@ -47,7 +48,7 @@ def main(argv: list[str]) -> int:
     environment = {**os.environ, "WORKER_PID1": str(os.getpid())}
     child = os.posix_spawn(command[0], command, environment, setsid=True, setsigmask=set())
     nudge(socket_path, child)
-    code = Supervision(child, RunDir(run_dir), drain_timeout_s).run()
+    code = Supervision(child, RunDir(run_dir), drain_timeout_s, keys_file).run()
     reap_session(child)
     reap_orphans()
     if os.path.exists(marker):
@@ -62,10 +63,11 @@ def main(argv: list[str]) -> int:
 class Supervision:
     """supervisord's life seen from PID 1: running, draining, stopping; and its exit code."""
 
-    def __init__(self, child: int, layout: RunDir, drain_timeout_s: float) -> None:
+    def __init__(self, child: int, layout: RunDir, drain_timeout_s: float, keys_file: str = "") -> None:
         self.child = child
         self.layout = layout
         self.drain_timeout_s = drain_timeout_s
+        self.keys_file = keys_file  # API_KEYS_FILE, "" when unset
         self.deadline: float | None = None  # monotonic, while draining
         self.cut_at: float | None = None
         self.stopped = False  # supervisord was told to stop
@@ -82,7 +84,7 @@ class Supervision:
                 if code is not None:
                     return code
             elif info is not None and info.si_signo == signal.SIGHUP:
-                self._pass_on(signal.SIGHUP)
+                self._check_keys()
             elif info is not None:
                 self._stop_asked(info.si_signo)
             if self.deadline is not None and not self.stopped:
@@ -98,6 +100,17 @@ class Supervision:
                 return None
             if pid == self.child:
                 return os.waitstatus_to_exitcode(status)
+
+    def _check_keys(self) -> None:
+        """In a child of its own (reaped like any other): PID 1 stays small and never waits."""
+        if not self.keys_file:
+            _say("SIGHUP: there is no API_KEYS_FILE to read again; nothing restarts")
+            return
+        check = [sys.executable, "-m", "services.container.keys_check", self.keys_file, _FORMAT]
+        try:
+            os.posix_spawn(sys.executable, check, os.environ, setsigmask=set())
+        except OSError as exc:
+            _say(f"SIGHUP: cannot read API_KEYS_FILE again ({exc.strerror})", "ERROR")
 
     def _stop_asked(self, number: int) -> None:
         if self.deadline is not None or self.drain_timeout_s <= 0:

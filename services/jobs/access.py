@@ -152,13 +152,7 @@ class Keys:
 
     def _read(self) -> tuple[tuple[int, int, int], dict[str, Key]]:
         assert self.path is not None
-        try:
-            with open(self.path, encoding="utf-8") as file:
-                seen = _signature(os.fstat(file.fileno()))
-                text = file.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"API_KEYS_FILE cannot be read: {type(exc).__name__}") from None
-        return seen, parse(text)
+        return read(self.path)
 
     def _reload(self) -> None:
         try:
@@ -180,6 +174,17 @@ class Keys:
             ", ".join(self.names()),
             extra={"event": "access.keys_changed"},
         )
+
+
+def read(path: str) -> tuple[tuple[int, int, int], dict[str, Key]]:
+    """The keys of the file at `path`, and what its `stat` was when read (a change shows in it)."""
+    try:
+        with open(path, encoding="utf-8") as file:
+            seen = _signature(os.fstat(file.fileno()))
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"API_KEYS_FILE cannot be read: {type(exc).__name__}") from None
+    return seen, parse(text)
 
 
 def _signature(stat: os.stat_result) -> tuple[int, int, int]:

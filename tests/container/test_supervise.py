@@ -14,6 +14,7 @@ from services.comfy import supervisor_state
 from services.container.supervise import Supervision
 from services.core import drain
 from services.core.run_dir import RunDir
+from services.jobs import access
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import empty_image, slow_workflow, with_knob
 
@@ -170,3 +171,50 @@ def test_nothing_the_worker_started_outlives_its_pid_1_killed_outright():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         stack.stop()
+
+
+def test_sighup_reads_the_keys_file_again_says_what_is_in_force_and_cuts_no_job(tmp_path):
+    """SIGHUP to PID 1 only, as `docker kill -s HUP` and `kill -HUP 1` send it."""
+    first, second = access.new_token(), access.new_token()
+    keys = tmp_path / "keys"
+    keys.write_text(access.line_for("first", first, "jobs") + "\n")
+    env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEYS_FILE": str(keys)}
+    stack = Stack("api", env).start()
+    try:
+        stack.wait_state("api", "RUNNING")
+        stack.wait_http("/readyz")
+        programs = stack.api_processes(), supervisor_state.rpc(stack.socket).supervisor.getAllProcessInfo()
+        job = in_thread(
+            lambda: requests.post(stack.url + "/run", json=slow(2), headers=bearer(first), timeout=60)
+        )
+        wait_until(lambda: comfy_running(stack) != [], 20, "the job to run in ComfyUI")
+        keys.write_text(
+            f"{access.line_for('first', first, 'jobs')}\n{access.line_for('second', second, 'jobs')}\n"
+        )
+        stack.proc.send_signal(signal.SIGHUP)
+        said = "SIGHUP: API_KEYS_FILE holds 2 key(s) (first, second); each API process uses them"
+        wait_until(lambda: said in stack.log, 20, "PID 1 to say what is in force")
+        answers, thread = job
+        thread.join(60)
+        assert answers[0].status_code == 200 and answers[0].json()["outputs"], answers[0].text
+        assert requests.get(stack.url + "/models/ls", headers=bearer(second), timeout=10).status_code == 403
+        assert (
+            requests.get(stack.url + "/jobs/unknown", headers=bearer(second), timeout=10).status_code == 404
+        )
+
+        keys.write_text(f"{access.line_for('first', first, 'jobs')}\nsecond {second} jobs\n")
+        stack.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: API_KEYS_FILE line 2:" in stack.log, 20, "PID 1 to name the bad line")
+        assert "the keys in force stay" in stack.log and second not in stack.log
+        assert (
+            requests.get(stack.url + "/jobs/unknown", headers=bearer(second), timeout=10).status_code == 404
+        )
+        after = stack.api_processes(), supervisor_state.rpc(stack.socket).supervisor.getAllProcessInfo()
+        assert [(p["name"], p["pid"]) for p in after[1]] == [(p["name"], p["pid"]) for p in programs[1]]
+        assert after[0] == programs[0] and stack.proc.poll() is None  # nothing restarted
+    finally:
+        stack.stop()
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
