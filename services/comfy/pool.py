@@ -160,19 +160,19 @@ class ComfyPool:
             1 for instance in self.instances if not health.out(states.get(instance.number, ("", 0))[0])
         )
 
-    def spare(self, own: int) -> int:
+    def spare(self, own: int, depth: int = DEPTH) -> int:
         """How many more jobs the pool would take now (to run, or to queue behind a running
         one), when `own` jobs were given to it that may not have reached an instance yet: room
-        on the instances that are not out, less the jobs waiting for one, and at most DEPTH per
-        such instance less `own`. None while no instance is ready (booting, restarting, warming
+        on the instances that are not out, less the jobs waiting for one, and at most `depth` per
+        such instance less `own` (with `depth` 1: how many would start at once). None while no instance is ready (booting, restarting, warming
         up): a fleet's other pods run the work meanwhile."""
         dry_run = self.settings.dry_run  # no ComfyUI: every job is answered without one
         states = self._states(always=not dry_run)
         usable = [i for i in self.instances if not health.out(states[i.number][0])]
         if not dry_run and not any(self._ready(i, states[i.number]) for i in usable):
             return 0
-        room = sum(max(0, DEPTH - i.jobs) for i in usable) - len(self._waiting)
-        return max(0, min(room, DEPTH * len(usable) - own))
+        room = sum(max(0, depth - i.jobs) for i in usable) - len(self._waiting)
+        return max(0, min(room, depth * len(usable) - own))
 
     def _take(
         self,

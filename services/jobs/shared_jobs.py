@@ -64,6 +64,7 @@ _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and wh
     errors.NotStartedHere.code: "not started when this pod's last ComfyUI went down",
 }
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
+BEHIND_S = 0.1  # how often a pod whose ComfyUIs are all busy looks for a job to queue behind
 WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
 RETRY_S = 0.5  # after Redis did not answer
 FIRST_TURN = 1e10  # a key's turn before it was first served: its first job's time less this
@@ -241,8 +242,9 @@ class _Taken:
 
 
 class SharedJobs(JobStore):
-    """`capacity(own)`: how many more jobs this pod's ComfyUIs would start now, given `own`
-    jobs it took (ComfyPool.spare)."""
+    """`capacity(own)`: how many more jobs this pod's ComfyUIs would take now, given `own` jobs
+    it took (ComfyPool.spare); `at_once(own)`: how many of those would start at once, not queued
+    behind a running one (None: all)."""
 
     def __init__(
         self,
@@ -252,11 +254,13 @@ class SharedJobs(JobStore):
         capacity: Callable[[int], int],
         quotas: Quotas,
         webhooks: Webhooks | None = None,
+        at_once: Callable[[int], int] | None = None,
     ) -> None:
         self.settings = settings
         self.pipeline = pipeline
         self.store = store
         self.capacity = capacity
+        self.at_once = at_once
         self.quotas = quotas
         self.webhooks = webhooks
         self.webhook_set = store.key("webhooks")  # job ids whose webhook is still pending
@@ -410,8 +414,16 @@ class SharedJobs(JobStore):
             self._changed.wait(RETRY_S)
             self._changed.clear()
             return
+        if self.at_once is not None and self.at_once(own) <= 0:
+            # only room behind a running job: a pod with an idle ComfyUI, blocked on the stream,
+            # is served first; this one looks now and then
+            self._changed.wait(BEHIND_S)
+            self._changed.clear()
+            block = None
+        else:
+            block = BLOCK_MS
         try:
-            entries = self._take(free)
+            entries = self._take(free, block)
         except Error as exc:
             self.store.reached(False, exc)
             if "NOGROUP" in str(exc):
@@ -425,8 +437,9 @@ class SharedJobs(JobStore):
         for entry_id, fields in entries:
             self._begin(entry_id, fields)
 
-    def _take(self, count: int) -> list[tuple[str, dict]]:
-        """Entries a silent pod took and never started first, then new ones."""
+    def _take(self, count: int, block: int | None) -> list[tuple[str, dict]]:
+        """Entries a silent pod took and never started first, then new ones (waiting up to
+        `block` ms for one)."""
         redis = self.store.redis
         claim_ms = int(self.settings.job_claim_timeout_s * 1000)
         _cursor, claimed, *_deleted = redis.xautoclaim(
@@ -436,7 +449,7 @@ class SharedJobs(JobStore):
             self.taken_over += len(claimed)
             log.info("took over %d job(s) another pod took and never started", len(claimed))
             return [(_text(i), f) for i, f in claimed]
-        answer = redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=BLOCK_MS)
+        answer = redis.xreadgroup(GROUP, self.name, {self.stream: ">"}, count=count, block=block)
         return [(_text(i), f) for _stream, entries in answer or [] for i, f in entries]
 
     def _begin(self, entry_id: str, fields: dict) -> None:

@@ -103,5 +103,11 @@ def job_store(worker: Worker, quotas: Quotas) -> JobStore:
     from services.jobs.shared_jobs import SharedJobs
 
     return SharedJobs(
-        worker.settings, worker.pipeline, worker.state, worker.pool.spare, quotas, worker.webhooks
+        worker.settings,
+        worker.pipeline,
+        worker.state,
+        worker.pool.spare,
+        quotas,
+        worker.webhooks,
+        at_once=lambda own: worker.pool.spare(own, depth=1),
     )

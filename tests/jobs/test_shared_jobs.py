@@ -253,7 +253,7 @@ def test_a_killed_pod_s_job_is_answered_worker_lost_by_the_others(pods):
 
 
 # One pod's side of the queue, in this process on the real Redis (DRY_RUN jobs) --------------
-def shared_jobs(redis_server, prefix, capacity, executor=None, **env):
+def shared_jobs(redis_server, prefix, capacity, executor=None, at_once=None, **env):
     """A pod's job store; with `executor` (in ComfyUI's place) its jobs run past DRY_RUN, and
     webhooks to this machine are sent, signed with SECRET."""
     settings = config.load(
@@ -275,6 +275,7 @@ def shared_jobs(redis_server, prefix, capacity, executor=None, **env):
         capacity,
         Quotas(settings, store),
         Webhooks(settings),
+        at_once,
     )
 
 
@@ -785,3 +786,18 @@ def test_a_job_in_the_queue_as_a_pod_before_tickets_wrote_it_still_runs(redis_se
     pod.capacity = lambda own: 1 - own
     wait_until(lambda: pod.get("old").state == "completed", 10, "the old entry's job")
     assert pod.get("old").result["dry_run"] is True and pod.waiting() == 0
+
+
+def test_a_pod_with_room_only_behind_a_running_job_leaves_each_new_job_to_an_idle_pod(redis_server):
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    busy = shared_jobs(redis_server, prefix, lambda own: 1, at_once=lambda own: 0)
+    idle = shared_jobs(redis_server, prefix, lambda own: 1)
+    client = redis_server.client()
+    for _ in range(8):
+        job = busy.start(DRY_JOB)
+        wait_until(lambda job=job: idle.get(job.id).state == "completed", 10, "the job")
+        assert client.hget(f"{prefix}:job:{job.id}", "owner").decode() == idle.name
+    idle.close()  # no idle pod left: the busy one takes the job all the same
+    job = busy.start(DRY_JOB)
+    wait_until(lambda: busy.get(job.id).state == "completed", 10, "the busy pod to take it")
+    assert client.hget(f"{prefix}:job:{job.id}", "owner").decode() == busy.name
