@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import uuid
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, request
 
 from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import payload_response, read_json
+from services.core import tracing
 from services.jobs import outcome, runpod_protocol
 from services.jobs.async_jobs import known
 
@@ -28,7 +29,7 @@ def blueprint(api: Api) -> Blueprint:
     @takes_work
     def runsync(endpoint_id: str) -> Response:
         name = f"sync-{uuid.uuid4()}"
-        body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
+        body, trace = _job_input()
         reply = api.worker.pipeline.run(body, route="runsync", name=name, trace=trace, key=caller().name)
         return payload_response(
             {"id": name, **outcome.as_runpod(reply.body), **runpod_protocol.traced(reply.trace_id)}
@@ -37,7 +38,7 @@ def blueprint(api: Api) -> Blueprint:
     @routes.post("/run")
     @takes_work
     def run(endpoint_id: str) -> Response:
-        body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
+        body, trace = _job_input()
         job = api.jobs.start(body, trace, caller().name, slot())
         handed_over()
         return payload_response({"id": job.id, "status": outcome.RUNPOD_STATUS[job.state]})
@@ -51,3 +52,10 @@ def blueprint(api: Api) -> Blueprint:
         return payload_response(runpod_protocol.view(known(api.jobs.cancel(job_id, caller().name))))
 
     return routes
+
+
+def _job_input() -> tuple[object, dict[str, str]]:
+    """The job's input and the client's trace: its input's `traceparent` field, as a serverless
+    job carries it, else the request's `traceparent` header, as on `/run`."""
+    body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
+    return body, trace or tracing.carried(request.headers)

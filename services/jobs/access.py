@@ -87,6 +87,8 @@ def _key(words: list[str], names: set[str]) -> tuple[str, Key]:
         raise ValueError(f"'{name[:64]}' is not a name (letters, digits, '_', '.', '-'; up to 64)")
     if name in names:
         raise ValueError(f"duplicate name '{name}'")
+    if name == SINGLE.name:  # the API_KEY variable's key: one owner of jobs and limits for both
+        raise ValueError(f"'{name}' is the name of the API_KEY variable's key; choose another")
     match = _HASH.fullmatch(stored)
     if match is None:
         hint = " and this looks like a plaintext key" if stored.startswith(TOKEN_PREFIX) else ""
@@ -112,7 +114,7 @@ def _key(words: list[str], names: set[str]) -> tuple[str, Key]:
 def _limit(limit: str, field: str, raw: str) -> int:
     try:
         value = int(raw) if field == "jobs" else int(float(raw) * 1e9)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf, 1e400
         value = 0
     if value <= 0:
         raise ValueError(f"bad limit '{limit}' (a number above 0)")

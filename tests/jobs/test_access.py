@@ -43,6 +43,22 @@ def test_limits_comments_and_blank_lines():
         (f"a sha256:{'ab' * 31} jobs", "line 1: the key of 'a' must be stored as sha256:<64 hex digits>"),
         (f"a {HASH} jobs jobs=0", "line 1: bad limit 'jobs=0' (a number above 0)"),
         (f"a {HASH} jobs jobs=many", "line 1: bad limit 'jobs=many' (a number above 0)"),
+        (
+            f"a {HASH} jobs download_gb_per_day=inf",
+            "line 1: bad limit 'download_gb_per_day=inf' (a number above 0)",
+        ),
+        (
+            f"a {HASH} jobs download_gb_per_day=1e400",
+            "line 1: bad limit 'download_gb_per_day=1e400' (a number above 0)",
+        ),
+        (
+            f"a {HASH} jobs download_gb_per_day=nan",
+            "line 1: bad limit 'download_gb_per_day=nan' (a number above 0)",
+        ),
+        (
+            f"API_KEY {HASH} jobs",
+            "line 1: 'API_KEY' is the name of the API_KEY variable's key; choose another",
+        ),
         (f"a {HASH} jobs speed=3", "line 1: bad limit 'speed=3' (limits: jobs=<n>, download_gb_per_day=<x>)"),
         (f"a {HASH} jobs\nb {HASH} admin", "line 2: the same key as 'a'"),
         (f"a {HASH}", "line 1: a line is '<name> sha256:<64 hex digits> <scopes> [limits]'"),
@@ -54,9 +70,16 @@ def test_a_bad_line_is_named(text, error):
     assert str(raised.value).startswith(f"API_KEYS_FILE {error}")
 
 
-def test_a_bad_file_stops_the_worker_at_start_with_one_line(tmp_path):
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ("jobs,job", "unknown scope 'job' (scopes: jobs, models, admin, metrics)"),
+        ("jobs download_gb_per_day=inf", "bad limit 'download_gb_per_day=inf' (a number above 0)"),
+    ],
+)
+def test_a_bad_file_stops_the_worker_at_start_with_one_line(tmp_path, line, error):
     path = tmp_path / "keys"
-    path.write_text(f"ops {HASH} admin\nci {OTHER} jobs,job\n")
+    path.write_text(f"ops {HASH} admin\nci {OTHER} {line}\n")
     env = {"PATH": "/usr/bin:/bin", "API_KEYS_FILE": str(path), "DRY_RUN": "1", "ENCRYPTION_REQUIRED": "0"}
     done = subprocess.run(
         [sys.executable, "-m", "services.container.entrypoint", "--check"],
@@ -68,9 +91,7 @@ def test_a_bad_file_stops_the_worker_at_start_with_one_line(tmp_path):
     )
     lines = (done.stdout + done.stderr).strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, lines
-    assert lines[0].endswith(
-        "configuration error: API_KEYS_FILE line 2: unknown scope 'job' (scopes: jobs, models, admin, metrics)"
-    )
+    assert lines[0].endswith(f"configuration error: API_KEYS_FILE line 2: {error}")
 
 
 def test_api_key_alone_is_one_key_with_every_scope_and_none_is_open():

@@ -1,6 +1,6 @@
 """A job is one trace, exported by the real worker (supervisord, gunicorn with gevent, the runpod
 SDK) over OTLP/HTTP to a real receiver: a pod's encrypted job from its request to its answer,
-with a client's `traceparent` continued and nothing of the job in any span, its async job from
+with a client's `traceparent` continued (on `/run` and RunPod's routes alike) and nothing of the job in any span, its async job from
 submission to run, a serverless job through the local queue, and a fleet's job submitted on one
 pod and run by another. A webhook taken over by another pod is in test_shared_jobs.py."""
 
@@ -77,10 +77,20 @@ def test_a_pod_s_jobs_are_traced_from_request_to_answer_and_name_nothing_of_an_e
         named = {s.name: s for s in spans}
         assert named["submit"].parent_id == async_span and named["job"].parent_id == named["submit"].span_id
         assert named["job"].attributes["job.id"] == job_id
+
+        runpod_traces = []  # RunPod's routes on the pod continue the header too
+        for route, first in (("runsync", "job"), ("run", "submit")):
+            rp_trace, rp_span, header = client_trace()
+            runpod_traces.append(rp_trace)
+            job = {"input": {"workflow": empty_image(8, 8, 11)}}
+            sent = requests.post(f"{pod.url}/v2/pod/{route}", json=job, headers=header, timeout=120)
+            assert sent.status_code == 200, sent.text
+            spans = otlp.wait_for(rp_trace, {first, "job", "comfyui.execute"})
+            assert {s.name: s for s in spans}[first].parent_id == rp_span
     finally:
         pod.stop()
     ends = [json.loads(line) for line in pod.log.splitlines() if '"job.end"' in line]
-    assert {e["trace_id"] for e in ends} == {trace_id, async_trace}
+    assert {e["trace_id"] for e in ends} == {trace_id, async_trace, *runpod_traces}
     assert MARKER not in pod.log
 
 
