@@ -1,3 +1,4 @@
+import os
 import signal
 
 import pytest
@@ -13,6 +14,37 @@ def stop_every_stack():
     signal.signal(signal.SIGTERM, previous)
     for stack in list(Stack.running):
         stack.stop()
+
+
+_RUN_DIR = {"now": ""}  # the RUN_DIR of the test being run (own_run_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_machine_run_dir(tmp_path_factory):
+    """No test reads or writes the machine's RUN_DIR (/tmp/comfy-worker by default, where a
+    `make run` stopped with Ctrl-C leaves its drain marker): every settings object a test builds
+    without RUN_DIR gets a temporary one, and so does every process a test starts."""
+    from services.core import config
+
+    real = config.load
+    _RUN_DIR["now"] = str(tmp_path_factory.mktemp("run-dir"))
+
+    def load(environ=None):
+        env = os.environ if environ is None else environ
+        return real(env if "RUN_DIR" in env else {**env, "RUN_DIR": _RUN_DIR["now"]})
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(config, "load", load)
+        patch.setenv("RUN_DIR", _RUN_DIR["now"])
+        yield
+
+
+@pytest.fixture(autouse=True)
+def own_run_dir(no_machine_run_dir, tmp_path_factory):
+    """Each test its own (a module's fixtures share the session's)."""
+    session, _RUN_DIR["now"] = _RUN_DIR["now"], str(tmp_path_factory.mktemp("run-dir"))
+    yield
+    _RUN_DIR["now"] = session
 
 
 def _interrupt(*_: object) -> None:

@@ -269,7 +269,7 @@ class ComfyExecutor:
         try:
             while not outcome.done:
                 self._check_limits(job, deadline, cancel)
-                if move is not None and not job.started and move() and self._withdraw(job):
+                if move is not None and self._waits_behind(job) and move() and self._withdraw(job):
                     raise NotStarted(None)
                 try:
                     raw = current.receive()
@@ -327,6 +327,12 @@ class ComfyExecutor:
                 for other in self._accepted
             )
 
+    def _waits_behind(self, job: _Job) -> bool:
+        """Whether the job's prompt waits behind another of ours that runs: only then may it
+        move. A lone prompt ComfyUI has not picked up yet (its clean-up after the last prompt
+        takes a while) starts next where it is."""
+        return not job.started and self._behind(job)
+
     def _reconnect(self, job: _Job) -> Socket | None:
         """A dropped socket: reconnect with the same client id, or give up and poll."""
         for _ in range(3):
@@ -365,10 +371,10 @@ class ComfyExecutor:
 
     def _known_to_queue(self, job: _Job) -> bool:
         queue = self.client.queue()
-        if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_running", [])):
+        if _listed(queue, "queue_running", job):
             self._started(job)
             return True
-        if any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get("queue_pending", [])):
+        if _listed(queue, "queue_pending", job):
             return True
         return self.client.history(job.prompt_id) is not None  # finished between the two calls
 
@@ -398,10 +404,11 @@ class ComfyExecutor:
         and wait briefly for its end so that its history entry can be deleted too."""
         try:
             queue = self.client.queue()
-            if any(item[1] == job.prompt_id for item in queue.get("queue_pending", [])):
+            if _listed(queue, "queue_pending", job):
                 self.client.delete_from_queue(job.prompt_id)
-                return
-            if any(item[1] == job.prompt_id for item in queue.get("queue_running", [])):
+                queue = self.client.queue()  # it may have started before the delete (as in _withdraw)
+            if _listed(queue, "queue_running", job):
+                self._started(job)  # it left the queue: a fleet job is started, not handed on
                 self.client.interrupt(job.prompt_id)
                 limit = time.monotonic() + END_GRACE_S
                 while time.monotonic() < limit and self.client.history(job.prompt_id) is None:
@@ -460,6 +467,11 @@ class ComfyExecutor:
             except OSError:
                 pass
         return self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
+
+
+def _listed(queue: dict, part: str, job: _Job) -> bool:
+    """Whether the job's prompt is in that part of ComfyUI's /queue answer."""
+    return any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get(part, []))
 
 
 def _write_input(folder: str, name: str, data: bytes) -> None:

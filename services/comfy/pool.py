@@ -93,12 +93,12 @@ class ComfyPool:
         deadline = time.monotonic() + request.timeout_s
         waited = ran = 0.0
         instance: Instance | None = None
-        reruns, again, failed = 0, False, None
+        reruns, again, last = 0, False, None
         try:
             while True:
                 asked = time.monotonic()
                 with tracing.stage("queue.wait") as wait:
-                    instance = self._take(request, deadline, cancel, again, failed)
+                    instance = self._take(request, deadline, cancel, again, last)
                     wait.set(**{"comfyui.instance": instance.number})
                 taken = time.monotonic()
                 waited += taken - asked
@@ -111,11 +111,11 @@ class ComfyPool:
                         move=functools.partial(self._idle_besides, instance),
                     )
                 except NotStarted as back:
+                    last = instance  # moved from it, or its ComfyUI died: another goes first
                     if back.error is not None:
                         self._changed_instances()
-                        failed = instance
                         reruns += 1
-                        if request.elsewhere and not self._ready_besides(failed):
+                        if request.elsewhere and not self._ready_besides(instance):
                             raise errors.NotStartedHere(
                                 "the job had not started when this pod's last ready ComfyUI went down"
                             ) from None
@@ -180,11 +180,12 @@ class ComfyPool:
         deadline: float,
         cancel: Cancel | None,
         again: bool,
-        failed: Instance | None,
+        last: Instance | None,
     ) -> Instance:
         """`again`: the job was taken back from an instance; it goes first in the line.
-        `failed`: the instance whose ComfyUI died under it, the last choice (its state may not
-        say so yet). A single ComfyUI waits for its boot in the executor."""
+        `last`: the instance it was taken back from (to move to an idle one), or whose ComfyUI
+        died under it (its state may not say so yet): the last choice. A single ComfyUI waits
+        for its boot in the executor."""
         ticket = _Waiter(request.owner, again)
         with self._changed:
             self._waiting.append(ticket)
@@ -203,7 +204,7 @@ class ComfyPool:
                             chosen = min(
                                 room,
                                 key=lambda i: (
-                                    i is failed or not self._ready(i, states[i.number]),
+                                    i is last or not self._ready(i, states[i.number]),
                                     i.jobs,
                                     i.number,
                                 ),

@@ -48,9 +48,12 @@ def main(argv: list[str]) -> int:
     environment = {**os.environ, "WORKER_PID1": str(os.getpid())}
     child = os.posix_spawn(command[0], command, environment, setsid=True, setsigmask=set())
     nudge(socket_path, child)
-    code = Supervision(child, RunDir(run_dir), drain_timeout_s, keys_file).run()
+    layout = RunDir(run_dir)
+    code = Supervision(child, layout, drain_timeout_s, keys_file).run()
     reap_session(child)
     reap_orphans()
+    with contextlib.suppress(OSError):  # nothing of the worker runs now: no drain is left behind
+        drain.clear(layout)
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
             program, _, boot_tail = handle.read().partition("\n")

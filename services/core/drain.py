@@ -72,6 +72,12 @@ def end(layout: RunDir) -> bool:
     return True
 
 
+def clear(layout: RunDir) -> None:
+    """The worker stopped: whatever the drain was, the next start takes work."""
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(layout.drain_file)
+
+
 def busy(layout: RunDir) -> list[str]:
     """The kinds of work in hand of processes still alive (a dead process's work is gone)."""
     try:

@@ -49,7 +49,7 @@ from services.core import background, drain, errors, json_text, tracing
 from services.core.config import Settings
 from services.core.job_spec import Cancel
 from services.core.offload import offload
-from services.jobs import envelope, outcome, webhooks
+from services.jobs import access, envelope, outcome, webhooks
 from services.jobs.async_jobs import AsyncJob, JobStore, check_webhook
 from services.jobs.pipeline import Pipeline
 from services.jobs.quotas import Quotas
@@ -128,7 +128,8 @@ redis.call('XACK', KEYS[3], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[3], ARGV[2])
 redis.call('HDEL', KEYS[4], ARGV[2])
 redis.call('DEL', KEYS[5])
-if state and state ~= 'queued' then return 0 end
+if state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[3] then return 1 end
+if state ~= 'queued' then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'running', 'owner', ARGV[3], 'started', ARGV[4])
 redis.call('SADD', KEYS[2], ARGV[5])
 return 1
@@ -139,7 +140,8 @@ redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
 redis.call('XDEL', KEYS[3], ARGV[9])
 redis.call('HDEL', KEYS[4], ARGV[9])
 redis.call('DEL', KEYS[5])
-if state and state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
+if not state then return -1 end
+if state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'http_status', ARGV[4],
@@ -330,8 +332,9 @@ class SharedJobs(JobStore):
 
     def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
         record = self._record(job_id)
-        # a record without a key was written before keys had names (a rolling upgrade): anyone's
-        if not record or (owner is not None and record.get("key", owner) != owner):
+        # a record without a key (a pod before named keys wrote it) is no named key's: only an
+        # open worker's ("-", where every job is anyone's)
+        if not record or (owner is not None and record.get("key", access.OPEN.name) != owner):
             return None
         if record.get("state") == "running" and self._declare_lost(job_id, record.get("owner", "")):
             record = self._record(job_id)
@@ -733,13 +736,20 @@ class SharedJobs(JobStore):
                 time.sleep(RETRY_S)
                 continue
             self.store.reached(True)
-            if not written:
+            if written == -1:
+                log.warning(
+                    "job %s ended here but its record is gone from the shared state (Redis lost it): "
+                    "its outcome is dropped",
+                    job_id,
+                    extra={"event": "job.outcome_dropped", "job_id": job_id},
+                )
+            elif not written:
                 log.warning(
                     "job %s ended here after it was answered elsewhere; its outcome here is dropped",
                     job_id,
                     extra={"event": "job.outcome_dropped", "job_id": job_id},
                 )
-            return bool(written)
+            return written == 1
 
     # liveness, cancels and lost pods -------------------------------------------------------
     def _watch_round(self) -> None:

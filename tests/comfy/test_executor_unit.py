@@ -89,3 +89,47 @@ def test_a_waiting_job_asks_comfyui_the_moment_the_relay_says_it_booted(tmp_path
     threading.Timer(0.3, boot).start()
     assert executor.until_answers(time.monotonic() + 60)
     assert client.asked <= asked_before[0] + 2  # asked when the file appeared (a tick may fall between)
+
+
+class StartsDuringTheStop:
+    """ComfyUI whose prompt is pending when the stop looks, and starts before the delete
+    arrives (the delete then finds nothing to delete)."""
+
+    def __init__(self, prompt_id):
+        self.prompt_id = prompt_id
+        self.looks = 0
+        self.deleted = self.interrupted = False
+
+    def queue(self):
+        self.looks += 1
+        item = [[0, self.prompt_id, {}, {}, []]]
+        return (
+            {"queue_pending": item, "queue_running": []}
+            if self.looks == 1
+            else {
+                "queue_pending": [],
+                "queue_running": item,
+            }
+        )
+
+    def delete_from_queue(self, prompt_id):
+        self.deleted = True
+
+    def interrupt(self, prompt_id):
+        self.interrupted = True
+
+    def history(self, prompt_id):
+        return {"status": {}} if self.interrupted else None
+
+
+def test_a_prompt_that_starts_while_it_is_stopped_is_interrupted_and_counted_started(tmp_path):
+    from services.comfy.executor import _Job
+    from services.core.job_spec import JobRequest
+
+    settings = config.load({"ENCRYPTION_REQUIRED": "0", "RUN_DIR": str(tmp_path)})
+    started = []
+    job = _Job(JobRequest({}, (), False, 10, on_start=lambda: started.append(True)))
+    client = StartsDuringTheStop(job.prompt_id)
+    ComfyExecutor(settings, client)._stop(job)
+    assert client.deleted and client.interrupted  # not left running with its place counted free
+    assert job.started and started == [True]  # a fleet job that ran is not handed to another pod

@@ -22,11 +22,14 @@ from tests.workflows import decode_png, empty_image, slow_workflow, with_knob
 KEY = "pool-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 ENV = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "API_KEY": KEY, "COMFY_INSTANCES": "2", "WATCH_FAILS": "2"}
+# ComfyUI takes a while between prompts before it picks up the next (longer on a GPU)
+PICKUP = {"COMFY_ENV": "STANDIN_PICKUP_SECONDS", "STANDIN_PICKUP_SECONDS": "0.3"}
+MOVED = "a job's prompt had not started on instance {} (another instance is idle): it runs again"
 
 
 @pytest.fixture(scope="module")
 def stack():
-    stack = Stack("api", {**ENV, "JOB_TIMEOUT_S": "60"}).start(wait_for=("api", "comfy", "comfy-1"))
+    stack = Stack("api", {**ENV, **PICKUP, "JOB_TIMEOUT_S": "60"}).start(wait_for=("api", "comfy", "comfy-1"))
     wait_until(lambda: all(i["ready"] for i in instances(stack)), 60, "both instances ready")
     yield stack
     stack.stop()
@@ -125,18 +128,32 @@ def test_each_instance_runs_one_job_with_the_next_queued_behind_it_and_a_fifth_w
     wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")
 
 
+def ran_on(stack, job_id):
+    """The instance the job's end line names."""
+    wait_until(lambda: f"job {job_id} ended:" in stack.log, 10, f"the end line of {job_id}")
+    return int(re.search(rf"job {job_id} ended: .* instance=(\d+) ", stack.log).group(1))
+
+
+def test_a_lone_job_comfyui_has_not_picked_up_yet_stays_on_its_instance(stack):
+    moves = stack.log.count(MOVED.format(0)) + stack.log.count(MOVED.format(1))
+    for color in (0x101010, 0x202020):  # the second comes while ComfyUI takes its time after the first
+        job_id = submit(stack, empty_image(7, 7, color))
+        assert ended(stack, job_id)["state"] == "completed"
+        assert ran_on(stack, job_id) == 0  # submitted once, run where it was queued
+    assert stack.log.count(MOVED.format(0)) + stack.log.count(MOVED.format(1)) == moves
+
+
 def test_a_job_queued_behind_a_long_one_moves_to_an_instance_that_falls_idle(stack):
     long = submit(stack, slow(20))
     wait_until(lambda: running(stack, 0), 30, "the long job to run on instance 0")
     short = submit(stack, slow(1))
     wait_until(lambda: running(stack, 1), 30, "the short job to run on instance 1")
     queued = submit(stack, empty_image(6, 6, 0x00FF00))  # both busy: behind the long one, on 0
+    wait_until(lambda: pending(stack, 0), 10, "the third job queued behind the long one")
     assert ended(stack, short)["state"] == "completed"
     assert ended(stack, queued)["state"] == "completed"
     assert requests.get(f"{stack.url}/jobs/{long}", headers=AUTH, timeout=10).json()["state"] == "running"
-    assert (
-        "a job's prompt had not started on instance 0 (another instance is idle): it runs again" in stack.log
-    )
+    assert MOVED.format(0) in stack.log and ran_on(stack, queued) == 1
     requests.post(f"{stack.url}/jobs/{long}/cancel", headers=AUTH, timeout=10)
     assert ended(stack, long)["state"] == "cancelled"
     wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")

@@ -23,7 +23,9 @@ nodes of the last prompt are not run again), and offers knobs as extra node clas
 SaveLatent writes a safetensors file as ComfyUI does (`latents` output).
 
 Environment knobs: STANDIN_BOOT_SECONDS (slow start-up before the port opens), STANDIN_HELPER=1
-(start a child process, as custom nodes do, to show what a crash leaves behind).
+(start a child process, as custom nodes do, to show what a crash leaves behind),
+STANDIN_PICKUP_SECONDS (how long a queued prompt waits before the prompt worker takes it, as
+ComfyUI's clean-up between prompts takes on a GPU).
 """
 
 from __future__ import annotations
@@ -246,6 +248,7 @@ class Server:
         self.interrupt = threading.Event()
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.pickup_s = float(os.environ.get("STANDIN_PICKUP_SECONDS", "0"))
 
     # --- messaging ---------------------------------------------------------------------------
     def send(self, kind: str, data: dict, sid: str | None) -> None:
@@ -445,6 +448,10 @@ class Server:
             while not self.queue:
                 self.wake.clear()
                 await self.wake.wait()
+            if self.pickup_s:  # ComfyUI's prompt worker takes a while before its next get()
+                await asyncio.sleep(self.pickup_s)
+                if not self.queue:  # deleted meanwhile
+                    continue
             item = heapq.heappop(self.queue)
             self.running = item
             self.interrupt.clear()

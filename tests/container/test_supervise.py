@@ -88,6 +88,8 @@ def test_sigterm_lets_two_sync_jobs_and_an_async_one_finish_refuses_new_work_and
         fetched = time.monotonic()
         assert stack.exit_code(timeout=30) == 0
         assert time.monotonic() - fetched < 20  # soon after the last job, not at DRAIN_TIMEOUT_S
+        # no drain marker outlives the worker: one in a shared RUN_DIR would stop the next reader
+        assert not os.path.exists(RunDir(stack.run_dir).drain_file)
         wait_until(lambda: "drained: nothing left in hand, stopping" in stack.log, 5, "PID 1's words")
     finally:
         stack.stop()

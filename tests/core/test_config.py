@@ -1,4 +1,5 @@
 import base64
+import os
 
 import pytest
 
@@ -159,3 +160,13 @@ def test_comfy_output_is_hidden_when_it_could_reveal_jobs():
     assert load().comfy_output_shown is False  # a private key: encrypted jobs are possible
     assert load(COMFY_LOG="1").comfy_output_shown is True  # the operator's explicit choice
     assert config.load({"ENCRYPTION_REQUIRED": "0", "COMFY_LOG": "0"}).comfy_output_shown is False
+
+
+def test_no_test_uses_the_machine_s_run_dir():
+    """The guard of tests/conftest.py: a drain marker a stopped `make run` left in the default
+    RUN_DIR is read by no test (a clean clone's `make test` after a first `make run` passes)."""
+    default = config.Settings().run_dir
+    built = load()
+    assert built.run_dir != default and os.path.isdir(built.run_dir)
+    assert os.environ["RUN_DIR"] != default  # and every process a test starts
+    assert not os.path.exists(built.run_layout.drain_file)

@@ -723,17 +723,36 @@ def test_a_pending_webhook_sealed_to_a_dropped_key_fails_instead_of_staying_clai
     assert client.hget(key, "webhook_state") == b"failed" and client.hget(key, "webhook_url") is None
 
 
-def test_a_job_a_pod_before_named_keys_submitted_is_every_key_s_and_another_key_s_is_not(redis_server):
-    """During a rolling upgrade a record may have no key: it stays visible; a named one is its key's."""
+def test_a_record_without_a_key_is_no_named_key_s_and_another_key_s_job_is_not_either(redis_server):
+    """A record without a key (none is written so; one a pod before named keys wrote) is seen
+    only where every job is anyone's (no keys set); a named key sees its own jobs only."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     store = shared_jobs(redis_server, prefix, lambda own: 0)
     client = redis_server.client()
     client.hset(f"{prefix}:job:old", mapping={"state": "queued", "created": 1})
-    assert store.get("old", "ci").state == "queued" and store.get("old").state == "queued"
+    assert store.get("old", "ci") is None and store.cancel("old", "ci") is None
+    assert store.get("old", "-").state == "queued" and store.get("old").state == "queued"
     job = store.start(DRY_JOB, owner="ci")
     assert store.get(job.id, "ci").state == "queued"
     assert store.get(job.id, "team") is None and store.cancel(job.id, "team") is None
     assert store.get(job.id, "ci").state == "queued"  # the other key's cancel did not reach it
+
+
+@pytest.mark.parametrize("starts", [True, False], ids=["running", "queued"])
+def test_a_job_whose_record_redis_lost_writes_no_record_anew(redis_server, starts):
+    """Redis restarted without persistence under a job (here its record deleted): neither its
+    start nor its end writes a record, which, without its key, another key could read."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    comfy = Blocking(starts=starts)
+    pod = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy)
+    job = pod.start(DRY_JOB, owner="ci")
+    assert comfy.running.wait(10)
+    client = redis_server.client()
+    client.delete(f"{prefix}:job:{job.id}")
+    comfy.release.set()
+    wait_until(lambda: not pod._taken, 10, "the job to end on its pod")
+    assert client.exists(f"{prefix}:job:{job.id}") == 0
+    assert pod.get(job.id, "team") is None and pod.get(job.id, "ci") is None
 
 
 def ran_in_order(pod, jobs):
