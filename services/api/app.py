@@ -38,7 +38,6 @@ from services.core.config import Settings
 from services.jobs import envelope, runpod_protocol
 from services.jobs.access import Keys
 from services.jobs.metrics import Metrics
-from services.jobs.quotas import Quotas
 from services.jobs.worker import build_worker, job_store
 
 log = logging.getLogger("worker.api")
@@ -89,12 +88,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 def _build(settings: Settings, keys: Keys) -> Api:
     """The worker, observed by the metrics, and what the routes need beside it."""
     metrics = Metrics(settings, lambda: health.read()["instances"], lambda: worker.pool.waiting)
-    worker = build_worker(settings, observer=metrics)
+    worker = build_worker(settings, observer=metrics, keys=keys)
     health = ComfyHealth(settings, worker.pool)
     metrics.watch_models(worker.models)
     worker.pool.time_jobs(metrics.job_timed)
-    quotas = Quotas(settings, worker.state)
-    jobs = job_store(worker, quotas)
+    jobs = job_store(worker)
     if worker.state is not None:
         metrics.watch_shared(jobs)
     controls = [
@@ -102,7 +100,7 @@ def _build(settings: Settings, keys: Keys) -> Api:
         for n, instance in enumerate(worker.pool.instances)
     ]
     public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
-    return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings), keys, quotas)
+    return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings), keys, worker.quotas)
 
 
 def _cuda(settings: Settings) -> dict | None:

@@ -149,6 +149,17 @@ class Keys:
             return SINGLE
         return self._keys.get(hash_of(token))
 
+    def named(self, name: str) -> Key | None:
+        """The key in force called `name` (a job run later, or on another pod of the fleet,
+        knows its key by name only); None when no such key is in force now."""
+        if self.open:
+            return OPEN if name == OPEN.name else None
+        if self._single and name == SINGLE.name:
+            return SINGLE
+        if self.path:
+            self._reload()
+        return next((key for key in self._keys.values() if key.name == name), None)
+
     def names(self) -> list[str]:
         return sorted(key.name for key in self._keys.values())
 

@@ -36,6 +36,7 @@ from services.jobs import (
     worker_comfyui,
 )
 from services.jobs.output_store import OutputStore
+from services.jobs.quotas import JobModelLimits
 from services.jobs.replay import ReplayGuard
 from services.jobs.templates import Templates
 from services.models.job_models import JobModels
@@ -119,13 +120,15 @@ class Pipeline:
         shared: StateStore | None = None,
         in_hand: InHand | None = None,
         templates: Templates | None = None,
+        model_limits: JobModelLimits | None = None,
     ) -> None:
         """`executor`: what runs a checked job in ComfyUI (the pool); `models`: what makes sure
         of a job's models on the volume; `shared`: the fleet's Redis (STATE_URL), which remembers
         envelopes for every worker; `in_hand`: where each running job is held for a drain
         (services.core.in_hand); `templates`: the named workflows a call may fill in
         (services.jobs.templates); `result_limit_bytes`: the cap of an answer (serverless),
-        beyond which outputs go to `output_store` (or the job fails with output_too_large)."""
+        beyond which outputs go to `output_store` (or the job fails with output_too_large);
+        `model_limits`: the scope and bytes a job's models need of its key (the pod API's keys)."""
         self.settings = settings
         self.observer = observer
         self.executor = executor
@@ -136,6 +139,7 @@ class Pipeline:
         self.models = models
         self.in_hand = in_hand
         self.templates = templates
+        self.model_limits = model_limits
 
     def run(
         self,
@@ -247,8 +251,13 @@ class Pipeline:
         job = call.job(job) if call else job
         job = replace(job, elsewhere=job_id is not None, on_start=on_start, owner=key)
         facts.models = len(job.models)
-        with tracing.stage("models", **{"job.models": len(job.models)}) if job.models else nullcontext():
-            markers = self.models.ensure(job.models, progress, cancel) if job.models else []
+        markers = []
+        if job.models:
+            counted = self.model_limits.counter(key) if self.model_limits is not None else None
+            with tracing.stage("models", **{"job.models": len(job.models)}):
+                markers = self.models.ensure(
+                    job.models, progress, cancel, counted, private=opened is not None
+                )
         try:
             result = self._fit(self._execute(job, progress, cancel, call), opened)
         finally:

@@ -3,31 +3,46 @@ what its downloads may write per UTC day. Counted in this process, or with STATE
 fleet's Redis, so that they hold across pods.
 
 A job takes a slot before its request body is read and gives it back when it ends (an async
-job) or is answered (a sync one). A slot whose pod died is given back after JOB_TTL_S at the
-latest (in Redis each slot is a member of a sorted set, scored with that deadline).
+job) or is answered (a sync one): a slot is held as long as its job, whatever its age. In Redis
+the slots of a key are a hash, slot -> the pod process that took it; a slot whose holder died is
+freed by the liveness that declares its jobs lost, never by a clock: the next take drops the
+slots of an async job whose record ended or is gone, and of a sync job whose process no longer
+shows it lives (`<prefix>:pod:<name>`, expiring after JOB_CLAIM_TIMEOUT_S; a crashed API process's
+goes at once, services.jobs.shared_jobs.release).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from services.core import errors
 from services.core.config import Settings
-from services.jobs.access import Key
+from services.jobs.access import Key, Keys
 
 if TYPE_CHECKING:
     from services.jobs.state_store import StateStore
 
+log = logging.getLogger("worker.access")
 DAY_S = 86_400
 
 _TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+local p, held = ARGV[4], 0
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local state = redis.call('HGET', p .. 'job:' .. flat[i], 'state')
+  local lives
+  if state then lives = state == 'queued' or state == 'running'
+  else lives = redis.call('EXISTS', p .. 'pod:' .. flat[i + 1]) == 1 end
+  if lives then held = held + 1 else redis.call('HDEL', KEYS[1], flat[i]) end
+end
+if held >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
 return 1
 """
 
@@ -36,33 +51,37 @@ class Quotas:
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
         self.store = store
-        self._slots: dict[str, dict[str, float]] = {}  # key name -> slot -> deadline
+        self.holder = ""  # with a store: the pod process whose proof of life keeps its slots
+        self._slots: dict[str, set[str]] = {}  # key name -> its slots
         self._bytes: dict[tuple[str, int], int] = {}  # (key name, day) -> bytes written
         self._lock = threading.Lock()
         self._take = store.redis.register_script(_TAKE) if store is not None else None
 
+    def held_by(self, holder: str) -> None:
+        """The slots this process takes live while the pod `holder` shows it lives."""
+        self.holder = holder
+
     def take_job(self, key: Key) -> str | None:
         """A slot for one job of `key` (its id, which an async job takes as its own); None when
-        the key has no such limit. Raises QuotaExceeded when all its slots are taken."""
+        the key has no such limit. Raises QuotaExceeded when all its slots are taken, and
+        StateUnavailable when Redis does not answer."""
         if key.max_jobs is None:
             return None
-        slot, now = str(uuid.uuid4()), time.time()
-        until = now + self.settings.job_ttl_s
+        slot = str(uuid.uuid4())
         if self.store is not None:
             try:
                 taken = self._take(
                     keys=[self._slots_key(key.name)],
-                    args=[now, key.max_jobs, until, slot, int(self.settings.job_ttl_s * 1000)],
+                    args=[key.max_jobs, slot, self.holder, self.store.key("")],
                 )
             except self.store.Error as exc:
                 raise self.store.unavailable(exc) from None
         else:
             with self._lock:
-                slots = {s: d for s, d in self._slots.get(key.name, {}).items() if d > now}
+                slots = self._slots.setdefault(key.name, set())
                 taken = len(slots) < key.max_jobs
                 if taken:
-                    slots[slot] = until
-                self._slots[key.name] = slots
+                    slots.add(slot)
         if not taken:
             raise errors.QuotaExceeded(
                 f"key '{key.name}' has {key.max_jobs} job(s) running or queued, its limit; "
@@ -74,12 +93,12 @@ class Quotas:
     def give_back(self, name: str, slot: str) -> None:
         if self.store is not None:
             try:
-                self.store.redis.zrem(self._slots_key(name), slot)
+                self.store.redis.hdel(self._slots_key(name), slot)
             except self.store.Error as exc:
-                self.store.reached(False, exc)  # it frees itself after JOB_TTL_S
+                self.store.reached(False, exc)  # dropped at a take once its job or holder ended
             return
         with self._lock:
-            self._slots.get(name, {}).pop(slot, None)
+            self._slots.get(name, set()).discard(slot)
 
     def check_download(self, key: Key) -> None:
         """Raises QuotaExceeded when the key's downloads wrote their daily bytes already."""
@@ -122,8 +141,37 @@ class Quotas:
 
     def _slots_key(self, name: str) -> str:
         assert self.store is not None
-        return self.store.key("quota", "jobs", name)
+        return self.store.key("quota", "slots", name)
 
     def _bytes_key(self, name: str, day: int) -> str:
         assert self.store is not None
         return self.store.key("quota", "bytes", name, str(day))
+
+
+class JobModelLimits:
+    """A job's `models` write to the model volume as `/download` does, so they need what it
+    needs of the key that sent the job: the `models` scope, and its download bytes of the day,
+    which their transfers count against."""
+
+    def __init__(self, keys: Keys, quotas: Quotas) -> None:
+        self.keys = keys
+        self.quotas = quotas
+
+    def counter(self, name: str) -> Callable[[int], None] | None:
+        """What counts the bytes the job's transfers write for key `name` (None: no limit).
+        Raises Forbidden without the scope, QuotaExceeded past the day's bytes."""
+        key = self.keys.named(name)
+        if key is None or "models" not in key.scopes:
+            raise errors.Forbidden(
+                "this key has no 'models' scope, which a job's `models` need (they write to the model volume)"
+            )
+        try:
+            self.quotas.check_download(key)
+        except errors.StateUnavailable:  # as a sync /download does while Redis is down
+            log.warning(
+                "the download bytes of key %s are not checked for a job's models: the shared state "
+                "does not answer",
+                key.name,
+                extra={"event": "access.unchecked", "key_name": key.name},
+            )
+        return functools.partial(self.quotas.downloaded, key.name) if key.download_bytes_per_day else None

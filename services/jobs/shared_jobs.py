@@ -61,7 +61,7 @@ GROUP = "workers"
 HANDED_BACK = "handed-back"  # the consumer entries a pod let go of wait under
 _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and why
     errors.ShuttingDown.code: "cut by the drain's deadline",
-    errors.NotStartedHere.code: "not started when this pod's last ComfyUI went down",
+    errors.NotStartedHere.code: "not started on this pod",
 }
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
 BEHIND_S = 0.1  # how often a pod whose ComfyUIs are all busy looks for a job to queue behind
@@ -140,8 +140,10 @@ redis.call('XACK', KEYS[3], ARGV[8], ARGV[9])
 redis.call('XDEL', KEYS[3], ARGV[9])
 redis.call('HDEL', KEYS[4], ARGV[9])
 redis.call('DEL', KEYS[5])
-if not state then return -1 end
-if state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
+if not state then
+  if ARGV[11] == '' then return -1 end
+  redis.call('HSET', KEYS[1], 'key', ARGV[11], 'created', ARGV[5])
+elseif state ~= 'queued' and not (state == 'running' and redis.call('HGET', KEYS[1], 'owner') == ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[2], 'result', ARGV[3], 'http_status', ARGV[4],
@@ -240,7 +242,10 @@ class _Taken:
     key: str  # the name of the API key that submitted it
     cancel: Cancel = field(default_factory=Cancel)
     started: bool = False  # its record is `running` under this pod
-    dropped: bool = False  # handed back (the pod stops): this run answers nothing
+    dropped: bool = False  # handed back (the pod drains or stops): this run answers nothing
+    unsure: bool = False  # its start was sent but Redis never said whether it took
+    kept: float = field(default_factory=time.monotonic)  # its ticket's idle time last began again
+    lock: threading.Lock = field(default_factory=threading.Lock)  # over started and dropped
 
 
 class SharedJobs(JobStore):
@@ -268,6 +273,7 @@ class SharedJobs(JobStore):
         self.webhook_set = store.key("webhooks")  # job ids whose webhook is still pending
         self._delivering: set[str] = set()  # ... delivered by this pod
         self.name = _name_prefix(os.getpid()) + uuid.uuid4().hex[:6]
+        quotas.held_by(self.name)  # its slots live while this pod does
         self.stream = store.key("jobs")
         self.running_set = store.key("running")
         self.taken_over = 0
@@ -383,16 +389,28 @@ class SharedJobs(JobStore):
         (their idle time is set past the claim timeout). Jobs running here run on."""
         with self._lock:
             self._closing = True
-            held = [taken for taken in self._taken.values() if not taken.started]
-            for taken in held:
-                taken.dropped = True
         self._changed.set()
-        log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", len(held))
+        held = self._let_go(
+            errors.ShuttingDown("this pod's API process stops; the job went back to the fleet's queue")
+        )
+        log.info("stopped taking jobs from the fleet's queue; %d taken but not started go back", held)
+        self._hand_back_webhooks()
+
+    def _let_go(self, stop: errors.WorkerError) -> int:
+        """Hand back the jobs taken here that have not started (their prompts wait in ComfyUI's
+        queue), for another pod at once, and take them out of ComfyUI. How many."""
+        with self._lock:
+            candidates = [taken for taken in self._taken.values() if not taken.dropped]
+        held = []
+        for taken in candidates:
+            with taken.lock:
+                if not taken.started and not taken.dropped:
+                    taken.dropped = True
+                    held.append(taken)
         _hand_back(self.store, self.settings, [taken.entry_id for taken in held])
-        stop = errors.ShuttingDown("this pod's API process stops; the job went back to the fleet's queue")
         for taken in held:  # out of ComfyUI's queue
             taken.cancel.stop(stop)
-        self._hand_back_webhooks()
+        return len(held)
 
     def _hand_back_webhooks(self) -> None:
         """Webhooks still pending here go to whichever pod looks next (at least once: one this
@@ -412,6 +430,12 @@ class SharedJobs(JobStore):
         with self._lock:
             own = len(self._taken)
         draining = drain.since(self.settings.run_layout) is not None  # it takes nothing new
+        if draining and own:  # ... and what waits here behind a running job runs elsewhere
+            let_go = self._let_go(
+                errors.ShuttingDown("this pod drains; the job went back to the fleet's queue")
+            )
+            if let_go:
+                log.info("draining: %d job(s) taken but not started went back to the fleet's queue", let_go)
         free = 0 if draining else self.capacity(own)
         if free <= 0:
             self._changed.wait(RETRY_S)
@@ -520,28 +544,51 @@ class SharedJobs(JobStore):
         """Its prompt left ComfyUI's queue: the job starts here, once (JobRequest.on_start).
         Cancelled or started on another pod meanwhile, it stops; handed back, it stops and
         answers nothing."""
-        with self._lock:
-            dropped = taken.dropped
-        if not dropped:
-            try:
-                taken.started = bool(
-                    self._scripts["start"](
-                        keys=[
-                            self._job_key(taken.job_id),
-                            self.running_set,
-                            self.stream,
-                            self.store.key("tickets"),
-                            self.store.key("body", taken.job_id),
-                        ],
-                        args=[GROUP, taken.entry_id, self.name, time.time(), taken.job_id],
+        with taken.lock:
+            if not taken.dropped:
+                known = self._write_start(taken)
+                if known is None:  # another pod would take its ticket over and run it again
+                    taken.unsure = True
+                    log.warning(
+                        "job %s: the shared state did not record its start in time; it stops here "
+                        "and goes back to the fleet's queue",
+                        taken.job_id,
+                        extra={"event": "job.start_unknown", "job_id": taken.job_id},
                     )
+                    taken.cancel.stop(
+                        errors.NotStartedHere("the shared state did not record the job's start")
+                    )
+                    return
+                taken.started = known
+                if known:
+                    return
+        taken.cancel.stop(errors.Interrupted("the job was cancelled, or it runs on another pod"))
+
+    def _write_start(self, taken: _Taken) -> bool | None:
+        """Whether the job's start was written (False: cancelled, or started elsewhere), trying
+        again while Redis does not answer; None when it did not answer before another pod may
+        take the job's ticket over (JOB_CLAIM_TIMEOUT_S after it was last kept, with a margin)."""
+        give_up = taken.kept + self.settings.job_claim_timeout_s * 2 / 3
+        while True:
+            try:
+                written = self._scripts["start"](
+                    keys=[
+                        self._job_key(taken.job_id),
+                        self.running_set,
+                        self.stream,
+                        self.store.key("tickets"),
+                        self.store.key("body", taken.job_id),
+                    ],
+                    args=[GROUP, taken.entry_id, self.name, time.time(), taken.job_id],
                 )
             except Error as exc:
                 self.store.reached(False, exc)
-                return  # it runs on; its outcome is written once Redis answers (_finish)
-            if taken.started:
-                return
-        taken.cancel.stop(errors.Interrupted("the job was cancelled, or it runs on another pod"))
+                if time.monotonic() + RETRY_S >= give_up:
+                    return None
+                time.sleep(RETRY_S)
+                continue
+            self.store.reached(True)
+            return bool(written)
 
     def _execute(self, taken: _Taken, body_text: bytes, trace: dict[str, str]) -> None:
         job_id, cancel = taken.job_id, taken.cancel
@@ -664,9 +711,8 @@ class SharedJobs(JobStore):
         ticket back. False when Redis
         does not answer or the job is no longer this pod's."""
         job_id = taken.job_id
-        if not taken.started:
-            again = _hand_back(self.store, self.settings, [taken.entry_id])
-        else:
+        again = False
+        if taken.started or taken.unsure:  # an unsure start may have been written
             try:
                 again = self._scripts["requeue"](
                     keys=[self._job_key(job_id), self.running_set, self.stream],
@@ -675,6 +721,8 @@ class SharedJobs(JobStore):
             except Error as exc:
                 self.store.reached(False, exc)
                 return False
+        if not again and not taken.started:
+            again = _hand_back(self.store, self.settings, [taken.entry_id])
         if again:
             log.info(
                 "job %s went back to the fleet's queue (%s)",
@@ -697,8 +745,10 @@ class SharedJobs(JobStore):
     def _finish(self, taken: _Taken, state: str, result: str, status: int) -> bool:
         """Write the outcome (and let go of the entry of a job that ended before it started),
         waiting out a Redis that does not answer (for up to JOB_TTL_S): a job that ran is never
-        lost to an outage. False: the job was answered elsewhere meanwhile (cancelled, declared
-        worker_lost, run by another pod), and that stays its outcome."""
+        lost to an outage, nor to a Redis that restarted empty (its record is written again,
+        with its key: only that key sees it). False: the job was answered elsewhere meanwhile
+        (cancelled, declared worker_lost, run by another pod), and that stays its outcome, or it
+        had not started and its record is gone."""
         job_id = taken.job_id
         deadline = time.monotonic() + self.settings.job_ttl_s
         while True:
@@ -722,6 +772,7 @@ class SharedJobs(JobStore):
                         GROUP,
                         taken.entry_id,
                         self.store.key(""),
+                        taken.key if taken.started else "",  # a record Redis lost: whose it was
                     ],
                 )
             except Error as exc:
@@ -738,8 +789,8 @@ class SharedJobs(JobStore):
             self.store.reached(True)
             if written == -1:
                 log.warning(
-                    "job %s ended here but its record is gone from the shared state (Redis lost it): "
-                    "its outcome is dropped",
+                    "job %s ended before it started, and its record is gone from the shared state "
+                    "(Redis lost it): its outcome is dropped",
                     job_id,
                     extra={"event": "job.outcome_dropped", "job_id": job_id},
                 )
@@ -778,9 +829,12 @@ class SharedJobs(JobStore):
         """Claim again the entries this pod holds and has not started, so no other pod takes
         them over (their idle time restarts); one already handed back or taken over is left."""
         with self._lock:
-            held = [taken.entry_id for taken in self._taken.values() if not taken.started]
+            held = [taken for taken in self._taken.values() if not taken.started]
         if held:
-            self._scripts["keep"](keys=[self.stream], args=[GROUP, self.name, *held])
+            now = time.monotonic()
+            self._scripts["keep"](keys=[self.stream], args=[GROUP, self.name, *(t.entry_id for t in held)])
+            for taken in held:
+                taken.kept = now
 
     def _read_cancels(self) -> None:
         with self._lock:
@@ -837,7 +891,7 @@ class SharedJobs(JobStore):
         try:
             key, slotted = self.store.redis.hmget(self._job_key(job_id), "key", "slot")
         except Error as exc:
-            self.store.reached(False, exc)  # the slot frees itself after JOB_TTL_S
+            self.store.reached(False, exc)  # a take drops the slot once it sees the job ended
             return
         if slotted == b"1":
             self.quotas.give_back(_text(key or b"-"), job_id)
@@ -867,7 +921,8 @@ class SharedJobs(JobStore):
 def release(store: StateStore, settings: Settings, pid: int) -> int:
     """Hand on at once what the API process `pid` of this host left when it died: the jobs it
     took and had not started go back to the stream, and its proof of life goes, so its running
-    jobs are answered `worker_lost` at the next look of any pod. How many went back."""
+    jobs are answered `worker_lost` at the next look of any pod and the quota slots of its sync
+    jobs are free at the next take (services.jobs.quotas). How many went back."""
     stream, handed = store.key("jobs"), 0
     for consumer in store.redis.xinfo_consumers(stream, GROUP):
         name = _text(consumer["name"])
@@ -877,7 +932,9 @@ def release(store: StateStore, settings: Settings, pid: int) -> int:
         entry_ids = [_text(entry["message_id"]) for entry in pending]
         if entry_ids and _hand_back(store, settings, entry_ids):
             handed += len(entry_ids)
-        store.redis.delete(store.key("pod", name))
+    # its proof of life: its running jobs are lost, and its sync jobs' quota slots free
+    for pod in store.redis.scan_iter(match=store.key("pod", _name_prefix(pid) + "*")):
+        store.redis.delete(pod)
     return handed
 
 

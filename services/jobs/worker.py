@@ -20,10 +20,11 @@ from services.comfy.warmup import start_warmup
 from services.core import background, tracing
 from services.core.config import Settings
 from services.core.in_hand import InHand
+from services.jobs.access import Keys
 from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
-from services.jobs.quotas import Quotas
+from services.jobs.quotas import JobModelLimits, Quotas
 from services.jobs.template_catalog import Catalog
 from services.jobs.templates import Templates
 from services.jobs.webhooks import WebhookObserver, Webhooks
@@ -45,13 +46,20 @@ class Worker:
     in_hand: InHand  # the work a drain waits for
     webhooks: Webhooks
     templates: Templates
+    quotas: Quotas  # the limits of the API keys
 
 
 class Observer(JobObserver, DownloadObserver, WebhookObserver, Protocol):
     """What the pod API's metrics watch: jobs, downloads and webhooks."""
 
 
-def build_worker(settings: Settings, observer: Observer | None = None, cap_results: bool = False) -> Worker:
+def build_worker(
+    settings: Settings,
+    observer: Observer | None = None,
+    cap_results: bool = False,
+    keys: Keys | None = None,
+) -> Worker:
+    """`keys`: the API keys of the pod API, whose scopes and limits a job's models answer to."""
     tracing.setup(settings, "api" if observer is not None else "handler")
     state = None
     if settings.state_url:
@@ -63,6 +71,7 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
     downloads = Downloads(settings, observer=observer, in_hand=in_hand)
     models = JobModels(settings, downloads)
     templates = _templates(settings, pool)
+    quotas = Quotas(settings, state)
     pipeline = Pipeline(
         settings,
         pool,
@@ -73,9 +82,10 @@ def build_worker(settings: Settings, observer: Observer | None = None, cap_resul
         templates=templates,
         result_limit_bytes=int(settings.max_result_mb * 1024 * 1024) if cap_results else None,
         output_store=OutputStore.from_settings(settings) if cap_results else None,
+        model_limits=JobModelLimits(keys, quotas) if keys is not None else None,
     )
     webhooks = Webhooks(settings, in_hand=in_hand, observer=observer)
-    return Worker(settings, pool, downloads, models, pipeline, state, in_hand, webhooks, templates)
+    return Worker(settings, pool, downloads, models, pipeline, state, in_hand, webhooks, templates, quotas)
 
 
 def _templates(settings: Settings, pool: ComfyPool) -> Templates:
@@ -95,11 +105,11 @@ def _templates(settings: Settings, pool: ComfyPool) -> Templates:
     return templates
 
 
-def job_store(worker: Worker, quotas: Quotas) -> JobStore:
+def job_store(worker: Worker) -> JobStore:
     """Async jobs: in this process, or in the fleet's Redis taken by whichever pod has a free
     ComfyUI instance."""
     if worker.state is None:
-        return AsyncJobs(worker.pipeline, quotas, worker.webhooks)
+        return AsyncJobs(worker.pipeline, worker.quotas, worker.webhooks)
     from services.jobs.shared_jobs import SharedJobs
 
     return SharedJobs(
@@ -107,7 +117,7 @@ def job_store(worker: Worker, quotas: Quotas) -> JobStore:
         worker.pipeline,
         worker.state,
         worker.pool.spare,
-        quotas,
+        worker.quotas,
         worker.webhooks,
         at_once=lambda own: worker.pool.spare(own, depth=1),
     )

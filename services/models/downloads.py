@@ -213,15 +213,19 @@ class Downloads:
         present: Callable[[], bool],
         deadline: float | None = None,
         stop: Callable[[], None] | None = None,
+        private: bool = False,
     ) -> str:
         """The file on the volume, "exists" or "done": under the lock beside it, `present()` is
         asked first (again, once a transfer by another worker ended), then it is transferred.
-        `deadline` (monotonic) bounds waiting and transfer alike; `stop` raises to give up."""
-        with tracing.span(
-            "download", download.trace, **{"download.id": download.id, "download.type": download.type}
-        ) as span:
+        `deadline` (monotonic) bounds waiting and transfer alike; `stop` raises to give up.
+        `private` (an encrypted job's model): its span names neither the type nor the size,
+        which would fingerprint the job's content."""
+        described = {} if private else {"download.type": download.type}
+        with tracing.span("download", download.trace, **{"download.id": download.id, **described}) as span:
             state = self._fetch(download, present, deadline, stop)
-            span.set(**{"download.state": state, "download.bytes": download.bytes_done})
+            span.set(
+                **{"download.state": state, **({} if private else {"download.bytes": download.bytes_done})}
+            )
             return state
 
     def _fetch(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from services.core import background, errors
@@ -33,16 +34,25 @@ class JobModels:
         self.transfers = 0
 
     def ensure(
-        self, items: tuple[dict, ...], progress: Progress | None, cancel: Cancel | None
+        self,
+        items: tuple[dict, ...],
+        progress: Progress | None,
+        cancel: Cancel | None,
+        counted: Callable[[int], None] | None = None,
+        private: bool = False,
     ) -> list[Marker]:
-        """Every item on the volume, each marked in use; `release` the markers once the job ended."""
+        """Every item on the volume, each marked in use; `release` the markers once the job ended.
+        `counted` is told the size of each chunk a transfer writes (the key's daily bytes);
+        `private`: an encrypted job's, whose transfers' spans say nothing of what they fetch."""
         planned = [self._plan(index, item) for index, item in enumerate(items)]
+        for download in planned:
+            download.counted = counted
         deadline = time.monotonic() + self.settings.model_fetch_timeout_s
         markers: list[Marker] = []
         try:
             for index, download in enumerate(planned):
                 markers.append(offload(self.cache.use, download.type, download.name))
-                self._ensure(index, download, deadline, progress, cancel)
+                self._ensure(index, download, deadline, progress, cancel, private)
         except BaseException:
             self.release(markers)
             raise
@@ -65,6 +75,7 @@ class JobModels:
         deadline: float,
         progress: Progress | None,
         cancel: Cancel | None,
+        private: bool,
     ) -> None:
         def present() -> bool:  # file system calls, off the hub: a network volume may be slow
             return offload(self.cache.present, download.type, download.name, download.sha256)
@@ -78,7 +89,7 @@ class JobModels:
                 self.hits += 1
                 return
             with _Reporter(index, download, progress):
-                state = self.downloads.fetch(download, present, deadline, stop)
+                state = self.downloads.fetch(download, present, deadline, stop, private)
         except errors.WorkerError as exc:
             raise self._reason(index, exc) from None
         except OSError as exc:

@@ -13,7 +13,7 @@ from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
 
 SCOPED = ("jobs", "models", "admin", "metrics")
-TOKENS = {name: access.new_token() for name in (*SCOPED, "limited", "other")}
+TOKENS = {name: access.new_token() for name in (*SCOPED, "limited", "other", "builder")}
 LINES = {
     "jobs": "jobs",
     "models": "models download_gb_per_day=0.000002",  # 2,000 bytes a day
@@ -21,6 +21,7 @@ LINES = {
     "metrics": "metrics",
     "limited": "jobs jobs=1",
     "other": "jobs",
+    "builder": "jobs,models download_gb_per_day=0.000003",  # 3,000 bytes a day
 }
 ANY = ""  # any known key
 ROUTES = [  # (method, path, the scope it needs; None: open)
@@ -72,6 +73,7 @@ def server():
     server = FileServer()
     server.files["small.safetensors"] = os.urandom(4000)
     server.files["other.safetensors"] = os.urandom(100)
+    server.files["lora.safetensors"] = os.urandom(4000)
     yield server
     server.stop()
 
@@ -220,6 +222,33 @@ def test_a_key_past_its_daily_download_bytes_is_answered_429_and_nothing_is_writ
     assert [m["name"] for m in listing.json()["models"]["vae"]] == ["small.safetensors"]
 
 
+def test_a_job_s_models_need_the_models_scope_and_count_against_the_key_s_day(pod, server):
+    """A job's `models` write to the volume as /download does: a jobs-only key is refused before
+    anything is fetched, and what a job fetches counts against its key's daily bytes."""
+
+    def run(name, file):
+        job = {
+            "workflow": empty_image(4, 4),
+            "models": [{"type": "loras", "url": f"{server.url}/file/{file}"}],
+        }
+        return requests.post(pod.url + "/run", json=job, headers=auth(name), timeout=60)
+
+    def loras():
+        listing = requests.get(
+            pod.url + "/models/ls", params={"type": "loras"}, headers=auth("models"), timeout=10
+        )
+        return [m["name"] for m in listing.json()["models"].get("loras", [])]
+
+    refused = run("jobs", "lora.safetensors")
+    assert refused.status_code == 403 and refused.json()["error"].startswith("forbidden"), refused.text
+    assert "'models' scope" in refused.json()["error"] and loras() == []
+    first = run("builder", "lora.safetensors")  # 4,000 bytes: under the limit when it began
+    assert first.status_code == 200, first.text
+    over = run("builder", "other.safetensors")
+    assert over.status_code == 429 and over.json()["error"].startswith("quota_exceeded"), over.text
+    assert loras() == ["lora.safetensors"]
+
+
 def test_waiting_jobs_take_turns_by_key(pod):
     """One key floods the instance; another key's single job runs next, not after the flood."""
     flood = [
@@ -256,6 +285,7 @@ def test_refusals_and_admin_actions_are_on_record_by_key_name_never_the_key(pod)
     wait_until(lambda: "admin DELETE /drain by key admin: 200" in pod.log, 10, "the admin lines")
     assert "admin POST /drain by key admin: 200" in pod.log
     assert "refused POST /drain for key jobs: forbidden" in pod.log
+    assert "by key jobs" not in pod.log  # a refused admin call is a refusal, not an admin action
     assert "refused GET /metrics for key -: unauthorized" in pod.log
     page = requests.get(pod.url + "/metrics", headers=auth("metrics"), timeout=10).text
     assert 'comfy_worker_requests_total{key_name="jobs",outcome="forbidden"}' in page
@@ -273,7 +303,11 @@ def test_a_removed_key_s_running_job_finishes_and_its_next_request_is_refused(po
         assert state(pod, "jobs", job_id).status_code == 404
         wait_until(lambda: f"job {job_id} ended: " in pod.log, 30, "the job to end")
         assert "key=other outcome=completed" in pod.log.split(f"job {job_id} ended: ")[1].splitlines()[0]
-        wait_until(lambda: "API_KEYS_FILE changed: 5 key(s) now" in pod.log, 10, "the change on record")
+        wait_until(
+            lambda: f"API_KEYS_FILE changed: {len(TOKENS) - 1} key(s) now" in pod.log,
+            10,
+            "the change on record",
+        )
         write(keys_path, "jobs sha256:abc jobs\n")  # a bad edit: the keys in force stay
         assert requests.get(pod.url + "/ping", headers=auth("jobs"), timeout=10).status_code == 200
         kept = "API_KEYS_FILE line 1: the key of 'jobs' must be stored as sha256:<64 hex digits>"

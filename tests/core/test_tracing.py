@@ -148,3 +148,32 @@ def test_the_exporter_s_headers_are_a_secret_comfyui_never_sees(tmp_path):
     assert "(set)" in config.describe(own) and "tok-123456789" not in config.describe(own)
     passed = comfy_environment(env, own, str(tmp_path))
     assert "OTEL_EXPORTER_OTLP_HEADERS" not in passed and passed["OTEL_SERVICE_NAME"] == "pod"
+
+
+def test_an_encrypted_job_s_model_download_span_names_neither_its_type_nor_its_size(otlp, tmp_path):
+    """A model's type and exact size fingerprint what an encrypted job runs; a plain job's
+    download span tells both."""
+    from tests.file_server import FileServer
+
+    server = FileServer()
+    server.files = {"a.safetensors": os.urandom(1234), "b.safetensors": os.urandom(4321)}
+    try:
+        pod = traced(otlp, COMFYUI_MODEL_DIR=str(tmp_path / "models"), ALLOW_PRIVATE_DOWNLOADS="1")
+        spans = {}
+        for name, sealed in (("a.safetensors", True), ("b.safetensors", False)):
+            trace_id = os.urandom(16).hex()
+            body = {"workflow": WORKFLOW, "models": [{"type": "loras", "url": f"{server.url}/file/{name}"}]}
+            if sealed:
+                body, _ephemeral = seal_request(body, PUBLIC)
+            reply = pod.run(body, trace={"traceparent": f"00-{trace_id}-{CLIENT_SPAN}-01"})
+            assert reply.status == 200, reply.body
+            [spans[sealed]] = [
+                s for s in otlp.wait_for(trace_id, {"job", "download"}) if s.name == "download"
+            ]
+    finally:
+        server.stop()
+    assert spans[False].attributes["download.type"] == "loras"
+    assert spans[False].attributes["download.bytes"] == 4321
+    assert "download.type" not in spans[True].attributes and "download.bytes" not in spans[True].attributes
+    said = " ".join(spans[True].texts())
+    assert "loras" not in said and "1234" not in said and "a.safetensors" not in said

@@ -1,11 +1,20 @@
 """A key's limits hold across a fleet: two pods on one real Redis count its jobs together, and
-its jobs stay its own on every pod."""
+its jobs stay its own on every pod; a slot lives as long as its job, whatever its age, and a dead
+API process's slots go back with its jobs."""
 
+import os
+import time
 import uuid
 
+import pytest
 import requests
 
+from services.core import config, errors
 from services.jobs import access
+from services.jobs.quotas import Quotas
+from services.jobs.shared_jobs import SharedJobs, release
+from services.jobs.state_store import StateStore
+from tests.pipelines import pipeline
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
 
@@ -63,3 +72,54 @@ def test_a_key_s_job_limit_holds_across_two_pods_and_its_jobs_are_its_own_on_bot
     finally:
         first.stop()
         second.stop()
+
+
+# A slot's life, in this process (DRY_RUN jobs, the real Redis for a fleet) -----------------------
+LIMITED = access.Key("limited", frozenset({"jobs"}), max_jobs=1)
+DRY_JOB = {"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
+
+
+def test_a_slot_is_held_as_long_as_its_job_whatever_its_age():
+    """JOB_TTL_S is how long an ended job's record is kept, not how long a slot lives."""
+    quotas = Quotas(config.load({"ENCRYPTION_REQUIRED": "0", "JOB_TTL_S": "1"}))
+    slot = quotas.take_job(LIMITED)
+    time.sleep(1.5)  # past JOB_TTL_S: the age itself is what is tried
+    with pytest.raises(errors.QuotaExceeded):
+        quotas.take_job(LIMITED)
+    quotas.give_back("limited", slot)
+    assert quotas.take_job(LIMITED)
+
+
+def test_in_a_fleet_a_queued_job_keeps_its_slot_and_a_dead_process_s_sync_slots_go_back(redis_server):
+    prefix = f"quota-{uuid.uuid4().hex[:8]}"
+    settings = config.load(
+        {
+            "ENCRYPTION_REQUIRED": "0",
+            "DRY_RUN": "1",
+            "STATE_URL": redis_server.url,
+            "STATE_PREFIX": prefix,
+            "JOB_TTL_S": "1",
+            "JOB_CLAIM_TIMEOUT_S": "60",  # its next proof of life is 20 s away
+        }
+    )
+    store = StateStore(settings)
+    quotas = Quotas(settings, store)
+    pod = SharedJobs(settings, pipeline(settings, shared=store), store, lambda own: 0, quotas)
+    key = access.Key("limited", frozenset({"jobs"}), max_jobs=2)
+    try:
+        queued = pod.start(DRY_JOB, owner="limited", slot=quotas.take_job(key))  # no pod takes it
+        quotas.take_job(key)  # a sync job's, held by this API process
+        time.sleep(1.5)  # past JOB_TTL_S
+        with pytest.raises(errors.QuotaExceeded):
+            quotas.take_job(key)
+        release(store, settings, os.getpid())  # as gunicorn's master does when this process died
+        other = Quotas(settings, store)  # another pod's, which lives
+        other.held_by("other-pod")
+        store.redis.set(store.key("pod", "other-pod"), b"1", ex=60)
+        assert other.take_job(key)  # the dead process's sync slot went back
+        with pytest.raises(errors.QuotaExceeded):  # the queued job's did not
+            other.take_job(key)
+        pod.cancel(queued.id, "limited")
+        assert other.take_job(key)  # it ended: its slot is back
+    finally:
+        pod.close()

@@ -16,8 +16,8 @@ import requests
 
 from client.envelope_client import open_answer, seal_request
 from services.comfy import supervisor_state
-from services.core import config, errors, tracing
-from services.jobs import envelope
+from services.core import config, drain, errors, tracing
+from services.jobs import access, envelope
 from services.jobs.quotas import Quotas
 from services.jobs.shared_jobs import GROUP, SharedJobs
 from services.jobs.state_store import StateStore
@@ -511,6 +511,37 @@ def test_a_pod_outlives_its_redis_and_resumes_without_losing_the_running_job():
         own_redis.stop()
 
 
+def test_while_redis_is_down_a_limited_key_s_sync_jobs_run_and_its_async_ones_are_refused(tmp_path):
+    """A key's limits are counted in Redis: while it does not answer, a sync job runs uncounted
+    (with a line that says so), as README promises of sync /run; an async one, which Redis
+    would keep, answers 503 state_unavailable."""
+    from tests.redis_server import RedisServer
+
+    token = access.new_token()
+    keys = tmp_path / "keys"
+    keys.write_text(f"limited sha256:{access.hash_of(token)} jobs jobs=1\n")
+    headers = {"Authorization": f"Bearer {token}"}
+    own_redis = RedisServer().start()
+    pod = Stack("api", {**fleet_env(own_redis, "outage-keys"), "API_KEYS_FILE": str(keys)}).ready()
+    try:
+        own_redis.kill()
+        wait_until(
+            lambda: requests.get(pod.url + "/readyz", timeout=10).status_code == 503, 10, "/readyz 503"
+        )
+        quick = {"workflow": with_knob("StandinSlow", color=33, seconds=0, steps=1)}
+        sync = requests.post(pod.url + "/run", json=quick, headers=headers, timeout=60)
+        assert sync.status_code == 200, sync.text
+        runsync = requests.post(pod.url + "/v2/x/runsync", json={"input": quick}, headers=headers, timeout=60)
+        assert runsync.status_code == 200 and runsync.json()["status"] == "COMPLETED", runsync.text
+        for path, params, body in (("/run", {"async": "1"}, quick), ("/v2/x/run", None, {"input": quick})):
+            refused = requests.post(pod.url + path, params=params, json=body, headers=headers, timeout=30)
+            assert refused.status_code == 503 and refused.json()["error"].startswith("state_unavailable")
+        assert "the limits of key limited are not counted for POST /run" in pod.log
+    finally:
+        pod.stop()
+        own_redis.stop()
+
+
 def test_a_serverless_worker_refuses_an_envelope_a_pod_of_the_fleet_ran(pods, redis_server, prefix):
     env = {**fleet_env(redis_server, prefix, pods[0].private_key), "DRY_RUN": "1"}
     with Stack("serverless", env).ready() as worker:
@@ -739,9 +770,10 @@ def test_a_record_without_a_key_is_no_named_key_s_and_another_key_s_job_is_not_e
 
 
 @pytest.mark.parametrize("starts", [True, False], ids=["running", "queued"])
-def test_a_job_whose_record_redis_lost_writes_no_record_anew(redis_server, starts):
-    """Redis restarted without persistence under a job (here its record deleted): neither its
-    start nor its end writes a record, which, without its key, another key could read."""
+def test_a_job_whose_record_redis_lost_is_written_again_only_with_its_key(redis_server, starts):
+    """Redis restarted without persistence under a job (here its record deleted): a running
+    job's outcome is written again with its key, so only that key polls it; a job that had not
+    started writes nothing (Redis forgot it, as every queued job)."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     comfy = Blocking(starts=starts)
     pod = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy)
@@ -751,8 +783,12 @@ def test_a_job_whose_record_redis_lost_writes_no_record_anew(redis_server, start
     client.delete(f"{prefix}:job:{job.id}")
     comfy.release.set()
     wait_until(lambda: not pod._taken, 10, "the job to end on its pod")
-    assert client.exists(f"{prefix}:job:{job.id}") == 0
-    assert pod.get(job.id, "team") is None and pod.get(job.id, "ci") is None
+    assert pod.get(job.id, "team") is None and pod.get(job.id, "-") is None
+    if starts:
+        assert pod.get(job.id, "ci").state == "completed"
+        assert client.hget(f"{prefix}:job:{job.id}", "key") == b"ci"
+    else:
+        assert client.exists(f"{prefix}:job:{job.id}") == 0
 
 
 def ran_in_order(pod, jobs):
@@ -820,3 +856,63 @@ def test_a_pod_with_room_only_behind_a_running_job_leaves_each_new_job_to_an_idl
     job = busy.start(DRY_JOB)
     wait_until(lambda: busy.get(job.id).state == "completed", 10, "the busy pod to take it")
     assert client.hget(f"{prefix}:job:{job.id}", "owner").decode() == busy.name
+
+
+def test_a_draining_pod_hands_back_at_once_the_job_it_took_and_had_not_started(redis_server, tmp_path):
+    """The job waits in the draining pod's ComfyUI queue behind a running one (not started):
+    it leaves that queue and runs on an idle pod at once, not after the claim timeout."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    comfy = Blocking(starts=False)
+    draining = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy, RUN_DIR=str(tmp_path / "a"))
+    job = draining.start(DRY_JOB)
+    assert comfy.running.wait(10) and draining.get(job.id).state == "queued"
+    idle = shared_jobs(redis_server, prefix, lambda own: 1 - own, RUN_DIR=str(tmp_path / "b"))
+    os.makedirs(tmp_path / "a")
+    drain.begin(draining.settings.run_layout)
+    wait_until(lambda: idle.get(job.id).state == "completed", 10, "the job to run on the idle pod")
+    assert redis_server.client().hget(f"{prefix}:job:{job.id}", "owner").decode() == idle.name
+    assert comfy.stopped.is_set()  # taken out of the draining pod's ComfyUI
+
+
+def failing(script, times):
+    """A Redis script that does not answer the first `times` calls (None: never)."""
+    calls = []
+
+    def call(**kwargs):
+        calls.append(kwargs)
+        if times is None or len(calls) <= times:
+            raise redis.ConnectionError("Redis does not answer")
+        return script(**kwargs)
+
+    return call
+
+
+def test_a_start_redis_did_not_answer_is_written_once_it_answers(redis_server):
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    comfy = Blocking()
+    pod = shared_jobs(redis_server, prefix, lambda own: 0, comfy, JOB_CLAIM_TIMEOUT_S="4")
+    pod._scripts["start"] = failing(pod._scripts["start"], 2)
+    job = pod.start(DRY_JOB)
+    pod.capacity = lambda own: 1 - own
+    assert comfy.running.wait(10)
+    record = redis_server.client().hgetall(f"{prefix}:job:{job.id}")
+    assert record[b"state"] == b"running" and record[b"owner"].decode() == pod.name
+    comfy.release.set()
+    wait_until(lambda: pod.get(job.id).state == "completed", 10, "the job")
+    assert not comfy.stopped.is_set()
+
+
+def test_a_start_redis_never_answered_stops_the_job_here_and_it_runs_once_elsewhere(redis_server):
+    """Past the point where another pod may take the job's ticket over, the pod that could not
+    record the start stops its run, so the job does not run on two pods."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    comfy = Blocking()
+    pod = shared_jobs(redis_server, prefix, lambda own: 0, comfy, JOB_CLAIM_TIMEOUT_S="1.5")
+    pod._scripts["start"] = failing(pod._scripts["start"], None)
+    job = pod.start(DRY_JOB)
+    pod.capacity = lambda own: 1 - own
+    assert comfy.stopped.wait(10)  # stopped here
+    pod.capacity = lambda own: 0
+    other = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="1.5")
+    wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to run on the other pod")
+    assert redis_server.client().hget(f"{prefix}:job:{job.id}", "owner").decode() == other.name
