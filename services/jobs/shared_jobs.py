@@ -61,7 +61,7 @@ GROUP = "workers"
 HANDED_BACK = "handed-back"  # the consumer entries a pod let go of wait under
 _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and why
     errors.ShuttingDown.code: "cut by the drain's deadline",
-    errors.NotStartedHere.code: "not started on this pod",
+    errors.NotStartedHere.code: "not started when this pod's last ComfyUI went down",
 }
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
 BEHIND_S = 0.1  # how often a pod whose ComfyUIs are all busy looks for a job to queue behind
@@ -727,7 +727,7 @@ class SharedJobs(JobStore):
             log.info(
                 "job %s went back to the fleet's queue (%s)",
                 job_id,
-                _ELSEWHERE[code],
+                "its start here could not be recorded" if taken.unsure else _ELSEWHERE[code],
                 extra={"event": "job.requeued", "job_id": job_id},
             )
         return bool(again)

@@ -913,6 +913,7 @@ def test_a_start_redis_never_answered_stops_the_job_here_and_it_runs_once_elsewh
     pod.capacity = lambda own: 1 - own
     assert comfy.stopped.wait(10)  # stopped here
     pod.capacity = lambda own: 0
+    wait_until(lambda: not pod._taken, 10, "the stopped run to end")
     other = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="1.5")
     wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to run on the other pod")
     assert redis_server.client().hget(f"{prefix}:job:{job.id}", "owner").decode() == other.name
