@@ -720,6 +720,8 @@ def test_a_pod_drained_by_sigterm_finishes_its_jobs_for_the_fleet_and_hands_on_w
         )
         cut = submit(first, sealed)
         wait_until(lambda: all(in_flight(pod) == 1 for pod in drained), 20, "the other to run the long job")
+        # started in ComfyUI: a job still queued there would go back to the fleet at once instead
+        wait_until(lambda: status(first, cut)["state"] == "running", 20, "the long job to start")
         for pod in drained:
             pod.terminate()
         other = Stack("api", {**fleet, "WORKER_PRIVATE_KEY_B64": first.private_key}).ready()
