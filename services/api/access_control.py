@@ -10,7 +10,7 @@ import re
 from flask import Flask, Response, current_app, g, request
 
 from services.api.context import Api
-from services.api.responses import error_response
+from services.api.responses import asked_async, error_response
 from services.core import drain, errors
 from services.jobs import runpod_protocol
 from services.jobs.access import OPEN, Key
@@ -121,7 +121,7 @@ def _check(api: Api) -> Response | None:
 def _kept_in_redis() -> bool:
     """An async submission: its job lives in the fleet's Redis, so it cannot be taken while
     Redis does not answer."""
-    return request.endpoint == "runpod.run" or request.args.get("async") in ("1", "true")
+    return request.endpoint == "runpod.run" or asked_async()
 
 
 def _refused(api: Api, key: Key | None, error: errors.WorkerError) -> Response:

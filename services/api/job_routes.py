@@ -11,7 +11,7 @@ from flask import Blueprint, Response, request
 from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
-from services.api.responses import in_parts, json_response, payload_response, read_request
+from services.api.responses import asked_async, in_parts, json_response, payload_response, read_request
 from services.core import errors, json_text, tracing
 from services.core.offload import offload
 from services.jobs import envelope_v2
@@ -49,10 +49,6 @@ def traced() -> Iterator[None]:
         return
     with tracing.job(request.headers, **{"job.route": request.url_rule.rule if request.url_rule else ""}):
         yield
-
-
-def asked_async() -> bool:
-    return request.args.get("async") in ("1", "true")
 
 
 def answer(api: Api, body: object) -> Response:

@@ -101,3 +101,8 @@ def _payload_size(body: dict) -> int:
     return len(str(inner.get("ciphertext") or "")) + sum(
         len(str(o.get("data") or "")) for o in outputs if isinstance(o, dict)
     )
+
+
+def asked_async() -> bool:
+    """The request asks for an async job (`?async=1`): answered where to poll, kept by its store."""
+    return request.args.get("async") in ("1", "true")
