@@ -16,7 +16,8 @@ from bench.big_payload import fresh_png, workflow
 from client.envelope_client import b64decode, b64encode, envelope_json, open_answer, read_answer, seal_request
 from services.core import json_text
 from services.core.codec import b64, unb64
-from services.jobs import envelope
+from services.jobs import envelopes
+from services.jobs.envelopes import v1
 
 ROUNDS = 5
 
@@ -28,7 +29,7 @@ def timed(step: Callable[[], object]) -> tuple[float, object]:
 
 
 def one_round(
-    note: Callable[[str, Callable[[], object]], object], folder: str, public: str, keyring: envelope.Keyring
+    note: Callable[[str, Callable[[], object]], object], folder: str, public: str, keyring: envelopes.Keyring
 ) -> int:
     """Each step of one round trip, in order; returns the PNG's size."""
     png = fresh_png()
@@ -37,9 +38,7 @@ def one_round(
     request, ephemeral = note("client: seal the payload", lambda: seal_request(payload, public))
     body = note("client: envelope to JSON", lambda: envelope_json(request))
     parsed = note("worker: JSON of the request body", lambda: json_text.loads(body))
-    opened = note(
-        "worker: open the envelope (b64, decrypt, JSON)", lambda: envelope.open_request(parsed, keyring)
-    )
+    opened = note("worker: open the envelope (b64, decrypt, JSON)", lambda: v1.open_request(parsed, keyring))
     data = note("worker: base64 of the input image", lambda: unb64(opened.payload["images"][0]["image"]))
     path = os.path.join(folder, "in.png")
     note("both: write the input file", lambda: _write(path, data))
@@ -49,7 +48,7 @@ def one_round(
         "status": "ok",
         "outputs": [{"node_id": "2", "mime": "image/png", "size": len(output), "data": encoded}],
     }
-    sealed = note("worker: seal the result (JSON, encrypt, b64)", lambda: envelope.seal(result, opened.box))
+    sealed = note("worker: seal the result (JSON, encrypt, b64)", lambda: v1.seal(result, opened.box))
     text = note("worker: JSON of the answer", lambda: json_text.dumps(sealed).encode())
     answer = note("client: JSON of the answer", lambda: read_answer(text))
     opened_answer = note("client: open the answer", lambda: open_answer(answer, ephemeral, public))
@@ -69,8 +68,8 @@ def _read(path: str) -> bytes:
 
 
 def main() -> None:
-    private, public = envelope.keypair()
-    keyring = envelope.Keyring.from_keys(private)
+    private, public = envelopes.keypair()
+    keyring = envelopes.Keyring.from_keys(private)
     steps: dict[str, list[float]] = {}
 
     def note(name: str, step: Callable[[], object]) -> object:

@@ -10,22 +10,23 @@ import statistics
 import time
 
 from client.envelope_client import seal_request
-from services.jobs import envelope
+from services.jobs import envelopes
+from services.jobs.envelopes import v1
 from tests.workflows import empty_image
 
 ROUNDS = 3000
 
 
-def timed(body: dict, keyring: envelope.Keyring) -> float:
+def timed(body: dict, keyring: envelopes.Keyring) -> float:
     started = time.perf_counter()
-    envelope.open_request(body, keyring)
+    v1.open_request(body, keyring)
     return time.perf_counter() - started
 
 
 def main() -> None:
-    (sealed_to, public), others = envelope.keypair(), [envelope.keypair()[0] for _ in range(2)]
-    one = envelope.Keyring.from_keys(sealed_to)
-    three_last = envelope.Keyring.from_keys(*others, sealed_to)  # current and one previous fail first
+    (sealed_to, public), others = envelopes.keypair(), [envelopes.keypair()[0] for _ in range(2)]
+    one = envelopes.Keyring.from_keys(sealed_to)
+    three_last = envelopes.Keyring.from_keys(*others, sealed_to)  # current and one previous fail first
     request, _ = seal_request({"workflow": empty_image()}, public)
     no_kid = {k: v for k, v in request.items() if k != "kid"}
     runs: dict[str, list[float]] = {"one key": [], "three keys, no kid": [], "three keys, kid": []}

@@ -12,9 +12,9 @@ import time
 import uuid
 
 from services.core import config
+from services.jobs.fleet import SharedJobs
+from services.jobs.fleet.state_store import StateStore
 from services.jobs.quotas import Quotas
-from services.jobs.shared_jobs import SharedJobs
-from services.jobs.state_store import StateStore
 from tests.pipelines import pipeline
 from tests.redis_server import RedisServer
 
@@ -49,7 +49,7 @@ def jobs_per_second(redis: RedisServer, keys: int) -> float:
     elapsed = time.perf_counter() - started
     if any(submitter.get(i).state != "completed" for i in ids):
         raise RuntimeError("a benchmark job did not complete")
-    worker.capacity = lambda own: 0
+    worker.taking.capacity = lambda own: 0
     submitter.close()
     worker.close()
     return JOBS / elapsed

@@ -18,7 +18,8 @@ import struct
 import requests
 
 from bench.big_payload import memory_kb
-from services.jobs import envelope_v2
+from services.jobs import envelopes
+from services.jobs.envelopes import v2
 from tests.stack import Stack
 
 LIMIT_MB = 64
@@ -28,7 +29,7 @@ PNG_HEAD = b"\x89PNG\r\n\x1a\n"
 
 def parts(head: dict, *attachments: bytes) -> bytes:
     chunks = (json.dumps(head).encode(), *attachments)
-    return envelope_v2.PLAIN_MAGIC + b"".join(struct.pack(">Q", len(c)) + c for c in chunks)
+    return v2.PLAIN_MAGIC + b"".join(struct.pack(">Q", len(c)) + c for c in chunks)
 
 
 def bodies() -> dict[str, tuple[bytes, str]]:
@@ -43,7 +44,7 @@ def bodies() -> dict[str, tuple[bytes, str]]:
     )
     numbers = b'{"workflow": {"1": {"class_type": "X", "inputs": {"a": [' + b"1.5," * (room // 4) + b"1]}}}}"
     v1 = {"encrypted": True, "epk": "A" * 44, "nonce": "A" * 32, "ciphertext": "A" * (room - 200)}
-    parts_type = envelope_v2.PLAIN_MEDIA_TYPE
+    parts_type = envelopes.PLAIN_MEDIA_TYPE
     return {
         "baseline: one ~60 MB image in parts": (
             parts({"workflow": WORKFLOW, "images": [named[0]]}, image),
@@ -53,7 +54,7 @@ def bodies() -> dict[str, tuple[bytes, str]]:
             parts({"workflow": WORKFLOW, "images": refs}, ten),
             parts_type,
         ),
-        "64 MB of empty parts": (envelope_v2.PLAIN_MAGIC + bytes(room), parts_type),
+        "64 MB of empty parts": (v2.PLAIN_MAGIC + bytes(room), parts_type),
         "1,024 attachments, each named once": (
             parts({"workflow": WORKFLOW, "images": named}, *[each] * 1024),
             parts_type,

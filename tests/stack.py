@@ -24,7 +24,7 @@ from typing import ClassVar
 import requests
 
 from services.comfy import supervisor_state
-from services.jobs import envelope
+from services.jobs import envelopes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STANDIN_DIR = os.path.join(ROOT, "tests", "comfy_standin")
@@ -133,7 +133,7 @@ class Stack:
         instances = (env or {}).get("COMFY_INSTANCES", "1")
         self.instances = int(instances) if instances.isdigit() else 1
         self.comfy_port = free_port(self.instances)  # instance i listens on COMFY_PORT + i
-        self.private_key, self.public_key = envelope.keypair() if key else (None, None)
+        self.private_key, self.public_key = envelopes.keypair() if key else (None, None)
         self.env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": self.run_dir,

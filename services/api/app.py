@@ -35,7 +35,7 @@ from services.comfy.control import ComfyControl
 from services.comfy.health import ComfyHealth
 from services.core import background, config, errors, logs
 from services.core.config import Settings
-from services.jobs import envelope, runpod_protocol
+from services.jobs import envelopes, runpod_protocol
 from services.jobs.access import Keys
 from services.jobs.metrics import Metrics
 from services.jobs.worker import build_worker, job_store
@@ -99,7 +99,7 @@ def _build(settings: Settings, keys: Keys) -> Api:
         ComfyControl(instance.settings, instance.executor.client, lambda n=n: health.instance_ready(n))
         for n, instance in enumerate(worker.pool.instances)
     ]
-    public_key = envelope.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
+    public_key = envelopes.public_key_of(settings.private_key_b64) if settings.private_key_b64 else None
     return Api(worker, jobs, health, metrics, controls, public_key, _cuda(settings), keys, worker.quotas)
 
 

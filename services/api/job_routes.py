@@ -14,7 +14,7 @@ from services.api.drain_routes import takes_work
 from services.api.responses import asked_async, in_parts, json_response, payload_response, read_request
 from services.core import errors, json_text, tracing
 from services.core.offload import offload
-from services.jobs import envelope_v2
+from services.jobs import envelopes
 from services.jobs.async_jobs import known
 
 
@@ -67,10 +67,8 @@ def answer(api: Api, body: object) -> Response:
     reply = api.worker.pipeline.run(body, route=route, key=caller().name)
     with tracing.stage("answer"):
         answer = reply.body
-        if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE and isinstance(
-            answer, dict
-        ):  # parts in, parts out
-            answer = offload(envelope_v2.write_plain, answer, size=json_text.size_hint(answer))
+        if request.mimetype == envelopes.PLAIN_MEDIA_TYPE and isinstance(answer, dict):  # parts in, parts out
+            answer = offload(envelopes.write_plain, answer, size=json_text.size_hint(answer))
         response = payload_response(answer, reply.status, reply.retry_after_s)
     return _named(response, reply.job_id, reply.trace_id)
 

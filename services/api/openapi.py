@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from services.core import errors
-from services.jobs.envelope_v2 import MEDIA_TYPE as V2_MEDIA_TYPE
-from services.jobs.envelope_v2 import PLAIN_MEDIA_TYPE as PARTS_MEDIA_TYPE
+from services.jobs.envelopes import MEDIA_TYPE as V2_MEDIA_TYPE
+from services.jobs.envelopes import PLAIN_MEDIA_TYPE as PARTS_MEDIA_TYPE
 from services.models.model_store import TYPES
 
 ERROR = {"$ref": "#/components/schemas/Error"}

@@ -16,7 +16,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from services.core import errors, json_text
 from services.core.config import Settings
 from services.core.offload import offload
-from services.jobs import envelope, envelope_v2
+from services.jobs import envelopes
 
 
 def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
@@ -36,7 +36,7 @@ def payload_response(body: dict | bytes, status: int = 200, retry_after_s: int |
     """A body that may carry a job's result (outputs, ciphertext), directly or under `result`
     (pod async jobs) or `output` (the RunPod-shaped routes); bytes are an envelope v2 or parts."""
     if isinstance(body, bytes):
-        mimetype = envelope_v2.media_type_of(body)
+        mimetype = envelopes.media_type_of(body)
         return _retry_after(Response(body, status=status, mimetype=mimetype), retry_after_s)
     return _retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
 
@@ -53,25 +53,25 @@ def _retry_after(response: Response, seconds: int | None) -> Response:
 
 def read_request(settings: Settings, template: str | None = None) -> Any:
     """A job's body by its Content-Type: JSON, an envelope v2 (its header read, not opened) or
-    plain parts (services.jobs.envelope_v2), refused unread where encryption is required.
+    plain parts (services.jobs.envelopes.v2), refused unread where encryption is required.
     `template`: a call of it, whose plain body is the parameters alone."""
-    if request.mimetype == envelope_v2.MEDIA_TYPE:
+    if request.mimetype == envelopes.MEDIA_TYPE:
         raw = _body()
-        return offload(envelope_v2.Sealed.parse, raw, size=len(raw))  # copies the box's megabytes
-    if request.mimetype == envelope_v2.PLAIN_MEDIA_TYPE:
+        return offload(envelopes.Sealed.parse, raw, size=len(raw))  # copies the box's megabytes
+    if request.mimetype == envelopes.PLAIN_MEDIA_TYPE:
         if settings.encryption_required:
             raise errors.EncryptionRequired("this worker accepts only encrypted requests (an envelope)")
         raw = _body()
-        return offload(envelope_v2.read_plain, raw, template, size=len(raw))
+        return offload(envelopes.read_plain, raw, template, size=len(raw))
     body = read_json()
-    if template is not None and not envelope.is_envelope(body):
+    if template is not None and not envelopes.is_envelope(body):
         return {"template": template, "params": body}
     return body
 
 
 def in_parts() -> bool:
     """The request came in bytes (an envelope v2 or plain parts): it is answered in bytes."""
-    return request.mimetype in (envelope_v2.MEDIA_TYPE, envelope_v2.PLAIN_MEDIA_TYPE)
+    return request.mimetype in (envelopes.MEDIA_TYPE, envelopes.PLAIN_MEDIA_TYPE)
 
 
 def read_json() -> Any:

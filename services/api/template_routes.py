@@ -14,7 +14,7 @@ from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import json_response, read_request
 from services.core import tracing
-from services.jobs import envelope, envelope_v2
+from services.jobs import envelopes
 from services.jobs import templates as tpl
 
 
@@ -53,7 +53,7 @@ def blueprint(api: Api) -> Blueprint:
         with job_routes.traced():
             with tracing.stage("request"):
                 body = read_request(api.settings, template=name)
-            if not (envelope.is_envelope(body) or isinstance(body, envelope_v2.Sealed)):
+            if not (envelopes.is_envelope(body) or isinstance(body, envelopes.Sealed)):
                 templates.get(name)  # an unknown name is 404 before anything else
             return job_routes.answer(api, body)
 

@@ -5,7 +5,7 @@ loads no HTTP or Redis client: gevent patches those in the workers the master fo
 The pod runs one gunicorn worker, so every prompt in its ComfyUIs was that process's, and nobody
 will read them: the waiting ones are deleted and the running one interrupted. With STATE_URL,
 its fleet jobs not started go back to the stream for any pod, and its running ones are answered
-`worker_lost` at the next look of any pod (services.jobs.shared_jobs.release).
+`worker_lost` at the next look of any pod (services.jobs.fleet.release).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import sys
 from services.comfy.client import ComfyClient
 from services.core import config, errors, log_line
 from services.core.config import Settings
-from services.jobs import shared_jobs
-from services.jobs.state_store import Error, StateStore
+from services.jobs import fleet
+from services.jobs.fleet.state_store import Error, StateStore
 
 PROGRAM = "api"
 
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     said = [] if settings.dry_run else _withdraw_prompts(settings)
     if settings.state_url:
         try:
-            handed = shared_jobs.release(StateStore(settings), settings, pid)
+            handed = fleet.release(StateStore(settings), settings, pid)
         except Error as exc:
             said.append(
                 f"could not hand back its fleet jobs ({type(exc).__name__}); the claim timeout does it"

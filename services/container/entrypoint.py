@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from services.comfy import account, devices, driver, install
 from services.core import config, errors, logs
-from services.jobs import envelope
+from services.jobs import envelopes
 from services.jobs.access import Keys
 from services.models import model_folders
 
@@ -77,7 +77,7 @@ def ensure_dev_key(env_file: str, environ: dict[str, str]) -> dict[str, str]:
     wants_key = config.load_flag(merged, "ENCRYPTION_REQUIRED", default=True)
     if merged.get("WORKER_PRIVATE_KEY_B64") or not wants_key:
         return merged
-    private, public = envelope.keypair()
+    private, public = envelopes.keypair()
     with open(env_file, "a", encoding="utf-8") as handle:
         os.fchmod(handle.fileno(), 0o600)
         handle.write(f"WORKER_PRIVATE_KEY_B64={private}\n")
@@ -184,7 +184,7 @@ def check_shared_state(settings: config.Settings) -> None:
     it would accept no async job and guard no replay across the fleet."""
     if not settings.state_url:
         return
-    from services.jobs.state_store import StateStore  # here: only a fleet's worker needs redis
+    from services.jobs.fleet.state_store import StateStore  # here: only a fleet's worker needs redis
 
     try:
         StateStore(settings).ping()

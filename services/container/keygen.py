@@ -10,7 +10,7 @@ import os
 import sys
 
 from services.core.config import ConfigError
-from services.jobs import access, envelope
+from services.jobs import access, envelopes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# the client's token (shown once; the file keeps only its hash): {token}")
         print(line)
         return 0
-    private, public = envelope.keypair()
+    private, public = envelopes.keypair()
     print(f"WORKER_PRIVATE_KEY_B64={private}")
     print(f"SERVER_PUBLIC_KEY_B64={public}")
-    print(f"KEY_ID={envelope.kid_of(base64.b64decode(public))}")
+    print(f"KEY_ID={envelopes.kid_of(base64.b64decode(public))}")
     print(f"WEBHOOK_SECRET=whsec_{base64.b64encode(os.urandom(32)).decode()}")
     return 0
 

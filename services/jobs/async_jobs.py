@@ -3,7 +3,7 @@
 Proxies in front of pods cut HTTP requests at about 100 s, so long jobs run in the background
 (a greenlet under gunicorn's gevent worker) and are kept in memory for JOB_TTL_S after they end.
 Without STATE_URL, state lives in the one API worker process and a restart of the API forgets
-it; with it, services.jobs.shared_jobs keeps jobs in Redis for the fleet.
+it; with it, services.jobs.fleet keeps jobs in Redis for the fleet.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from services.core import background, errors, tracing
 from services.core.in_hand import Piece
 from services.core.job_spec import Cancel
-from services.jobs import envelope, outcome, webhooks
+from services.jobs import envelopes, outcome, webhooks
 from services.jobs.pipeline import Pipeline
 from services.jobs.quotas import Quotas
 from services.jobs.webhooks import Delivery, Webhooks
@@ -61,7 +61,7 @@ class AsyncJob:
 def check_webhook(body: Any, pipeline: Pipeline) -> None:
     """A plain job's `webhook` is refused at submission (400 invalid_webhook); a sealed one's
     when the job opens, before it runs."""
-    if not envelope.is_envelope(body):
+    if not envelopes.is_envelope(body):
         webhooks.requested(body, pipeline.settings)
 
 
@@ -74,7 +74,7 @@ def known(job: AsyncJob | None) -> AsyncJob:
 
 class JobStore(Protocol):
     """What the routes ask of async jobs; kept in this process (AsyncJobs) or, for a fleet, in
-    Redis (services.jobs.shared_jobs.SharedJobs). A job is its owner's (the name of the key that
+    Redis (services.jobs.fleet.SharedJobs). A job is its owner's (the name of the key that
     submitted it): to another key it does not exist."""
 
     def start(

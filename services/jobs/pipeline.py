@@ -26,8 +26,7 @@ from services.core.in_hand import CUT, InHand
 from services.core.job_spec import TIMING, Cancel, JobRequest, Progress, Timing
 from services.core.offload import offload
 from services.jobs import (
-    envelope,
-    envelope_v2,
+    envelopes,
     image_fetch,
     job_request,
     outcome,
@@ -37,12 +36,11 @@ from services.jobs import (
 )
 from services.jobs.output_store import OutputStore
 from services.jobs.quotas import JobModelLimits
-from services.jobs.replay import ReplayGuard
 from services.jobs.templates import Templates
 from services.models.job_models import JobModels
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
-    from services.jobs.state_store import StateStore
+    from services.jobs.fleet.state_store import StateStore
 
 log = logging.getLogger("worker.pipeline")
 POD = socket.gethostname()
@@ -78,7 +76,7 @@ def coarse(progress: Progress) -> Progress:
 
 @dataclass(frozen=True)
 class Reply:
-    body: dict | bytes  # bytes: an envelope v2 answer (services.jobs.envelope_v2)
+    body: dict | bytes  # bytes: an envelope v2 answer (services.jobs.envelopes.v2)
     status: int
     error_code: str | None = None
     retry_after_s: int | None = None  # the same request may succeed later (WorkerError.retry_after_s)
@@ -134,8 +132,8 @@ class Pipeline:
         self.executor = executor
         self.result_limit_bytes = result_limit_bytes
         self.output_store = output_store
-        self.keyring = envelope.Keyring.of(settings)
-        self.replay = ReplayGuard(settings.replay_window_s, shared)
+        self.keyring = envelopes.Keyring.of(settings)
+        self.replay = envelopes.ReplayGuard(settings.replay_window_s, shared)
         self.models = models
         self.in_hand = in_hand
         self.templates = templates
@@ -215,10 +213,8 @@ class Pipeline:
             background.log_unexpected(log, "the pipeline", exc)
             result, status, code, retry = _UNEXPECTED.body, _UNEXPECTED.status, _UNEXPECTED.error_code, None
         if opened is not None:
-            size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
-            seal = envelope_v2.seal if opened.version == 2 else envelope.seal
             with tracing.stage("seal"):
-                result = offload(seal, result, opened.box, size=size)
+                result = envelopes.seal_answer(result, opened)
         return Reply(result, status, code, retry, webhook)
 
     def _result(
@@ -226,7 +222,7 @@ class Pipeline:
         payload: Any,
         progress: Progress | None,
         cancel: Cancel,
-        opened: envelope.Opened | None,
+        opened: envelopes.Opened | None,
         facts: _Facts,
         job_id: str | None,
         on_start: Callable[[], None] | None,
@@ -268,14 +264,8 @@ class Pipeline:
             result = {**result, "params": call.used}
         return result
 
-    def _open(self, body: Any) -> envelope.Opened | None:
-        if isinstance(body, envelope_v2.Sealed):
-            opened = offload(envelope_v2.open_request, body, self.keyring, size=len(body.ciphertext))
-        elif envelope.is_envelope(body):
-            size = len(body["ciphertext"]) if isinstance(body.get("ciphertext"), str) else 0
-            opened = offload(envelope.open_request, body, self.keyring, size=size)
-        else:
-            opened = None
+    def _open(self, body: Any) -> envelopes.Opened | None:
+        opened = envelopes.open_body(body, self.keyring)
         if opened is not None:
             if self.observer is not None:
                 self.observer.envelope_opened(opened.kid)
@@ -311,7 +301,7 @@ class Pipeline:
                 raise
             raise call.explain(exc) from None
 
-    def _fit(self, result: dict, opened: envelope.Opened | None) -> dict:
+    def _fit(self, result: dict, opened: envelopes.Opened | None) -> dict:
         """Keep the answer under the result cap: move outputs to the bucket, or refuse with sizes."""
         limit = self.result_limit_bytes
         if limit is None or not result.get("outputs"):
@@ -333,11 +323,11 @@ class Pipeline:
                 "outputs": [self._upload(result["prompt_id"], o, opened) for o in result["outputs"]],
             }
 
-    def _upload(self, prompt_id: str, output: dict, opened: envelope.Opened | None) -> dict:
+    def _upload(self, prompt_id: str, output: dict, opened: envelopes.Opened | None) -> dict:
         """Upload one output; for an encrypted job the bucket only ever holds a sealed blob."""
         data = offload(unb64, output["data"], size=len(output["data"]))
         if opened is not None:
-            data = offload(envelope.seal_bytes, data, opened.box, size=len(data))
+            data = offload(envelopes.seal_bytes, data, opened.box, size=len(data))
         key = f"{prompt_id}/{uuid.uuid4().hex}"
         url = self.output_store.put(key, data, "application/octet-stream" if opened else output["mime"])
         moved = {k: v for k, v in output.items() if k != "data"}
@@ -394,6 +384,6 @@ def _size(body: Any) -> int:
     """Bytes of a request or an answer, roughly (a sealed box's, or its JSON's longest strings)."""
     if isinstance(body, bytes):
         return len(body)
-    if isinstance(body, envelope_v2.Sealed):
+    if isinstance(body, envelopes.Sealed):
         return len(body.ciphertext)
     return json_text.size_hint(body) if isinstance(body, dict | list) else 0

@@ -8,7 +8,7 @@ the slots of a key are a hash, slot -> the pod process that took it; a slot whos
 freed by the liveness that declares its jobs lost, never by a clock: the next take drops the
 slots of an async job whose record ended or is gone, and of a sync job whose process no longer
 shows it lives (`<prefix>:pod:<name>`, expiring after JOB_CLAIM_TIMEOUT_S; a crashed API process's
-goes at once, services.jobs.shared_jobs.release).
+goes at once, services.jobs.fleet.release).
 """
 
 from __future__ import annotations
@@ -26,25 +26,10 @@ from services.core.config import Settings
 from services.jobs.access import Key, Keys
 
 if TYPE_CHECKING:
-    from services.jobs.state_store import StateStore
+    from services.jobs.fleet.state_store import StateStore
 
 log = logging.getLogger("worker.access")
 DAY_S = 86_400
-
-_TAKE = """
-local p, held = ARGV[4], 0
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local state = redis.call('HGET', p .. 'job:' .. flat[i], 'state')
-  local lives
-  if state then lives = state == 'queued' or state == 'running'
-  else lives = redis.call('EXISTS', p .. 'pod:' .. flat[i + 1]) == 1 end
-  if lives then held = held + 1 else redis.call('HDEL', KEYS[1], flat[i]) end
-end
-if held >= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
-return 1
-"""
 
 
 class Quotas:
@@ -55,7 +40,7 @@ class Quotas:
         self._slots: dict[str, set[str]] = {}  # key name -> its slots
         self._bytes: dict[tuple[str, int], int] = {}  # (key name, day) -> bytes written
         self._lock = threading.Lock()
-        self._take = store.redis.register_script(_TAKE) if store is not None else None
+        self._take = store.script("quota_take") if store is not None else None
 
     def held_by(self, holder: str) -> None:
         """The slots this process takes live while the pod `holder` shows it lives."""
@@ -72,7 +57,7 @@ class Quotas:
             try:
                 taken = self._take(
                     keys=[self._slots_key(key.name)],
-                    args=[key.max_jobs, slot, self.holder, self.store.key("")],
+                    args=[key.max_jobs, slot, self.holder, self.store.names.root],
                 )
             except self.store.Error as exc:
                 raise self.store.unavailable(exc) from None
@@ -141,11 +126,11 @@ class Quotas:
 
     def _slots_key(self, name: str) -> str:
         assert self.store is not None
-        return self.store.key("quota", "slots", name)
+        return self.store.names.quota_slots(name)
 
     def _bytes_key(self, name: str, day: int) -> str:
         assert self.store is not None
-        return self.store.key("quota", "bytes", name, str(day))
+        return self.store.names.quota_bytes(name, day)
 
 
 class JobModelLimits:

@@ -32,7 +32,7 @@ from services.models.downloads import DownloadObserver, Downloads
 from services.models.job_models import JobModels
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
-    from services.jobs.state_store import StateStore
+    from services.jobs.fleet.state_store import StateStore
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def build_worker(
     tracing.setup(settings, "api" if observer is not None else "handler")
     state = None
     if settings.state_url:
-        from services.jobs.state_store import StateStore
+        from services.jobs.fleet.state_store import StateStore
 
         state = StateStore(settings)
     pool = ComfyPool.of(settings, start_warmup)
@@ -110,7 +110,7 @@ def job_store(worker: Worker) -> JobStore:
     ComfyUI instance."""
     if worker.state is None:
         return AsyncJobs(worker.pipeline, worker.quotas, worker.webhooks)
-    from services.jobs.shared_jobs import SharedJobs
+    from services.jobs.fleet import SharedJobs
 
     return SharedJobs(
         worker.settings,

@@ -7,9 +7,10 @@ import pytest
 from client.envelope_client import open_answer, seal_request
 from services.api.app import create_app
 from services.core import config
-from services.jobs import envelope, envelope_v2
+from services.jobs import envelopes
+from services.jobs.envelopes import v2
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
@@ -176,7 +177,7 @@ def test_a_bad_setting_ends_the_api_and_the_handler_alike_with_one_line(program,
 
 def test_plain_parts_are_refused_unread_where_encryption_is_required():
     client = make_client()
-    body = envelope_v2.PLAIN_MAGIC + struct.pack(">Q", 2) + b"{}"
+    body = v2.PLAIN_MAGIC + struct.pack(">Q", 2) + b"{}"
     for path in ("/run", "/templates/noise-card/run"):
-        answer = client.post(path, data=body, content_type=envelope_v2.PLAIN_MEDIA_TYPE)
+        answer = client.post(path, data=body, content_type=envelopes.PLAIN_MEDIA_TYPE)
         assert answer.status_code == 400 and answer.get_json()["error"].startswith("encryption_required")

@@ -10,7 +10,7 @@ import requests
 from client.envelope_client import seal_request
 from services.api.app import create_app
 from services.core import config, drain
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
 
@@ -98,7 +98,7 @@ CONTROL = {  # POST routes that act on work already accepted, or on the pod: nev
 def test_every_route_that_takes_work_is_refused_while_draining_and_a_signal_s_drain_stays(tmp_path):
     """Every POST route but the control ones, as the app declares them (a route added later
     is covered without a list kept by hand)."""
-    private, _ = envelope.keypair()
+    private, _ = envelopes.keypair()
     settings = config.load(
         {"WORKER_PRIVATE_KEY_B64": private, "LAUNCH_MODE": "api", "DRY_RUN": "1", "RUN_DIR": str(tmp_path)}
     )

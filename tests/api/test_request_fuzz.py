@@ -28,10 +28,11 @@ from client.envelope_client import V2_MAGIC, seal_request
 from services.api.app import create_app
 from services.core import config
 from services.core.codec import unb64
-from services.jobs import envelope, envelope_v2
+from services.jobs import envelopes
+from services.jobs.envelopes import v2
 from services.models import url_guard
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates")
 CODE = re.compile(r"^[a-z_ ]+(: |$)")
 BOUND_TIMES, BOUND_EXTRA = 16, 4 << 20  # a request's peak: 16 x its body + 4 MiB
@@ -217,15 +218,15 @@ def test_envelope_v1_shaped_bodies(sealed, caplog, fields):
 @given(plaintext=v2_bodies, kid=st.sampled_from([bytes(8), b"\x01" * 8]))
 def test_envelope_v2_around_any_parts(sealed, caplog, plaintext, kid):
     for path in ("/run", "/templates/soft-webp/run"):
-        answered(sealed, path, hand_sealed(plaintext, kid), envelope_v2.MEDIA_TYPE, caplog)
-    answered(sealed, "/run", V2_MAGIC + plaintext, envelope_v2.MEDIA_TYPE, caplog)
+        answered(sealed, path, hand_sealed(plaintext, kid), envelopes.MEDIA_TYPE, caplog)
+    answered(sealed, "/run", V2_MAGIC + plaintext, envelopes.MEDIA_TYPE, caplog)
 
 
 @given(body=v2_bodies)
 def test_plain_parts(plain, sealed, caplog, body):
     for client in (plain, sealed):
         for path in ("/run", "/templates/soft-webp/run", "/templates/noise-card/run"):
-            answered(client, path, envelope_v2.PLAIN_MAGIC + body, envelope_v2.PLAIN_MEDIA_TYPE, caplog)
+            answered(client, path, v2.PLAIN_MAGIC + body, envelopes.PLAIN_MEDIA_TYPE, caplog)
 
 
 @given(params=st.dictionaries(st.sampled_from(["image", "width", "height", "scaling", "x"]), values | urls))

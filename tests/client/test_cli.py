@@ -16,7 +16,7 @@ from PIL import Image
 from client import envelope_client
 from client.cli import build_payload
 from services.core import config
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests.file_server import FileServer
 from tests.stack import ROOT, Stack, copy_checkout, free_port
 from tests.workflows import empty_image, invert_upload, png_b64, with_knob
@@ -75,7 +75,7 @@ def workflow_file(tmp_path, workflow):
 
 
 def test_a_key_the_pod_rotated_away_is_replaced_by_its_current_one(cli, pod, tmp_path):
-    stale = envelope.keypair()[1]  # a key the pod never held, as a client's cache after step 3
+    stale = envelopes.keypair()[1]  # a key the pod never held, as a client's cache after step 3
     workflow = workflow_file(tmp_path, empty_image(6, 4, 0x00FF00))
     out = str(tmp_path / "rotated")
     result = cli(

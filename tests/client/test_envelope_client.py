@@ -9,9 +9,10 @@ import pytest
 from client import envelope_client
 from client.envelope_client import envelope_json, open_answer, payload_json, read_answer, seal_request
 from services.core import json_text
-from services.jobs import envelope
+from services.jobs import envelopes
+from services.jobs.envelopes import v1
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 IMAGE = base64.b64encode(os.urandom(300_000)).decode()
 
 
@@ -40,10 +41,7 @@ def test_the_envelope_body_is_the_envelope_as_json_and_the_worker_opens_it():
     sealed, _ = seal_request(payload, PUBLIC)
     body = json.loads(envelope_json(sealed))
     assert body == sealed
-    assert (
-        envelope.open_request(body, envelope.Keyring.from_keys(PRIVATE)).payload["images"]
-        == payload["images"]
-    )
+    assert v1.open_request(body, envelopes.Keyring.from_keys(PRIVATE)).payload["images"] == payload["images"]
 
 
 ANSWERS = [
@@ -77,9 +75,9 @@ def test_an_answer_holding_the_marker_is_still_read_right(monkeypatch):
 
 def test_the_worker_s_sealed_answer_opens_to_the_result():
     sealed, ephemeral = seal_request({"workflow": {}}, PUBLIC)
-    opened = envelope.open_request(json.loads(envelope_json(sealed)), envelope.Keyring.from_keys(PRIVATE))
+    opened = v1.open_request(json.loads(envelope_json(sealed)), envelopes.Keyring.from_keys(PRIVATE))
     result = {"status": "ok", "outputs": [{"data": IMAGE}]}
-    body = json_text.dumps(envelope.seal(result, opened.box)).encode()
+    body = json_text.dumps(v1.seal(result, opened.box)).encode()
     assert open_answer(read_answer(body), ephemeral, PUBLIC) == result
 
 

@@ -6,7 +6,7 @@ import yaml
 
 from services.comfy import launch
 from services.core import config
-from services.jobs import envelope
+from services.jobs import envelopes
 from services.models import model_folders
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image
@@ -91,7 +91,7 @@ def test_comfyui_gets_an_allow_listed_environment(tmp_path):
 
 
 def test_no_secret_reaches_comfyui_even_when_comfy_env_names_it(tmp_path):
-    old_keys = [envelope.keypair()[0] for _ in range(2)]
+    old_keys = [envelopes.keypair()[0] for _ in range(2)]
     secrets = {
         "STATE_URL": "redis://:pw@redis:6379/0",
         "API_KEY": "a-key",
@@ -178,8 +178,8 @@ def test_the_device_is_auto_or_cpu(tmp_path):
 def test_a_secret_written_with_spaces_or_a_newline_reaches_comfyui_by_no_name(tmp_path):
     """The filter compared exact values: `"k1, k2"` or a key with a trailing newline passed
     when COMFY_ENV named its variable (or a copy of it under another name)."""
-    old_keys = [envelope.keypair()[0] for _ in range(2)]
-    current = envelope.keypair()[0]
+    old_keys = [envelopes.keypair()[0] for _ in range(2)]
+    current = envelopes.keypair()[0]
     secrets = {
         "WORKER_PRIVATE_KEY_B64": current + "\n",
         "WORKER_PREVIOUS_KEYS_B64": f"{old_keys[0]}, {old_keys[1]}",

@@ -4,9 +4,9 @@ import os
 import pytest
 
 from services.core import config
-from services.jobs import envelope
+from services.jobs import envelopes
 
-KEY, _ = envelope.keypair()
+KEY, _ = envelopes.keypair()
 BASE = {"WORKER_PRIVATE_KEY_B64": KEY}
 
 

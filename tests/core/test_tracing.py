@@ -10,10 +10,10 @@ import pytest
 from client.envelope_client import open_answer, seal_request
 from services.comfy.launch import comfy_environment
 from services.core import config, errors, tracing
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests.pipelines import pipeline
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 MARKER = "okapi-in-a-span"
 WORKFLOW = {"7": {"class_type": "SaveImage", "inputs": {"filename_prefix": MARKER}}}
 CLIENT_TRACE, CLIENT_SPAN = os.urandom(16).hex(), os.urandom(8).hex()

@@ -14,9 +14,9 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.jobs.fleet import GROUP
 from services.jobs.metrics import Metrics
-from services.jobs.shared_jobs import GROUP
-from tests.jobs.test_shared_jobs import DRY_JOB, shared_jobs
+from tests.jobs.fleet.test_store import DRY_JOB, shared_jobs
 from tests.stack import ROOT, Stack, wait_until
 
 DEPLOY = os.path.join(ROOT, "deploy")

@@ -13,13 +13,13 @@ import time
 from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
 from services.handler.main import Throttled, make_handler
-from services.jobs import envelope
+from services.jobs import envelopes
 from services.jobs.webhooks import Webhooks
 from tests.pipelines import pipeline
 from tests.stack import ROOT
 from tests.webhook_receiver import Receiver
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 WORKFLOW = {
     "1": {"class_type": "EmptyImage", "inputs": {}},
     "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from client.envelope_client import open_answer, seal_request
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests import comfyui_source
 from tests.file_server import FileServer
 from tests.otlp_receiver import OtlpReceiver
@@ -175,7 +175,7 @@ class Container:
     def __init__(self, image, env, *options, mode="api"):
         self.name = f"cw-test-{uuid.uuid4().hex[:8]}"
         self.port = free_port()
-        self.private, self.public = envelope.keypair()
+        self.private, self.public = envelopes.keypair()
         base = {
             "LAUNCH_MODE": mode,
             "API_PORT": str(self.port),

@@ -4,7 +4,7 @@ import threading
 from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
 from services.core.in_hand import InHand
-from services.jobs import envelope
+from services.jobs import envelopes
 from services.jobs.async_jobs import AsyncJobs
 from services.jobs.quotas import Quotas
 from tests.pipelines import pipeline
@@ -66,7 +66,7 @@ def test_progress_result_and_cancel():
 def test_an_encrypted_job_with_a_malformed_webhook_ends_failed_sealed_and_lets_go_of_its_piece(tmp_path):
     """Its webhook is read only when the box opens: a URL urllib cannot parse ended the job
     nowhere (left `running`, its drain piece held for ever, the in-flight gauge one too high)."""
-    private, public = envelope.keypair()
+    private, public = envelopes.keypair()
     settings = config.load({"WORKER_PRIVATE_KEY_B64": private, "RUN_DIR": str(tmp_path), "DRY_RUN": "1"})
     observer = Observer()
     in_hand = InHand(settings.run_layout)

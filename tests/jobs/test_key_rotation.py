@@ -9,12 +9,12 @@ import uuid
 import requests
 
 from client.envelope_client import key_id, open_answer, seal_request
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image
 
-OLD, OLD_PUBLIC = envelope.keypair()
-NEW, NEW_PUBLIC = envelope.keypair()
+OLD, OLD_PUBLIC = envelopes.keypair()
+NEW, NEW_PUBLIC = envelopes.keypair()
 JOB = {"workflow": empty_image(8, 8)}
 
 
@@ -34,7 +34,7 @@ def test_a_pod_with_a_previous_key_lists_both_and_opens_both():
             request, ephemeral = seal_request(JOB, public)
             answer = requests.post(pod.url + "/run", json=request, timeout=30).json()
             assert open_answer(answer, ephemeral, public)["dry_run"] is True
-        stranger = seal_request(JOB, envelope.keypair()[1])[0]
+        stranger = seal_request(JOB, envelopes.keypair()[1])[0]
         refused = requests.post(pod.url + "/run", json=stranger, timeout=30)
         assert refused.status_code == 400 and refused.json()["error"].startswith("unknown_key")
         assert key_id(NEW_PUBLIC) in refused.json()["error"]

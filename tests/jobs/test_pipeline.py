@@ -7,10 +7,10 @@ import pytest
 
 from client.envelope_client import key_id, open_answer, open_blob, seal_request
 from services.core import config
-from services.jobs import envelope
+from services.jobs import envelopes
 from tests.pipelines import pipeline
 
-PRIVATE, PUBLIC = envelope.keypair()
+PRIVATE, PUBLIC = envelopes.keypair()
 BIG = base64.b64encode(b"\x89PNG" + b"x" * 5000).decode()
 RESULT = {
     "status": "ok",

@@ -11,9 +11,9 @@ import requests
 
 from services.core import config, errors
 from services.jobs import access
+from services.jobs.fleet import SharedJobs, release
+from services.jobs.fleet.state_store import StateStore
 from services.jobs.quotas import Quotas
-from services.jobs.shared_jobs import SharedJobs, release
-from services.jobs.state_store import StateStore
 from tests.pipelines import pipeline
 from tests.stack import Stack, wait_until
 from tests.workflows import empty_image, with_knob
@@ -115,7 +115,7 @@ def test_in_a_fleet_a_queued_job_keeps_its_slot_and_a_dead_process_s_sync_slots_
         release(store, settings, os.getpid())  # as gunicorn's master does when this process died
         other = Quotas(settings, store)  # another pod's, which lives
         other.held_by("other-pod")
-        store.redis.set(store.key("pod", "other-pod"), b"1", ex=60)
+        store.redis.set(store.names.pod("other-pod"), b"1", ex=60)
         assert other.take_job(key)  # the dead process's sync slot went back
         with pytest.raises(errors.QuotaExceeded):  # the queued job's did not
             other.take_job(key)

@@ -2,7 +2,7 @@
 SDK) over OTLP/HTTP to a real receiver: a pod's encrypted job from its request to its answer,
 with a client's `traceparent` continued (on `/run` and RunPod's routes alike) and nothing of the job in any span, its async job from
 submission to run, a serverless job through the local queue, and a fleet's job submitted on one
-pod and run by another. A webhook taken over by another pod is in test_shared_jobs.py."""
+pod and run by another. A webhook taken over by another pod is in fleet/test_store.py."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from services.core import errors
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
-    from services.jobs.state_store import StateStore
+    from services.jobs.fleet.state_store import StateStore
 
 log = logging.getLogger("worker.replay")
 

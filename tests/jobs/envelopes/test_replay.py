@@ -3,7 +3,7 @@
 import pytest
 
 from services.core import errors
-from services.jobs.replay import ReplayGuard
+from services.jobs.envelopes import ReplayGuard
 
 EPK, NONCE = b"k" * 32, b"n" * 24
 

@@ -16,7 +16,7 @@ from client.envelope_client import (
     plain_request_v2,
     seal_request_v2,
 )
-from services.jobs.envelope import keypair
+from services.jobs.envelopes import keypair
 from tests.jobs.test_templates import EXAMPLES
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import invalid_workflow, invert_upload

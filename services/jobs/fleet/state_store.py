@@ -1,24 +1,28 @@
-"""The Redis a fleet of workers shares (STATE_URL): one connection pool and the key names.
+"""The Redis a fleet of workers shares (STATE_URL): one connection pool, the key names
+(services.jobs.fleet.keys) and the scripts, loaded by name from scripts/<name>.lua.
 
-Every key lives under STATE_PREFIX, so several fleets can share one Redis. The URL is a
-secret (it may carry a password): it is never logged and never reaches ComfyUI.
+The URL is a secret (it may carry a password): it is never logged and never reaches ComfyUI.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
+from pathlib import Path
 
 import redis
 
 from services.core import errors
 from services.core.config import Settings
+from services.jobs.fleet.keys import Names
 
 log = logging.getLogger("worker.state")
 CONNECT_TIMEOUT_S = 2.0
-IO_TIMEOUT_S = 5.0  # above the longest blocking read (BLOCK_MS in services.jobs.shared_jobs)
+IO_TIMEOUT_S = 5.0  # above the longest blocking read (BLOCK_MS in services.jobs.fleet.taking)
 Error = redis.RedisError
+SCRIPTS = Path(__file__).with_name("scripts")
 
 
 class StateStore:
@@ -33,12 +37,13 @@ class StateStore:
             socket_timeout=IO_TIMEOUT_S,
             health_check_interval=10,
         )
-        self.prefix = settings.state_prefix
+        self.names = Names(settings.state_prefix)
         self._up = True
         self._lock = threading.Lock()
 
-    def key(self, *parts: str) -> str:
-        return ":".join((self.prefix, *parts))
+    def script(self, name: str) -> redis.commands.core.Script:
+        """The script scripts/<name>.lua (each is headed by the keys it touches), registered."""
+        return self.redis.register_script(_script_text(name))
 
     @property
     def up(self) -> bool:
@@ -65,7 +70,7 @@ class StateStore:
     def first_time(self, token: bytes, ttl_s: float, owner: str | None = None) -> bool:
         """Remember `token` for `ttl_s` across the fleet; False when it was remembered already,
         unless by the same `owner`. Raises `StateUnavailable` when Redis does not answer."""
-        name = self.key("seen", hashlib.sha256(token).hexdigest())
+        name = self.names.seen(hashlib.sha256(token).hexdigest())
         mark = (owner or "").encode() or b"1"
         try:
             first = self.redis.set(name, mark, nx=True, px=max(1, int(ttl_s * 1000)))
@@ -80,3 +85,8 @@ class StateStore:
         """Record that Redis did not answer; the error to answer with."""
         self.reached(False, exc)
         return errors.StateUnavailable(f"the shared state (STATE_URL) does not answer: {type(exc).__name__}")
+
+
+@functools.cache
+def _script_text(name: str) -> str:
+    return (SCRIPTS / f"{name}.lua").read_text(encoding="utf-8")

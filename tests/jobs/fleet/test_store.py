@@ -17,10 +17,11 @@ import requests
 from client.envelope_client import open_answer, seal_request
 from services.comfy import supervisor_state
 from services.core import config, drain, errors, tracing
-from services.jobs import access, envelope
+from services.jobs import access, envelopes
+from services.jobs.fleet import GROUP, SharedJobs
+from services.jobs.fleet.liveness import Liveness
+from services.jobs.fleet.state_store import StateStore
 from services.jobs.quotas import Quotas
-from services.jobs.shared_jobs import GROUP, SharedJobs
-from services.jobs.state_store import StateStore
 from services.jobs.webhooks import Webhooks
 from tests.pipelines import pipeline
 from tests.pod_jobs import ended, status, submit
@@ -308,7 +309,7 @@ def test_a_pod_that_stops_hands_back_what_it_took_but_did_not_start(redis_server
     other = shared_jobs(redis_server, prefix, lambda own: 1 - own)
     wait_until(lambda: other.get(job.id).state == "completed", 10, "another pod to run it (not after 30 s)")
     assert other.taken_over == 1
-    wait_until(lambda: not stopping._taken, 5, "the stopped pod to let go")
+    wait_until(lambda: not stopping.taken, 5, "the stopped pod to let go")
     assert queued.stopped.is_set() and other.get(job.id).result["dry_run"] is True
 
 
@@ -327,7 +328,7 @@ def test_a_bug_in_one_round_of_taking_does_not_stop_the_pod_taking_jobs(redis_se
     job = pod.start(DRY_JOB)
     wait_until(lambda: pod.get(job.id).state == "completed", 10, "the job to run after the bug")
     crash = [r.getMessage() for r in caplog.records if "shared-jobs-take" in r.getMessage()]
-    assert crash and "ValueError at test_shared_jobs.py:" in crash[0] and "secret prompt" not in crash[0]
+    assert crash and "ValueError at test_store.py:" in crash[0] and "secret prompt" not in crash[0]
 
 
 def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_server):
@@ -373,7 +374,7 @@ def test_a_job_declared_worker_lost_tells_its_webhook_what_the_record_says(redis
     runner = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy, JOB_CLAIM_TIMEOUT_S="1")
     job = runner.start({**DRY_JOB, "webhook": receiver.url(f"/{prefix}")})
     assert comfy.running.wait(10)
-    runner._beat = lambda: None  # silent from now on
+    runner.liveness.beat = lambda: None  # silent from now on
     redis_server.client().delete(f"{prefix}:pod:{runner.name}")
     reaper = shared_jobs(redis_server, prefix, lambda own: 0, JOB_CLAIM_TIMEOUT_S="1")
     wait_until(lambda: reaper.get(job.id).state == "failed", 10, "the job to be declared lost")
@@ -390,7 +391,7 @@ def test_a_pod_proves_it_lives_before_it_can_take_a_job(redis_server, monkeypatc
     """A pod's first proof of life came from its watch loop, which may run after its take loop
     started a job: another pod polling then answered that job worker_lost (seen once in CI)."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setattr(SharedJobs, "_watch_round", lambda self: time.sleep(0.25))  # no beat from it
+    monkeypatch.setattr(Liveness, "round", lambda self: time.sleep(0.25))  # no beat from it
     comfy = Blocking()
     runner = shared_jobs(redis_server, prefix, lambda own: 1 - own, comfy)
     job = runner.start(DRY_JOB)
@@ -471,7 +472,7 @@ def test_a_webhook_that_outlives_its_record_leaves_no_key_without_a_ttl(redis_se
         return len(attempts) == 2 and not client.sismember(f"{prefix}:webhooks", job.id)
 
     wait_until(delivery_over, 20, "both attempts, and the delivery's end written")
-    wait_until(lambda: job.id not in pod._delivering, 5, "the pod to let go of the delivery")
+    wait_until(lambda: job.id not in pod.deliveries.delivering, 5, "the pod to let go of the delivery")
     assert client.ttl(f"{prefix}:job:{job.id}") != -1  # gone (-2), or still expiring
 
 
@@ -744,9 +745,9 @@ def test_a_pending_webhook_sealed_to_a_dropped_key_fails_instead_of_staying_clai
     """After a rotation dropped the key its URL was sealed to, no pod can open it: it was
     claimed, left pending and claimed again for ever; now it ends as failed."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
-    old, new = envelope.keypair()[0], envelope.keypair()[0]
+    old, new = envelopes.keypair()[0], envelopes.keypair()[0]
     client, key = redis_server.client(), f"{prefix}:job:j1"
-    sealed = envelope.keep_secret("http://127.0.0.1:9/hook", envelope.Keyring.from_keys(old))
+    sealed = envelopes.keep_secret("http://127.0.0.1:9/hook", envelopes.Keyring.from_keys(old))
     kept = {"state": "completed", "webhook_url": sealed, "webhook_body": "{}", "webhook_owner": ""}
     client.hset(key, mapping={**kept, "webhook_state": "pending", "webhook_attempts": 1})
     client.expire(key, 60)
@@ -784,7 +785,7 @@ def test_a_job_whose_record_redis_lost_is_written_again_only_with_its_key(redis_
     client = redis_server.client()
     client.delete(f"{prefix}:job:{job.id}")
     comfy.release.set()
-    wait_until(lambda: not pod._taken, 10, "the job to end on its pod")
+    wait_until(lambda: not pod.taken, 10, "the job to end on its pod")
     assert pod.get(job.id, "team") is None and pod.get(job.id, "-") is None
     if starts:
         assert pod.get(job.id, "ci").state == "completed"
@@ -820,7 +821,7 @@ def test_a_key_with_a_job_running_on_another_pod_waits_for_a_key_with_none(redis
     blocking = Blocking()
     busy = shared_jobs(redis_server, prefix, lambda own: 1 - own, blocking)
     assert blocking.running.wait(10) and busy.get(first).state == "running"
-    busy.capacity = lambda own: 0
+    busy.taking.capacity = lambda own: 0
     later_a = [submitter.start(DRY_JOB, owner="a").id for _ in range(2)]
     b_jobs = [submitter.start(DRY_JOB, owner="b").id for _ in range(2)]
     other = shared_jobs(redis_server, prefix, lambda own: 1 - own)
@@ -840,7 +841,7 @@ def test_a_job_in_the_queue_as_a_pod_before_tickets_wrote_it_still_runs(redis_se
     client = redis_server.client()
     client.hset(f"{prefix}:job:old", mapping={"state": "queued", "created": 1, "key": "-"})
     client.xadd(f"{prefix}:jobs", {"id": "old", "body": json.dumps(DRY_JOB), "traceparent": "", "key": "-"})
-    pod.capacity = lambda own: 1 - own
+    pod.taking.capacity = lambda own: 1 - own
     wait_until(lambda: pod.get("old").state == "completed", 10, "the old entry's job")
     assert pod.get("old").result["dry_run"] is True and pod.waiting() == 0
 
@@ -893,9 +894,9 @@ def test_a_start_redis_did_not_answer_is_written_once_it_answers(redis_server):
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     comfy = Blocking()
     pod = shared_jobs(redis_server, prefix, lambda own: 0, comfy, JOB_CLAIM_TIMEOUT_S="4")
-    pod._scripts["start"] = failing(pod._scripts["start"], 2)
+    pod.running.start_script = failing(pod.running.start_script, 2)
     job = pod.start(DRY_JOB)
-    pod.capacity = lambda own: 1 - own
+    pod.taking.capacity = lambda own: 1 - own
     assert comfy.running.wait(10)
     record = redis_server.client().hgetall(f"{prefix}:job:{job.id}")
     assert record[b"state"] == b"running" and record[b"owner"].decode() == pod.name
@@ -910,12 +911,12 @@ def test_a_start_redis_never_answered_stops_the_job_here_and_it_runs_once_elsewh
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     comfy = Blocking()
     pod = shared_jobs(redis_server, prefix, lambda own: 0, comfy, JOB_CLAIM_TIMEOUT_S="1.5")
-    pod._scripts["start"] = failing(pod._scripts["start"], None)
+    pod.running.start_script = failing(pod.running.start_script, None)
     job = pod.start(DRY_JOB)
-    pod.capacity = lambda own: 1 - own
+    pod.taking.capacity = lambda own: 1 - own
     assert comfy.stopped.wait(10)  # stopped here
-    pod.capacity = lambda own: 0
-    wait_until(lambda: not pod._taken, 10, "the stopped run to end")
+    pod.taking.capacity = lambda own: 0
+    wait_until(lambda: not pod.taken, 10, "the stopped run to end")
     other = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_CLAIM_TIMEOUT_S="1.5")
     wait_until(lambda: other.get(job.id).state == "completed", 10, "the job to run on the other pod")
     assert redis_server.client().hget(f"{prefix}:job:{job.id}", "owner").decode() == other.name

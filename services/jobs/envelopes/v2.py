@@ -1,4 +1,4 @@
-"""Envelope v2: v1's box (services.jobs.envelope) sent as bytes, with images in it as bytes.
+"""Envelope v2: v1's box (services.jobs.envelopes.v1) sent as bytes, with images in it as bytes.
 
 v1 carries a 12 MB image as base64, in JSON, in a box, in base64, in JSON: each way four passes
 over the megabytes that are not the image's own (~300 ms of an encrypted 12.6 MB round trip
@@ -30,7 +30,7 @@ from nacl.utils import random
 
 from services.core import errors, json_text
 from services.core.codec import unb64
-from services.jobs.envelope import KEY_SIZE, NONCE_SIZE, Keyring, Opened, unbox
+from services.jobs.envelopes.v1 import KEY_SIZE, NONCE_SIZE, Keyring, Opened, unbox
 
 MEDIA_TYPE = "application/vnd.comfy-worker.envelope-v2"
 MAGIC = b"CWE2"

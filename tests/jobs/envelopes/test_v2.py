@@ -10,17 +10,17 @@ from nacl.utils import random
 from client.envelope_client import V2_MAGIC, open_answer_v2, plain_request_v2, seal_request_v2
 from services.core import errors
 from services.core.codec import b64, unb64
-from services.jobs import envelope, envelope_v2
+from services.jobs.envelopes import v1, v2
 
-PRIVATE, PUBLIC = envelope.keypair()
-OLD_PRIVATE, OLD_PUBLIC = envelope.keypair()
-KEYS = envelope.Keyring.from_keys(PRIVATE, OLD_PRIVATE)
+PRIVATE, PUBLIC = v1.keypair()
+OLD_PRIVATE, OLD_PUBLIC = v1.keypair()
+KEYS = v1.Keyring.from_keys(PRIVATE, OLD_PRIVATE)
 IMAGE = b"\x89PNG\r\n\x1a\n" + os.urandom(300_000)
 WORKFLOW = {"1": {"class_type": "LoadImage", "inputs": {"image": "in.png"}}}
 
 
-def opened(body: bytes, keyring=KEYS) -> envelope.Opened:
-    return envelope_v2.open_request(envelope_v2.Sealed.parse(body), keyring)
+def opened(body: bytes, keyring=KEYS) -> v1.Opened:
+    return v2.open_request(v2.Sealed.parse(body), keyring)
 
 
 def hand_sealed(plaintext: bytes, public_key: str = PUBLIC, kid: bytes = bytes(8)) -> bytes:
@@ -61,7 +61,7 @@ def test_the_answer_carries_outputs_as_bytes_in_both_shapes():
     ]
     ephemeral_body, ephemeral = seal_request_v2({"workflow": WORKFLOW}, PUBLIC)
     request = opened(ephemeral_body)
-    answer = envelope_v2.seal({"status": "ok", "outputs": outputs}, request.box)
+    answer = v2.seal({"status": "ok", "outputs": outputs}, request.box)
     assert answer.startswith(V2_MAGIC) and len(answer) < len(IMAGE) + 2000
     result = open_answer_v2(answer, ephemeral, PUBLIC)
     assert [o.get("data") for o in result["outputs"]] == [IMAGE, b"hi", None]
@@ -72,13 +72,13 @@ def test_the_answer_carries_outputs_as_bytes_in_both_shapes():
             {"filename": "c.png", "type": "s3_url", "data": "https://b/c"},
         ]
     }
-    result = open_answer_v2(envelope_v2.seal(shaped, request.box), ephemeral, PUBLIC)
+    result = open_answer_v2(v2.seal(shaped, request.box), ephemeral, PUBLIC)
     assert [i["data"] for i in result["images"]] == [IMAGE, "https://b/c"]
 
 
 def test_an_error_answer_is_sealed_and_a_plaintext_one_is_read_as_it_is():
     body, ephemeral = seal_request_v2({"workflow": WORKFLOW}, PUBLIC)
-    sealed_error = envelope_v2.seal({"error": "invalid_workflow: no"}, opened(body).box)
+    sealed_error = v2.seal({"error": "invalid_workflow: no"}, opened(body).box)
     assert b"invalid_workflow" not in sealed_error
     assert open_answer_v2(sealed_error, ephemeral, PUBLIC) == {"error": "invalid_workflow: no"}
     assert open_answer_v2(b'{"error": "unknown_key: x"}', ephemeral, PUBLIC) == {"error": "unknown_key: x"}
@@ -86,16 +86,16 @@ def test_an_error_answer_is_sealed_and_a_plaintext_one_is_read_as_it_is():
 
 def test_answers_use_a_fresh_nonce_each_time():
     box = opened(seal_request_v2({"workflow": WORKFLOW}, PUBLIC)[0]).box
-    assert envelope_v2.seal({}, box)[4:28] != envelope_v2.seal({}, box)[4:28]
+    assert v2.seal({}, box)[4:28] != v2.seal({}, box)[4:28]
 
 
 def test_the_kid_picks_the_key_and_no_kid_tries_each():
     assert opened(seal_request_v2({"workflow": WORKFLOW}, OLD_PUBLIC)[0]).kid == KEYS.keys[1][0]
     assert opened(hand_sealed(parts(b"{}"), OLD_PUBLIC)).kid == KEYS.keys[1][0]
     with pytest.raises(errors.UnknownKey):
-        opened(seal_request_v2({"workflow": WORKFLOW}, envelope.keypair()[1])[0])
+        opened(seal_request_v2({"workflow": WORKFLOW}, v1.keypair()[1])[0])
     with pytest.raises(errors.InvalidCiphertext):
-        opened(hand_sealed(parts(b"{}"), envelope.keypair()[1]))
+        opened(hand_sealed(parts(b"{}"), v1.keypair()[1]))
 
 
 @pytest.mark.parametrize(
@@ -190,17 +190,17 @@ def test_a_json_body_made_by_hand_with_attachments_opens():
 
 def test_plain_parts_carry_the_same_payload_and_answer_without_a_box():
     payload = {"workflow": WORKFLOW, "images": [{"name": "in.png", "image": IMAGE}]}
-    assert envelope_v2.read_plain(plain_request_v2(payload)) == payload
+    assert v2.read_plain(plain_request_v2(payload)) == payload
     params = {"image": IMAGE, "width": 64}
-    assert envelope_v2.read_plain(plain_request_v2(params, template=True), "soft-webp") == {
+    assert v2.read_plain(plain_request_v2(params, template=True), "soft-webp") == {
         "template": "soft-webp",
         "params": params,
     }
-    answer = envelope_v2.write_plain({"status": "ok", "outputs": [{"node_id": "2", "data": b64(IMAGE)}]})
-    assert envelope_v2.media_type_of(answer) == envelope_v2.PLAIN_MEDIA_TYPE
+    answer = v2.write_plain({"status": "ok", "outputs": [{"node_id": "2", "data": b64(IMAGE)}]})
+    assert v2.media_type_of(answer) == v2.PLAIN_MEDIA_TYPE
     assert open_answer_v2(answer)["outputs"] == [{"node_id": "2", "data": IMAGE}]
     with pytest.raises(errors.InvalidRequest):
-        envelope_v2.read_plain(b'{"workflow": {}}')
+        v2.read_plain(b'{"workflow": {}}')
 
 
 def test_a_flood_of_references_or_empty_parts_is_refused_before_it_costs_memory():
@@ -214,14 +214,14 @@ def test_a_flood_of_references_or_empty_parts_is_refused_before_it_costs_memory(
             "images": [{"name": f"{i}.png", "image": {"attachment": 0}} for i in range(200)],
         }
     )
-    referenced = envelope_v2.PLAIN_MAGIC + parts(refs.encode(), blob)
-    empty = envelope_v2.PLAIN_MAGIC + bytes(64 << 20)
+    referenced = v2.PLAIN_MAGIC + parts(refs.encode(), blob)
+    empty = v2.PLAIN_MAGIC + bytes(64 << 20)
     tracemalloc.start()
     try:
         with pytest.raises(errors.InvalidRequest, match="names already"):
-            envelope_v2.read_plain(referenced)
+            v2.read_plain(referenced)
         with pytest.raises(errors.InvalidRequest, match="more than 1024 attachments"):
-            envelope_v2.read_plain(empty)
+            v2.read_plain(empty)
         _now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

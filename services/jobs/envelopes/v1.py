@@ -99,7 +99,7 @@ class Opened:
     epk: bytes
     nonce: bytes
     kid: str  # of the worker key that opened it
-    version: int = 1  # the answer is sealed the way the request came (services.jobs.envelope_v2)
+    version: int = 1  # the answer is sealed the way the request came (services.jobs.envelopes.v2)
 
 
 def open_request(body: dict, keyring: Keyring | None) -> Opened:
