@@ -1,10 +1,10 @@
 """The fleet's Redis (STATE_URL): its secret URL, the start that needs it, the replay memory."""
 
 import pytest
-from services.jobs.fleet.state_store import StateStore
 
 from services.core import config, errors
 from services.jobs.envelopes import ReplayGuard
+from services.jobs.fleet.state_store import StateStore
 from tests.container.test_entrypoint import run_entrypoint
 from tests.stack import free_port
 
