@@ -7,6 +7,7 @@ most +1 ms. Also the call's preparation alone, in this process (schema, fill, se
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -14,8 +15,8 @@ import time
 
 import requests
 
-from services.jobs import template_params
-from services.jobs.templates import Templates
+from services.jobs import job_request
+from services.jobs.templates import Templates, prepare
 from tests.stack import ROOT, Stack
 from tests.workflows import png_b64
 
@@ -30,13 +31,16 @@ CASES = {
         "lossless": True,
     },
 }
+OPTIONS = functools.partial(  # a call's options as the pipeline reads them
+    job_request.options, default_timeout_s=600, no_history_default=False, output_format="worker"
+)
 
 
 def raw_job(templates: Templates, name: str, params: dict) -> dict:
     """What the template call becomes, as a client would send it to /run."""
-    call = template_params.prepare(templates, {"template": name, "params": params}, lambda url: b"", 0)
-    images = [{"name": image.name, "image": params["image"]} for image in call.images]
-    return {"workflow": call.payload["workflow"], **({"images": images} if images else {})}
+    call = prepare(templates, {"template": name, "params": params}, OPTIONS, lambda url: b"", 0)
+    images = [{"name": image.name, "image": params["image"]} for image in call.job.images]
+    return {"workflow": call.job.workflow, **({"images": images} if images else {})}
 
 
 def timed(session: requests.Session, url: str, body: dict) -> float:
@@ -80,7 +84,7 @@ def main() -> None:
         prepare = []
         for _ in range(2000):
             started = time.perf_counter()
-            template_params.prepare(templates, {"template": name, "params": params}, lambda url: b"", 0)
+            prepare(templates, {"template": name, "params": params}, OPTIONS, lambda url: b"", 0)
             prepare.append(time.perf_counter() - started)
         print(
             f"  {name}: the call's preparation alone, in process: {1000 * statistics.median(prepare):.3f} ms"

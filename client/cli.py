@@ -252,8 +252,7 @@ def check_templates(args: argparse.Namespace) -> int:
     """Each template of DIR against a running ComfyUI's inputs, a line each: 0 all serve, 1 not."""
     try:  # the worker's own code: in its checkout or image, not in the client's wheel
         from services.comfy.client import ComfyClient
-        from services.jobs.template_catalog import Catalog
-        from services.jobs.templates import Templates
+        from services.jobs.templates import Catalog, Templates
     except ImportError:
         print(
             "error: templates check runs where the worker is installed (its checkout or image)",

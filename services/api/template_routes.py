@@ -1,5 +1,5 @@
 """Templates on the pod: what serves, each one's schema and an example, and a call that runs it
-(services.jobs.template_params) like `/run`, sync or with `?async=1`.
+(services.jobs.templates) like `/run`, sync or with `?async=1`.
 
 A plain call's body is the parameters alone, so the template's JSON Schema is the body's; an
 encrypted call seals `{"template": name, "params": {...}}`, here or to `/run`.

@@ -1,14 +1,16 @@
 """The one job pipeline behind both the pod API and the RunPod handler.
 
-envelope (and its replay check) -> a template call filled in (services.jobs.template_params) ->
-payload checks -> the job's models on the volume -> (DRY_RUN stops here) -> ComfyUI (a template's
-refused input told by its parameter) -> result (+ the template's `params`) -> seal. Adapters only authorize, decode the body and
-map the `Reply` to their transport.
+envelope (and its replay check) -> the job: a plain one checked (job_request) or a template call
+filled in (templates), its images read (input_images) -> the job's models on the volume ->
+(DRY_RUN stops here) -> ComfyUI (a template's refused input told by its parameter) -> result (+
+the template's `params`) -> seal. Adapters only authorize, decode the body and map the `Reply`
+to their transport.
 Progress of an encrypted job leaves only as a percentage: node ids would reveal the workflow.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import socket
@@ -27,16 +29,15 @@ from services.core.job_spec import TIMING, Cancel, JobRequest, Progress, Timing
 from services.core.offload import offload
 from services.jobs import (
     envelopes,
-    image_fetch,
+    input_images,
     job_request,
     outcome,
-    template_params,
     webhooks,
     worker_comfyui,
 )
 from services.jobs.output_store import OutputStore
 from services.jobs.quotas import JobModelLimits
-from services.jobs.templates import Templates
+from services.jobs.templates import Call, Templates, is_call, prepare
 from services.models.job_models import JobModels
 
 if TYPE_CHECKING:  # redis is imported only by workers that set STATE_URL
@@ -137,6 +138,11 @@ class Pipeline:
         self.models = models
         self.in_hand = in_hand
         self.templates = templates
+        self._defaults = {  # what a job that leaves an option out gets
+            "default_timeout_s": settings.job_timeout_s,
+            "no_history_default": settings.no_history,
+            "output_format": settings.response_format,
+        }
         self.model_limits = model_limits
 
     def run(
@@ -232,19 +238,13 @@ class Pipeline:
         if opened is not None and progress is not None:
             progress = coarse(progress)
         call = None
-        if template_params.is_call(payload):
+        if is_call(payload):
             with tracing.stage("template"):
                 call = self._template_call(payload)
-            payload = call.payload
+            job = call.job
             facts.template = None if opened else call.template.name
-        job = job_request.parse(
-            payload,
-            default_timeout_s=self.settings.job_timeout_s,
-            no_history_default=self.settings.no_history,
-            output_format=self.settings.response_format,
-            fetch=self._fetch,
-        )
-        job = call.job(job) if call else job
+        else:
+            job = job_request.parse(payload, fetch=self._fetch, **self._defaults)
         job = replace(job, elsewhere=job_id is not None, on_start=on_start, owner=key)
         facts.models = len(job.models)
         markers = []
@@ -276,21 +276,20 @@ class Pipeline:
 
     def _fetch(self, url: str) -> bytes:
         with tracing.stage("image.fetch"):
-            return image_fetch.fetch(url, self.settings)
+            return input_images.fetch(url, self.settings)
 
-    def _template_call(self, payload: dict) -> template_params.Call:
+    def _template_call(self, payload: dict) -> Call:
         if self.templates is None:
             raise errors.UnknownTemplate("this worker serves no templates")
-        return template_params.prepare(
-            self.templates, payload, self._fetch, self.settings.comfy_ready_timeout_s
-        )
+        options = functools.partial(job_request.options, **self._defaults)
+        return prepare(self.templates, payload, options, self._fetch, self.settings.comfy_ready_timeout_s)
 
     def _execute(
         self,
         job: JobRequest,
         progress: Progress | None,
         cancel: Cancel | None,
-        call: template_params.Call | None,
+        call: Call | None,
     ) -> dict:
         if self.settings.dry_run:
             return {"status": "ok", "dry_run": True, "nodes": len(job.workflow), "images": len(job.images)}

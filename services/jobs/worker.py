@@ -25,8 +25,7 @@ from services.jobs.async_jobs import AsyncJobs, JobStore
 from services.jobs.output_store import OutputStore
 from services.jobs.pipeline import JobObserver, Pipeline
 from services.jobs.quotas import JobModelLimits, Quotas
-from services.jobs.template_catalog import Catalog
-from services.jobs.templates import Templates
+from services.jobs.templates import Catalog, Templates
 from services.jobs.webhooks import WebhookObserver, Webhooks
 from services.models.downloads import DownloadObserver, Downloads
 from services.models.job_models import JobModels

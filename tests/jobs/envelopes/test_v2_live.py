@@ -17,7 +17,7 @@ from client.envelope_client import (
     seal_request_v2,
 )
 from services.jobs.envelopes import keypair
-from tests.jobs.test_templates import EXAMPLES
+from tests.jobs.templates.test_loading import EXAMPLES
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import invalid_workflow, invert_upload
 

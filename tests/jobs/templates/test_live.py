@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from client.envelope_client import open_answer, seal_request
-from tests.jobs.test_templates import EXAMPLES, renumbered, write
+from tests.jobs.templates.test_loading import EXAMPLES, renumbered, write
 from tests.pod_jobs import ended
 from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import png_b64

@@ -11,9 +11,8 @@ import shutil
 import pytest
 
 from services.core import errors
-from services.jobs import templates as tpl
-from services.jobs.template_catalog import Catalog
-from services.jobs.templates import TemplateLoadError, Templates
+from services.jobs.templates import Catalog, Templates, call_schema, loading
+from services.jobs.templates.template import Target, TemplateLoadError
 from tests.comfy_standin.main import NODES
 from tests.stack import ROOT
 
@@ -85,11 +84,11 @@ def test_titles_survive_a_re_export_that_renumbers_the_nodes(tmp_path):
         original = json.load(handle)
     with open(tmp_path / "noise-card" / "workflow.json", "w") as handle:
         json.dump(renumbered(original, 40), handle)
-    before = tpl.load(os.path.join(EXAMPLES, "noise-card"))
-    after = tpl.load(str(tmp_path / "noise-card"))
-    assert before.params["seed"].targets == (tpl.Target("5", "seed"),)
-    assert after.params["seed"].targets == (tpl.Target("45", "seed"),)
-    assert tpl.schema(before) == tpl.schema(after)
+    before = loading.load(os.path.join(EXAMPLES, "noise-card"))
+    after = loading.load(str(tmp_path / "noise-card"))
+    assert before.params["seed"].targets == (Target("5", "seed"),)
+    assert after.params["seed"].targets == (Target("45", "seed"),)
+    assert call_schema.schema(before) == call_schema.schema(after)
 
 
 def test_a_title_on_several_nodes_needs_all_and_then_fills_every_one(tmp_path):
@@ -97,11 +96,11 @@ def test_a_title_on_several_nodes_needs_all_and_then_fills_every_one(tmp_path):
     workflow["9"]["inputs"]["images"] = ["4", 0]
     target = {"node": "Canvas", "input": "width"}
     with pytest.raises(TemplateLoadError, match=r"2 nodes have this title \(nodes 3, 4\)"):
-        tpl.load(write(tmp_path, "twice", workflow, {"w": {"type": "integer", "targets": [target]}}))
-    both = tpl.load(
+        loading.load(write(tmp_path, "twice", workflow, {"w": {"type": "integer", "targets": [target]}}))
+    both = loading.load(
         write(tmp_path, "both", workflow, {"w": {"type": "integer", "targets": [{**target, "all": True}]}})
     )
-    assert both.params["w"].targets == (tpl.Target("3", "width"), tpl.Target("4", "width"))
+    assert both.params["w"].targets == (Target("3", "width"), Target("4", "width"))
 
 
 @pytest.mark.parametrize(
@@ -160,12 +159,12 @@ def test_a_title_on_several_nodes_needs_all_and_then_fills_every_one(tmp_path):
 )
 def test_a_structural_fault_is_a_load_error_naming_template_parameter_and_target(tmp_path, params, message):
     with pytest.raises(TemplateLoadError, match=message) as caught:
-        tpl.load(write(tmp_path, "broken", canvas(), params))
+        loading.load(write(tmp_path, "broken", canvas(), params))
     assert str(caught.value).startswith("broken: ")
 
 
 def test_a_node_is_found_by_id_when_no_title_matches(tmp_path):
-    template = tpl.load(
+    template = loading.load(
         write(
             tmp_path,
             "by-id",
@@ -173,18 +172,18 @@ def test_a_node_is_found_by_id_when_no_title_matches(tmp_path):
             {"w": {"type": "integer", "targets": [{"node": 3, "input": "width"}]}},
         )
     )
-    assert template.params["w"].targets == (tpl.Target("3", "width"),)
+    assert template.params["w"].targets == (Target("3", "width"),)
 
 
 def test_missing_or_unreadable_files_are_load_errors(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(TemplateLoadError, match=r"empty: template\.json is missing"):
-        tpl.load(str(tmp_path / "empty"))
+        loading.load(str(tmp_path / "empty"))
     path = write(tmp_path, "ui-export", {"nodes": [], "links": []}, {})
     with pytest.raises(TemplateLoadError, match=r"workflow\.json: this is a UI graph export"):
-        tpl.load(path)
+        loading.load(path)
     with pytest.raises(TemplateLoadError, match="folder name must match"):
-        tpl.load(write(tmp_path, "Upper Case", canvas(), {}))
+        loading.load(write(tmp_path, "Upper Case", canvas(), {}))
 
 
 @pytest.mark.parametrize(
@@ -279,9 +278,9 @@ def test_a_template_narrows_comfyuis_bounds_and_inherits_the_rest(tmp_path):
     )
     templates = Templates((str(tmp_path),), standin_catalog())
     templates.check_with_comfyui(lambda: True)
-    schema = tpl.schema(templates.get("narrow"))
-    assert schema["properties"]["w"] == {"type": "integer", "minimum": 1, "maximum": 512, "default": 64}
-    assert schema["additionalProperties"] is False and schema["$schema"] == tpl.DIALECT
+    declared = call_schema.schema(templates.get("narrow"))
+    assert declared["properties"]["w"] == {"type": "integer", "minimum": 1, "maximum": 512, "default": 64}
+    assert declared["additionalProperties"] is False and declared["$schema"] == call_schema.DIALECT
 
 
 def test_a_bad_template_is_rejected_at_load_while_the_others_serve(tmp_path):
@@ -324,7 +323,7 @@ def test_the_first_folder_wins_a_name_both_have(tmp_path):
 
 def test_the_example_body_runs_as_it_is():
     for name in ("noise-card", "soft-webp"):
-        template = tpl.load(os.path.join(EXAMPLES, name))
-        body = tpl.example(template)
-        assert list(tpl.Validator(tpl.schema(template)).iter_errors(body)) == []
-    assert tpl.example(tpl.load(os.path.join(EXAMPLES, "noise-card")))["seed"] == "random"
+        template = loading.load(os.path.join(EXAMPLES, name))
+        body = call_schema.example(template)
+        assert list(call_schema.Validator(call_schema.schema(template)).iter_errors(body)) == []
+    assert call_schema.example(loading.load(os.path.join(EXAMPLES, "noise-card")))["seed"] == "random"

@@ -12,7 +12,7 @@ from PIL import Image
 
 from client.envelope_client import open_answer, seal_request
 from services.core import config, errors
-from services.jobs import image_fetch
+from services.jobs import input_images
 from tests.file_server import FileServer
 from tests.stack import Stack
 from tests.workflows import invert_upload, png_b64
@@ -34,14 +34,14 @@ def settings(**env):
 
 def refusal(url, **env) -> str:
     with pytest.raises(errors.ImageFetchFailed) as caught:
-        image_fetch.fetch(url, settings(**env))
+        input_images.fetch(url, settings(**env))
     message = caught.value.message
     assert "127.0.0.1" not in message and "/file/" not in message and "slow/" not in message
     return message
 
 
 def test_an_image_by_url_is_fetched(server):
-    assert image_fetch.fetch(f"{server.url}/file/red.png", settings()) == RED
+    assert input_images.fetch(f"{server.url}/file/red.png", settings()) == RED
 
 
 def test_a_private_address_is_refused_unless_allowed(server):

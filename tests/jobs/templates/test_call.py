@@ -4,13 +4,14 @@ under a name of their own, and ComfyUI's node errors told by parameter."""
 
 import base64
 import copy
+import functools
 
 import pytest
 
 from services.core import errors
-from services.jobs import template_params
-from services.jobs.templates import SEED_MAX, Templates
-from tests.jobs.test_templates import standin_catalog, write
+from services.jobs import job_request
+from services.jobs.templates import SEED_MAX, Templates, prepare
+from tests.jobs.templates.test_loading import standin_catalog, write
 from tests.workflows import png_b64
 
 WORKFLOW = {
@@ -68,6 +69,9 @@ PARAMS = {
     "image": {"type": "image", "targets": [{"node": "Input", "input": "image"}]},
 }
 IMAGE = png_b64(4, 4)
+OPTIONS = functools.partial(  # a call's options as the pipeline reads them
+    job_request.options, default_timeout_s=600, no_history_default=False, output_format="worker"
+)
 
 
 def no_fetch(url: str) -> bytes:
@@ -85,7 +89,7 @@ def templates(tmp_path_factory):
 
 
 def call(templates, params, fetch=no_fetch, **options):
-    return template_params.prepare(templates, {"template": "kinds", "params": params, **options}, fetch, 0)
+    return prepare(templates, {"template": "kinds", "params": params, **options}, OPTIONS, fetch, 0)
 
 
 def problems(templates, params) -> list[dict]:
@@ -157,7 +161,7 @@ def test_params_must_be_an_object_and_a_call_sends_no_workflow(templates):
     with pytest.raises(errors.InvalidRequest, match="a template call sends 'params', not workflow"):
         call(templates, {}, workflow={})
     with pytest.raises(errors.UnknownTemplate):
-        template_params.prepare(templates, {"template": "nope"}, no_fetch, 0)
+        prepare(templates, {"template": "nope"}, OPTIONS, no_fetch, 0)
 
 
 def test_defaults_come_from_the_export_and_the_values_used_are_returned(templates):
@@ -171,26 +175,24 @@ def test_defaults_come_from_the_export_and_the_values_used_are_returned(template
         "crop": "disabled",
         "scaling": "area",
     }
-    assert prepared.payload["timeout_s"] == 30
-    assert prepared.payload["workflow"]["5"]["inputs"]["seed"] == used["seed"] != 7
+    assert prepared.job.timeout_s == 30
+    assert prepared.job.workflow["5"]["inputs"]["seed"] == used["seed"] != 7
     assert WORKFLOW["5"]["inputs"]["seed"] == 7  # the template itself is never changed
 
 
 def test_seeds_are_drawn_anew_for_each_call_and_a_given_one_is_kept(templates):
     drawn = {call(templates, {"image": IMAGE}).used["seed"] for _ in range(20)}
     assert len(drawn) == 20 and all(0 <= seed <= SEED_MAX for seed in drawn)
-    assert (
-        call(templates, {"image": IMAGE, "seed": 12345}).payload["workflow"]["5"]["inputs"]["seed"] == 12345
-    )
+    assert call(templates, {"image": IMAGE, "seed": 12345}).job.workflow["5"]["inputs"]["seed"] == 12345
 
 
 def test_an_image_lands_under_a_name_of_its_own(templates):
     data = base64.b64decode(IMAGE)
     first = call(templates, {"image": "data:image/png;base64," + IMAGE})
     second = call(templates, {"image": IMAGE})
-    (image,) = first.images
+    (image,) = first.job.images
     assert image.data == data and image.name.startswith("image-") and image.name.endswith(".png")
-    assert first.payload["workflow"]["1"]["inputs"]["image"] == image.name != second.images[0].name
+    assert first.job.workflow["1"]["inputs"]["image"] == image.name != second.job.images[0].name
     assert first.used["image"] == {
         "bytes": len(data),
         "sha256": __import__("hashlib").sha256(data).hexdigest(),
@@ -200,7 +202,7 @@ def test_an_image_lands_under_a_name_of_its_own(templates):
     ]
     assert problems(templates, {"image": "%%%"})[0]["rule"] == "image"
     fetched = call(templates, {"image": "https://example.invalid/a.png"}, fetch=lambda url: data)
-    assert fetched.images[0].data == data and fetched.used["image"] == "https://example.invalid/a.png"
+    assert fetched.job.images[0].data == data and fetched.used["image"] == "https://example.invalid/a.png"
     refused = problems(templates, {"image": "https://example.invalid/a.png"})
     assert refused == [{"param": "image", "rule": "image", "message": "the test serves no URLs"}]
 
@@ -232,9 +234,9 @@ def test_a_live_list_takes_a_value_comfyui_offers_only_after_start(tmp_path):
     templates.check_with_comfyui(lambda: True)
     payload = {"template": "ckpt", "params": {"model": "new.safetensors"}}
     with pytest.raises(errors.InvalidParams):
-        template_params.prepare(templates, payload, no_fetch, 0)
+        prepare(templates, payload, OPTIONS, no_fetch, 0)
     offered.append("new.safetensors")  # a file placed on the volume
-    assert template_params.prepare(templates, payload, no_fetch, 0).used == {"model": "new.safetensors"}
+    assert prepare(templates, payload, OPTIONS, no_fetch, 0).used == {"model": "new.safetensors"}
 
 
 def test_a_comfyui_node_error_on_a_filled_input_is_told_by_parameter(templates):
@@ -279,7 +281,7 @@ def test_only_an_image_parameter_takes_an_attachment(templates):
     """An envelope v2's attachment (bytes) for a string, enum or number passed the schema as the
     word "attachment" and broke later with a 500: it is `invalid_params` naming the parameter."""
     data = base64.b64decode(IMAGE)
-    assert call(templates, {"image": data}).images[0].data == data
+    assert call(templates, {"image": data}).job.images[0].data == data
     assert problems(templates, {"image": IMAGE, "prefix": data, "crop": data, "width": data}) == [
         {"param": name, "rule": "type", "message": "takes no attachment (only an image parameter does)"}
         for name in ("prefix", "crop", "width")

@@ -1,8 +1,9 @@
-"""A template call: `{"template": name, "params": {...}}` (plus the usual job options) becomes an
-ordinary job.
+"""A template call: `{"template": name, "params": {...}}` (plus the usual job options) becomes a
+finished job in one pass.
 
-    params -> the template's JSON Schema (every problem collected) -> image parameters decoded or
-    fetched -> defaults filled, seeds drawn -> the workflow with the values set -> a job payload
+    params -> the template's JSON Schema (every problem collected) -> image parameters
+    (services.jobs.input_images) -> defaults filled, seeds drawn -> the workflow with the values
+    set, and the call's options -> a `JobRequest`
 
 The values used (the drawn seed too) go back with the result, so a call can be repeated exactly.
 ComfyUI's node errors on an input a parameter filled are told back under that parameter's name.
@@ -10,20 +11,21 @@ ComfyUI's node errors on an input a parameter filled are told back under that pa
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from services.core import errors
 from services.core.job_spec import InputImage, JobRequest
 from services.core.offload import offload
-from services.jobs import templates as tpl
-from services.jobs.job_request import decode_base64_image, image_extension
-from services.jobs.templates import Template, Templates
+from services.jobs import input_images
+from services.jobs.templates.registry import Templates
+from services.jobs.templates.template import SEED_MAX, Template
+
+Options = Callable[[dict], dict]  # a job's options as JobRequest fields (services.jobs.job_request)
 
 _MESSAGES = {
     "minimum": "must be at least {}",
@@ -46,13 +48,8 @@ def is_call(payload: Any) -> bool:
 @dataclass(frozen=True)
 class Call:
     template: Template
-    payload: dict  # the job as /run takes it: the filled workflow and the call's options
+    job: JobRequest  # the filled workflow, the image parameters as its input images, its options
     used: dict  # the values the job ran with, seeds included
-    images: tuple[InputImage, ...] = field(default=(), repr=False)
-
-    def job(self, job: JobRequest) -> JobRequest:
-        """The parsed job with the image parameters as its input images."""
-        return replace(job, images=job.images + self.images) if self.images else job
 
     def explain(self, exc: errors.WorkflowValidationFailed) -> errors.WorkerError:
         """ComfyUI's refusal told by parameter where a parameter filled the input it names."""
@@ -79,8 +76,11 @@ def _node_problems(node_errors: dict) -> list[tuple[str, dict]]:
     return found
 
 
-def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], wait_s: float) -> Call:
-    """The call's job, or `unknown_template` / `invalid_params` naming every bad field."""
+def prepare(
+    templates: Templates, payload: dict, options: Options, fetch: input_images.Fetch, wait_s: float
+) -> Call:
+    """The call's job, or `unknown_template` / `invalid_params` naming every bad field (or the
+    error of a bad option); `wait_s`: how long it waits for the check against ComfyUI."""
     clash = sorted(k for k in ("workflow", "images") if k in payload)
     if clash:
         raise errors.InvalidRequest(f"a template call sends 'params', not {' or '.join(clash)}")
@@ -93,8 +93,8 @@ def prepare(templates: Templates, payload: dict, fetch: Callable[[str], bytes], 
     if details:
         raise errors.InvalidParams(template.name, details)
     used, workflow = _filled(template, given, images)
-    options = {k: v for k, v in payload.items() if k not in ("template", "params")}
-    return Call(template, {**options, "workflow": workflow}, used, tuple(i for _, i in images))
+    job = JobRequest(workflow=workflow, images=tuple(i for _, i in images), **options(payload))
+    return Call(template, job, used)
 
 
 def _schema_problems(templates: Templates, template: Template, sent: dict) -> list[dict]:
@@ -153,30 +153,24 @@ def _detail(param: str | None, rule: str, message: str) -> dict:
 
 
 def _images(
-    template: Template, given: dict, fetch: Callable[[str], bytes], details: list[dict]
+    template: Template, given: dict, fetch: input_images.Fetch, details: list[dict]
 ) -> list[tuple[str, InputImage]]:
     """Each image parameter's bytes under a name of its own in the job's input folder."""
     images = []
     for name, param in template.params.items():
         if param.kind != "image" or name not in given:
             continue
-        value = given[name]
         try:
-            if isinstance(value, bytes):  # an envelope v2's attachment
-                data = value
-            elif value.startswith(("http://", "https://")):
-                data = fetch(value)
-            else:  # megabytes of base64: off the gevent hub, like job_request's images
-                data = offload(decode_base64_image, value, size=len(value))
+            data = input_images.given(given[name], fetch)
         except errors.ImageFetchFailed as exc:
             details.append(_detail(name, "image", exc.detail))
             continue
-        except (ValueError, binascii.Error):
+        except ValueError:
             details.append(_detail(name, "image", "is neither base64, a data URI nor an http(s) URL"))
             continue
-        extension = image_extension(data)
+        extension = input_images.extension(data)
         if extension is None:
-            details.append(_detail(name, "image", "is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"))
+            details.append(_detail(name, "image", input_images.NOT_AN_IMAGE))
             continue
         images.append((name, InputImage(f"{name}-{uuid.uuid4().hex[:12]}{extension}", data)))
     return images
@@ -190,7 +184,7 @@ def _filled(template: Template, given: dict, images: list[tuple[str, InputImage]
         value = given.get(name, param.default)
         if param.kind == "seed" and (value is None or value == "random"):
             low = int(param.minimum or 0)
-            value = low + secrets.randbelow(int(param.maximum or tpl.SEED_MAX) - low + 1)
+            value = low + secrets.randbelow(int(param.maximum or SEED_MAX) - low + 1)
         used[name] = value
         for target in param.targets:
             node = workflow[target.node_id]

@@ -1,0 +1,110 @@
+"""The JSON Schema of a template call's parameters: what a call is checked against, and what the
+OpenAPI document and `GET /templates/<name>` show; with an example body that runs as it is."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+import zlib
+from typing import Any
+
+import jsonschema
+
+from services.jobs.templates.catalog import Catalog
+from services.jobs.templates.template import SEED_MAX, Param, Template
+
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
+    {  # an integer is an int (1.0 is not), a number is finite, neither is a boolean
+        "integer": lambda _checker, v: isinstance(v, int) and not isinstance(v, bool),
+        "number": lambda _checker, v: (
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        ),
+    }
+)
+Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+
+
+def schema(template: Template, catalog: Catalog | None = None, fresh: bool = False) -> dict:
+    """The body of a call: one property per parameter, nothing else. A live enum lists what
+    ComfyUI offers now (`fresh`: asked again); without a catalog it is any string."""
+    properties = {name: _property(template, param, catalog, fresh) for name, param in template.params.items()}
+    return {
+        "$schema": DIALECT,
+        "title": template.name,
+        "description": template.description,
+        "type": "object",
+        "properties": properties,
+        "required": [name for name, param in template.params.items() if param.required],
+        "additionalProperties": False,
+    }
+
+
+def _property(template: Template, param: Param, catalog: Catalog | None, fresh: bool) -> dict:
+    low, high = param.minimum, param.maximum
+    if param.kind in ("integer", "number"):
+        prop: dict = {"type": param.kind, **_limits("minimum", low, "maximum", high)}
+    elif param.kind == "string":
+        prop = {"type": "string", **_limits("minLength", low, "maxLength", high)}
+    elif param.kind == "boolean":
+        prop = {"type": "boolean"}
+    elif param.kind == "enum":
+        values = param.values
+        if param.live and catalog is not None:
+            first = param.targets[0]
+            values = tuple(catalog.choices(template.class_of[first.node_id], first.input, fresh))
+        prop = {"enum": list(values)} if values is not None else {"type": "string"}
+    elif param.kind == "image":
+        prop = {"type": "string", "minLength": 1, "description": "base64, a data URI or an http(s) URL"}
+    else:
+        seed = {
+            "type": "integer",
+            **_limits("minimum", 0 if low is None else low, "maximum", high or SEED_MAX),
+        }
+        prop = {"anyOf": [seed, {"const": "random"}], "description": 'absent or "random": drawn anew'}
+    if param.description:
+        prop["description"] = param.description
+    if param.default is not None:
+        prop["default"] = param.default
+    return prop
+
+
+def _limits(low_key: str, low: float | None, high_key: str, high: float | None) -> dict:
+    return {k: v for k, v in ((low_key, low), (high_key, high)) if v is not None}
+
+
+def defaults(template: Template) -> dict:
+    """What a call that leaves a parameter out gets (a seed is drawn anew each call)."""
+    return {name: p.default for name, p in template.params.items() if p.default is not None}
+
+
+def example(template: Template) -> dict:
+    """A body that runs as it is: the defaults, a drawn seed, a small grey PNG for each image."""
+    body: dict[str, Any] = defaults(template)
+    for name, param in template.params.items():
+        if param.kind == "seed" and param.default is None:
+            body[name] = "random"
+        elif param.kind == "image":
+            body[name] = EXAMPLE_PNG
+    return body
+
+
+def _png(side: int, grey: int) -> str:
+    """A `side` x `side` grey PNG as base64, made here so the example needs no file."""
+    rows = b"".join(b"\x00" + bytes([grey]) * side for _ in range(side))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+    return base64.b64encode(png).decode()
+
+
+EXAMPLE_PNG = _png(32, 128)
