@@ -10,10 +10,11 @@ import re
 from flask import Flask, Response, current_app, g, request
 
 from services.api.context import Api
-from services.api.responses import asked_async, error_response
+from services.api.responses import asked_async
 from services.core import drain, errors
-from services.jobs import runpod_protocol
 from services.jobs.access import OPEN, Key
+from services.web import key_checks
+from services.web.answers import error_response
 
 log = logging.getLogger("worker.access")
 OPEN_ROUTES = {"/healthz", "/readyz", "/openapi.json"}
@@ -86,14 +87,10 @@ def _check(api: Api) -> Response | None:
     scope = scope_of(request.endpoint, request.path)
     if scope is None:
         return None
-    key = api.keys.identify(request.headers.get("Authorization"))
-    if key is None:
-        return _refused(api, None, errors.Unauthorized(runpod_protocol.AUTH_HINT))
-    g.key = key
-    if scope and scope not in key.scopes:
-        return _refused(
-            api, key, errors.Forbidden(f"this key has no '{scope}' scope, which this route needs")
-        )
+    try:
+        key = g.key = key_checks.check(api.keys, scope, api.metrics)
+    except errors.WorkerError as exc:
+        return error_response(exc)
     view = current_app.view_functions.get(request.endpoint or "")
     if getattr(view, "takes_work", False) and drain.since(api.settings.run_layout) is None:
         try:
@@ -102,16 +99,16 @@ def _check(api: Api) -> Response | None:
             elif scope == "models":
                 api.quotas.check_download(key)
         except errors.QuotaExceeded as exc:
-            return _refused(api, key, exc)
+            return error_response(key_checks.refused(api.metrics, key, exc))
         except errors.StateUnavailable as exc:
             if _kept_in_redis():  # refused all the same: its job could not be kept
-                return _refused(api, key, exc)
+                return error_response(key_checks.refused(api.metrics, key, exc))
             log.warning(  # a sync job runs while Redis is down, as one of an unlimited key does
                 "the limits of key %s are not counted for %s %s: the shared state does not answer",
                 key.name,
                 request.method,
-                _route(),
-                extra={"event": "access.unchecked", "key_name": key.name, "route": _route()},
+                key_checks.route(),
+                extra={"event": "access.unchecked", "key_name": key.name, "route": key_checks.route()},
             )
     g.allowed = True
     api.metrics.request_seen(key.name, "allowed")
@@ -124,33 +121,19 @@ def _kept_in_redis() -> bool:
     return request.endpoint == "runpod.run" or asked_async()
 
 
-def _refused(api: Api, key: Key | None, error: errors.WorkerError) -> Response:
-    name = key.name if key is not None else "-"
-    api.metrics.request_seen(name, error.code)
-    log.warning(
-        "refused %s %s for key %s: %s",
-        request.method,
-        _route(),
-        name,
-        error.code,
-        extra={"event": "access.refused", "key_name": name, "route": _route(), "result": error.code},
-    )
-    return error_response(error)
-
-
 def _after(api: Api, response: Response) -> Response:
     if scope_of(request.endpoint, request.path) == "admin" and g.get("allowed"):  # a refusal has its own line
         name = g.key.name
         log.info(
             "admin %s %s by key %s: %d",
             request.method,
-            _route(),
+            key_checks.route(),
             name,
             response.status_code,
             extra={
                 "event": "access.admin",
                 "key_name": name,
-                "route": _route(),
+                "route": key_checks.route(),
                 "result": response.status_code,
             },
         )
@@ -162,7 +145,3 @@ def _give_back(api: Api) -> None:
     slot = g.pop("slot", None)
     if slot is not None:
         api.quotas.give_back(g.key.name, slot)
-
-
-def _route() -> str:
-    return request.url_rule.rule if request.url_rule else request.path

@@ -1,5 +1,5 @@
 """The pod API: a Flask app factory over the worker (services.jobs.worker), served by gunicorn
-with gevent workers. It authorizes and maps errors; the routes are blueprints by concern:
+with gevent workers. It authorizes (access_control) and maps errors (services.web.answers); the routes are blueprints by concern:
 
     probes.py         /healthz /readyz /ping /openapi.json /metrics
     drain_routes.py   /drain (POST, DELETE)
@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, request
+from flask import Flask
 from flask_swagger_ui import get_swaggerui_blueprint
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from services.api import (
     access_control,
@@ -29,16 +28,16 @@ from services.api import (
     template_routes,
 )
 from services.api.context import Api
-from services.api.responses import error_response, json_response
 from services.comfy import devices, driver
 from services.comfy.control import ComfyControl
 from services.comfy.health import ComfyHealth
-from services.core import background, config, errors, logs
+from services.core import config, logs
 from services.core.config import Settings
-from services.jobs import envelopes, runpod_protocol
+from services.jobs import envelopes
 from services.jobs.access import Keys
 from services.jobs.metrics import Metrics
 from services.jobs.worker import build_worker, job_store
+from services.web import answers
 
 log = logging.getLogger("worker.api")
 
@@ -62,7 +61,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         keys = Keys(settings)
     api = _build(settings, keys)
     app = Flask("comfy-worker")
-    app.config["MAX_CONTENT_LENGTH"] = runpod_protocol.body_limit(settings)
     app.extensions["comfy_worker_jobs"] = api.jobs  # closed by gunicorn's worker_exit (gunicorn_conf)
     access_control.install(app, api)  # first: who calls, then whether the pod takes work
     app.before_request(lambda: drain_routes.refuse_new_work(api))
@@ -81,7 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             access_control.DOCS, "/openapi.json", {"app_name": "comfy-worker", "tryItOutEnabled": True}
         )
     )
-    _handle_errors(app, settings)
+    answers.install(app, settings, log)
     return app
 
 
@@ -108,30 +106,3 @@ def _cuda(settings: Settings) -> dict | None:
     if settings.dry_run or devices.of(settings).vendor != "nvidia":
         return None
     return driver.check(driver.host_driver(), driver.torch_cuda(settings.comfy_python)).view()
-
-
-def _handle_errors(app: Flask, settings: Settings) -> None:
-    """Every failure answers `{"error": "<code>: <detail>"}`; a bug never shows a traceback."""
-
-    @app.errorhandler(errors.WorkerError)
-    def worker_error(exc: errors.WorkerError) -> Response:
-        return error_response(exc)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestEntityTooLarge):
-            return error_response(runpod_protocol.too_large(settings))
-        if exc.code == 404:
-            return error_response(errors.NotFound(f"no route {request.path}"))
-        if exc.code == 405:
-            response = error_response(
-                errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
-            )
-            response.headers["Allow"] = ", ".join(getattr(exc, "valid_methods", None) or [])
-            return response
-        return json_response({"error": f"http_{exc.code}: {exc.name}"}, exc.code or 500)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        background.log_unexpected(log, f"request {request.path}", exc)
-        return error_response(errors.WorkerError("unexpected server error"))

@@ -8,9 +8,9 @@ import concurrent.futures
 from flask import Blueprint, Response, request
 
 from services.api.context import Api
-from services.api.responses import json_response
 from services.comfy.control import ComfyControl
 from services.core import errors
+from services.web.answers import json_response
 
 
 def blueprint(api: Api) -> Blueprint:

@@ -12,8 +12,8 @@ from typing import TypeVar
 from flask import Blueprint, Response, current_app, request
 
 from services.api.context import Api
-from services.api.responses import error_response, json_response
 from services.core import drain, errors
+from services.web.answers import error_response, json_response
 
 View = TypeVar("View", bound=Callable)
 

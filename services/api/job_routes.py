@@ -11,11 +11,12 @@ from flask import Blueprint, Response, request
 from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
-from services.api.responses import asked_async, in_parts, json_response, payload_response, read_request
+from services.api.responses import asked_async, in_parts, payload_response, read_request
 from services.core import errors, json_text, tracing
 from services.core.offload import offload
 from services.jobs import envelopes
 from services.jobs.async_jobs import known
+from services.web.answers import json_response
 
 
 def blueprint(api: Api) -> Blueprint:

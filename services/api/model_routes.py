@@ -9,9 +9,10 @@ from flask import Blueprint, Response, request
 from services.api.access_control import caller
 from services.api.context import Api
 from services.api.drain_routes import takes_work
-from services.api.responses import json_response, read_json
+from services.api.responses import read_json
 from services.core import tracing
 from services.models import model_store
+from services.web.answers import json_response
 
 
 def blueprint(api: Api) -> Blueprint:

@@ -9,9 +9,9 @@ from flask import Blueprint, Response
 
 from services.api import access_control, openapi, template_routes
 from services.api.context import Api
-from services.api.responses import json_response
 from services.core import drain
 from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from services.web.answers import json_response
 
 
 def blueprint(api: Api) -> Blueprint:

@@ -1,8 +1,9 @@
-"""How the pod API reads bodies and writes answers.
+"""How the pod API reads job bodies and writes job answers (JSON answers and errors in general:
+services.web.answers).
 
-Probes answer plain compact JSON at once; a body that carries a job's outputs or ciphertext is
-serialized off the hub and spliced (services.core.json_text), so probes stay fast while
-megabytes flow. A request body is parsed off the hub too.
+A body that carries a job's outputs or ciphertext is serialized off the hub and spliced
+(services.core.json_text), so probes stay fast while megabytes flow. A request body is parsed
+off the hub too.
 """
 
 from __future__ import annotations
@@ -17,19 +18,7 @@ from services.core import errors, json_text
 from services.core.config import Settings
 from services.core.offload import offload
 from services.jobs import envelopes
-
-
-def json_response(body: Any, status: int = 200, size: int = 0) -> Response:
-    """`size`: bytes of outputs or ciphertext the body carries; large ones serialize off the hub."""
-    if size >= json_text.SPLICED:
-        text = offload(_utf8_json, body, size=size)  # bytes: werkzeug would encode a str on the hub
-    else:
-        text = json.dumps(body, separators=(",", ":"))
-    return Response(text, status=status, mimetype="application/json")
-
-
-def _utf8_json(body: Any) -> bytes:
-    return json_text.dumps(body).encode("utf-8")
+from services.web.answers import json_response, retry_after
 
 
 def payload_response(body: dict | bytes, status: int = 200, retry_after_s: int | None = None) -> Response:
@@ -37,18 +26,8 @@ def payload_response(body: dict | bytes, status: int = 200, retry_after_s: int |
     (pod async jobs) or `output` (the RunPod-shaped routes); bytes are an envelope v2 or parts."""
     if isinstance(body, bytes):
         mimetype = envelopes.media_type_of(body)
-        return _retry_after(Response(body, status=status, mimetype=mimetype), retry_after_s)
-    return _retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
-
-
-def error_response(exc: errors.WorkerError) -> Response:
-    return _retry_after(json_response(exc.to_dict(), exc.http_status), exc.retry_after_s)
-
-
-def _retry_after(response: Response, seconds: int | None) -> Response:
-    if seconds is not None:
-        response.headers["Retry-After"] = str(seconds)
-    return response
+        return retry_after(Response(body, status=status, mimetype=mimetype), retry_after_s)
+    return retry_after(json_response(body, status, size=_payload_size(body)), retry_after_s)
 
 
 def read_request(settings: Settings, template: str | None = None) -> Any:

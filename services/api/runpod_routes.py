@@ -18,8 +18,9 @@ from services.api.context import Api
 from services.api.drain_routes import takes_work
 from services.api.responses import payload_response, read_json
 from services.core import tracing
-from services.jobs import outcome, runpod_protocol
+from services.jobs import outcome
 from services.jobs.async_jobs import known
+from services.web import runpod_protocol
 
 
 def blueprint(api: Api) -> Blueprint:

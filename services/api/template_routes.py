@@ -12,10 +12,11 @@ from flask import Blueprint, Response
 from services.api import job_routes
 from services.api.context import Api
 from services.api.drain_routes import takes_work
-from services.api.responses import json_response, read_request
+from services.api.responses import read_request
 from services.core import tracing
 from services.jobs import envelopes
 from services.jobs import templates as tpl
+from services.web.answers import json_response
 
 
 def blueprint(api: Api) -> Blueprint:

@@ -2,7 +2,8 @@
 app (served by werkzeug's threaded server), started by supervisord only off RunPod.
 
 It serves RunPod's public API under `/v2/<endpoint id>/` (run, runsync, status, stream, cancel,
-health; the protocol is services.jobs.runpod_protocol, as on the pod API) and the worker control
+health; the protocol is services.web.runpod_protocol, as on the pod API; answers, errors and key
+checks are services.web's too) and the worker control
 plane the runpod SDK polls (job-take, job-done, job-stream, job-stop, ping, under `/worker/`,
 behind the token the entrypoint gave the SDK). The real SDK worker loop then runs unchanged
 against it, exactly as on RunPod. Jobs live in services.handler.job_queue.
@@ -18,19 +19,20 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Flask, Response, g, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from werkzeug.serving import make_server
 
 from services.comfy.health import ComfyHealth
-from services.core import background, config, drain, errors, json_text, logs
+from services.core import config, drain, errors, json_text, logs
 from services.core.config import Settings
 from services.core.in_hand import CUT, InHand, Piece
 from services.handler.job_queue import Job, Queue
-from services.jobs import runpod_protocol, webhooks
+from services.jobs import webhooks
 from services.jobs.access import Key, Keys
 from services.jobs.outcome import RUNPOD_FINAL
 from services.jobs.quotas import Quotas
 from services.jobs.webhooks import Webhooks
+from services.web import answers, key_checks, runpod_protocol
+from services.web.answers import json_response
 
 if TYPE_CHECKING:
     from services.jobs.metrics import QueueMetrics
@@ -94,15 +96,7 @@ class LocalQueue:
 
     def authorize(self, scope: str) -> Key:
         """The key of this request, with `scope`; raises `unauthorized` or `forbidden`."""
-        key = self.keys.identify(request.headers.get("Authorization"))
-        if key is None:
-            self.metrics().request_seen("-", errors.Unauthorized.code)
-            log.warning("refused %s %s for key -: unauthorized", request.method, request.path)
-            raise errors.Unauthorized(runpod_protocol.AUTH_HINT)
-        if scope not in key.scopes:
-            self.metrics().request_seen(key.name, errors.Forbidden.code)
-            log.warning("refused %s %s for key %s: forbidden", request.method, request.path, key.name)
-            raise errors.Forbidden(f"this key has no '{scope}' scope, which this route needs")
+        key = key_checks.check(self.keys, scope, self.metrics())
         self.metrics().request_seen(key.name, "allowed")
         return key
 
@@ -125,7 +119,7 @@ class LocalQueue:
 def create_app(settings: Settings, worker_token: str) -> Flask:
     local = LocalQueue(settings, worker_token)
     app = Flask("local-queue")
-    app.config["MAX_CONTENT_LENGTH"] = runpod_protocol.body_limit(settings)
+    answers.install(app, settings, log)
     app.extensions["local_queue"] = local
     app.register_blueprint(_public(local), url_prefix=f"/v2/{settings.local_endpoint_id}")
     app.register_blueprint(_control_plane(local), url_prefix="/worker")
@@ -134,29 +128,6 @@ def create_app(settings: Settings, worker_token: str) -> Flask:
     def metrics_page() -> Response:
         local.authorize("metrics")
         return Response(local.metrics().render(), mimetype="text/plain; version=0.0.4; charset=utf-8")
-
-    @app.errorhandler(errors.WorkerError)
-    def worker_error(exc: errors.WorkerError) -> Response:
-        response = _json(exc.to_dict(), exc.http_status)
-        if exc.retry_after_s is not None:
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-        return response
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        if isinstance(exc, RequestEntityTooLarge):
-            return worker_error(runpod_protocol.too_large(settings))
-        if exc.code == 404:
-            return worker_error(errors.NotFound(f"no route {request.method} {request.path}"))
-        if exc.code == 405:
-            return worker_error(errors.MethodNotAllowed(f"{request.method} is not allowed on {request.path}"))
-        return _json({"error": f"http_{exc.code}: {exc.name}"}, exc.code or 500)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        """A bug: a code, never a traceback (Flask hands it here, not to HTTPException's)."""
-        background.log_unexpected(log, f"request {request.path}", exc)
-        return worker_error(errors.WorkerError("unexpected server error"))
 
     return app
 
@@ -185,7 +156,7 @@ def _public(local: LocalQueue) -> Blueprint:
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])
     def status(job_id: str) -> Response:
-        return _json(local.told(local.own(queue.jobs.get(job_id), g.key)).view())
+        return json_response(local.told(local.own(queue.jobs.get(job_id), g.key)).view())
 
     @routes.route("/stream/<job_id>", methods=["GET", "POST"])
     def stream(job_id: str) -> Response:
@@ -193,17 +164,17 @@ def _public(local: LocalQueue) -> Blueprint:
         with queue.changed:
             chunks, job.stream = job.stream, []
         local.told(job)
-        return _json({"id": job.id, "status": job.status, "stream": chunks})
+        return json_response({"id": job.id, "status": job.status, "stream": chunks})
 
     @routes.post("/cancel/<job_id>")
     def cancel(job_id: str) -> Response:
         local.own(queue.jobs.get(job_id), g.key)
         job = _known(queue.cancel(job_id))
-        return _json({"id": job.id, "status": job.status})
+        return json_response({"id": job.id, "status": job.status})
 
     @routes.get("/health")
     def health() -> Response:
-        return _json(queue.health())
+        return json_response(queue.health())
 
     return routes
 
@@ -218,11 +189,11 @@ def _run(local: LocalQueue, slot: str | None) -> Response:
     sync = request.path.endswith("/runsync")
     job = local.accept(payload, sync=sync, webhook=webhook, key=g.key, slot=slot)
     if not sync:
-        return _json({"id": job.id, "status": job.status})
+        return json_response({"id": job.id, "status": job.status})
     low, default, high = RUNSYNC_WAIT_MS
     wait_ms = min(max(_int(request.args.get("wait"), default), low), high)
     local.queue.wait_final(job, wait_ms / 1000)
-    return _json(local.told(job).view())
+    return json_response(local.told(job).view())
 
 
 def _control_plane(local: LocalQueue) -> Blueprint:
@@ -236,7 +207,7 @@ def _control_plane(local: LocalQueue) -> Blueprint:
         if not hmac.compare_digest(given.encode(), local.worker_token.encode()):
             raise errors.Unauthorized("the worker token")
         request.max_content_length = max(  # a job's result is capped by MAX_RESULT_MB, not MAX_REQUEST_MB
-            runpod_protocol.body_limit(local.settings), int((local.settings.max_result_mb + 1) * 2**20)
+            answers.body_limit(local.settings), int((local.settings.max_result_mb + 1) * 2**20)
         )
 
     @routes.get("/job-take/<worker_id>")
@@ -247,7 +218,7 @@ def _control_plane(local: LocalQueue) -> Blueprint:
         if not jobs:
             return Response(status=204)
         items = [{"id": job.id, "input": job.input} for job in jobs]
-        return _json(items if batch else items[0])
+        return json_response(items if batch else items[0])
 
     @routes.post("/job-done/<pod_id>/<job_id>")
     @routes.post("/job-stream/<pod_id>/<job_id>")
@@ -255,16 +226,16 @@ def _control_plane(local: LocalQueue) -> Blueprint:
         result = _body()
         if isinstance(result, dict):
             (queue.done if "job-done" in request.path else queue.streamed)(job_id, result)
-        return _json({})
+        return json_response({})
 
     @routes.get("/job-stop/<pod_id>")
     def stops(pod_id: str) -> Response:
         ids = queue.stops(STOP_HOLD_S)
-        return _json({"jobsToStop": ids}) if ids else Response(status=204)
+        return json_response({"jobsToStop": ids}) if ids else Response(status=204)
 
     @routes.route("/ping/<pod_id>", methods=["GET", "POST"])
     def ping(pod_id: str) -> Response:
-        return _json({})
+        return json_response({})
 
     return routes
 
@@ -280,10 +251,6 @@ def _body() -> Any:
         return json_text.loads(request.get_data(cache=False) or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise errors.InvalidJson("the body is not valid JSON") from None
-
-
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
 
 
 def _int(value: Any, default: int) -> int:

@@ -19,10 +19,11 @@ from services.comfy.pool import DEPTH, ComfyPool
 from services.core import background, config, drain, errors, logs
 from services.core.config import Settings
 from services.core.job_spec import Cancel
-from services.jobs import outcome, runpod_protocol
+from services.jobs import outcome
 from services.jobs.pipeline import Pipeline, Reply
 from services.jobs.webhooks import Webhooks, event
 from services.jobs.worker import build_worker
+from services.web import runpod_protocol
 
 log = logging.getLogger("worker.handler")
 PROGRESS_INTERVAL_S = 0.5

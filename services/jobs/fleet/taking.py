@@ -20,6 +20,7 @@ from services.jobs.fleet.taken import Taken, TakenJobs
 log = logging.getLogger("worker.jobs")
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
 BEHIND_S = 0.1  # how often a pod whose ComfyUIs are all busy looks for a job to queue behind
+BEHIND_AFTER_MS = 500  # ... and how long a job waits before such a pod reads it (an idle pod first)
 RETRY_S = 0.5  # after Redis did not answer
 
 Run = Callable[[Taken, bytes, dict], None]  # runs a job taken here to its end
@@ -50,6 +51,7 @@ class Taking:
         self.at_once = at_once
         self.taken_over = 0  # tickets of silent pods this pod took over
         self._bind = store.script("bind")
+        self._waited = store.script("waited")
 
     def ensure_group(self) -> None:
         try:
@@ -72,15 +74,14 @@ class Taking:
         if free <= 0:
             self.taken.wait_change(RETRY_S)
             return
-        if self.at_once is not None and self.at_once(own) <= 0:
+        behind = self.at_once is not None and self.at_once(own) <= 0
+        if behind:
             # only room behind a running job: a pod with an idle ComfyUI, blocked on the stream,
-            # is served first; this one looks now and then
+            # is served first (and one between two reads of its, once the job waited a while);
+            # this one looks now and then
             self.taken.wait_change(BEHIND_S)
-            block = None
-        else:
-            block = BLOCK_MS
         try:
-            entries = self._read(free, block)
+            entries = self._read(free, behind)
         except Error as exc:
             self.store.reached(False, exc)
             if "NOGROUP" in str(exc):
@@ -103,9 +104,9 @@ class Taking:
             taken.cancel.stop(stop)
         return len(held)
 
-    def _read(self, count: int, block: int | None) -> list[tuple[str, dict]]:
-        """Entries a silent pod took and never started first, then new ones (waiting up to
-        `block` ms for one)."""
+    def _read(self, count: int, behind: bool) -> list[tuple[str, dict]]:
+        """Entries a silent pod took and never started first, then new ones: waiting up to
+        BLOCK_MS for one, or, `behind` a running job, one that waited BEHIND_AFTER_MS."""
         redis = self.store.redis
         claim_ms = int(self.settings.job_claim_timeout_s * 1000)
         _cursor, claimed, *_deleted = redis.xautoclaim(
@@ -115,6 +116,9 @@ class Taking:
             self.taken_over += len(claimed)
             log.info("took over %d job(s) another pod took and never started", len(claimed))
             return [(text(i), f) for i, f in claimed]
+        if behind and self._waited(keys=[self.names.stream], args=[GROUP]) < BEHIND_AFTER_MS:
+            return []
+        block = None if behind else BLOCK_MS
         answer = redis.xreadgroup(GROUP, self.name, {self.names.stream: ">"}, count=count, block=block)
         return [(text(i), f) for _stream, entries in answer or [] for i, f in entries]
 

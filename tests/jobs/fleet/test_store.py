@@ -846,6 +846,25 @@ def test_a_job_in_the_queue_as_a_pod_before_tickets_wrote_it_still_runs(redis_se
     assert pod.get("old").result["dry_run"] is True and pod.waiting() == 0
 
 
+def test_an_idle_pod_between_two_reads_still_gets_the_job_a_busy_pod_could_queue_behind(redis_server):
+    """An idle pod is not blocked on the stream while it looks at its capacity (a loaded machine
+    makes that slow): a busy pod that looked then took the job and queued it behind its running
+    one, while the idle ComfyUI waited (seen in CI). A busy pod reads only a job that waited."""
+    prefix = f"unit-{uuid.uuid4().hex[:8]}"
+    busy = shared_jobs(redis_server, prefix, lambda own: 1, at_once=lambda own: 0)
+
+    def slow_capacity(own: int) -> int:
+        time.sleep(0.2)
+        return 1
+
+    idle = shared_jobs(redis_server, prefix, slow_capacity)
+    client = redis_server.client()
+    for _ in range(6):  # each sent while the idle pod looks at its capacity, after its last job
+        job = busy.start(DRY_JOB)
+        wait_until(lambda job=job: idle.get(job.id).state == "completed", 10, "the job")
+        assert client.hget(f"{prefix}:job:{job.id}", "owner").decode() == idle.name
+
+
 def test_a_pod_with_room_only_behind_a_running_job_leaves_each_new_job_to_an_idle_pod(redis_server):
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     busy = shared_jobs(redis_server, prefix, lambda own: 1, at_once=lambda own: 0)

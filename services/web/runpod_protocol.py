@@ -2,8 +2,9 @@
 `/v2/<id>/...` routes and the local queue of serverless mode off RunPod.
 
 `{"input": ...}` in; `{"id", "status", "output" | "error"}` out; `Authorization: Bearer <key>`
-when a key is set (services.jobs.access); bodies up to MAX_REQUEST_MB. Statuses and outcomes
-come from services.jobs.outcome.
+when a key is set (services.web.key_checks); bodies up to MAX_REQUEST_MB (services.web.answers).
+Statuses and outcomes come from services.jobs.outcome. The serverless handler reads a job's
+trace from its input the same way.
 """
 
 from __future__ import annotations
@@ -11,20 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.core import errors, tracing
-from services.core.config import Settings
 from services.jobs import outcome
 from services.jobs.async_jobs import AsyncJob
-
-AUTH_HINT = "send 'Authorization: Bearer <key>' with a key of API_KEY or API_KEYS_FILE"
-
-
-def body_limit(settings: Settings) -> int:
-    """The largest request body, in bytes (MAX_REQUEST_MB)."""
-    return settings.max_request_mb * 1024 * 1024
-
-
-def too_large(settings: Settings) -> errors.BodyTooLarge:
-    return errors.BodyTooLarge(f"the limit is {settings.max_request_mb} MB (MAX_REQUEST_MB)")
 
 
 def input_of(body: Any) -> Any:
