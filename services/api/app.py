@@ -88,6 +88,7 @@ def _build(settings: Settings, keys: Keys) -> Api:
     metrics = Metrics(settings, lambda: health.read()["instances"], lambda: worker.pool.waiting)
     worker = build_worker(settings, observer=metrics, keys=keys)
     health = ComfyHealth(settings, worker.pool)
+    worker.pool.watch(health.changed)
     metrics.watch_models(worker.models)
     worker.pool.time_jobs(metrics.job_timed)
     jobs = job_store(worker)

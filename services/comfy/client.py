@@ -5,6 +5,9 @@ Every call has a timeout; a ComfyUI that does not answer becomes a `WorkerError`
 
 from __future__ import annotations
 
+import threading
+import time
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +46,39 @@ class Socket:
 
     def close(self) -> None:
         self._ws.close()
+
+
+class Sockets:
+    """The websocket of a job that ended normally stays open for the next one: its messages
+    carry prompt ids, so what arrives late for an earlier prompt is ignored."""
+
+    SPARE_MAX_AGE_S = 30.0  # an idle socket is read by nobody: past this, open a fresh one
+
+    def __init__(self, client: ComfyClient, recv_timeout: float) -> None:
+        self.client = client
+        self.recv_timeout = recv_timeout
+        self._spare: tuple[str, Socket, float] | None = None  # client id, socket, since
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[str, Socket]:
+        """(client id, socket): the one kept, or a new one."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            client_id, ws, since = spare
+            if time.monotonic() - since < self.SPARE_MAX_AGE_S:
+                return client_id, ws
+            ws.close()
+        client_id = uuid.uuid4().hex
+        return client_id, self.client.open_socket(client_id, self.recv_timeout)
+
+    def give_back(self, client_id: str, ws: Socket, keep: bool) -> None:
+        """Keep a socket that saw its prompt to the end for the next job; close any other."""
+        with self._lock:
+            if keep and self._spare is None:
+                self._spare, ws = (client_id, ws, time.monotonic()), None
+        if ws is not None:
+            ws.close()
 
 
 class ComfyClient:

@@ -1,8 +1,8 @@
 """Run one checked job in ComfyUI and leave nothing of it behind.
 
-take the open websocket (or open one) -> write inputs into ComfyUI's input folder -> POST /prompt -> follow messages until
-`executing` with node null (or poll the history when the socket is gone) -> read the history ->
-read the outputs from the worker's output folder (through /view where that fails). Whatever the
+take the open websocket (or open one) -> write inputs into ComfyUI's input folder (prompt_inputs)
+-> POST /prompt -> follow messages until `executing` with node null (or poll the history when the
+socket is gone) -> read the history and the outputs (outputs). Whatever the
 ending, `cleanup` then takes the history entry, inputs and outputs, after the answer.
 
 The websocket of a job that ended normally stays open for the next one: its messages carry
@@ -12,37 +12,38 @@ prompt ids, so what arrives late for an earlier prompt is ignored.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
-import mimetypes
-import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.comfy import health
-from services.comfy.cleanup import Cleanup, files_of, local_path
-from services.comfy.client import ComfyClient, ComfyUnreachable, Socket, SocketLost, describe_validation_error
+from services.comfy.cleanup import Cleanup, files_of
+from services.comfy.client import (
+    ComfyClient,
+    ComfyUnreachable,
+    Socket,
+    SocketLost,
+    Sockets,
+    describe_validation_error,
+)
+from services.comfy.outputs import Outcome, Outputs, outcome_of
+from services.comfy.prompt_inputs import Prompts
 from services.core import errors, tracing
-from services.core.codec import b64
 from services.core.config import Settings
 from services.core.job_spec import Cancel, JobRequest, Progress
-from services.core.offload import offload
 
 log = logging.getLogger("worker.comfy")
 
 RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
 END_GRACE_S = 3.0  # after an interrupt, how long to wait for the prompt's end (then `cleanup` watches)
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
-SPARE_MAX_AGE_S = 30.0  # an idle socket is read by nobody: past this, open a fresh one
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 BOOT_POLL_S = 0.01  # while ComfyUI boots: how often the relay's ready file is looked at
 PROBE_EVERY_S = 0.5  # ... and how often ComfyUI is asked over HTTP without it
-NONCE_INPUT = "worker_job_nonce"  # an input ComfyUI ignores but caches on, see _isolate_outputs
 
 
 class NotStarted(Exception):
@@ -54,14 +55,6 @@ class NotStarted(Exception):
     def __init__(self, error: errors.ComfyRestarted | None) -> None:
         super().__init__(str(error) if error else "moved")
         self.error = error
-
-
-@dataclass
-class _Outcome:
-    done: bool = False
-    error: dict | None = None
-    interrupted: bool = False
-    on_socket: bool = False  # the end came over the job's first socket, which is still good
 
 
 @dataclass(eq=False)
@@ -84,9 +77,10 @@ class ComfyExecutor:
         self.settings = settings
         self.client = client or ComfyClient(settings.comfy_url)
         self.cleanup = Cleanup(settings, self.client)
-        self._output_nodes: dict[str, bool] = {}
+        self.prompts = Prompts(settings, self.client)
+        self.outputs = Outputs(settings, self.client)
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
-        self._spare: tuple[str, Socket, float] | None = None  # client id, socket, since
+        self.sockets = Sockets(self.client, RECV_TICK_S)
         self._accepted: list[_Job] = []  # jobs whose prompt ComfyUI accepted, until they answer
         self._lock = threading.Lock()
         self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
@@ -114,11 +108,11 @@ class ComfyExecutor:
             self._wait_ready(deadline)
             if gated and self.gate is not None:
                 self.gate(deadline)
-            job.client_id, ws = self._socket()
+            job.client_id, ws = self.sockets.take()
             keep = False
             try:
                 with tracing.stage("upload", **{"job.images": len(request.images)}):
-                    prompt = self._prepare(job)
+                    prompt = self.prompts.prompt(request, job.tag, job.prompt_id)
                 job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
                 with tracing.stage("comfyui.execute"):
                     accepted = self._submit(job, prompt)
@@ -136,14 +130,14 @@ class ComfyExecutor:
                 keep = outcome.on_socket
                 self._started(job)  # it ran, even when no message said it started
             finally:
-                self._release(job.client_id, ws, keep)
+                self.sockets.give_back(job.client_id, ws, keep)
             with tracing.stage("outputs") as read:
-                entry = self._history_entry(job)
+                entry = self.outputs.entry(job.prompt_id)
                 self._last_success = time.monotonic()
-                self._raise_for(outcome, entry)
+                self.outputs.raise_for(outcome, entry)
                 if request.no_history:
                     return {"status": "ok", "prompt_id": job.prompt_id}
-                outputs = self._fetch_outputs(entry)
+                outputs = self.outputs.read(entry)
                 read.set(**{"job.outputs": len(outputs)})
             return {
                 "status": "ok",
@@ -162,25 +156,6 @@ class ComfyExecutor:
                     self._accepted.remove(job)
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
-
-    def _socket(self) -> tuple[str, Socket]:
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            client_id, ws, since = spare
-            if time.monotonic() - since < SPARE_MAX_AGE_S:
-                return client_id, ws
-            ws.close()
-        client_id = uuid.uuid4().hex
-        return client_id, self.client.open_socket(client_id, RECV_TICK_S)
-
-    def _release(self, client_id: str, ws: Socket, keep: bool) -> None:
-        """Keep a socket that saw its prompt to the end for the next job; close any other."""
-        with self._lock:
-            if keep and self._spare is None:
-                self._spare, ws = (client_id, ws, time.monotonic()), None
-        if ws is not None:
-            ws.close()
 
     def _submit(self, job: _Job, prompt: dict) -> dict:
         """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
@@ -227,34 +202,6 @@ class ComfyExecutor:
                 return False
             time.sleep(BOOT_POLL_S)
 
-    def _prepare(self, job: _Job) -> dict:
-        """The prompt to post, the job's images written into its own subfolder of ComfyUI's
-        input folder first: the worker owns that folder, and a write costs ~30 ms less per
-        12 MB than ComfyUI's upload route (multipart both ways). Names were checked as plain."""
-        prompt = copy.deepcopy(job.request.workflow)
-        names = {}
-        folder = os.path.join(self.settings.comfy_folder("input"), job.tag)
-        for image in job.request.images:
-            offload(_write_input, folder, image.name, image.data, size=len(image.data))
-            names[image.name] = f"{job.tag}/{image.name}"
-        if names:
-            _replace_image_names(prompt, names)
-        self._isolate_outputs(prompt, job)
-        return prompt
-
-    def _isolate_outputs(self, prompt: dict, job: _Job) -> None:
-        """Give every output node a per-job input so ComfyUI runs it again instead of answering
-        from its cache with a file an earlier job's clean-up deleted. Upstream nodes (model
-        loaders, samplers) stay cached; ComfyUI ignores inputs its nodes do not declare."""
-        for node in prompt.values():
-            if self._is_output_node(node["class_type"]):
-                node.setdefault("inputs", {})[NONCE_INPUT] = job.prompt_id
-
-    def _is_output_node(self, class_type: str) -> bool:
-        if class_type not in self._output_nodes:
-            self._output_nodes[class_type] = bool(self.client.node_info(class_type).get("output_node"))
-        return self._output_nodes[class_type]
-
     # --- waiting for the end ------------------------------------------------------------------
     def _follow(
         self,
@@ -264,8 +211,8 @@ class ComfyExecutor:
         progress: Progress | None,
         cancel: Cancel | None,
         move: Callable[[], bool] | None,
-    ) -> _Outcome:
-        outcome, current = _Outcome(), ws
+    ) -> Outcome:
+        outcome, current = Outcome(), ws
         try:
             while not outcome.done:
                 self._check_limits(job, deadline, cancel)
@@ -287,7 +234,7 @@ class ComfyExecutor:
             if current is not None and current is not ws:
                 current.close()
 
-    def _on_message(self, job: _Job, raw: str, outcome: _Outcome, progress: Progress | None) -> None:
+    def _on_message(self, job: _Job, raw: str, outcome: Outcome, progress: Progress | None) -> None:
         try:
             message = json.loads(raw)
             kind, data = message["type"], message["data"]
@@ -352,14 +299,14 @@ class ComfyExecutor:
         log.info("websocket lost; polling the history")
         return None
 
-    def _poll(self, job: _Job, deadline: float, cancel: Cancel | None) -> _Outcome:
+    def _poll(self, job: _Job, deadline: float, cancel: Cancel | None) -> Outcome:
         unreachable_since: float | None = None
         while True:
             self._check_limits(job, deadline, cancel)
             try:
                 entry = self.client.history(job.prompt_id)
                 if entry is not None:
-                    return _outcome_from_history(entry)
+                    return outcome_of(entry)
                 if not self._known_to_queue(job):
                     raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
                 unreachable_since = None
@@ -417,100 +364,10 @@ class ComfyExecutor:
             log.info("ComfyUI did not answer while stopping a job")
             job.unanswered = True
 
-    # --- results ------------------------------------------------------------------------------
-    def _history_entry(self, job: _Job) -> dict:
-        """The entry is written just before the final message; poll briefly if it lags."""
-        for _ in range(40):
-            entry = self.client.history(job.prompt_id)
-            if entry is not None:
-                return entry
-            time.sleep(0.05)
-        raise errors.ComfyProtocolError("the prompt ended but ComfyUI has no history entry for it")
-
-    def _raise_for(self, outcome: _Outcome, entry: dict) -> None:
-        from_history = _outcome_from_history(entry)
-        error = outcome.error or from_history.error
-        if error:
-            node = f"node {error.get('node_id')} ({error.get('node_type')})"
-            message = str(error.get("exception_message", "")).strip().splitlines()
-            raise errors.ExecutionFailed(f"{node}: {message[0] if message else 'failed'}")
-        if outcome.interrupted or from_history.interrupted:
-            raise errors.Interrupted("ComfyUI interrupted the prompt")
-
-    def _fetch_outputs(self, entry: dict) -> list[dict]:
-        return [self._fetch_one(node_id, kind, item) for node_id, kind, item in _output_items(entry)]
-
-    def _fetch_one(self, node_id: str, kind: str, item: Any) -> dict:
-        if isinstance(item, dict) and "filename" in item:
-            data, content_type = self._read(item)
-            mime = mimetypes.guess_type(item["filename"])[0] or content_type or "application/octet-stream"
-            filename = item["filename"]
-        else:
-            data, mime, filename = str(item).encode("utf-8"), "text/plain", None
-        return {
-            "node_id": node_id,
-            "filename": filename,
-            "type": kind,
-            "mime": mime,
-            "size": len(data),
-            "data": offload(b64, data, size=len(data)),
-        }
-
-    def _read(self, item: dict) -> tuple[bytes, str | None]:
-        """From the worker's own output folder (no HTTP round trip); through /view where the
-        file is elsewhere or not readable by the worker."""
-        path = local_path(self.settings, item)
-        if path is not None:
-            try:
-                size = os.path.getsize(path)
-                return offload(_read_file, path, size=size), None
-            except OSError:
-                pass
-        return self.client.view(item["filename"], item.get("subfolder", ""), item.get("type", "output"))
-
 
 def _listed(queue: dict, part: str, job: _Job) -> bool:
     """Whether the job's prompt is in that part of ComfyUI's /queue answer."""
     return any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get(part, []))
-
-
-def _write_input(folder: str, name: str, data: bytes) -> None:
-    """Readable by ComfyUI's own user, whatever the umask (the input folder above is that
-    user's alone, mode 0700)."""
-    os.makedirs(folder, exist_ok=True)
-    os.chmod(folder, 0o755)
-    fd = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    os.fchmod(fd, 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _read_file(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def _replace_image_names(prompt: dict, names: dict[str, str]) -> None:
-    """Point inputs that name an uploaded image at its per-job subfolder."""
-    for node in prompt.values():
-        inputs = node.get("inputs", {})
-        for key, value in inputs.items():
-            if isinstance(value, str):
-                bare = value.removesuffix(" [input]")
-                if bare in names:
-                    inputs[key] = names[bare]
-
-
-def _outcome_from_history(entry: dict) -> _Outcome:
-    outcome = _Outcome(done=True)
-    messages = (entry.get("status") or {}).get("messages") or []
-    for message in messages:
-        if isinstance(message, list) and len(message) == 2:
-            if message[0] == "execution_error":
-                outcome.error = message[1]
-            elif message[0] == "execution_interrupted":
-                outcome.interrupted = True
-    return outcome
 
 
 def _extra_data(request: JobRequest) -> dict | None:
@@ -519,15 +376,3 @@ def _extra_data(request: JobRequest) -> dict | None:
     if request.comfy_org_api_key is None:
         return None
     return {"api_key_comfy_org": request.comfy_org_api_key}
-
-
-def _output_items(entry: dict) -> Iterator[tuple[str, str, Any]]:
-    """(node id, output kind, item) for every file entry and every text a history entry lists,
-    whatever the kind is called (`images`, `latents`, `3d`, a custom node's own). Other values
-    (flags such as `animated`, camera settings) are no outputs; they stay in `history.outputs`."""
-    for node_id, node_output in (entry.get("outputs") or {}).items():
-        if isinstance(node_output, dict):
-            for kind, items in node_output.items():
-                for item in items if isinstance(items, (list, tuple)) else ():
-                    if (isinstance(item, dict) and "filename" in item) or isinstance(item, str):
-                        yield node_id, kind, item

@@ -10,14 +10,11 @@ probed) and the warm-up of its current start has ended.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from typing import Any, Protocol
 
 from services.comfy import devices, relay
 from services.core import background
 from services.core.config import Settings
-
-if TYPE_CHECKING:
-    from services.comfy.pool import ComfyPool
 
 OUT = ("FATAL", "STOPPED")  # a program in these states takes no job
 REFRESH_S = 1.0  # how often the state is looked at when nothing said it changed
@@ -26,6 +23,17 @@ PROBE_S = 2.0  # a ComfyUI that does not answer /system_stats within this is not
 
 class WarmupState(Protocol):
     def ready(self) -> bool: ...
+
+    def view(self) -> dict[str, Any]: ...
+
+
+class Held(Protocol):
+    """What the process that schedules the instances knows of them beside supervisord (the pool,
+    services.comfy.pool): the warm-up of each one's current start, and whether it runs a job."""
+
+    def warmup_of(self, number: int) -> WarmupState | None: ...
+
+    def busy(self, number: int) -> bool: ...
 
 
 def out(state: str) -> bool:
@@ -70,17 +78,16 @@ class ComfyHealth:
     busy ComfyUI, and what supervisord says of a program is never much older than REFRESH_S
     (that a RUNNING ComfyUI hangs shows once its probe gave up, PROBE_S later)."""
 
-    def __init__(self, settings: Settings, pool: ComfyPool | None = None) -> None:
-        """`pool`: the instances this process schedules (warm-ups, busy); the local queue, whose
-        jobs run in the handler process, has none."""
+    def __init__(self, settings: Settings, held: Held | None = None) -> None:
+        """`held`: what this process knows of the instances it schedules (warm-ups, busy); the
+        local queue, whose jobs run in the handler process, has none. Whoever holds them calls
+        `changed` when one changed."""
         self.settings = settings
-        self.pool = pool
+        self.held = held
         self.gpus = devices.of(settings)
         self._seen: list[tuple[str, bool]] | None = None
         self._lock = threading.Lock()  # one refresh at a time
         self._changed = threading.Event()
-        if pool is not None:
-            pool.watch(self.changed)
         background.loop("comfy-health", self._tick, REFRESH_S)
 
     def read(self, fresh: bool = False) -> dict:
@@ -136,8 +143,7 @@ class ComfyHealth:
             return seen
 
     def _view(self, number: int, state: str, up: bool) -> dict:
-        instance = self.pool.instances[number] if self.pool else None
-        warmup = instance.warmup if instance else None
+        warmup = self.held.warmup_of(number) if self.held else None
         view = {
             "id": number,
             "device": self.gpus.describe(number),
@@ -145,6 +151,6 @@ class ComfyHealth:
             "ready": up and (warmup is None or warmup.ready()),
             "warmup": warmup.view() if warmup else None,
         }
-        if instance is not None:  # which instance runs a job is known only where the pool is
-            view["busy"] = instance.jobs > 0
+        if self.held is not None:  # which instance runs a job is known only where the pool is
+            view["busy"] = self.held.busy(number)
         return view

@@ -72,6 +72,13 @@ class ComfyPool:
         """`changed()` is called when a job saw its ComfyUI die (health looks again at once)."""
         self._watchers.append(changed)
 
+    def warmup_of(self, number: int) -> Warmup | None:
+        """The warm-up of instance `number`'s current start (services.comfy.health.Held)."""
+        return self.instances[number].warmup
+
+    def busy(self, number: int) -> bool:
+        return self.instances[number].jobs > 0
+
     def time_jobs(self, timed: Callable[[float, float], None]) -> None:
         """`timed(waited_s, ran_s)` after each job that reached an instance: how long it waited
         for one, and how long its ComfyUI took (its queue behind another prompt included)."""
@@ -156,9 +163,7 @@ class ComfyPool:
     def usable(self) -> int:
         """Instances that can take a job now or once their current one ended (not out)."""
         states = self._states()
-        return sum(
-            1 for instance in self.instances if not health.out(states.get(instance.number, ("", 0))[0])
-        )
+        return sum(1 for instance in self.instances if _takes(instance, states[instance.number]))
 
     def spare(self, own: int, depth: int = DEPTH) -> int:
         """How many more jobs the pool would take now (to run, or to queue behind a running
@@ -168,8 +173,8 @@ class ComfyPool:
         up): a fleet's other pods run the work meanwhile."""
         dry_run = self.settings.dry_run  # no ComfyUI: every job is answered without one
         states = self._states(always=not dry_run)
-        usable = [i for i in self.instances if not health.out(states[i.number][0])]
-        if not dry_run and not any(self._ready(i, states[i.number]) for i in usable):
+        usable = [i for i in self.instances if _takes(i, states[i.number])]
+        if not dry_run and not any(_takes(i, states[i.number], now=True) for i in usable):
             return 0
         room = sum(max(0, depth - i.jobs) for i in usable) - len(self._waiting)
         return max(0, min(room, depth * len(usable) - own))
@@ -195,16 +200,12 @@ class ComfyPool:
                 states = self._states()
                 with self._changed:
                     if self._turn is ticket:
-                        room = [
-                            i
-                            for i in self.instances
-                            if i.jobs < DEPTH and not health.out(states[i.number][0])
-                        ]
+                        room = [i for i in self.instances if i.jobs < DEPTH and _takes(i, states[i.number])]
                         if room:
                             chosen = min(
                                 room,
                                 key=lambda i: (
-                                    i is last or not self._ready(i, states[i.number]),
+                                    i is last or not _takes(i, states[i.number], now=True),
                                     i.jobs,
                                     i.number,
                                 ),
@@ -232,7 +233,7 @@ class ComfyPool:
     def _ready_besides(self, failed: Instance) -> bool:
         """Whether an instance other than `failed` is ready to take a job."""
         states = self._states(always=True)
-        return any(self._ready(i, states[i.number]) for i in self.instances if i is not failed)
+        return any(_takes(i, states[i.number], now=True) for i in self.instances if i is not failed)
 
     def _idle_besides(self, instance: Instance) -> bool:
         """Whether a job still queued on `instance` should move: another instance is ready and
@@ -243,7 +244,7 @@ class ComfyPool:
         if not idle:
             return False
         states = self._states()
-        return any(self._ready(i, states[i.number]) for i in idle)
+        return any(_takes(i, states[i.number], now=True) for i in idle)
 
     def _states(self, always: bool = False) -> dict[int, tuple[str, int]]:
         """(state, pid) of each instance's program, in one call to supervisord; a single
@@ -260,11 +261,15 @@ class ComfyPool:
             states[instance.number] = (info["statename"], info["pid"])
         return states
 
-    @staticmethod
-    def _ready(instance: Instance, state: tuple[str, int]) -> bool:
-        """Its ComfyUI booted (the relay's word) and its warm-up ended."""
-        name, pid = state
-        return health.ready(instance.settings, {"statename": name, "pid": pid}, instance.warmup)
+
+def _takes(instance: Instance, state: tuple[str, int], now: bool = False) -> bool:
+    """The one answer to whether `instance` takes work, given its program's (state, pid): it is
+    not out of the pool (a job may wait for it: booting, restarting, warming up); with `now`, it
+    takes a job at once: its ComfyUI booted (the relay's word) and its warm-up ended."""
+    name, pid = state
+    if not now:
+        return not health.out(name)
+    return health.ready(instance.settings, {"statename": name, "pid": pid}, instance.warmup)
 
 
 def _check(request: JobRequest, deadline: float, cancel: Cancel | None) -> None:

@@ -37,7 +37,7 @@ def test_every_kind_with_files_or_text_is_returned_whatever_its_name():
             "17": {"point_clouds": [{"filename": "p.ply", "subfolder": "", "type": "output"}]},
         }
     }
-    outputs = executor._fetch_outputs(entry)
+    outputs = executor.outputs.read(entry)
     kinds = [(o["node_id"], o["type"], o["mime"]) for o in outputs]
     assert kinds == [
         ("9", "images", "image/png"),
