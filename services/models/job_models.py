@@ -19,8 +19,10 @@ from services.core import background, errors
 from services.core.config import Settings
 from services.core.job_spec import Cancel, Progress
 from services.core.offload import offload
-from services.models.downloads import Download, Downloads, TookTooLong
+from services.models.download_plan import Download
+from services.models.downloads import Downloads
 from services.models.model_cache import Marker
+from services.models.transfer import TookTooLong
 
 PROGRESS_S = 0.5  # how often a transfer's bytes are reported
 

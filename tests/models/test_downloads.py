@@ -8,7 +8,8 @@ import pytest
 
 from services.core import config, errors
 from services.models import url_guard
-from services.models.downloads import CHUNK, Downloads, _Sink
+from services.models.downloads import Downloads
+from services.models.transfer import CHUNK, Sink
 from tests.file_server import FileServer
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
@@ -121,16 +122,16 @@ def test_a_transfer_holds_two_windows_of_page_cache_and_leaves_none(downloads, s
     if kind.strip() == "tmpfs":
         pytest.skip("on tmpfs the page cache is the file itself")
     window = 256 * 1024
-    monkeypatch.setattr(_Sink, "WINDOW", window)
+    monkeypatch.setattr(Sink, "WINDOW", window)
     server.files["big.safetensors"] = os.urandom(8 * 1024 * 1024)
     held = []
-    write = _Sink.write
+    write = Sink.write
 
     def measured(sink, chunk):
         write(sink, chunk)
         held.append(resident(sink.handle.name))
 
-    monkeypatch.setattr(_Sink, "write", measured)
+    monkeypatch.setattr(Sink, "write", measured)
     [d] = finish(downloads, [{"type": "vae", "url": f"{server.url}/file/big.safetensors"}])
     assert d.state == "done", d.view()
     assert held and max(held) <= 2 * (window + CHUNK), held
@@ -188,7 +189,7 @@ def test_a_bug_fails_the_download_with_a_code_instead_of_leaving_it_running(down
     def bug(*_args):
         raise KeyError("a token in the message")
 
-    monkeypatch.setattr(downloads, "_check_space", bug)
+    monkeypatch.setattr(downloads.transfer, "_check_space", bug)
     [d] = finish(downloads, [{"type": "vae", "url": f"{server.url}/file/model.safetensors"}])
     assert d.state == "failed" and d.error == "internal_error: unexpected worker error"
     assert "token" not in str(d.view()) and downloads.active == {}
