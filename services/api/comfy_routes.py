@@ -7,6 +7,7 @@ import concurrent.futures
 
 from flask import Blueprint, Response, request
 
+from services.api import docs_parts as docs
 from services.api.context import Api
 from services.comfy.control import ComfyControl
 from services.core import errors
@@ -48,3 +49,29 @@ def _merged(answers: list[dict]) -> dict:
         for key in answers[0]
     }
     return {**merged, "instances": answers}
+
+
+def paths() -> dict:
+    """ComfyUI on demand."""
+    return {
+        "/comfy/restart": {
+            "post": {
+                "summary": "restart ComfyUI through supervisord; answers when it answers again",
+                "parameters": [docs.INSTANCE],
+                "responses": {
+                    "200": docs.answer(docs.OBJECT, "restarted"),
+                    **docs.errors(400, 409, 503, *docs.COMMON),
+                },
+            }
+        },
+        "/comfy/free": {
+            "post": {
+                "summary": "have ComfyUI unload its models and free memory",
+                "parameters": [docs.INSTANCE],
+                "responses": {
+                    "200": docs.answer(docs.OBJECT, "freed"),
+                    **docs.errors(400, 409, 503, *docs.COMMON),
+                },
+            }
+        },
+    }

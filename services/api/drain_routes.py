@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from flask import Blueprint, Response, current_app, request
 
+from services.api import docs_parts as docs
 from services.api.context import Api
 from services.core import drain, errors
 from services.web.answers import error_response, json_response
@@ -47,3 +48,20 @@ def refuse_new_work(api: Api) -> Response | None:
     if getattr(view, "takes_work", False) and drain.since(api.settings.run_layout) is not None:
         return error_response(errors.Draining("this worker is draining before a restart; send it to another"))
     return None
+
+
+def paths() -> dict:
+    """Planned restarts."""
+    state = docs.answer(docs.OBJECT, "{draining, since}")
+    return {
+        "/drain": {
+            "post": {
+                "summary": "take no new work (503 draining), finish what was accepted; /readyz answers 503",
+                "responses": {"200": state, **docs.errors(*docs.COMMON)},
+            },
+            "delete": {
+                "summary": "take work again",
+                "responses": {"200": state, **docs.errors(*docs.COMMON)},
+            },
+        }
+    }

@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 from flask import Blueprint, Response, request
 
+from services.api import docs_parts as docs
 from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
@@ -79,3 +80,50 @@ def _named(response: Response, job_id: str, trace_id: str) -> Response:
     if trace_id:
         response.headers["X-Trace-Id"] = trace_id
     return response
+
+
+def paths() -> dict:
+    """Jobs: run, poll, cancel."""
+    return {
+        "/run": {
+            "post": {
+                "summary": "run a workflow (or start it with ?async=1)",
+                "parameters": [docs.ASYNC],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/RunRequest"}},
+                        docs.V2_MEDIA_TYPE: docs.BYTES,
+                        docs.PARTS_MEDIA_TYPE: docs.BYTES,
+                    },
+                },
+                "responses": docs.sealable(
+                    {
+                        "200": docs.answer({"$ref": "#/components/schemas/Result"}, "the result"),
+                        "202": docs.answer({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                        **docs.errors(400, 404, 409, 422, 429, 500, 502, 503, 504, 507, *docs.COMMON),
+                    }
+                ),
+            }
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "summary": "state, progress and result of an async job",
+                "parameters": [docs.JOB_ID],
+                "responses": {
+                    "200": docs.answer({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
+                    **docs.errors(404, 503, *docs.COMMON),
+                },
+            }
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "summary": "cancel an async job (interrupts ComfyUI)",
+                "parameters": [docs.JOB_ID],
+                "responses": {
+                    "200": docs.answer({"$ref": "#/components/schemas/AsyncJob"}, "the job"),
+                    **docs.errors(404, 503, *docs.COMMON),
+                },
+            }
+        },
+    }

@@ -6,6 +6,7 @@ import functools
 
 from flask import Blueprint, Response, request
 
+from services.api import docs_parts as docs
 from services.api.access_control import caller
 from services.api.context import Api
 from services.api.drain_routes import takes_work
@@ -48,3 +49,48 @@ def blueprint(api: Api) -> Blueprint:
         return json_response({"model_dir": model_dir, "models": listing})
 
     return routes
+
+
+def paths() -> dict:
+    """The model volume."""
+    return {
+        "/download": {
+            "post": {
+                "summary": "download models into COMFYUI_MODEL_DIR",
+                "requestBody": docs.DOWNLOAD_BODY,
+                "responses": {
+                    "200": docs.answer(docs.DOWNLOADS, "finished (wait)"),
+                    "202": docs.answer(docs.DOWNLOADS, "started"),
+                    **docs.errors(400, 429, 503, *docs.COMMON),
+                },
+            }
+        },
+        "/download/{download_id}": {
+            "get": {
+                "summary": "one download's state and progress",
+                "parameters": [docs.DOWNLOAD_ID],
+                "responses": {
+                    "200": docs.answer({"$ref": "#/components/schemas/Download"}, "the download"),
+                    **docs.errors(404, *docs.COMMON),
+                },
+            }
+        },
+        "/downloads": {
+            "get": {
+                "summary": "every known download",
+                "responses": {"200": docs.answer(docs.DOWNLOADS, "downloads"), **docs.errors(*docs.COMMON)},
+            }
+        },
+        "/models/ls": {
+            "get": {
+                "summary": "the model volume",
+                "parameters": [
+                    {"name": "type", "in": "query", "required": False, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": docs.answer(docs.OBJECT, "the listing"),
+                    **docs.errors(400, *docs.COMMON),
+                },
+            }
+        },
+    }

@@ -8,6 +8,7 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from services.api import access_control, openapi, template_routes
+from services.api import docs_parts as docs
 from services.api.context import Api
 from services.core import drain
 from services.jobs.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -66,3 +67,82 @@ def blueprint(api: Api) -> Blueprint:
         return Response(api.metrics.render(), mimetype=METRICS_CONTENT_TYPE)
 
     return routes
+
+
+def paths() -> dict:
+    """What probes, load balancers and Prometheus call."""
+    return {
+        "/healthz": {
+            "get": {
+                "summary": "liveness, the public keys, and ComfyUI's state",
+                "description": "server_public_key_b64 is the current worker key; keys lists every key "
+                "the worker opens envelopes with: [{kid, public_key_b64, current}] (a rotation keeps "
+                "previous keys). An envelope may carry kid; an unknown one answers 400 unknown_key.",
+                "security": [],
+                "responses": {"200": docs.answer(docs.HEALTH, "health"), **docs.errors(405)},
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "200 when a job would run now (open: probes send no token)",
+                "security": [],
+                "responses": {
+                    "200": docs.answer(docs.OBJECT, "ready"),
+                    "503": docs.answer(docs.OBJECT, "not ready"),
+                    **docs.errors(405),
+                },
+            }
+        },
+        "/ping": {
+            "get": {
+                "summary": "the API process alone",
+                "responses": {"200": docs.answer(docs.OBJECT, "alive"), **docs.errors(*docs.COMMON)},
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "security": [],
+                "responses": {"200": docs.answer(docs.OBJECT, "OpenAPI 3")},
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (text format)",
+                "responses": {
+                    "200": {
+                        "description": "metrics",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **docs.errors(*docs.COMMON),
+                },
+            }
+        },
+    }
+
+
+SHAPES = {  # declared once: the OpenAPI document (services.api.openapi) shows them
+    "Health": {
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "server_public_key_b64": {"type": ["string", "null"]},
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kid", "public_key_b64", "current"],
+                    "properties": {
+                        "kid": {
+                            "type": "string",
+                            "description": "first 16 hex digits of SHA-256 of the public key",
+                        },
+                        "public_key_b64": {"type": "string"},
+                        "current": {"type": "boolean"},
+                    },
+                },
+            },
+            "draining": {"type": "boolean"},
+        },
+    },
+}

@@ -13,6 +13,7 @@ import uuid
 
 from flask import Blueprint, Response, request
 
+from services.api import docs_parts as docs
 from services.api.access_control import caller, handed_over, slot
 from services.api.context import Api
 from services.api.drain_routes import takes_work
@@ -60,3 +61,55 @@ def _job_input() -> tuple[object, dict[str, str]]:
     job carries it, else the request's `traceparent` header, as on `/run`."""
     body, trace = runpod_protocol.trace_of(runpod_protocol.input_of(read_json()))
     return body, trace or tracing.carried(request.headers)
+
+
+def paths() -> dict:
+    """RunPod's job routes, for clients written against a RunPod endpoint (worker-comfyui's)."""
+    body = {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["input"],
+                    "properties": {"input": {"$ref": "#/components/schemas/RunRequest"}},
+                }
+            }
+        },
+    }
+    job = docs.answer(
+        docs.RUNPOD_JOB, "the job as RunPod reports it (a failed job is 200 with status FAILED)"
+    )
+    return {
+        "/v2/{endpoint_id}/runsync": {
+            "post": {
+                "summary": "RunPod-style: run and wait (endpoint_id is any name)",
+                "parameters": [docs.ENDPOINT_ID],
+                "requestBody": body,
+                "responses": {"200": job, **docs.errors(400, 429, 503, *docs.COMMON)},
+            }
+        },
+        "/v2/{endpoint_id}/run": {
+            "post": {
+                "summary": "RunPod-style: start a job",
+                "parameters": [docs.ENDPOINT_ID],
+                "requestBody": body,
+                "responses": {"200": job, **docs.errors(400, 429, 503, *docs.COMMON)},
+            }
+        },
+        "/v2/{endpoint_id}/status/{job_id}": {
+            method: {
+                "summary": "RunPod-style: a job's status and output",
+                "parameters": [docs.ENDPOINT_ID, docs.JOB_ID],
+                "responses": {"200": job, **docs.errors(404, 503, *docs.COMMON)},
+            }
+            for method in ("get", "post")
+        },
+        "/v2/{endpoint_id}/cancel/{job_id}": {
+            "post": {
+                "summary": "RunPod-style: cancel a job",
+                "parameters": [docs.ENDPOINT_ID, docs.JOB_ID],
+                "responses": {"200": job, **docs.errors(404, 503, *docs.COMMON)},
+            }
+        },
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
+from services.api import docs_parts as docs
 from services.api import job_routes
 from services.api.context import Api
 from services.api.drain_routes import takes_work
@@ -73,3 +74,62 @@ def documented(api: Api) -> list[dict]:
         }
         for t in templates.serving()
     ]
+
+
+def paths(templates: list[dict]) -> dict:
+    """The listing, one template's description, a call by name, and an operation per template."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths = {
+        "/templates": {
+            "get": {
+                "summary": "the templates that serve, and those rejected with why",
+                "tags": ["templates"],
+                "responses": {"200": docs.answer(docs.OBJECT, "the templates"), **docs.errors(*docs.COMMON)},
+            }
+        },
+        "/templates/{name}": {
+            "get": {
+                "summary": "one template: its parameters' schema, defaults and an example body",
+                "tags": ["templates"],
+                "parameters": [name],
+                "responses": {
+                    "200": docs.answer(docs.OBJECT, "the template"),
+                    **docs.errors(404, *docs.COMMON),
+                },
+            }
+        },
+        "/templates/{name}/run": _run_doc("run a template by name", [name], docs.OBJECT),
+    }
+    for template in templates:
+        summary = f"{template['name']}: {template['description']}"[:120]
+        run = _run_doc(summary, [], template["schema"], template["example"])
+        run["post"]["operationId"] = "run_" + template["name"].replace("-", "_")
+        paths[f"/templates/{template['name']}/run"] = run
+    return paths
+
+
+def _run_doc(summary: str, parameters: list, body: dict, example: dict | None = None) -> dict:
+    """A call: the parameters as the body (or an envelope sealing {template, params})."""
+    media = {"schema": body, **({"example": example} if example is not None else {})}
+    return {
+        "post": {
+            "summary": summary,
+            "tags": ["templates"],
+            "parameters": [*parameters, docs.ASYNC],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": media,
+                    docs.V2_MEDIA_TYPE: docs.BYTES,
+                    docs.PARTS_MEDIA_TYPE: docs.BYTES,
+                },
+            },
+            "responses": docs.sealable(
+                {
+                    "200": docs.answer({"$ref": "#/components/schemas/Result"}, "the result, with `params`"),
+                    "202": docs.answer({"$ref": "#/components/schemas/AsyncJob"}, "started"),
+                    **docs.errors(400, 404, 409, 422, 429, 500, 502, 503, 504, 507, *docs.COMMON),
+                }
+            ),
+        }
+    }

@@ -335,3 +335,32 @@ def codes_by_status() -> dict[int, list[str]]:
             codes.append(kind.code)
         pending.extend(kind.__subclasses__())
     return {status: sorted(codes) for status, codes in sorted(found.items())}
+
+
+SHAPES = {  # declared once: the OpenAPI document (services.api.openapi) shows them
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {"type": "string", "description": "<code>: <detail>"},
+            "template": {"type": "string", "description": "invalid_params, template_error: the template"},
+            "details": {
+                "type": "array",
+                "description": "invalid_params: every problem",
+                "items": {
+                    "type": "object",
+                    "required": ["param", "rule", "message"],
+                    "properties": {
+                        "param": {"type": ["string", "null"]},
+                        "rule": {
+                            "type": "string",
+                            "description": "the JSON Schema keyword, image or comfyui",
+                        },
+                        "message": {"type": "string"},
+                    },
+                },
+            },
+            "node_errors": {"type": "object", "description": "template_error: ComfyUI's node errors"},
+        },
+    },
+}

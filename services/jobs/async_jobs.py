@@ -156,3 +156,31 @@ class AsyncJobs(JobStore):
             job = self.jobs.pop(job_id)
             if job.held is not None:
                 job.held.release()
+
+
+SHAPES = {  # declared once: the OpenAPI document (services.api.openapi) shows them
+    "AsyncJob": {
+        "type": "object",
+        "required": ["id", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": list(outcome.STATES)},
+            "progress": {"type": ["object", "null"]},
+            "result": {"type": "object"},
+            "http_status": {"type": "integer"},
+            "status_url": {"type": "string"},
+            "webhook": {
+                "type": "object",
+                "description": "the delivery of the job's webhook (never its URL)",
+                "properties": {
+                    "state": {
+                        "type": "string",
+                        "enum": [webhooks.PENDING, webhooks.DELIVERED, webhooks.FAILED],
+                    },
+                    "attempts": {"type": "integer"},
+                    "last_status": {"type": ["integer", "null"]},
+                },
+            },
+        },
+    },
+}

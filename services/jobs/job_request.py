@@ -59,6 +59,7 @@ def options(given: dict, *, default_timeout_s: float, no_history_default: bool, 
 
 
 MAX_MODELS = 64
+MAX_API_KEY = 4096
 
 
 def _models(models: Any) -> tuple[dict, ...]:
@@ -107,10 +108,82 @@ def _output_format(value: Any, default: str) -> str:
 def _api_key(value: Any) -> str | None:
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not value.isprintable() or len(value) > 4096:
+    if not isinstance(value, str) or not value.isprintable() or len(value) > MAX_API_KEY:
         raise errors.InvalidRequest("'comfy_org_api_key' must be a string (a Comfy.org API key)")
     return value
 
 
 def _looks_like_workflow(value: dict) -> bool:
     return bool(value) and all(isinstance(node, dict) and "class_type" in node for node in value.values())
+
+
+SHAPES = {  # what parse() and options() check, as the OpenAPI document (services.api.openapi) shows it
+    "RunRequest": {
+        "description": "A plain job, a bare API-format workflow, or an envelope v1 (v2 is bytes)",
+        "oneOf": [
+            {
+                "type": "object",
+                "required": ["workflow"],
+                "properties": {
+                    "workflow": {"type": "object", "additionalProperties": {"type": "object"}},
+                    "images": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["name"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "image": {"type": "string", "description": "base64, a data: prefix allowed"},
+                                "url": {"type": "string", "description": "http(s), fetched by the worker"},
+                            },
+                        },
+                    },
+                    "no_history": {"type": "boolean"},
+                    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+                    "output_format": {"enum": list(RESPONSE_FORMATS)},
+                    "comfy_org_api_key": {"type": "string", "maxLength": MAX_API_KEY},
+                    "models": {
+                        "type": "array",
+                        "maxItems": MAX_MODELS,
+                        "description": "models to make sure of on the volume first (fetched once, cached)",
+                        "items": {"$ref": "#/components/schemas/DownloadItem"},
+                    },
+                    "webhook": {
+                        "type": "string",
+                        "maxLength": 2048,
+                        "description": "async jobs: an http(s) URL told of the job's end by a signed POST "
+                        "(Standard Webhooks; README: Webhooks); 400 invalid_webhook when not allowed",
+                    },
+                },
+            },
+            {
+                "type": "object",
+                "required": ["template"],
+                "description": "a template call (GET /templates), with the job options above",
+                "properties": {
+                    "template": {"type": "string"},
+                    "params": {"type": "object"},
+                    "no_history": {"type": "boolean"},
+                    "timeout_s": {"type": "number"},
+                    "webhook": {"type": "string", "maxLength": 2048},
+                },
+            },
+            {"$ref": "#/components/schemas/Envelope"},
+        ],
+    },
+    "Result": {
+        "description": "The job's result, or the sealed answer of an encrypted job",
+        "type": "object",
+        "properties": {
+            "status": {"type": "string"},
+            "prompt_id": {"type": "string"},
+            "dry_run": {"type": "boolean"},
+            "outputs": {"type": "array", "items": {"type": "object"}},
+            "history": {"type": "object"},
+            "params": {"type": "object", "description": "a template call: the values used, drawn seeds too"},
+            "encrypted": {"type": "boolean"},
+            "nonce": {"type": "string"},
+            "ciphertext": {"type": "string"},
+        },
+    },
+}

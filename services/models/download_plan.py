@@ -16,7 +16,9 @@ from typing import Any
 from services.core import errors, tracing
 from services.core.config import Settings
 from services.models import model_store, url_guard
+from services.models.model_store import TYPES
 
+STATES = ("queued", "running", "done", "exists", "failed")  # a download's, in order
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
 
@@ -35,7 +37,7 @@ class Download:
     source: Source
     sha256: str | None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    state: str = "queued"  # queued -> running -> done | exists | failed
+    state: str = "queued"  # STATES: queued -> running -> done | exists | failed
     bytes_done: int = 0
     total: int | None = None
     rate: float = 0.0
@@ -115,3 +117,35 @@ def _within(host: str, domain: str) -> bool:
     """`host` is `domain` or one of its subdomains (never merely a name ending in it)."""
     host = host.lower().rstrip(".")
     return host == domain or host.endswith("." + domain)
+
+
+SHAPES = {  # declared once: the OpenAPI document (services.api.openapi) shows them
+    "DownloadItem": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"type": "string", "enum": list(TYPES), "description": "a ComfyUI model folder name"},
+            "url": {"type": "string"},
+            "repo_id": {"type": "string"},
+            "filename": {"type": "string"},
+            "revision": {"type": "string"},
+            "target": {"type": "string"},
+            "sha256": {"type": "string"},
+        },
+    },
+    "Download": {
+        "type": "object",
+        "required": ["id", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "type": {"type": "string"},
+            "filename": {"type": "string"},
+            "source": {"type": "string"},
+            "state": {"type": "string", "enum": list(STATES)},
+            "bytes_done": {"type": "integer"},
+            "total": {"type": ["integer", "null"]},
+            "rate_bytes_s": {"type": "integer"},
+            "error": {"type": ["string", "null"]},
+        },
+    },
+}

@@ -6,7 +6,7 @@ import re
 import subprocess
 import sys
 
-from services.api import openapi
+from services.api import docs_parts, openapi
 from services.api.app import create_app
 from services.core import config, errors
 from tests.stack import Stack
@@ -34,7 +34,7 @@ def test_each_documented_error_status_names_every_code_the_worker_answers_with_i
         for path in openapi.document()["paths"].values()
         for operation in path.values()
         for status, answer in operation["responses"].items()
-        if int(status) >= 400 and answer["content"]["application/json"]["schema"] == openapi.ERROR
+        if int(status) >= 400 and answer["content"]["application/json"]["schema"] == docs_parts.ERROR
     ]
     assert answers
     for status, description in answers:

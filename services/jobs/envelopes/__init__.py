@@ -75,3 +75,30 @@ def seal_answer(result: dict, opened: Opened) -> dict | bytes:
     size = sum(len(o.get("data", "")) for o in result.get("outputs") or [])
     seal = v2.seal if opened.version == 2 else v1.seal
     return offload(seal, result, opened.box, size=size)
+
+
+SHAPES = {  # declared once: the OpenAPI document (services.api.openapi) shows them
+    "SealedAnswer": {
+        "type": "object",
+        "required": ["encrypted", "nonce", "ciphertext"],
+        "properties": {
+            "encrypted": {"type": "boolean"},
+            "nonce": {"type": "string"},
+            "ciphertext": {"type": "string"},
+        },
+    },
+    "Envelope": {
+        "type": "object",
+        "required": ["encrypted", "epk", "nonce", "ciphertext"],
+        "properties": {
+            "encrypted": {"type": "boolean", "enum": [True]},
+            "kid": {
+                "type": "string",
+                "description": "the worker key it is sealed to (GET /healthz keys)",
+            },
+            "epk": {"type": "string"},
+            "nonce": {"type": "string"},
+            "ciphertext": {"type": "string"},
+        },
+    },
+}
