@@ -121,7 +121,8 @@ class Settings:
     runpod_worker_key: str | None = None
     state_url: str | None = None  # Redis shared by a fleet of workers; unset: state stays in the process
     state_prefix: str = "comfy-worker"
-    job_ttl_s: float = 3600.0  # how long an async job's record is kept after it ended
+    job_keep_s: float = 3600.0  # how long an ended async job's record is kept (JOB_TTL_S before)
+    job_outcome_retry_s: float = 3600.0  # how long a fleet pod tries to write an outcome Redis does not take
     job_claim_timeout_s: float = 30.0  # a pod silent this long lost the jobs it took
     drain_timeout_s: float = 20.0  # SIGTERM: finish accepted work for this long, then cut it; 0: stop at once
     webhook_secret: str | None = None  # whsec_<base64> keys, space-separated: each signs every webhook
@@ -550,7 +551,8 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "RUNPOD_AI_API_KEY": ("runpod_worker_key", _optional),
     "STATE_URL": ("state_url", _redis_url),
     "STATE_PREFIX": ("state_prefix", _prefix),
-    "JOB_TTL_S": ("job_ttl_s", _positive_float),
+    "JOB_KEEP_S": ("job_keep_s", _positive_float),
+    "JOB_OUTCOME_RETRY_S": ("job_outcome_retry_s", _positive_float),
     "JOB_CLAIM_TIMEOUT_S": ("job_claim_timeout_s", _positive_float),
     "DRAIN_TIMEOUT_S": ("drain_timeout_s", _seconds),
     "WEBHOOK_SECRET": ("webhook_secret", _webhook_secret),
@@ -572,6 +574,12 @@ _VARIABLES: dict[str, tuple[str, object]] = {
 }
 
 
+RENAMED = {  # a variable's old name, still read when the new one is not set
+    "JOB_KEEP_S": "JOB_TTL_S",
+    "JOB_OUTCOME_RETRY_S": "JOB_TTL_S",
+}
+
+
 def secret_variables() -> frozenset[str]:
     """The variables that hold the SECRETS fields: never passed on, whatever their value."""
     return frozenset(name for name, (field, _parse) in _VARIABLES.items() if field in SECRETS)
@@ -584,6 +592,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     for name, (field, parse) in _VARIABLES.items():
         if name in env:
             values[field] = parse(name, env[name])
+        elif (old := RENAMED.get(name)) is not None and old in env:
+            values[field] = parse(old, env[old])
     values["gpu_visibility"] = tuple((name, env[name]) for name in GPU_VISIBILITY if name in env)
     settings = Settings(**values)
     if settings.encryption_required and not settings.private_key_b64:

@@ -1,7 +1,7 @@
 """Asynchronous `/run` for pod mode: start a job, then poll its state, progress and result.
 
 Proxies in front of pods cut HTTP requests at about 100 s, so long jobs run in the background
-(a greenlet under gunicorn's gevent worker) and are kept in memory for JOB_TTL_S after they end.
+(a greenlet under gunicorn's gevent worker) and are kept in memory for JOB_KEEP_S after they end.
 Without STATE_URL, state lives in the one API worker process and a restart of the API forgets
 it; with it, services.jobs.fleet keeps jobs in Redis for the fleet.
 """
@@ -68,7 +68,7 @@ def check_webhook(body: Any, pipeline: Pipeline) -> None:
 def known(job: AsyncJob | None) -> AsyncJob:
     """The job a route asked for, or `job_not_found`."""
     if job is None:
-        raise errors.JobNotFound("no such job (ended jobs are kept for JOB_TTL_S, an hour by default)")
+        raise errors.JobNotFound("no such job (ended jobs are kept for JOB_KEEP_S, an hour by default)")
     return job
 
 
@@ -98,7 +98,7 @@ class AsyncJobs(JobStore):
         self.pipeline = pipeline
         self.quotas = quotas
         self.webhooks = webhooks
-        self.keep_s = pipeline.settings.job_ttl_s
+        self.keep_s = pipeline.settings.job_keep_s
         self.jobs: dict[str, AsyncJob] = {}
 
     def start(

@@ -170,3 +170,12 @@ def test_no_test_uses_the_machine_s_run_dir():
     assert built.run_dir != default and os.path.isdir(built.run_dir)
     assert os.environ["RUN_DIR"] != default  # and every process a test starts
     assert not os.path.exists(built.run_layout.drain_file)
+
+
+def test_job_ttl_s_is_still_read_for_both_settings_it_split_into_and_a_new_name_wins():
+    old = load(JOB_TTL_S="120")
+    assert (old.job_keep_s, old.job_outcome_retry_s) == (120.0, 120.0)
+    both = load(JOB_TTL_S="120", JOB_KEEP_S="30")
+    assert (both.job_keep_s, both.job_outcome_retry_s) == (30.0, 120.0)
+    with pytest.raises(config.ConfigError, match="JOB_TTL_S"):  # a bad value names what was set
+        load(JOB_TTL_S="soon")

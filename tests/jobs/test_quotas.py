@@ -80,10 +80,10 @@ DRY_JOB = {"workflow": {"1": {"class_type": "SaveImage", "inputs": {}}}}
 
 
 def test_a_slot_is_held_as_long_as_its_job_whatever_its_age():
-    """JOB_TTL_S is how long an ended job's record is kept, not how long a slot lives."""
-    quotas = Quotas(config.load({"ENCRYPTION_REQUIRED": "0", "JOB_TTL_S": "1"}))
+    """JOB_KEEP_S is how long an ended job's record is kept, not how long a slot lives."""
+    quotas = Quotas(config.load({"ENCRYPTION_REQUIRED": "0", "JOB_KEEP_S": "1"}))
     slot = quotas.take_job(LIMITED)
-    time.sleep(1.5)  # past JOB_TTL_S: the age itself is what is tried
+    time.sleep(1.5)  # past JOB_KEEP_S: the age itself is what is tried
     with pytest.raises(errors.QuotaExceeded):
         quotas.take_job(LIMITED)
     quotas.give_back("limited", slot)
@@ -98,7 +98,7 @@ def test_in_a_fleet_a_queued_job_keeps_its_slot_and_a_dead_process_s_sync_slots_
             "DRY_RUN": "1",
             "STATE_URL": redis_server.url,
             "STATE_PREFIX": prefix,
-            "JOB_TTL_S": "1",
+            "JOB_KEEP_S": "1",
             "JOB_CLAIM_TIMEOUT_S": "60",  # its next proof of life is 20 s away
         }
     )
@@ -109,7 +109,7 @@ def test_in_a_fleet_a_queued_job_keeps_its_slot_and_a_dead_process_s_sync_slots_
     try:
         queued = pod.start(DRY_JOB, owner="limited", slot=quotas.take_job(key))  # no pod takes it
         quotas.take_job(key)  # a sync job's, held by this API process
-        time.sleep(1.5)  # past JOB_TTL_S
+        time.sleep(1.5)  # past JOB_KEEP_S
         with pytest.raises(errors.QuotaExceeded):
             quotas.take_job(key)
         release(store, settings, os.getpid())  # as gunicorn's master does when this process died

@@ -13,7 +13,7 @@ take turns.
     keys, scripts/      every Redis key named once; the Lua scripts, each headed by its keys
     state_store         the connection, the scripts loaded by name, whether Redis answers
 
-Records are kept JOB_TTL_S after they end. Only `state_store` imports redis.
+Records are kept JOB_KEEP_S after they end. Only `state_store` imports redis.
 """
 
 from services.jobs.fleet.liveness import GROUP, release

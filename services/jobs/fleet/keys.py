@@ -8,6 +8,7 @@ share one Redis). The scripts (scripts/*.lua) build the per-job and per-key name
     waiting:<key>          list    a key's jobs that wait, first come first
     waiting                set     the keys with jobs waiting
     inflight:<key>         zset    a key's jobs taken across the fleet, scored by when they stop counting
+                                   (JOB_TIMEOUT_S and JOB_CLAIM_TIMEOUT_S after they were taken)
     served                 hash    key -> its turn (the turn it was last served at)
     turns                  string  the turn counter
     jobs                   stream  one ticket per waiting job, read in the consumer group `workers`

@@ -46,8 +46,8 @@ class Records:
             self.quotas.give_back(text(key or b"-"), job_id)
 
     def ttl(self) -> int:
-        """How long an ended record is kept (JOB_TTL_S), in whole seconds."""
-        return max(1, int(self.settings.job_ttl_s))
+        """How long an ended record is kept (JOB_KEEP_S), in whole seconds."""
+        return max(1, int(self.settings.job_keep_s))
 
 
 def job_of(job_id: str, record: dict[str, str]) -> AsyncJob:

@@ -195,13 +195,13 @@ class Running:
 
     def _write_outcome(self, taken: Taken, state: str, result: str, status: int) -> bool:
         """Write the outcome (and let go of the entry of a job that ended before it started),
-        waiting out a Redis that does not answer (for up to JOB_TTL_S): a job that ran is never
+        waiting out a Redis that does not answer (for up to JOB_OUTCOME_RETRY_S): a job that ran is never
         lost to an outage, nor to a Redis that restarted empty (its record is written again,
         with its key: only that key sees it). False: the job was answered elsewhere meanwhile
         (cancelled, declared worker_lost, run by another pod), and that stays its outcome, or it
         had not started and its record is gone."""
         job_id = taken.job_id
-        deadline = time.monotonic() + self.settings.job_ttl_s
+        deadline = time.monotonic() + self.settings.job_outcome_retry_s
         while True:
             try:
                 written = self._finish(
@@ -230,7 +230,7 @@ class Running:
                 self.store.reached(False, exc)
                 if time.monotonic() > deadline:
                     log.error(
-                        "dropped the outcome of job %s: the shared state did not answer for JOB_TTL_S",
+                        "dropped the outcome of job %s: the shared state did not answer for JOB_OUTCOME_RETRY_S",
                         job_id,
                         extra={"event": "job.outcome_dropped", "job_id": job_id},
                     )

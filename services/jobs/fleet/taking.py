@@ -153,7 +153,7 @@ class Taking:
                 GROUP,
                 entry_id,
                 time.time(),
-                time.time() + self.settings.job_timeout_s + self.settings.job_ttl_s,
+                time.time() + self.settings.job_timeout_s + self.settings.job_claim_timeout_s,
                 self.names.root,
                 legacy_id,
             ],

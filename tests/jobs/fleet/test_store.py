@@ -331,16 +331,18 @@ def test_a_bug_in_one_round_of_taking_does_not_stop_the_pod_taking_jobs(redis_se
     assert crash and "ValueError at test_store.py:" in crash[0] and "secret prompt" not in crash[0]
 
 
-def test_records_are_kept_for_job_ttl_s_and_a_queued_job_cancels_at_once(redis_server):
+def test_records_are_kept_for_job_keep_s_and_a_queued_job_cancels_at_once(redis_server):
+    """The record of the cancelled job expires after the JOB_KEEP_S of the pod that ended it, set
+    here by its old name, JOB_TTL_S, which is still read."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     idle = shared_jobs(redis_server, prefix, lambda own: 0, JOB_TTL_S="1")
     job = idle.start(DRY_JOB)
     cancelled = idle.cancel(job.id)
     assert cancelled.state == "cancelled" and cancelled.result["error"].startswith("interrupted")
-    worker = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_TTL_S="1")
+    worker = shared_jobs(redis_server, prefix, lambda own: 1 - own, JOB_KEEP_S="1")
     wait_until(lambda: worker.waiting() == 0, 10, "the cancelled entry to leave the queue")
     assert idle.get(job.id).state == "cancelled"  # never ran
-    wait_until(lambda: idle.get(job.id) is None, 10, "the record to expire after JOB_TTL_S")
+    wait_until(lambda: idle.get(job.id) is None, 10, "the record to expire after JOB_KEEP_S")
 
 
 class Blocking:
@@ -457,12 +459,17 @@ def test_a_webhook_taken_over_by_another_pod_continues_the_job_s_trace(redis_ser
 
 
 def test_a_webhook_that_outlives_its_record_leaves_no_key_without_a_ttl(redis_server, receiver):
-    """JOB_TTL_S shorter than the webhook's retries: the record expires while the delivery goes
+    """JOB_KEEP_S shorter than the webhook's retries: the record expires while the delivery goes
     on, and writing the delivery's state made `job:<id>` anew, never to expire."""
     prefix = f"unit-{uuid.uuid4().hex[:8]}"
     receiver.scripts[f"/{prefix}"] = [500]
     pod = shared_jobs(
-        redis_server, prefix, lambda own: 1 - own, JOB_TTL_S="1", WEBHOOK_RETRY_S="0,3", WEBHOOK_TIMEOUT_S="2"
+        redis_server,
+        prefix,
+        lambda own: 1 - own,
+        JOB_KEEP_S="1",
+        WEBHOOK_RETRY_S="0,3",
+        WEBHOOK_TIMEOUT_S="2",
     )
     job = pod.start({**DRY_JOB, "webhook": receiver.url(f"/{prefix}")})
     client = redis_server.client()
