@@ -1,7 +1,8 @@
 """The pod API: a Flask app factory over the worker (services.jobs.worker), served by gunicorn
 with gevent workers. It authorizes (access_control) and maps errors (services.web.answers); the routes are blueprints by concern:
 
-    probes.py         /healthz /readyz /ping /openapi.json /metrics
+    probes.py         /healthz /readyz /ping /metrics
+    openapi.py        /openapi.json (assembled from each blueprint's paths)
     drain_routes.py   /drain (POST, DELETE)
     job_routes.py     /run /jobs/<id> /jobs/<id>/cancel
     model_routes.py   /download /download/<id> /downloads /models/ls
@@ -23,6 +24,7 @@ from services.api import (
     drain_routes,
     job_routes,
     model_routes,
+    openapi,
     probes,
     runpod_routes,
     template_routes,
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.before_request(lambda: drain_routes.refuse_new_work(api))
     for module in (
         probes,
+        openapi,
         drain_routes,
         job_routes,
         template_routes,

@@ -1,5 +1,5 @@
-"""What platforms, load balancers and Prometheus ask: liveness, readiness, the OpenAPI document,
-metrics. `/healthz`, `/readyz`, `/openapi.json` and its Swagger UI at `/docs` are open without
+"""What platforms, load balancers and Prometheus ask: liveness, readiness, metrics (the OpenAPI
+document: services.api.openapi). `/healthz`, `/readyz`, `/openapi.json` and its Swagger UI at `/docs` are open without
 a key (probes send no token; the UI sends the key a user enters; services.api.access_control);
 they never wait on a busy ComfyUI (services.comfy.health)."""
 
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from flask import Blueprint, Response
 
-from services.api import access_control, openapi, template_routes
 from services.api import docs_parts as docs
 from services.api.context import Api
 from services.core import drain
@@ -57,10 +56,6 @@ def blueprint(api: Api) -> Blueprint:
         """Liveness of the API process alone; also the benchmarks' do-nothing baseline."""
         return json_response({"ok": True})
 
-    @routes.get("/openapi.json")
-    def openapi_document() -> Response:
-        return json_response(access_control.declared(openapi.document(template_routes.documented(api))))
-
     @routes.get("/metrics")
     def metrics_page() -> Response:
         """Prometheus text format, for keys with the `metrics` scope."""
@@ -97,13 +92,6 @@ def paths() -> dict:
             "get": {
                 "summary": "the API process alone",
                 "responses": {"200": docs.answer(docs.OBJECT, "alive"), **docs.errors(*docs.COMMON)},
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "this document",
-                "security": [],
-                "responses": {"200": docs.answer(docs.OBJECT, "OpenAPI 3")},
             }
         },
         "/metrics": {
