@@ -4,15 +4,20 @@ admin actions. Never the key itself in a line, a label or an answer: its name.""
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from flask import Flask, Response, current_app, g, request
 
 from services.api.context import Api
+from services.api.drain_routes import takes_work
 from services.api.responses import asked_async
 from services.core import drain, errors
 from services.jobs.access import OPEN, Key
+from services.jobs.quotas import Slot
 from services.web import key_checks
 from services.web.answers import error_response
 
@@ -33,7 +38,7 @@ ENDPOINT_SCOPES = {
     "probes.metrics_page": "metrics",
     "probes.ping": ANY_KEY,
 }
-JOB_ROUTES = ("jobs", "templates", "runpod")  # their new work takes a slot of the key's jobs
+View = TypeVar("View", bound=Callable)
 
 
 def scope_of(endpoint: str | None, path: str) -> str | None:
@@ -65,7 +70,6 @@ def install(app: Flask, api: Api) -> None:
     """The check before each request and, after an admin action, its line on record."""
     app.before_request(lambda: _check(api))
     app.after_request(lambda response: _after(api, response))
-    app.teardown_request(lambda _exc: _give_back(api))
 
 
 def caller() -> Key:
@@ -73,14 +77,21 @@ def caller() -> Key:
     return g.get("key", OPEN)
 
 
-def slot() -> str | None:
-    """The job slot this request took (None without a limit), for an async job to keep as its
-    id; once the job was accepted, `handed_over` (its store gives the slot back at its end)."""
-    return g.get("slot")
+def takes_a_slot(api: Api) -> Callable[[View], View]:
+    """Marks a route whose new job takes one of its key's job slots before its body is read
+    (a route that takes work: refused while the pod drains). The view is given the slot as
+    `slot` and holds it until it answers: a job store that keeps the job keeps the slot too."""
 
+    def marked(view: View) -> View:
+        @functools.wraps(view)
+        def holding(*args: object, **kwargs: object) -> Response:
+            with _slot(api, g.key) as slot:
+                return view(*args, slot=slot, **kwargs)
 
-def handed_over() -> None:
-    g.pop("slot", None)
+        holding.takes_slot = True  # type: ignore[attr-defined]
+        return takes_work(holding)  # type: ignore[return-value]
+
+    return marked
 
 
 def _check(api: Api) -> Response | None:
@@ -92,27 +103,49 @@ def _check(api: Api) -> Response | None:
     except errors.WorkerError as exc:
         return error_response(exc)
     view = current_app.view_functions.get(request.endpoint or "")
-    if getattr(view, "takes_work", False) and drain.since(api.settings.run_layout) is None:
+    if (
+        getattr(view, "takes_work", False)
+        and scope == "models"
+        and drain.since(api.settings.run_layout) is None
+    ):
         try:
-            if request.endpoint and request.endpoint.split(".", 1)[0] in JOB_ROUTES:
-                g.slot = api.quotas.take_job(key)
-            elif scope == "models":
-                api.quotas.check_download(key)
+            api.quotas.check_download(key)
         except errors.QuotaExceeded as exc:
             return error_response(key_checks.refused(api.metrics, key, exc))
         except errors.StateUnavailable as exc:
-            if _kept_in_redis():  # refused all the same: its job could not be kept
+            if _kept_in_redis():
                 return error_response(key_checks.refused(api.metrics, key, exc))
-            log.warning(  # a sync job runs while Redis is down, as one of an unlimited key does
-                "the limits of key %s are not counted for %s %s: the shared state does not answer",
-                key.name,
-                request.method,
-                key_checks.route(),
-                extra={"event": "access.unchecked", "key_name": key.name, "route": key_checks.route()},
-            )
+            _unchecked(key)
     g.allowed = True
-    api.metrics.request_seen(key.name, "allowed")
+    if not getattr(view, "takes_slot", False):  # else counted once its slot is taken
+        api.metrics.request_seen(key.name, "allowed")
     return None
+
+
+def _slot(api: Api, key: Key) -> Slot:
+    """The request's job slot (counted allowed), or its refusal: `quota_exceeded`, or
+    `state_unavailable` for an async job, which could not be kept while Redis does not answer."""
+    try:
+        slot = api.quotas.take_job(key)
+    except errors.QuotaExceeded as exc:
+        raise key_checks.refused(api.metrics, key, exc) from None
+    except errors.StateUnavailable as exc:
+        if _kept_in_redis():
+            raise key_checks.refused(api.metrics, key, exc) from None
+        _unchecked(key)  # a sync job runs while Redis is down, as one of an unlimited key does
+        slot = Slot()
+    api.metrics.request_seen(key.name, "allowed")
+    return slot
+
+
+def _unchecked(key: Key) -> None:
+    log.warning(
+        "the limits of key %s are not counted for %s %s: the shared state does not answer",
+        key.name,
+        request.method,
+        key_checks.route(),
+        extra={"event": "access.unchecked", "key_name": key.name, "route": key_checks.route()},
+    )
 
 
 def _kept_in_redis() -> bool:
@@ -138,10 +171,3 @@ def _after(api: Api, response: Response) -> Response:
             },
         )
     return response
-
-
-def _give_back(api: Api) -> None:
-    """A slot no async job took: the request's job was answered (or never began)."""
-    slot = g.pop("slot", None)
-    if slot is not None:
-        api.quotas.give_back(g.key.name, slot)

@@ -9,14 +9,14 @@ from contextlib import contextmanager
 from flask import Blueprint, Response, request
 
 from services.api import docs_parts as docs
-from services.api.access_control import caller, handed_over, slot
+from services.api.access_control import caller, takes_a_slot
 from services.api.context import Api
-from services.api.drain_routes import takes_work
 from services.api.responses import asked_async, in_parts, payload_response, read_request
 from services.core import errors, json_text, tracing
 from services.core.offload import offload
 from services.jobs import envelopes
 from services.jobs.async_jobs import known
+from services.jobs.quotas import Slot
 from services.web.answers import json_response
 
 
@@ -24,12 +24,12 @@ def blueprint(api: Api) -> Blueprint:
     routes = Blueprint("jobs", __name__)
 
     @routes.post("/run")
-    @takes_work
-    def run() -> Response:
+    @takes_a_slot(api)
+    def run(slot: Slot) -> Response:
         with traced():
             with tracing.stage("request"):
                 body = read_request(api.settings)
-            return answer(api, body)
+            return answer(api, body, slot)
 
     @routes.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Response:
@@ -53,16 +53,16 @@ def traced() -> Iterator[None]:
         yield
 
 
-def answer(api: Api, body: object) -> Response:
-    """Run a job and answer its result, or start it with `?async=1` and answer where to poll.
-    Both answers name the job (X-Job-Id, its end line's id) and its trace (X-Trace-Id)."""
+def answer(api: Api, body: object, slot: Slot) -> Response:
+    """Run a job and answer its result, or start it with `?async=1` and answer where to poll
+    (its store keeps `slot`, the key's job slot it took). Both answers name the job (X-Job-Id,
+    its end line's id) and its trace (X-Trace-Id)."""
     if asked_async():
         if in_parts():
             raise errors.InvalidRequest(
                 "a body in bytes is answered in the same call: send it without ?async=1, or as JSON"
             )
-        job = api.jobs.start(body, tracing.carried(request.headers), caller().name, slot())
-        handed_over()
+        job = api.jobs.start(body, tracing.carried(request.headers), caller().name, slot)
         view = {"id": job.id, "state": job.state, "status_url": f"/jobs/{job.id}"}
         return _named(json_response(view, 202), job.id, job.trace_id)
     route = request.url_rule.rule if request.url_rule else ""

@@ -14,13 +14,13 @@ import uuid
 from flask import Blueprint, Response, request
 
 from services.api import docs_parts as docs
-from services.api.access_control import caller, handed_over, slot
+from services.api.access_control import caller, takes_a_slot
 from services.api.context import Api
-from services.api.drain_routes import takes_work
 from services.api.responses import payload_response, read_json
 from services.core import tracing
 from services.jobs import outcome
 from services.jobs.async_jobs import known
+from services.jobs.quotas import Slot
 from services.web import runpod_protocol
 
 
@@ -28,8 +28,8 @@ def blueprint(api: Api) -> Blueprint:
     routes = Blueprint("runpod", __name__, url_prefix="/v2/<endpoint_id>")
 
     @routes.post("/runsync")
-    @takes_work
-    def runsync(endpoint_id: str) -> Response:
+    @takes_a_slot(api)
+    def runsync(endpoint_id: str, slot: Slot) -> Response:
         name = f"sync-{uuid.uuid4()}"
         body, trace = _job_input()
         reply = api.worker.pipeline.run(body, route="runsync", name=name, trace=trace, key=caller().name)
@@ -38,11 +38,10 @@ def blueprint(api: Api) -> Blueprint:
         )
 
     @routes.post("/run")
-    @takes_work
-    def run(endpoint_id: str) -> Response:
+    @takes_a_slot(api)
+    def run(endpoint_id: str, slot: Slot) -> Response:
         body, trace = _job_input()
-        job = api.jobs.start(body, trace, caller().name, slot())
-        handed_over()
+        job = api.jobs.start(body, trace, caller().name, slot)
         return payload_response({"id": job.id, "status": outcome.RUNPOD_STATUS[job.state]})
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])

@@ -11,12 +11,13 @@ from flask import Blueprint, Response
 
 from services.api import docs_parts as docs
 from services.api import job_routes
+from services.api.access_control import takes_a_slot
 from services.api.context import Api
-from services.api.drain_routes import takes_work
 from services.api.responses import read_request
 from services.core import tracing
 from services.jobs import envelopes
 from services.jobs import templates as tpl
+from services.jobs.quotas import Slot
 from services.web.answers import json_response
 
 
@@ -50,14 +51,14 @@ def blueprint(api: Api) -> Blueprint:
         )
 
     @routes.post("/<name>/run")
-    @takes_work
-    def run(name: str) -> Response:
+    @takes_a_slot(api)
+    def run(name: str, slot: Slot) -> Response:
         with job_routes.traced():
             with tracing.stage("request"):
                 body = read_request(api.settings, template=name)
             if not (envelopes.is_envelope(body) or isinstance(body, envelopes.Sealed)):
                 templates.get(name)  # an unknown name is 404 before anything else
-            return job_routes.answer(api, body)
+            return job_routes.answer(api, body, slot)
 
     return routes
 

@@ -28,6 +28,11 @@ CUT = errors.ShuttingDown(
 )
 
 
+def waits_for_its_job() -> None:
+    """A cut rule: the drain's deadline does nothing to this piece; the job it carries is cut
+    through its own piece (the pipeline's), and this one is let go once the job answered."""
+
+
 class Piece:
     def __init__(self, owner: InHand, path: str, cut: Callable[[], None] | None) -> None:
         self._owner = owner
@@ -57,8 +62,8 @@ class InHand:
         background.loop("drain-watch", self._watch_round, WATCH_S)
 
     def hold(self, kind: str, cut: Callable[[], None] | None = None) -> Piece:
-        """A piece of work accepted now; `cut`: how the drain's deadline stops it (None: it is
-        let go, and dies with the process)."""
+        """A piece of work accepted now; `cut`: how the drain's deadline stops it, a named rule
+        (a job's stop, `waits_for_its_job`; None: it is let go, and dies with the process)."""
         path = os.path.join(self.layout.work_dir, f"{os.getpid()}-{next(self._numbers)}-{kind}")
         piece = Piece(self, path, cut)
         with self._lock:

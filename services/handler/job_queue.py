@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.jobs.outcome import RUNPOD_FINAL
+from services.jobs.quotas import Slot
 
 log = logging.getLogger("worker.local_queue")
 
@@ -36,7 +37,7 @@ class Job:
     stream: list = field(default_factory=list)
     webhook: str | None = field(default=None, repr=False)  # RunPod's own: told the status at the end
     owner: str = "-"  # the name of the API key that submitted it: only that key sees it
-    slot: str | None = None  # the key's job slot it holds (services.jobs.quotas)
+    slot: Slot = field(default_factory=Slot, repr=False)  # its key's job slot, given back at its end
 
     def view(self) -> dict:
         body: dict[str, Any] = {"id": self.id, "status": self.status}
@@ -72,15 +73,21 @@ class Queue:
         self.counts = {"completed": 0, "failed": 0, "retried": 0}
 
     def submit(
-        self, payload: dict, sync: bool, webhook: str | None = None, owner: str = "-", slot: str | None = None
+        self,
+        payload: dict,
+        sync: bool,
+        webhook: str | None = None,
+        owner: str = "-",
+        slot: Slot | None = None,
     ) -> Job:
+        """A job, queued; it keeps `slot` (the key's job slot its request took) until it ends."""
         job = Job(
             id=("sync-" if sync else "") + str(uuid.uuid4()),
             input=payload,
             sync=sync,
             webhook=webhook,
             owner=owner,
-            slot=slot,
+            slot=slot.keep() if slot is not None else Slot(),
         )
         with self.changed:
             self._prune()

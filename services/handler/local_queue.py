@@ -11,6 +11,7 @@ against it, exactly as on RunPod. Jobs live in services.handler.job_queue.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -29,7 +30,7 @@ from services.handler.job_queue import Job, Queue
 from services.jobs import webhooks
 from services.jobs.access import Key, Keys
 from services.jobs.outcome import RUNPOD_FINAL
-from services.jobs.quotas import Quotas
+from services.jobs.quotas import Quotas, Slot
 from services.jobs.webhooks import Webhooks
 from services.web import answers, key_checks, runpod_protocol
 from services.web.answers import json_response
@@ -57,12 +58,12 @@ class LocalQueue:
         self.webhooks = Webhooks(settings, in_hand=self.in_hand)
         self._held: dict[str, Piece] = {}  # job id -> held until its end was told its caller
 
-    def accept(self, payload: dict, sync: bool, webhook: str | None, key: Key, slot: str | None) -> Job:
+    def accept(self, payload: dict, sync: bool, webhook: str | None, key: Key, slot: Slot) -> Job:
         """A job a drain waits for until it ended and its end was told: answered to its runsync
         call, read from its status or stream, handed to its webhook (whose delivery a drain
         waits for in turn), or its record dropped (RunPod's keep times, job_queue.KEEP_S)."""
         job = self.queue.submit(payload, sync=sync, webhook=webhook, owner=key.name, slot=slot)
-        self._held[job.id] = self.in_hand.hold("queued-job", cut=lambda: self._cut(job.id))
+        self._held[job.id] = self.in_hand.hold("queued-job", cut=functools.partial(self._cut, job.id))
         return job
 
     def told(self, job: Job) -> Job:
@@ -109,8 +110,7 @@ class LocalQueue:
     def _job_ended(self, job: Job) -> None:
         seconds = (job.finished or time.time()) - (job.started or job.created)
         self.metrics().job_ended(job.status, job.error, seconds, job.owner)
-        if job.slot is not None:
-            self.quotas.give_back(job.owner, job.slot)
+        job.slot.give_back()
         if job.webhook:  # RunPod's webhook: its status object, as RunPod posts it
             self.webhooks.send(job.webhook, json_text.dumps(job.view()), job.id)
             self._let_go(job.id)  # told by its webhook, which a drain waits for
@@ -146,13 +146,8 @@ def _public(local: LocalQueue) -> Blueprint:
     def run() -> Response:
         if drain.since(local.settings.run_layout) is not None:  # before the body is read
             raise errors.Draining("this worker is draining before a restart; send it to another")
-        slot = local.quotas.take_job(g.key)
-        try:
+        with local.quotas.take_job(g.key) as slot:  # a job that was accepted keeps it
             return _run(local, slot)
-        except BaseException:
-            if slot is not None:
-                local.quotas.give_back(g.key.name, slot)
-            raise
 
     @routes.route("/status/<job_id>", methods=["GET", "POST"])
     def status(job_id: str) -> Response:
@@ -179,7 +174,7 @@ def _public(local: LocalQueue) -> Blueprint:
     return routes
 
 
-def _run(local: LocalQueue, slot: str | None) -> Response:
+def _run(local: LocalQueue, slot: Slot) -> Response:
     """A job from the request's body; once accepted, it holds `slot` until it ends."""
     body = _body()
     payload = runpod_protocol.input_of(body)

@@ -20,7 +20,7 @@ from services.core.in_hand import Piece
 from services.core.job_spec import Cancel
 from services.jobs import envelopes, outcome, webhooks
 from services.jobs.pipeline import Pipeline
-from services.jobs.quotas import Quotas
+from services.jobs.quotas import Slot
 from services.jobs.webhooks import Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
@@ -40,7 +40,12 @@ class AsyncJob:
     webhook: Delivery | None = None
     trace: dict = field(default_factory=dict)  # its submission's span: its run continues the trace
     owner: str = "-"  # the name of the key that submitted it: only that key sees it
-    slotted: bool = False  # its id is a slot of its key's jobs (services.jobs.quotas), given back at its end
+    slot: Slot = field(default_factory=Slot, repr=False)  # its key's job slot: its id, given back at its end
+
+    def started(self) -> None:
+        """Its prompt left ComfyUI's queue (JobRequest.on_start): what "running" means for every store."""
+        if self.state == "queued":
+            self.state = "running"
 
     @property
     def trace_id(self) -> str:
@@ -78,11 +83,11 @@ class JobStore(Protocol):
     submitted it): to another key it does not exist."""
 
     def start(
-        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: Slot | None = None
     ) -> AsyncJob:
         """Accept a request body as a job; it runs in the background, continuing `trace` (the
-        `traceparent` it came with). `slot`: the key's job slot it holds (services.jobs.quotas),
-        which becomes its id."""
+        `traceparent` it came with). `slot`: the key's job slot (services.jobs.quotas), which
+        becomes its id; the store keeps it once the job is accepted and gives it back at its end."""
 
     def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None: ...
 
@@ -94,19 +99,23 @@ class JobStore(Protocol):
 
 
 class AsyncJobs(JobStore):
-    def __init__(self, pipeline: Pipeline, quotas: Quotas, webhooks: Webhooks | None = None) -> None:
+    """A job here is this process's from its start to its end: its owner, its slot, its drain
+    piece and its trace are held by its `AsyncJob`, and its end gives the slot back in one place."""
+
+    def __init__(self, pipeline: Pipeline, webhooks: Webhooks | None = None) -> None:
         self.pipeline = pipeline
-        self.quotas = quotas
         self.webhooks = webhooks
         self.keep_s = pipeline.settings.job_keep_s
         self.jobs: dict[str, AsyncJob] = {}
 
     def start(
-        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: Slot | None = None
     ) -> AsyncJob:
         check_webhook(body, self.pipeline)
         self._prune()
-        job = AsyncJob(id=slot or str(uuid.uuid4()), owner=owner, slotted=slot is not None)
+        job = AsyncJob(id=(slot and slot.id) or str(uuid.uuid4()), owner=owner)
+        if slot is not None:
+            job.slot = slot.keep()
         job.trace = tracing.submitted(trace, **{"job.id": job.id})
         if self.pipeline.in_hand is not None:  # its result dies with this process: a drain waits for it
             job.held = self.pipeline.in_hand.hold("async")
@@ -133,19 +142,25 @@ class AsyncJobs(JobStore):
         """Nothing to hand back: these jobs live and end with the process."""
 
     def _run(self, job: AsyncJob, body: Any) -> None:
-        job.state = "running"
-
         def progress(update: dict) -> None:
             job.progress = update
 
-        reply = self.pipeline.run(
-            body, progress, job.cancel, route="async", name=job.id, trace=job.trace, key=job.owner
-        )
-        job.result, job.http_status = reply.body, reply.status
-        job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
-        job.finished = time.time()
-        if job.slotted:
-            self.quotas.give_back(job.owner, job.id)
+        try:
+            reply = self.pipeline.run(
+                body,
+                progress,
+                job.cancel,
+                route="async",
+                name=job.id,
+                trace=job.trace,
+                on_start=job.started,
+                key=job.owner,
+            )
+            job.result, job.http_status = reply.body, reply.status
+            job.state = outcome.of_reply(reply.status, reply.error_code, job.cancel.is_set())
+        finally:
+            job.finished = time.time()
+            job.slot.give_back()
         if reply.webhook and self.webhooks is not None:
             sent = webhooks.event(job.state, job.view(), self.pipeline.settings)
             job.webhook = self.webhooks.send(reply.webhook, sent, job.id, trace=reply.trace)

@@ -173,7 +173,8 @@ class Pipeline:
             self.observer.job_started()
         with tracing.job(trace, **{"job.id": name, "job.route": route}):
             try:
-                with self.in_hand.hold("job", lambda: cancel.stop(CUT)) if self.in_hand else nullcontext():
+                stop = functools.partial(cancel.stop, CUT)  # the drain's deadline stops the job
+                with self.in_hand.hold("job", stop) if self.in_hand else nullcontext():
                     reply = self._run(body, progress, cancel, job_id, facts, on_start, key)
             except Exception as exc:  # a bug at the edge (a piece that cannot be written, say)
                 background.log_unexpected(log, "the pipeline", exc)

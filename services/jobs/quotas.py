@@ -3,7 +3,8 @@ what its downloads may write per UTC day. Counted in this process, or with STATE
 fleet's Redis, so that they hold across pods.
 
 A job takes a slot before its request body is read and gives it back when it ends (an async
-job) or is answered (a sync one): a slot is held as long as its job, whatever its age. In Redis
+job) or is answered (a sync one): a slot is held as long as its job, whatever its age, by one
+holder at a time (`Slot`): the request that took it until a job store keeps it, then that store. In Redis
 the slots of a key are a hash, slot -> the pod process that took it; a slot whose holder died is
 freed by the liveness that declares its jobs lost, never by a clock: the next take drops the
 slots of an async job whose record ended or is gone, and of a sync job whose process no longer
@@ -32,6 +33,32 @@ log = logging.getLogger("worker.access")
 DAY_S = 86_400
 
 
+class Slot:
+    """One job's place among its key's jobs running or queued (`id` None: the key has no such
+    limit). Its holder gives it back once (a second time does nothing); a job store that keeps
+    the job `keep`s it, and the request that took it has nothing left to give back."""
+
+    def __init__(self, slot_id: str | None = None, give_back: Callable[[], None] | None = None) -> None:
+        self.id = slot_id
+        self._give_back = give_back
+
+    def keep(self) -> Slot:
+        """The slot, held from now on by the caller (a job store), no longer by this holder."""
+        kept, self._give_back = Slot(self.id, self._give_back), None
+        return kept
+
+    def give_back(self) -> None:
+        give_back, self._give_back = self._give_back, None
+        if give_back is not None:
+            give_back()
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.give_back()
+
+
 class Quotas:
     def __init__(self, settings: Settings, store: StateStore | None = None) -> None:
         self.settings = settings
@@ -46,12 +73,12 @@ class Quotas:
         """The slots this process takes live while the pod `holder` shows it lives."""
         self.holder = holder
 
-    def take_job(self, key: Key) -> str | None:
-        """A slot for one job of `key` (its id, which an async job takes as its own); None when
-        the key has no such limit. Raises QuotaExceeded when all its slots are taken, and
+    def take_job(self, key: Key) -> Slot:
+        """A slot for one job of `key` (its id, which an async job takes as its own; none when
+        the key has no such limit). Raises QuotaExceeded when all its slots are taken, and
         StateUnavailable when Redis does not answer."""
         if key.max_jobs is None:
-            return None
+            return Slot()
         slot = str(uuid.uuid4())
         if self.store is not None:
             try:
@@ -73,7 +100,7 @@ class Quotas:
                 "send this one when one of them ended",
                 retry_after_s=5,
             )
-        return slot
+        return Slot(slot, functools.partial(self.give_back, key.name, slot))
 
     def give_back(self, name: str, slot: str) -> None:
         if self.store is not None:

@@ -108,7 +108,7 @@ def job_store(worker: Worker) -> JobStore:
     """Async jobs: in this process, or in the fleet's Redis taken by whichever pod has a free
     ComfyUI instance."""
     if worker.state is None:
-        return AsyncJobs(worker.pipeline, worker.quotas, worker.webhooks)
+        return AsyncJobs(worker.pipeline, worker.webhooks)
     from services.jobs.fleet import SharedJobs
 
     return SharedJobs(

@@ -15,6 +15,7 @@ import time
 
 from services.core import errors, json_text, tracing
 from services.core.config import Settings
+from services.core.in_hand import waits_for_its_job
 from services.core.offload import offload
 from services.jobs import outcome, webhooks
 from services.jobs.async_jobs import AsyncJob
@@ -67,7 +68,7 @@ class Running:
 
     def _in_hand(self, kind: str) -> contextlib.AbstractContextManager:
         in_hand = self.pipeline.in_hand
-        return in_hand.hold(kind, cut=lambda: None) if in_hand else contextlib.nullcontext()
+        return in_hand.hold(kind, cut=waits_for_its_job) if in_hand else contextlib.nullcontext()
 
     def _started(self, taken: Taken) -> None:
         """Its prompt left ComfyUI's queue: the job starts here, once (JobRequest.on_start).

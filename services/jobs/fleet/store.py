@@ -24,7 +24,7 @@ from services.jobs.fleet.state_store import Error, StateStore
 from services.jobs.fleet.taken import TakenJobs
 from services.jobs.fleet.taking import RETRY_S, Taking
 from services.jobs.pipeline import Pipeline
-from services.jobs.quotas import Quotas
+from services.jobs.quotas import Quotas, Slot
 from services.jobs.webhooks import Webhooks
 
 log = logging.getLogger("worker.jobs")
@@ -74,10 +74,13 @@ class SharedJobs(JobStore):
         return self.liveness.lost
 
     def start(
-        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: str | None = None
+        self, body: Any, trace: Mapping[str, str] | None = None, owner: str = "-", slot: Slot | None = None
     ) -> AsyncJob:
+        """The job's record holds its slot (`slot: 1`): whichever pod ends the job gives it back
+        (Records.ended), and a take drops it once the record ended or is gone."""
         check_webhook(body, self.pipeline)
-        job = AsyncJob(id=slot or str(uuid.uuid4()), owner=owner, slotted=slot is not None)
+        slotted = slot is not None and slot.id is not None
+        job = AsyncJob(id=(slot and slot.id) or str(uuid.uuid4()), owner=owner)
         job.trace = tracing.submitted(trace, **{"job.id": job.id})  # the pod that runs it goes on
         text = offload(json_text.dumps, body, size=json_text.size_hint(body))
         record = {
@@ -85,7 +88,7 @@ class SharedJobs(JobStore):
             "created": job.created,
             "traceparent": job.trace.get("traceparent", ""),
             "key": owner,
-            "slot": int(job.slotted),
+            "slot": int(slotted),
         }
         try:
             with self.store.redis.pipeline(transaction=True) as tx:
@@ -100,6 +103,8 @@ class SharedJobs(JobStore):
         except Error as exc:
             raise self.store.unavailable(exc) from None
         self.store.reached(True)
+        if slot is not None:
+            slot.keep()  # the record's now
         return job
 
     def get(self, job_id: str, owner: str | None = None) -> AsyncJob | None:
