@@ -31,6 +31,7 @@ from services.comfy.warmup import Warmup
 from services.core import errors, tracing
 from services.core.config import Settings
 from services.core.job_spec import TIMING, Cancel, JobRequest, Progress
+from services.core.turns import Turns
 
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
 DEPTH = 2  # jobs an instance holds: the running prompt and the next one, queued in its ComfyUI
@@ -64,6 +65,7 @@ class ComfyPool:
         self._changed = threading.Condition()
         self._waiting: list[_Waiter] = []
         self._owners: collections.Counter[str] = collections.Counter()  # jobs on instances, by key
+        self._turns = Turns()  # the keys' served order (services.core.turns)
         self._turn: _Waiter | None = None  # the waiting job whose turn it is (_choose)
         self._watchers: list[Callable[[], None]] = []
         self._timers: list[Callable[[float, float], None]] = []
@@ -212,6 +214,7 @@ class ComfyPool:
                             )
                             chosen.jobs += 1
                             self._owners[request.owner] += 1
+                            self._turns.served(request.owner)
                             return chosen
                     _check(request, deadline, cancel)
                     self._changed.wait(min(WAIT_TICK_S, max(deadline - time.monotonic(), 0.01)))
@@ -224,10 +227,13 @@ class ComfyPool:
     def _choose(self) -> None:
         """Whose turn it is, chosen once per change of the line or of the keys' jobs (under
         `_changed`), so each waiting job only compares itself: one taken back from an instance,
-        then one of the key with the fewest jobs on the instances, the first of that key's."""
+        then by the keys' turns (services.core.turns: jobs on the instances, then served least
+        recently), the first of that key's."""
         order = {waiter: place for place, waiter in enumerate(self._waiting)}
         self._turn = min(
-            self._waiting, key=lambda w: (not w.again, self._owners[w.owner], order[w]), default=None
+            self._waiting,
+            key=lambda w: (not w.again, *self._turns.order(w.owner, self._owners[w.owner]), order[w]),
+            default=None,
         )
 
     def _ready_besides(self, failed: Instance) -> bool:

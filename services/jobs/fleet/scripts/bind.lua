@@ -1,6 +1,7 @@
 -- Bind a ticket to the job it runs: the job it ran before (a ticket taken over, or an entry a
--- pod before tickets wrote), else the head job of the key with the fewest jobs taken across the
--- fleet, then of the key served least recently. Nothing (the ticket let go) when no job waits.
+-- pod before tickets wrote), else the head job of the key whose turn it is by the rule of
+-- services.core.turns (the pool's too): the fewest jobs taken across the fleet, then the key
+-- served least recently. Nothing (the ticket let go) when no job waits.
 -- KEYS: stream, tickets, waiting (set of keys), served, turns
 -- ARGV: group, entry id, now, in-flight score until, prefix, legacy job id
 -- touches also: <prefix>job:<id>, <prefix>body:<id>, <prefix>waiting:<key>, <prefix>inflight:<key>
