@@ -50,10 +50,29 @@ class Timing:
 TIMING: ContextVar[Timing | None] = ContextVar("timing", default=None)  # set by the pipeline
 
 
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"GIF87a", ".gif"),
+    (b"GIF89a", ".gif"),
+    (b"BM", ".bmp"),
+    (b"II*\x00", ".tiff"),
+    (b"MM\x00*", ".tiff"),
+)
+
+
 @dataclass(frozen=True)
 class InputImage:
     name: str
     data: bytes
+
+    @staticmethod
+    def kind_of(data: bytes) -> str | None:
+        """The image's file extension by its signature, or None for what is no image ComfyUI's
+        LoadImage takes (it would otherwise fail late, inside the workflow)."""
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return ".webp"
+        return next((ext for signature, ext in _SIGNATURES if data.startswith(signature)), None)
 
 
 @dataclass(frozen=True)

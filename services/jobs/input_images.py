@@ -1,6 +1,6 @@
 """A job's input images, for plain jobs (`images`: `{name, image}` or `{name, url}`) and
 template calls (an image parameter) alike: base64 (a data URI too) or an envelope v2's
-attachment (bytes) or an http(s) URL, recognized by its signature.
+attachment (bytes) or an http(s) URL, recognized by its signature (InputImage.kind_of).
 
 A URL is fetched through the downloads' SSRF guard, with a size cap and a time limit. Errors say
 what went wrong in words that never repeat the URL or its host: inside an envelope the URL is the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import binascii
 import re
-import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -24,29 +24,16 @@ from services.models import url_guard
 
 Fetch = Callable[[str], bytes]  # the bytes of an image given by URL (`fetch` with the settings)
 _DATA_URI = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
-_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", ".png"),
-    (b"\xff\xd8\xff", ".jpg"),
-    (b"GIF87a", ".gif"),
-    (b"GIF89a", ".gif"),
-    (b"BM", ".bmp"),
-    (b"II*\x00", ".tiff"),
-    (b"MM\x00*", ".tiff"),
-)
 NOT_AN_IMAGE = "is not a PNG, JPEG, WEBP, GIF, BMP or TIFF image"
-
-CHUNK = 256 * 1024
 
 
 def fetch(url: str, settings: Settings) -> bytes:
     """The image's bytes, or `ImageFetchFailed` with a reason that names no part of the URL."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise errors.ImageFetchFailed("the url must be http(s)")
-    deadline = time.monotonic() + settings.image_url_timeout_s
+    cap = int(settings.image_url_max_mb * 1024 * 1024)
     try:
-        response = url_guard.get(
-            url, {}, settings.allow_private_downloads, timeout=settings.image_url_timeout_s
-        )
+        return url_guard.read(url, settings.allow_private_downloads, settings.image_url_timeout_s, cap)
     except errors.UrlNotAllowed:
         raise errors.ImageFetchFailed(
             "the url is not allowed (a private, loopback or link-local address, or no host); "
@@ -54,31 +41,14 @@ def fetch(url: str, settings: Settings) -> bytes:
         ) from None
     except errors.DownloadFailed:
         raise errors.ImageFetchFailed("the server could not be reached") from None
-    with response:
-        if response.status_code != 200:
-            raise errors.ImageFetchFailed(f"the server answered HTTP {response.status_code}")
-        return _body(response, settings, deadline)
-
-
-def _body(response: Any, settings: Settings, deadline: float) -> bytes:
-    """At most IMAGE_URL_MAX_MB, before the deadline."""
-    cap = int(settings.image_url_max_mb * 1024 * 1024)
-    announced = response.headers.get("Content-Length", "")
-    if announced.isdigit() and int(announced) > cap:
-        raise errors.ImageFetchFailed(_too_large(settings))
-    data = bytearray()
-    try:
-        for chunk in response.iter_content(CHUNK):
-            data += chunk
-            if len(data) > cap:
-                raise errors.ImageFetchFailed(_too_large(settings))
-            if time.monotonic() > deadline:
-                raise errors.ImageFetchFailed(_too_slow(settings))
-    except errors.ImageFetchFailed:
-        raise
-    except Exception:  # requests/urllib3 errors of a connection that broke or timed out
-        raise errors.ImageFetchFailed("the transfer broke off or timed out") from None
-    return bytes(data)
+    except url_guard.Unread as exc:
+        reasons = {
+            "status": f"the server answered HTTP {exc.status}",
+            "too_large": _too_large(settings),
+            "too_slow": _too_slow(settings),
+            "broken": "the transfer broke off or timed out",
+        }
+        raise errors.ImageFetchFailed(reasons[exc.reason]) from None
 
 
 def _too_large(settings: Settings) -> str:
@@ -108,10 +78,31 @@ def listed(value: Any, fetch: Fetch | None) -> tuple[InputImage, ...]:
             raise errors.InvalidRequest(f"images[{index}].name repeats an earlier name")
         seen.add(name)
         data = _listed_data(index, name, item, fetch)
-        if extension(data) is None:
+        if InputImage.kind_of(data) is None:
             raise errors.InvalidRequest(f"images[{index}] ({short(name)!r}) {NOT_AN_IMAGE}")
         images.append(InputImage(name=name, data=data))
     return tuple(images)
+
+
+def named(values: dict[str, Any], fetch: Fetch) -> tuple[list[tuple[str, InputImage]], list[tuple[str, str]]]:
+    """A template call's image parameters (name -> value): each one's input image, under a
+    file name of its own, and (name, why) for each that is no image."""
+    images, refused = [], []
+    for name, value in values.items():
+        try:
+            data = given(value, fetch)
+        except errors.ImageFetchFailed as exc:
+            refused.append((name, exc.detail))
+            continue
+        except ValueError:
+            refused.append((name, "is neither base64, a data URI nor an http(s) URL"))
+            continue
+        kind = InputImage.kind_of(data)
+        if kind is None:
+            refused.append((name, NOT_AN_IMAGE))
+            continue
+        images.append((name, InputImage(f"{name}-{uuid.uuid4().hex[:12]}{kind}", data)))
+    return images, refused
 
 
 def given(value: Any, fetch: Fetch) -> bytes:
@@ -133,14 +124,6 @@ def decode_base64(text: Any) -> bytes:
     if not data:
         raise ValueError("empty")
     return data
-
-
-def extension(data: bytes) -> str | None:
-    """The image's kind by its signature, or None: ComfyUI's LoadImage would otherwise fail late,
-    inside the workflow."""
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return ".webp"
-    return next((ext for signature, ext in _SIGNATURES if data.startswith(signature)), None)
 
 
 def _listed_data(index: int, name: str, item: dict, fetch: Fetch | None) -> bytes:

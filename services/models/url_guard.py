@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import time
 from typing import Any
 from urllib.parse import SplitResult, urljoin, urlsplit
 
@@ -18,6 +19,7 @@ from requests.adapters import HTTPAdapter
 
 from services.core import errors
 
+CHUNK = 256 * 1024
 REDIRECTS = (301, 302, 303, 307, 308)
 MAX_REDIRECTS = 5
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
@@ -128,6 +130,40 @@ def get(url: str, headers: dict[str, str], allow_private: bool, timeout: float =
             sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
         current = following
     raise errors.DownloadFailed("too many redirects")
+
+
+class Unread(Exception):
+    """`read` got no whole body: `reason` is `status` (the server's answer was not 200: `status`),
+    `too_large`, `too_slow` or `broken` (the connection broke off or timed out)."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
+def read(url: str, allow_private: bool, timeout: float, cap: int) -> bytes:
+    """The whole body of a checked GET of `url`, at most `cap` bytes within `timeout` seconds.
+    Raises UrlNotAllowed, DownloadFailed (no server reached) or Unread."""
+    deadline = time.monotonic() + timeout
+    with get(url, {}, allow_private, timeout=timeout) as response:
+        if response.status_code != 200:
+            raise Unread("status", response.status_code)
+        announced = response.headers.get("Content-Length", "")
+        if announced.isdigit() and int(announced) > cap:
+            raise Unread("too_large")
+        data = bytearray()
+        try:
+            for chunk in response.iter_content(CHUNK):
+                data += chunk
+                if len(data) > cap:
+                    raise Unread("too_large")
+                if time.monotonic() > deadline:
+                    raise Unread("too_slow")
+        except Unread:
+            raise
+        except Exception:  # requests/urllib3 errors of a connection that broke or timed out
+            raise Unread("broken") from None
+        return bytes(data)
 
 
 def post(

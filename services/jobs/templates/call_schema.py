@@ -7,6 +7,7 @@ import base64
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import jsonschema
@@ -24,6 +25,74 @@ _TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
     }
 )
 Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
+_MESSAGES = {
+    "minimum": "must be at least {}",
+    "maximum": "must be at most {}",
+    "minLength": "must have at least {} characters",
+    "maxLength": "must have at most {} characters",
+}
+_TYPE_WORDS = {
+    "integer": "an integer",
+    "number": "a number",
+    "string": "a string",
+    "boolean": "true or false",
+}
+
+
+def problems(template: Template, sent: dict, validator: Callable[[bool], Any]) -> list[dict]:
+    """Every problem of a call's parameters, in words of our own; `validator(fresh)`: the
+    template's compiled schema (fresh: ComfyUI's live lists asked again, for a value one may
+    have gained since). An envelope v2's attachment (bytes) fits an image parameter only."""
+    misplaced = [
+        n
+        for n, v in sent.items()
+        if isinstance(v, bytes) and n in template.params and template.params[n].kind != "image"
+    ]
+    given = {k: "attachment" if isinstance(v, bytes) else v for k, v in sent.items() if k not in misplaced}
+    found = list(validator(False).iter_errors(given))
+    live = {n for n, p in template.params.items() if p.live}
+    if any(p.validator == "enum" and _param_of(p) in live for p in found):
+        found = list(validator(True).iter_errors(given))  # a new file?
+    details = [_detail(n, "type", "takes no attachment (only an image parameter does)") for n in misplaced]
+    for problem in found:
+        if problem.validator == "additionalProperties":
+            known = ", ".join(template.params)
+            details += [
+                _detail(k, "unknown", f"no such parameter (known: {known})")
+                for k in given
+                if k not in template.params
+            ]
+        elif problem.validator == "required":
+            details += [
+                _detail(n, "required", "is required") for n in problem.validator_value if n not in sent
+            ]
+        else:
+            details.append(_detail(_param_of(problem), problem.validator, _message(problem)))
+    return details
+
+
+def _param_of(problem: Any) -> str | None:
+    return str(problem.absolute_path[0]) if problem.absolute_path else None
+
+
+def _message(problem: Any) -> str:
+    """Words of our own: jsonschema's repeat the value, which may be a user's private prompt."""
+    rule, expected = problem.validator, problem.validator_value
+    if rule in _MESSAGES:
+        return _MESSAGES[rule].format(expected)
+    if rule == "type":
+        return f"must be {_TYPE_WORDS.get(expected, expected)}"
+    if rule == "enum":
+        shown = ", ".join(repr(v) for v in expected[:20]) + (", ..." if len(expected) > 20 else "")
+        return f"must be one of {shown}"
+    if rule == "anyOf":  # the seed
+        top = problem.schema["anyOf"][0]
+        return f'must be an integer from {top.get("minimum", 0)} to {top["maximum"]}, or "random"'
+    return f"breaks {rule}"
+
+
+def _detail(param: str | None, rule: str, message: str) -> dict:
+    return {"param": param, "rule": rule, "message": message}
 
 
 def schema(template: Template, catalog: Catalog | None = None, fresh: bool = False) -> dict:

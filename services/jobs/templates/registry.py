@@ -4,6 +4,7 @@ and names the rejected ones with their reason."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from services.core import errors
-from services.jobs.templates.call_schema import Validator, schema
+from services.jobs.templates.call_schema import Validator, problems, schema
 from services.jobs.templates.catalog import Catalog
 from services.jobs.templates.loading import check, load
 from services.jobs.templates.template import Template, TemplateLoadError
@@ -96,6 +97,14 @@ class Templates:
                 f"template {name!r} was rejected: {reason}" if reason else f"no template {str(name)[:80]!r}"
             )
         return template
+
+    def call_checked(self, name: Any, given: Any, wait_s: float) -> tuple[Template, list[dict]]:
+        """The template `name` serves (else `unknown_template`) and every problem of the call's
+        parameters `given` (call_schema.problems)."""
+        template = self.get(name, wait_s)
+        if not isinstance(given, dict):
+            return template, [{"param": None, "rule": "type", "message": "'params' must be an object"}]
+        return template, problems(template, given, functools.partial(self.validator, template))
 
     def validator(self, template: Template, fresh: bool = False) -> Any:
         """The template's schema, compiled once; `fresh`: with ComfyUI's live lists asked again.
