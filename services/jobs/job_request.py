@@ -7,12 +7,12 @@ ComfyUI answers a non-dict prompt with a bare 500 and a graph export with a conf
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from services.core import errors
 from services.core.config import RESPONSE_FORMATS
 from services.core.job_spec import JobRequest, kind, looks_like_graph_export, validate_workflow
+from services.core.schema_check import Validator
 from services.jobs import input_images
 
 
@@ -47,77 +47,56 @@ def parse(
     )
 
 
-def options(given: dict, *, default_timeout_s: float, no_history_default: bool, output_format: str) -> dict:
-    """A job's options (a plain job's and a template call's alike) as `JobRequest` fields."""
-    return {
-        "no_history": _flag(given, "no_history", no_history_default),
-        "timeout_s": _timeout(given.get("timeout_s"), default_timeout_s),
-        "output_format": _output_format(given.get("output_format"), output_format),
-        "comfy_org_api_key": _api_key(given.get("comfy_org_api_key")),
-        "models": _models(given.get("models")),
-    }
-
-
 MAX_MODELS = 64
 MAX_API_KEY = 4096
+OPTIONS = {  # a job's options, declared once: options() checks a job against it, and the OpenAPI
+    # document shows it (SHAPES); null is an option left out, which takes its default
+    "no_history": {"type": "boolean", "description": "no trace of the job in ComfyUI's history"},
+    "timeout_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "description": "at most JOB_TIMEOUT_S"},
+    "output_format": {"enum": [*RESPONSE_FORMATS, None]},
+    "comfy_org_api_key": {"type": ["string", "null"], "maxLength": MAX_API_KEY},
+    "models": {
+        "type": ["array", "null"],
+        "maxItems": MAX_MODELS,
+        "description": "models to make sure of on the volume first (fetched once, cached), each "
+        "a DownloadItem",
+        "items": {"type": "object"},
+    },
+}
+_REFUSALS = {  # what a broken option is told, in words of our own (never its value: a secret key)
+    "no_history": "'no_history' must be true or false",
+    "timeout_s": "'timeout_s' must be a positive number of seconds",
+    "output_format": f"'output_format' must be one of: {', '.join(RESPONSE_FORMATS)}",
+    "comfy_org_api_key": "'comfy_org_api_key' must be a string (a Comfy.org API key)",
+    "models": f"'models' must be a list of at most {MAX_MODELS} objects: "
+    "{type, url | repo_id+filename+revision?, filename?, sha256?}",
+}
+_CHECK = Validator({"type": "object", "properties": OPTIONS})
 
 
-def _models(models: Any) -> tuple[dict, ...]:
-    if models is None:
-        return ()
-    if (
-        not isinstance(models, list)
-        or len(models) > MAX_MODELS
-        or not all(isinstance(m, dict) for m in models)
-    ):
-        raise errors.InvalidRequest(
-            f"'models' must be a list of at most {MAX_MODELS} objects: "
-            "{type, url | repo_id+filename+revision?, filename?, sha256?}"
-        )
-    return tuple(models)
-
-
-def _flag(options: dict, key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise errors.InvalidRequest(f"'{key}' must be true or false")
-    return value
-
-
-def _timeout(value: Any, default: float) -> float:
-    if value is None:
-        return default
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise errors.InvalidRequest("'timeout_s' must be a positive number of seconds")
-    return min(float(value), default)
-
-
-def _output_format(value: Any, default: str) -> str:
-    if value is None:
-        return default
-    if value not in RESPONSE_FORMATS:
-        raise errors.InvalidRequest(f"'output_format' must be one of: {', '.join(RESPONSE_FORMATS)}")
-    return value
-
-
-def _api_key(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or not value.isprintable() or len(value) > MAX_API_KEY:
-        raise errors.InvalidRequest("'comfy_org_api_key' must be a string (a Comfy.org API key)")
-    return value
+def options(given: dict, *, default_timeout_s: float, no_history_default: bool, output_format: str) -> dict:
+    """A job's options (a plain job's and a template call's alike) as `JobRequest` fields,
+    checked against OPTIONS; the first option broken, in OPTIONS' order, is refused."""
+    broken = {str(p.absolute_path[0]) for p in _CHECK.iter_errors(given) if p.absolute_path}
+    if broken:
+        raise errors.InvalidRequest(next(_REFUSALS[name] for name in OPTIONS if name in broken))
+    timeout_s, api_key = given.get("timeout_s"), given.get("comfy_org_api_key") or None
+    if api_key is not None and not api_key.isprintable():
+        raise errors.InvalidRequest(_REFUSALS["comfy_org_api_key"])
+    return {
+        "no_history": given.get("no_history", no_history_default),
+        "timeout_s": default_timeout_s if timeout_s is None else min(float(timeout_s), default_timeout_s),
+        "output_format": given.get("output_format") or output_format,
+        "comfy_org_api_key": api_key,
+        "models": tuple(given.get("models") or ()),
+    }
 
 
 def _looks_like_workflow(value: dict) -> bool:
     return bool(value) and all(isinstance(node, dict) and "class_type" in node for node in value.values())
 
 
-SHAPES = {  # what parse() and options() check, as the OpenAPI document (services.api.openapi) shows it
+SHAPES = {  # the OpenAPI document's (services.api.openapi): a plain job's options are OPTIONS
     "RunRequest": {
         "description": "A plain job, a bare API-format workflow, or an envelope v1 (v2 is bytes)",
         "oneOf": [
@@ -138,16 +117,7 @@ SHAPES = {  # what parse() and options() check, as the OpenAPI document (service
                             },
                         },
                     },
-                    "no_history": {"type": "boolean"},
-                    "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-                    "output_format": {"enum": list(RESPONSE_FORMATS)},
-                    "comfy_org_api_key": {"type": "string", "maxLength": MAX_API_KEY},
-                    "models": {
-                        "type": "array",
-                        "maxItems": MAX_MODELS,
-                        "description": "models to make sure of on the volume first (fetched once, cached)",
-                        "items": {"$ref": "#/components/schemas/DownloadItem"},
-                    },
+                    **OPTIONS,
                     "webhook": {
                         "type": "string",
                         "maxLength": 2048,
@@ -163,8 +133,7 @@ SHAPES = {  # what parse() and options() check, as the OpenAPI document (service
                 "properties": {
                     "template": {"type": "string"},
                     "params": {"type": "object"},
-                    "no_history": {"type": "boolean"},
-                    "timeout_s": {"type": "number"},
+                    **OPTIONS,
                     "webhook": {"type": "string", "maxLength": 2048},
                 },
             },

@@ -122,7 +122,8 @@ def test_each_instance_runs_one_job_with_the_next_queued_behind_it_and_a_fifth_w
     fifth = submit(stack, empty_image(5, 5, 0x0000FF))
     wait_until(lambda: waiting(stack) == 1, 10, "the fifth job to wait for an instance")
     assert [len(pending(stack, i)) for i in range(2)] == [1, 1]  # no instance holds more than two
-    assert requests.get(f"{stack.url}/jobs/{fifth}", headers=AUTH, timeout=10).json()["state"] == "running"
+    # waiting for an instance, it is queued: a job runs once its prompt left ComfyUI's queue
+    assert requests.get(f"{stack.url}/jobs/{fifth}", headers=AUTH, timeout=10).json()["state"] == "queued"
     for job_id in (first, second, third, fourth, fifth):
         assert ended(stack, job_id)["state"] == "completed"
     wait_until(lambda: nothing_left(stack), 30, "nothing left in either instance")

@@ -112,3 +112,22 @@ def test_bad_timeout(value):
 def test_bad_no_history():
     with pytest.raises(errors.InvalidRequest, match="no_history"):
         parse({"workflow": WORKFLOW, "no_history": "yes"})
+
+
+BROKEN = {
+    "no_history": "yes",
+    "timeout_s": float("nan"),
+    "output_format": "png",
+    "comfy_org_api_key": 5,
+    "models": [1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN))
+def test_each_declared_option_is_checked_as_the_document_shows_it(name):
+    """One declaration: the OpenAPI document shows the very rules the check enforces."""
+    for shape in job_request.SHAPES["RunRequest"]["oneOf"][:2]:  # a plain job, a template call
+        assert shape["properties"][name] == job_request.OPTIONS[name]
+    with pytest.raises(errors.InvalidRequest, match=f"'{name}' must"):
+        parse({"workflow": WORKFLOW, name: BROKEN[name]})
+    parse({"workflow": WORKFLOW, name: None if name != "no_history" else True})  # left out: its default

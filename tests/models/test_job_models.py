@@ -300,7 +300,8 @@ def test_an_encrypted_job_s_model_url_is_in_no_log_record_or_answer(tmp_path, se
             ]
             wait_until(
                 lambda j=job_id: (
-                    requests.get(pod.url + f"/jobs/{j}", timeout=10).json()["state"] != "running"
+                    requests.get(pod.url + f"/jobs/{j}", timeout=10).json()["state"]
+                    in ("completed", "failed")
                 ),
                 30,
                 "the job",

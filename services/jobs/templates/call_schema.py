@@ -4,27 +4,15 @@ OpenAPI document and `GET /templates/<name>` show; with an example body that run
 from __future__ import annotations
 
 import base64
-import math
 import struct
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-import jsonschema
-
+from services.core.schema_check import DIALECT
 from services.jobs.templates.catalog import Catalog
 from services.jobs.templates.template import SEED_MAX, Param, Template
 
-DIALECT = "https://json-schema.org/draft/2020-12/schema"
-_TYPES = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine_many(
-    {  # an integer is an int (1.0 is not), a number is finite, neither is a boolean
-        "integer": lambda _checker, v: isinstance(v, int) and not isinstance(v, bool),
-        "number": lambda _checker, v: (
-            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-        ),
-    }
-)
-Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_TYPES)
 _MESSAGES = {
     "minimum": "must be at least {}",
     "maximum": "must be at most {}",

@@ -21,7 +21,8 @@ from typing import Any
 
 from services.core import errors
 from services.core.job_spec import validate_workflow
-from services.jobs.templates.call_schema import Validator, schema
+from services.core.schema_check import Validator
+from services.jobs.templates.call_schema import schema
 from services.jobs.templates.catalog import Catalog
 from services.jobs.templates.template import (
     KINDS,

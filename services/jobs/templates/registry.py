@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from services.core import errors
-from services.jobs.templates.call_schema import Validator, problems, schema
+from services.core.schema_check import Validator
+from services.jobs.templates.call_schema import problems, schema
 from services.jobs.templates.catalog import Catalog
 from services.jobs.templates.loading import check, load
 from services.jobs.templates.template import Template, TemplateLoadError

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from services.core import errors
+from services.core import errors, schema_check
 from services.jobs.templates import Catalog, Templates, call_schema, loading
 from services.jobs.templates.template import Target, TemplateLoadError
 from tests.comfy_standin.main import NODES
@@ -325,5 +325,5 @@ def test_the_example_body_runs_as_it_is():
     for name in ("noise-card", "soft-webp"):
         template = loading.load(os.path.join(EXAMPLES, name))
         body = call_schema.example(template)
-        assert list(call_schema.Validator(call_schema.schema(template)).iter_errors(body)) == []
+        assert list(schema_check.Validator(call_schema.schema(template)).iter_errors(body)) == []
     assert call_schema.example(loading.load(os.path.join(EXAMPLES, "noise-card")))["seed"] == "random"
