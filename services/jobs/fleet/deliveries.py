@@ -10,31 +10,25 @@ from collections.abc import Mapping
 from services.core import errors, tracing
 from services.jobs import envelopes
 from services.jobs.fleet.records import Records, text
-from services.jobs.fleet.state_store import Error, StateStore
+from services.jobs.fleet.state_store import Error
+from services.jobs.fleet.taken import Part, Pod
 from services.jobs.webhooks import FAILED, PENDING, Delivery, Webhooks
 
 log = logging.getLogger("worker.jobs")
 
 
-class Deliveries:
+class Deliveries(Part):
     def __init__(
-        self,
-        store: StateStore,
-        name: str,
-        records: Records,
-        keyring: envelopes.Keyring | None,
-        webhooks: Webhooks | None,
+        self, pod: Pod, records: Records, keyring: envelopes.Keyring | None, webhooks: Webhooks | None
     ) -> None:
-        self.store = store
-        self.names = store.names
-        self.name = name
+        super().__init__(pod)
         self.records = records
         self.keyring = keyring
         self.webhooks = webhooks
         self.delivering: set[str] = set()  # job ids whose webhook this pod delivers
-        self._claim = store.script("claim_webhook")
-        self._kept = store.script("webhook_kept")
-        self._changed = store.script("webhook_changed")
+        self._claim = pod.store.script("claim_webhook")
+        self._kept = pod.store.script("webhook_kept")
+        self._changed = pod.store.script("webhook_changed")
 
     def send(
         self,

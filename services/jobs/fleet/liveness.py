@@ -22,7 +22,7 @@ from services.core.config import Settings
 from services.jobs.fleet.deliveries import Deliveries
 from services.jobs.fleet.records import Records, dumps, text
 from services.jobs.fleet.state_store import Error, StateStore
-from services.jobs.fleet.taken import TakenJobs
+from services.jobs.fleet.taken import Part, Pod
 
 log = logging.getLogger("worker.jobs")
 GROUP = "workers"  # the stream's one consumer group
@@ -30,26 +30,14 @@ HANDED_BACK = "handed-back"  # the consumer entries a pod let go of wait under
 WATCH_S = 0.25  # how often a pod reads the cancel flags of the jobs it runs
 
 
-class Liveness:
-    def __init__(
-        self,
-        settings: Settings,
-        store: StateStore,
-        name: str,
-        taken: TakenJobs,
-        records: Records,
-        deliveries: Deliveries,
-    ) -> None:
-        self.settings = settings
-        self.store = store
-        self.names = store.names
-        self.name = name
-        self.taken = taken
+class Liveness(Part):
+    def __init__(self, pod: Pod, records: Records, deliveries: Deliveries) -> None:
+        super().__init__(pod)
         self.records = records
         self.deliveries = deliveries
         self.lost = 0  # jobs of silent pods this pod answered worker_lost
-        self._keep = store.script("keep")
-        self._lost = store.script("lost")
+        self._keep = pod.store.script("keep")
+        self._lost = pod.store.script("lost")
         self._next_beat = 0.0  # when the watch round next proves this pod lives
 
     def round(self) -> None:

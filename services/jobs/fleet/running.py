@@ -14,7 +14,6 @@ import logging
 import time
 
 from services.core import errors, json_text, tracing
-from services.core.config import Settings
 from services.core.in_hand import waits_for_its_job
 from services.core.offload import offload
 from services.jobs import outcome, webhooks
@@ -22,8 +21,8 @@ from services.jobs.async_jobs import AsyncJob
 from services.jobs.fleet.deliveries import Deliveries
 from services.jobs.fleet.liveness import GROUP, hand_back
 from services.jobs.fleet.records import Records, dumps, job_of
-from services.jobs.fleet.state_store import Error, StateStore
-from services.jobs.fleet.taken import Taken, TakenJobs
+from services.jobs.fleet.state_store import Error
+from services.jobs.fleet.taken import Part, Pod, Taken
 from services.jobs.pipeline import Pipeline
 
 log = logging.getLogger("worker.jobs")
@@ -34,28 +33,15 @@ _ELSEWHERE = {  # a job that answers one of these goes back to the queue, and wh
 }
 
 
-class Running:
-    def __init__(
-        self,
-        settings: Settings,
-        pipeline: Pipeline,
-        store: StateStore,
-        name: str,
-        taken: TakenJobs,
-        records: Records,
-        deliveries: Deliveries,
-    ) -> None:
-        self.settings = settings
+class Running(Part):
+    def __init__(self, pod: Pod, pipeline: Pipeline, records: Records, deliveries: Deliveries) -> None:
+        super().__init__(pod)
         self.pipeline = pipeline
-        self.store = store
-        self.names = store.names
-        self.name = name
-        self.taken = taken
         self.records = records
         self.deliveries = deliveries
-        self.start_script = store.script("start")
-        self._finish = store.script("finish")
-        self._requeue = store.script("requeue")
+        self.start_script = pod.store.script("start")
+        self._finish = pod.store.script("finish")
+        self._requeue = pod.store.script("requeue")
 
     def run(self, taken: Taken, body_text: bytes, trace: dict[str, str]) -> None:
         """Run a job taken here to its end (in its own greenlet)."""

@@ -21,7 +21,7 @@ from services.jobs.fleet.liveness import GROUP, WATCH_S, Liveness, name_prefix
 from services.jobs.fleet.records import Records, dumps, job_of
 from services.jobs.fleet.running import Running
 from services.jobs.fleet.state_store import Error, StateStore
-from services.jobs.fleet.taken import TakenJobs
+from services.jobs.fleet.taken import Pod, TakenJobs
 from services.jobs.fleet.taking import RETRY_S, Taking
 from services.jobs.pipeline import Pipeline
 from services.jobs.quotas import Quotas, Slot
@@ -51,13 +51,12 @@ class SharedJobs(JobStore):
         self.name = name_prefix(os.getpid()) + uuid.uuid4().hex[:6]
         quotas.held_by(self.name)  # its slots live while this pod does
         self.taken = TakenJobs()
+        pod = Pod(settings, store, self.name, self.taken)
         self.records = Records(settings, store, quotas)
-        self.deliveries = Deliveries(store, self.name, self.records, pipeline.keyring, webhooks)
-        self.running = Running(
-            settings, pipeline, store, self.name, self.taken, self.records, self.deliveries
-        )
-        self.taking = Taking(settings, store, self.name, self.taken, self.running.run, capacity, at_once)
-        self.liveness = Liveness(settings, store, self.name, self.taken, self.records, self.deliveries)
+        self.deliveries = Deliveries(pod, self.records, pipeline.keyring, webhooks)
+        self.running = Running(pod, pipeline, self.records, self.deliveries)
+        self.taking = Taking(pod, self.running.run, capacity, at_once)
+        self.liveness = Liveness(pod, self.records, self.deliveries)
         self._cancel = store.script("cancel")
         self.taking.ensure_group()
         with contextlib.suppress(Error):  # before it can take a job: a pod with no proof of

@@ -1,5 +1,6 @@
-"""The jobs this pod took from the fleet's stream and holds until they end here: shared by the
-taking, the running and the liveness of the pod."""
+"""The jobs this pod took from the fleet's stream and holds until they end here, and the `Pod`
+every part of the store works for: shared by the taking, the running, the liveness and the
+webhook deliveries of the pod."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from services.core.config import Settings
 from services.core.job_spec import Cancel
+from services.jobs.fleet.state_store import StateStore
 
 
 @dataclass(eq=False)
@@ -73,3 +76,23 @@ class TakenJobs:
         """Until a job held here ends or the pod closes, at most `seconds`."""
         self._changed.wait(seconds)
         self._changed.clear()
+
+
+@dataclass(frozen=True)
+class Pod:
+    """This pod process as the fleet knows it: its name (its proof of life's), its settings, its
+    connection, and the jobs it took."""
+
+    settings: Settings
+    store: StateStore
+    name: str
+    taken: TakenJobs
+
+
+class Part:
+    """One concern of the pod's job store (services.jobs.fleet.store), working for `pod`."""
+
+    def __init__(self, pod: Pod) -> None:
+        self.pod = pod
+        self.settings, self.store, self.name, self.taken = pod.settings, pod.store, pod.name, pod.taken
+        self.names = pod.store.names

@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable
 
 from services.core import background, drain, errors, tracing
-from services.core.config import Settings
 from services.jobs.fleet.liveness import GROUP, hand_back
 from services.jobs.fleet.records import text
-from services.jobs.fleet.state_store import Error, StateStore
-from services.jobs.fleet.taken import Taken, TakenJobs
+from services.jobs.fleet.state_store import Error
+from services.jobs.fleet.taken import Part, Pod, Taken
 
 log = logging.getLogger("worker.jobs")
 BLOCK_MS = 1000  # a taking pod waits this long for an entry, then looks at its capacity again
@@ -26,32 +25,21 @@ RETRY_S = 0.5  # after Redis did not answer
 Run = Callable[[Taken, bytes, dict], None]  # runs a job taken here to its end
 
 
-class Taking:
+class Taking(Part):
     """`capacity(own)`: how many more jobs this pod's ComfyUIs would take now, given `own` jobs
     it took (ComfyPool.spare); `at_once(own)`: how many of those would start at once, not queued
     behind a running one (None: all)."""
 
     def __init__(
-        self,
-        settings: Settings,
-        store: StateStore,
-        name: str,
-        taken: TakenJobs,
-        run: Run,
-        capacity: Callable[[int], int],
-        at_once: Callable[[int], int] | None,
+        self, pod: Pod, run: Run, capacity: Callable[[int], int], at_once: Callable[[int], int] | None
     ) -> None:
-        self.settings = settings
-        self.store = store
-        self.names = store.names
-        self.name = name
-        self.taken = taken
+        super().__init__(pod)
         self.run = run
         self.capacity = capacity
         self.at_once = at_once
         self.taken_over = 0  # tickets of silent pods this pod took over
-        self._bind = store.script("bind")
-        self._waited = store.script("waited")
+        self._bind = pod.store.script("bind")
+        self._waited = pod.store.script("waited")
 
     def ensure_group(self) -> None:
         try:
