@@ -18,7 +18,7 @@ run: $(STAMP)
 	$(PY) -m services.container.entrypoint --env-file .env.local
 
 test: lint
-	$(PY) -m pytest -n 3 --dist loadfile
+	$(PY) -m pytest -n 4 --dist loadfile
 
 # The real-ComfyUI tier: COMFYUI_DIR + COMFY_PYTHON when set, else .comfyui/ (make comfyui).
 test-real: $(STAMP)

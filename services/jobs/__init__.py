@@ -10,7 +10,10 @@
     envelopes.seal_answer
 
 Three wings, each with one entry: `envelopes`, `templates`, `fleet`. Async jobs live in a job
-store (`async_jobs.JobStore`): in this process, or in the fleet's Redis (`fleet`). How a job
+store (`async_jobs.JobStore`): in this process, or in the fleet's Redis (`fleet`). The store
+owns a job from its start to its end: its key's name, its quota slot (`quotas.Slot`, kept from
+the request that took it), its drain piece and its trace; a job is `running` in either store
+once its prompt left ComfyUI's queue (JobRequest.on_start). How a job
 ended is named once in `outcome`; `access` reads the keys, `quotas` counts their limits;
 `webhooks` tells a job's URL of its end; `metrics` observes jobs. Guarantees: the pipeline never
 raises and never puts a workflow, prompt or output of an encrypted job into a log, a plaintext
