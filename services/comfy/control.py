@@ -35,7 +35,7 @@ class ComfyControl:
         with self._restarting:
             if self._last_restart_ended > asked:  # another request restarted it meanwhile
                 return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
-            self._cycle()
+            cycle(self.settings)
             self._wait_ready(asked + self._limit())
             self._last_restart_ended = time.monotonic()
         return {"restarted": True, "seconds": round(time.monotonic() - asked, 2)}
@@ -52,22 +52,6 @@ class ComfyControl:
         if self.settings.dry_run:
             raise errors.NotAvailable("DRY_RUN=1: ComfyUI is not run")
 
-    def _cycle(self) -> None:
-        supervisor = supervisor_state.rpc(self.settings.supervisor_socket).supervisor
-        try:
-            supervisor.stopProcess(self.settings.comfy_program, True)
-        except xmlrpc.client.Fault as fault:
-            if "NOT_RUNNING" not in fault.faultString:
-                raise errors.ComfyInitFailed(
-                    f"supervisord would not stop ComfyUI: {fault.faultString}"
-                ) from None
-        try:
-            supervisor.startProcess(self.settings.comfy_program, False)
-        except xmlrpc.client.Fault as fault:
-            raise errors.ComfyInitFailed(
-                f"supervisord would not start ComfyUI: {fault.faultString}"
-            ) from None
-
     def _limit(self) -> float:
         """COMFY_BOOT_TIMEOUT_S, plus JOB_TIMEOUT_S for the warm-up when there is one."""
         warmup = self.settings.job_timeout_s if self.settings.warmup_workflow else 0.0
@@ -80,3 +64,17 @@ class ComfyControl:
                     f"ComfyUI was not ready within {self._limit():g} s of its restart"
                 )
             time.sleep(0.25)
+
+
+def cycle(settings: Settings) -> None:
+    """Stop and start the instance's program through supervisord (its jobs in flight end)."""
+    supervisor = supervisor_state.rpc(settings.supervisor_socket).supervisor
+    try:
+        supervisor.stopProcess(settings.comfy_program, True)
+    except xmlrpc.client.Fault as fault:
+        if "NOT_RUNNING" not in fault.faultString:
+            raise errors.ComfyInitFailed(f"supervisord would not stop ComfyUI: {fault.faultString}") from None
+    try:
+        supervisor.startProcess(settings.comfy_program, False)
+    except xmlrpc.client.Fault as fault:
+        raise errors.ComfyInitFailed(f"supervisord would not start ComfyUI: {fault.faultString}") from None

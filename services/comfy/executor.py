@@ -47,12 +47,13 @@ PROBE_EVERY_S = 0.5  # ... and how often ComfyUI is asked over HTTP without it
 
 
 class NotStarted(Exception):
-    """The job's prompt never ran in this ComfyUI and is not in it now: it may run elsewhere.
-    `error`: the ComfyUI died or restarted under it; None: it was taken back to move."""
+    """The job's prompt never ran in this ComfyUI, or ran in one whose GPU had failed before (so
+    nothing it did counts), and is not in it now: it may run elsewhere. `error`: the ComfyUI
+    died, restarted or failed under it; None: it was taken back to move."""
 
     code = "not_started"  # what its span says
 
-    def __init__(self, error: errors.ComfyRestarted | None) -> None:
+    def __init__(self, error: errors.WorkerError | None) -> None:
         super().__init__(str(error) if error else "moved")
         self.error = error
 
@@ -66,6 +67,7 @@ class _Job:
     files: list[dict] = field(default_factory=list)  # every file an `executed` message named
     submitted: bool = False
     number: int | None = None  # its place in ComfyUI's queue, once ComfyUI accepted it
+    comfy: str | None = None  # the ComfyUI process it was given to (the relay's pid)
     started: bool = False  # ComfyUI told of the prompt running (or ending): it left the queue
     ended: bool = False  # ComfyUI told of its end
     behind: bool = False  # when ComfyUI was lost: a prompt of ours ahead of it had not ended
@@ -84,6 +86,8 @@ class ComfyExecutor:
         self._accepted: list[_Job] = []  # jobs whose prompt ComfyUI accepted, until they answer
         self._lock = threading.Lock()
         self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
+        self._faulted_pid: str | None = None  # the ComfyUI whose GPU failed, until a job ends well
+        self.ooms = 0  # out-of-memory answers in a row
 
     # --- the job -----------------------------------------------------------------------------
     def execute(
@@ -114,6 +118,7 @@ class ComfyExecutor:
                 with tracing.stage("upload", **{"job.images": len(request.images)}):
                     prompt = self.prompts.prompt(request, job.tag, job.prompt_id)
                 job.submitted = True  # the prompt id is ours: whatever happens next, it is swept
+                job.comfy = health.booted_pid(self.settings) or ""
                 with tracing.stage("comfyui.execute"):
                     accepted = self._submit(job, prompt)
                     with self._lock:
@@ -133,8 +138,7 @@ class ComfyExecutor:
                 self.sockets.give_back(job.client_id, ws, keep)
             with tracing.stage("outputs") as read:
                 entry = self.outputs.entry(job.prompt_id)
-                self._last_success = time.monotonic()
-                self.outputs.raise_for(outcome, entry)
+                self._ended(outcome, entry)
                 if request.no_history:
                     return {"status": "ok", "prompt_id": job.prompt_id}
                 outputs = self.outputs.read(entry)
@@ -145,8 +149,8 @@ class ComfyExecutor:
                 "outputs": outputs,
                 "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
             }
-        except errors.ComfyRestarted as error:
-            self._last_success = -READY_TRUST_S  # the next job asks whether ComfyUI is back first
+        except (errors.GpuFault, errors.GpuOutOfMemory, errors.ComfyRestarted) as error:
+            raise self._after(error, job, move) from None
             if move is None or job.started or (job.number is not None and not job.behind):
                 raise  # it ran, or may have: the first prompt in the queue starts at once
             raise NotStarted(error) from None
@@ -156,6 +160,54 @@ class ComfyExecutor:
                     self._accepted.remove(job)
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
+
+    def _after(self, error: errors.WorkerError, job: _Job, move: Callable[[], bool] | None) -> Exception:
+        """What a job raises whose failure says something of its ComfyUI: NotStarted when it
+        may run again (given `move`: the pool's), else the error."""
+        if isinstance(error, errors.GpuOutOfMemory):
+            self.ooms += 1
+            return error
+        if isinstance(error, errors.GpuFault):
+            if not self._first_fault(job) and move is not None:  # not this job's doing
+                return NotStarted(error)
+            return error
+        self._last_success = -READY_TRUST_S  # the next job asks whether ComfyUI is back first
+        if move is not None and self._faulted_pid is not None:  # restarted for its failed GPU
+            return NotStarted(error)
+        if move is None or job.started or (job.number is not None and not job.behind):
+            return error  # it ran, or may have: the first prompt in the queue starts at once
+        return NotStarted(error)
+
+    def _first_fault(self, job: _Job) -> bool:
+        """Whether the job's fault is the first in its ComfyUI process, which lost its CUDA
+        context then: every later prompt there failed for that. The jobs ComfyUI ran before
+        it (a lower queue number) are answered first, so that two threads seeing faults at
+        once agree which came first."""
+        limit = time.monotonic() + END_GRACE_S
+        while True:
+            with self._lock:
+                if self._faulted_pid is not None and self._faulted_pid == job.comfy:
+                    return False
+                earlier = any(
+                    other is not job and other.number is not None and other.number < (job.number or 0)
+                    for other in self._accepted
+                )
+                if not earlier or time.monotonic() >= limit:
+                    self._faulted_pid = job.comfy
+                    return True
+            time.sleep(BOOT_POLL_S)
+
+    def _ended(self, outcome: Outcome, entry: dict) -> None:
+        """ComfyUI ran the prompt to its end, so it answers: its failure is raised; a success
+        clears what its GPU's failures were counting."""
+        self._last_success = time.monotonic()
+        self.outputs.raise_for(outcome, entry)
+        self._faulted_pid, self.ooms = None, 0
+
+    def faulted(self) -> bool:
+        """A device fault was seen in the ComfyUI that runs now: its CUDA context is lost, so it
+        takes no job and nothing it runs counts until it has restarted."""
+        return self._faulted_pid is not None and self._faulted_pid == health.booted_pid(self.settings)
 
     def _submit(self, job: _Job, prompt: dict) -> dict:
         """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
@@ -181,9 +233,14 @@ class ComfyExecutor:
         """A cold start may still be booting ComfyUI: wait for it, within the job's time. Right
         after a job that went through, skip the probe (a ComfyUI that died since is noticed by
         the job's own calls)."""
-        if time.monotonic() - self._last_success < READY_TRUST_S:
+        if self._faulted_pid is None and time.monotonic() - self._last_success < READY_TRUST_S:
             return
-        if not self.until_answers(min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)):
+        limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
+        while self.faulted():  # it answers, but its GPU failed: wait for its restart
+            if time.monotonic() >= limit:
+                raise errors.ComfyInitFailed("ComfyUI did not restart in time after its GPU failed")
+            time.sleep(BOOT_POLL_S)
+        if not self.until_answers(limit):
             raise errors.ComfyInitFailed("ComfyUI did not answer on its port in time")
 
     def until_answers(self, limit: float) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from services.comfy import device_faults
 from services.comfy.cleanup import local_path
 from services.comfy.client import ComfyClient
 from services.core import errors
@@ -46,6 +47,11 @@ class Outputs:
         from_history = outcome_of(entry)
         error = outcome.error or from_history.error
         if error:
+            kind = device_faults.kind_of(error)
+            if kind == device_faults.DEVICE_FAULT:
+                raise errors.GpuFault("the GPU failed under the job; its ComfyUI restarts, try again")
+            if kind == device_faults.OUT_OF_MEMORY:
+                raise errors.GpuOutOfMemory("the GPU ran out of memory for this job; try a smaller one")
             node = f"node {error.get('node_id')} ({error.get('node_type')})"
             message = str(error.get("exception_message", "")).strip().splitlines()
             raise errors.ExecutionFailed(f"{node}: {message[0] if message else 'failed'}")

@@ -13,6 +13,9 @@ another instance, or on its own once it is back): only the running job answers
 `comfy_restarted`. Every instance has its own executor (sockets, clean-up, warm-up gate), so a
 crash, a hang, a cancel or a clean-up reaches only the jobs on it. An instance whose program
 supervisord gave up on (FATAL), or the watchdog stopped, is out until it runs again.
+An instance whose GPU failed under a job (`gpu_fault`, services.comfy.device_faults) is
+restarted and takes nothing until then; its other jobs run again, and after
+OOM_RESTART_AFTER out-of-memory answers in a row it is restarted too.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 from services.comfy import health
 from services.comfy.executor import ComfyExecutor, NotStarted
 from services.comfy.warmup import Warmup
-from services.core import errors, tracing
+from services.core import background, errors, tracing
 from services.core.config import Settings
 from services.core.job_spec import TIMING, Cancel, JobRequest, Progress
 from services.core.turns import Turns
@@ -136,8 +139,8 @@ class ComfyPool:
                         back.error or "another instance is idle",
                     )
                     again = True
-                except errors.ComfyRestarted:
-                    self._changed_instances()
+                except (errors.ComfyRestarted, errors.GpuFault, errors.GpuOutOfMemory) as error:
+                    self._after(instance, error)
                     raise
                 finally:
                     ran += time.monotonic() - taken
@@ -152,6 +155,27 @@ class ComfyPool:
                     timing.instance, timing.waited_s, timing.ran_s = instance.number, waited, ran
                 for timed in self._timers:
                     timed(waited, ran)
+
+    def _after(self, instance: Instance, error: errors.WorkerError) -> None:
+        """A ComfyUI that died is looked at again; a device fault restarts the instance, and so
+        do OOM_RESTART_AFTER out-of-memory answers in a row (fragmented or leaked memory that
+        only a restart clears)."""
+        if isinstance(error, errors.ComfyRestarted):
+            self._changed_instances()
+        elif isinstance(error, errors.GpuFault):
+            self._restart(instance, "its GPU failed under a job")
+        elif instance.executor.ooms >= self.settings.oom_restart_after:
+            instance.executor.ooms = 0
+            self._restart(instance, f"{self.settings.oom_restart_after} out-of-memory answers in a row")
+
+    def _restart(self, instance: Instance, why: str) -> None:
+        """Restart the instance's ComfyUI (a new process gets a new CUDA context) without
+        holding up the job's answer; until then it takes nothing (`ComfyExecutor.faulted`)."""
+        log.error("instance %d: %s -> restarting its ComfyUI", instance.number, why)
+        from services.comfy import control  # supervisord's client: only once it is needed
+
+        background.start("comfy-restart", control.cycle, instance.settings)
+        self._changed_instances()
 
     def _changed_instances(self) -> None:
         for changed in self._watchers:
@@ -275,7 +299,8 @@ def _takes(instance: Instance, state: tuple[str, int], now: bool = False) -> boo
     name, pid = state
     if not now:
         return not health.out(name)
-    return health.ready(instance.settings, {"statename": name, "pid": pid}, instance.warmup)
+    info = {"statename": name, "pid": pid}
+    return health.ready(instance.settings, info, instance.warmup) and not instance.executor.faulted()
 
 
 def _check(request: JobRequest, deadline: float, cancel: Cancel | None) -> None:

@@ -97,6 +97,7 @@ class Settings:
     watch_probe_timeout_s: float = 3.0
     watch_max_exits: int = 5
     watch_exit_window_s: float = 300.0
+    oom_restart_after: int = 3  # out-of-memory answers in a row on one instance that restart it
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
@@ -528,6 +529,7 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "WATCH_PROBE_TIMEOUT_S": ("watch_probe_timeout_s", _positive_float),
     "WATCH_MAX_EXITS": ("watch_max_exits", _int_range(1, 1000)),
     "WATCH_EXIT_WINDOW_S": ("watch_exit_window_s", _positive_float),
+    "OOM_RESTART_AFTER": ("oom_restart_after", _int_range(1, 1000)),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),

@@ -223,6 +223,22 @@ class NotStartedHere(WorkerError):
     retry_after_s = 5
 
 
+class GpuFault(WorkerError):
+    """The GPU failed under the job (a CUDA fault): its ComfyUI restarts; the same job may run
+    again on a healthy instance."""
+
+    code = "gpu_fault"
+    http_status = 503
+    retry_after_s = 5
+
+
+class GpuOutOfMemory(WorkerError):
+    """The GPU ran out of memory for this job: a smaller one (size, batch) may fit."""
+
+    code = "gpu_out_of_memory"
+    http_status = 503
+
+
 class ComfyProtocolError(WorkerError):
     code = "comfy_error"
     http_status = 502

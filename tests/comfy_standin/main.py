@@ -9,6 +9,12 @@ nodes of the last prompt are not run again), and offers knobs as extra node clas
   StandinSlow {image, seconds, steps}  sleeps in `steps` ticks, sending `progress` (interruptible)
   StandinFail {image, message}         raises -> execution_error
   StandinCrash {image}                 the process dies (os._exit)
+  GpuFault {image, fault, poison}      as tests/gpu_fault_node.py does in the real ComfyUI:
+                                       raises what torch raises for `fault` (a CUDA fault:
+                                       torch.AcceleratorError; out_of_memory:
+                                       torch.OutOfMemoryError); with `poison`, every later node
+                                       in this process fails the same way, as after a lost
+                                       CUDA context
   StandinHang {image}                  the whole server stops answering (HTTP and websocket)
   StandinDropSockets {image, seconds, refuse_seconds}
                                        closes every websocket, refuses new ones for
@@ -67,6 +73,47 @@ class Interrupted(Exception):
 
 class NodeFailure(Exception):
     pass
+
+
+class AcceleratorError(RuntimeError):  # torch.AcceleratorError (torch >= 2.8), as ComfyUI names it
+    __module__ = "torch"
+
+
+class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError
+    __module__ = "torch"
+
+
+_CUDA_TAIL = (
+    "\nCUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace "
+    "below might be incorrect.\nFor debugging consider passing CUDA_LAUNCH_BLOCKING=1\nCompile with "
+    "`TORCH_USE_CUDA_DSA` to enable device-side assertions.\n"
+)
+GPU_FAULTS = {  # torch 2.14's messages (c10/cuda/CUDAException, the caching allocator)
+    "illegal_memory_access": (
+        AcceleratorError,
+        "CUDA error: an illegal memory access was encountered" + _CUDA_TAIL,
+    ),
+    "device_side_assert": (AcceleratorError, "CUDA error: device-side assert triggered" + _CUDA_TAIL),
+    "no_kernel_image": (
+        AcceleratorError,
+        "CUDA error: no kernel image is available for execution on the device" + _CUDA_TAIL,
+    ),
+    "out_of_memory": (
+        OutOfMemoryError,
+        "CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 23.55 GiB of which "
+        "3.12 GiB is free. Of the allocated memory 19.80 GiB is allocated by PyTorch, and 120.00 MiB is "
+        "reserved by PyTorch but unallocated.",
+    ),
+}
+OOM_TIPS = (  # what ComfyUI's execution.py appends to an OOM's message
+    "This error means you ran out of memory on your GPU.\n\nTIPS: If the workflow worked before you might "
+    "have accidentally set the batch_size to a large number."
+)
+
+
+def full_type_name(kind: type) -> str:
+    """ComfyUI's name of an exception's type (execution.py full_type_name)."""
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
 # --- node definitions (input specs as ComfyUI's object_info reports them) -----------------------
@@ -193,6 +240,10 @@ NODES: dict[str, dict] = {
         {"image": ["IMAGE"], "message": ["STRING", {"default": "standin failure"}]}, ["IMAGE"]
     ),
     "StandinCrash": spec({"image": ["IMAGE"]}, ["IMAGE"]),
+    "GpuFault": spec(
+        {"image": ["IMAGE"], "fault": [sorted(GPU_FAULTS)], "poison": ["BOOLEAN", {"default": False}]},
+        ["IMAGE"],
+    ),
     "StandinHang": spec({"image": ["IMAGE"]}, ["IMAGE"]),
     "StandinDropSockets": spec(
         {
@@ -249,6 +300,7 @@ class Server:
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pickup_s = float(os.environ.get("STANDIN_PICKUP_SECONDS", "0"))
+        self.poisoned: str | None = None  # the GPU fault every node now fails with (GpuFault)
 
     # --- messaging ---------------------------------------------------------------------------
     def send(self, kind: str, data: dict, sid: str | None) -> None:
@@ -490,6 +542,9 @@ class Server:
                 if cached:  # only output nodes say anything: their old `executed`
                     result, ui = self.cache[sig]
                 else:
+                    if self.poisoned is not None:  # the lost context fails every computation
+                        error, message = GPU_FAULTS[self.poisoned]
+                        raise error(message)
                     self.running_node = nid
                     self._progress_state(prompt_id, nid, "running", sid)
                     self.send("executing", {"node": nid, "display_node": nid, "prompt_id": prompt_id}, sid)
@@ -527,8 +582,8 @@ class Server:
                     "node_id": current,
                     "node_type": prompt[current]["class_type"],
                     "executed": executed,
-                    "exception_message": str(exc),
-                    "exception_type": type(exc).__name__,
+                    "exception_message": f"{exc}\n{OOM_TIPS if isinstance(exc, OutOfMemoryError) else ''}",
+                    "exception_type": full_type_name(type(exc)),
                     "traceback": [f'  File "standin.py", in {prompt[current]["class_type"]}\n'],
                     "current_inputs": {},
                     "current_outputs": [],
@@ -699,6 +754,11 @@ class Server:
             raise NodeFailure(str(inputs.get("message", "standin failure")))
         if kind == "StandinCrash":
             os._exit(1)
+        if kind == "GpuFault":
+            if inputs.get("poison"):
+                self.poisoned = str(inputs["fault"])
+            error, message = GPU_FAULTS[str(inputs["fault"])]
+            raise error(message)
         if kind == "StandinHang":
             assert self.loop is not None
             self.loop.call_soon_threadsafe(time.sleep, 3600)
