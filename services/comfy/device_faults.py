@@ -12,6 +12,12 @@ torch).
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections.abc import Callable
+
+from services.comfy import health
+from services.core.config import Settings
 
 DEVICE_FAULT = "device_fault"
 OUT_OF_MEMORY = "out_of_memory"
@@ -44,3 +50,58 @@ def kind_of(error: dict) -> str | None:
     if kind in _RAISED_AS and _FAULTS.search(message):
         return DEVICE_FAULT
     return None
+
+
+class GpuRecord:
+    """What one instance's failed prompts say of its GPU: the ComfyUI process (the relay's pid)
+    whose GPU failed, until a job ends well, and the out-of-memory answers in a row."""
+
+    ORDER_WAIT_S = 3.0  # how long a fault waits for the answers of prompts that ran before it
+    POLL_S = 0.01
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.faulted_in: str | None = None
+        self.ooms = 0
+        self._lock = threading.Lock()
+
+    def faulted(self, pid: str | None = None) -> bool:
+        """A fault was seen in the ComfyUI process that runs now (`pid`: the relay's, read from
+        its ready file when not given): its CUDA context is lost, so it takes no job and nothing
+        it runs counts until it has restarted."""
+        current = health.booted_pid(self.settings) if pid is None else pid
+        return self.faulted_in is not None and self.faulted_in == current
+
+    def restarting(self) -> bool:
+        """A fault was seen and no job has ended well since: the ComfyUI that went away under a
+        job was restarted for its GPU, not by the job."""
+        return self.faulted_in is not None
+
+    def first_fault(self, comfy: str, earlier: Callable[[], bool]) -> bool:
+        """Whether a fault in process `comfy` is its first: every later prompt there failed
+        for it. `earlier()`: a prompt ComfyUI ran before this one is still to be answered; its
+        answer is waited for (a while), so that two jobs seeing faults at once agree which came
+        first."""
+        limit = time.monotonic() + self.ORDER_WAIT_S
+        while True:
+            with self._lock:
+                if self.faulted_in == comfy:
+                    return False
+                if time.monotonic() >= limit or not earlier():
+                    self.faulted_in = comfy
+                    return True
+            time.sleep(self.POLL_S)
+
+    def out_of_memory(self) -> bool:
+        """One more out-of-memory answer; True when OOM_RESTART_AFTER came in a row (restart it;
+        the count starts again)."""
+        with self._lock:
+            self.ooms += 1
+            if self.ooms < self.settings.oom_restart_after:
+                return False
+            self.ooms = 0
+            return True
+
+    def went_well(self) -> None:
+        with self._lock:
+            self.faulted_in, self.ooms = None, 0

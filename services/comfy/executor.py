@@ -6,19 +6,20 @@ socket is gone) -> read the history and the outputs (outputs). Whatever the
 ending, `cleanup` then takes the history entry, inputs and outputs, after the answer.
 
 The websocket of a job that ended normally stays open for the next one: its messages carry
-prompt ids, so what arrives late for an earlier prompt is ignored.
+prompt ids, so what arrives late for an earlier prompt is ignored. Where a prompt is in
+ComfyUI's queue, and taking it out, is `prompt_queue`'s; what a failed prompt says of the GPU
+is `device_faults`' (a job after the first fault in a ComfyUI process runs again elsewhere).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from services.comfy import health
 from services.comfy.cleanup import Cleanup, files_of
@@ -30,8 +31,10 @@ from services.comfy.client import (
     Sockets,
     describe_validation_error,
 )
+from services.comfy.device_faults import GpuRecord
 from services.comfy.outputs import Outcome, Outputs, outcome_of
 from services.comfy.prompt_inputs import Prompts
+from services.comfy.prompt_queue import PromptJob, PromptQueue
 from services.core import errors, tracing
 from services.core.config import Settings
 from services.core.job_spec import Cancel, JobRequest, Progress
@@ -39,7 +42,6 @@ from services.core.job_spec import Cancel, JobRequest, Progress
 log = logging.getLogger("worker.comfy")
 
 RECV_TICK_S = 0.5  # how often a silent wait checks cancel and the deadline
-END_GRACE_S = 3.0  # after an interrupt, how long to wait for the prompt's end (then `cleanup` watches)
 LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 BOOT_POLL_S = 0.01  # while ComfyUI boots: how often the relay's ready file is looked at
@@ -58,22 +60,6 @@ class NotStarted(Exception):
         self.error = error
 
 
-@dataclass(eq=False)
-class _Job:
-    request: JobRequest
-    prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    tag: str = field(default_factory=lambda: f"job-{uuid.uuid4().hex[:16]}")  # its input subfolder
-    client_id: str = ""
-    files: list[dict] = field(default_factory=list)  # every file an `executed` message named
-    submitted: bool = False
-    number: int | None = None  # its place in ComfyUI's queue, once ComfyUI accepted it
-    comfy: str | None = None  # the ComfyUI process it was given to (the relay's pid)
-    started: bool = False  # ComfyUI told of the prompt running (or ending): it left the queue
-    ended: bool = False  # ComfyUI told of its end
-    behind: bool = False  # when ComfyUI was lost: a prompt of ours ahead of it had not ended
-    unanswered: bool = False  # ComfyUI stopped answering: leave its history to a later sweep
-
-
 class ComfyExecutor:
     def __init__(self, settings: Settings, client: ComfyClient | None = None) -> None:
         self.settings = settings
@@ -81,13 +67,13 @@ class ComfyExecutor:
         self.cleanup = Cleanup(settings, self.client)
         self.prompts = Prompts(settings, self.client)
         self.outputs = Outputs(settings, self.client)
+        self.queue = PromptQueue(self.client)
         self._last_success = -READY_TRUST_S  # when ComfyUI last ran a prompt of ours to its end
         self.sockets = Sockets(self.client, RECV_TICK_S)
-        self._accepted: list[_Job] = []  # jobs whose prompt ComfyUI accepted, until they answer
+        self._accepted: list[PromptJob] = []  # jobs whose prompt ComfyUI accepted, until they answer
         self._lock = threading.Lock()
         self.gate: Callable[[float], None] | None = None  # set by the warm-up (services.comfy.warmup)
-        self._faulted_pid: str | None = None  # the ComfyUI whose GPU failed, until a job ends well
-        self.ooms = 0  # out-of-memory answers in a row
+        self.gpu = GpuRecord(settings)  # what its failed prompts say of its GPU
 
     # --- the job -----------------------------------------------------------------------------
     def execute(
@@ -104,7 +90,7 @@ class ComfyExecutor:
         `move`: asked while the prompt waits in ComfyUI's queue; True takes it out to run
         elsewhere. Given, a job whose ComfyUI died before its prompt started raises NotStarted
         rather than comfy_restarted (the pool runs it again)."""
-        job = _Job(request)
+        job = PromptJob(request)
         deadline = time.monotonic() + request.timeout_s if deadline is None else deadline
         entry: dict | None = None
         self.cleanup.begin()
@@ -125,7 +111,7 @@ class ComfyExecutor:
                         job.number = accepted.get("number")
                         self._accepted.append(job)
                     if accepted.get("node_errors"):  # ComfyUI queued the valid outputs only
-                        self._stop(job)
+                        self.queue.stop(job)
                         with contextlib.suppress(errors.WorkerError):  # the validation error is the answer
                             entry = self.client.history(job.prompt_id)  # what that part wrote, to clean up
                         raise errors.WorkflowValidationFailed(
@@ -133,7 +119,7 @@ class ComfyExecutor:
                         )
                     outcome = self._follow(job, ws, deadline, progress, cancel, move)
                 keep = outcome.on_socket
-                self._started(job)  # it ran, even when no message said it started
+                job.mark_started()  # it ran, even when no message said it started
             finally:
                 self.sockets.give_back(job.client_id, ws, keep)
             with tracing.stage("outputs") as read:
@@ -149,7 +135,7 @@ class ComfyExecutor:
                 "outputs": outputs,
                 "history": {"status": entry.get("status"), "outputs": entry.get("outputs")},
             }
-        except (errors.GpuFault, errors.GpuOutOfMemory, errors.ComfyRestarted) as error:
+        except (errors.GpuFault, errors.ComfyRestarted) as error:
             raise self._after(error, job, move) from None
             if move is None or job.started or (job.number is not None and not job.behind):
                 raise  # it ran, or may have: the first prompt in the queue starts at once
@@ -161,55 +147,34 @@ class ComfyExecutor:
             prompt_id = job.prompt_id if job.submitted else None
             self.cleanup.end(job.tag, prompt_id, entry, job.files, sweep=not job.unanswered)
 
-    def _after(self, error: errors.WorkerError, job: _Job, move: Callable[[], bool] | None) -> Exception:
+    def _after(self, error: errors.WorkerError, job: PromptJob, move: Callable[[], bool] | None) -> Exception:
         """What a job raises whose failure says something of its ComfyUI: NotStarted when it
         may run again (given `move`: the pool's), else the error."""
-        if isinstance(error, errors.GpuOutOfMemory):
-            self.ooms += 1
-            return error
         if isinstance(error, errors.GpuFault):
-            if not self._first_fault(job) and move is not None:  # not this job's doing
-                return NotStarted(error)
-            return error
+            first = self.gpu.first_fault(job.comfy or "", functools.partial(self._earlier, job))
+            return error if first or move is None else NotStarted(error)  # not this job's doing
         self._last_success = -READY_TRUST_S  # the next job asks whether ComfyUI is back first
-        if move is not None and self._faulted_pid is not None:  # restarted for its failed GPU
+        if move is not None and self.gpu.restarting():  # restarted for its failed GPU
             return NotStarted(error)
         if move is None or job.started or (job.number is not None and not job.behind):
             return error  # it ran, or may have: the first prompt in the queue starts at once
         return NotStarted(error)
 
-    def _first_fault(self, job: _Job) -> bool:
-        """Whether the job's fault is the first in its ComfyUI process, which lost its CUDA
-        context then: every later prompt there failed for that. The jobs ComfyUI ran before
-        it (a lower queue number) are answered first, so that two threads seeing faults at
-        once agree which came first."""
-        limit = time.monotonic() + END_GRACE_S
-        while True:
-            with self._lock:
-                if self._faulted_pid is not None and self._faulted_pid == job.comfy:
-                    return False
-                earlier = any(
-                    other is not job and other.number is not None and other.number < (job.number or 0)
-                    for other in self._accepted
-                )
-                if not earlier or time.monotonic() >= limit:
-                    self._faulted_pid = job.comfy
-                    return True
-            time.sleep(BOOT_POLL_S)
+    def _earlier(self, job: PromptJob) -> bool:
+        """Whether a prompt of ours that ComfyUI ran before the job's is still to be answered."""
+        with self._lock:
+            return any(
+                o is not job and o.number is not None and o.number < (job.number or 0) for o in self._accepted
+            )
 
     def _ended(self, outcome: Outcome, entry: dict) -> None:
         """ComfyUI ran the prompt to its end, so it answers: its failure is raised; a success
-        clears what its GPU's failures were counting."""
+        clears what the GPU's failures were counting."""
         self._last_success = time.monotonic()
         self.outputs.raise_for(outcome, entry)
-        self._faulted_pid, self.ooms = None, 0
+        self.gpu.went_well()
 
-    def faulted(self) -> bool:
-        """A device fault was seen in the ComfyUI that runs now: its CUDA context is lost, so it
-        takes no job and nothing it runs counts until it has restarted."""
-        return self._faulted_pid is not None and self._faulted_pid == health.booted_pid(self.settings)
-
-    def _submit(self, job: _Job, prompt: dict) -> dict:
+    def _submit(self, job: PromptJob, prompt: dict) -> dict:
         """POST the prompt. A ComfyUI that does not answer it in time but answers /system_stats
         is busy, not dead: `comfy_busy`, and whatever it queues late is taken out again."""
         try:
@@ -223,7 +188,7 @@ class ComfyExecutor:
         except ComfyUnreachable:
             if not self.client.ready(timeout=2.0):
                 raise
-            self._stop(job)
+            self.queue.stop(job)
             raise errors.ComfyBusy(
                 f"ComfyUI answers but took no prompt within {self.settings.comfy_submit_timeout_s:g} s "
                 "(COMFY_SUBMIT_TIMEOUT_S); try again"
@@ -233,10 +198,10 @@ class ComfyExecutor:
         """A cold start may still be booting ComfyUI: wait for it, within the job's time. Right
         after a job that went through, skip the probe (a ComfyUI that died since is noticed by
         the job's own calls)."""
-        if self._faulted_pid is None and time.monotonic() - self._last_success < READY_TRUST_S:
+        if not self.gpu.restarting() and time.monotonic() - self._last_success < READY_TRUST_S:
             return
         limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
-        while self.faulted():  # it answers, but its GPU failed: wait for its restart
+        while self.gpu.faulted():  # it answers, but its GPU failed: wait for its restart
             if time.monotonic() >= limit:
                 raise errors.ComfyInitFailed("ComfyUI did not restart in time after its GPU failed")
             time.sleep(BOOT_POLL_S)
@@ -262,7 +227,7 @@ class ComfyExecutor:
     # --- waiting for the end ------------------------------------------------------------------
     def _follow(
         self,
-        job: _Job,
+        job: PromptJob,
         ws: Socket,
         deadline: float,
         progress: Progress | None,
@@ -273,7 +238,7 @@ class ComfyExecutor:
         try:
             while not outcome.done:
                 self._check_limits(job, deadline, cancel)
-                if move is not None and self._waits_behind(job) and move() and self._withdraw(job):
+                if move is not None and self._waits_behind(job) and move() and self.queue.withdraw(job):
                     raise NotStarted(None)
                 try:
                     raw = current.receive()
@@ -291,7 +256,7 @@ class ComfyExecutor:
             if current is not None and current is not ws:
                 current.close()
 
-    def _on_message(self, job: _Job, raw: str, outcome: Outcome, progress: Progress | None) -> None:
+    def _on_message(self, job: PromptJob, raw: str, outcome: Outcome, progress: Progress | None) -> None:
         try:
             message = json.loads(raw)
             kind, data = message["type"], message["data"]
@@ -299,7 +264,7 @@ class ComfyExecutor:
             return
         if not isinstance(data, dict) or data.get("prompt_id") != job.prompt_id:
             return
-        self._started(job)  # only a prompt that left the queue is told of
+        job.mark_started()  # only a prompt that left the queue is told of
         if kind == "executed":
             job.files.extend(files_of({"outputs": {"node": data.get("output")}}))
         elif kind == "executing":
@@ -314,14 +279,7 @@ class ComfyExecutor:
         elif kind == "execution_interrupted":
             outcome.interrupted = True
 
-    @staticmethod
-    def _started(job: _Job) -> None:
-        if not job.started:
-            job.started = True
-            if job.request.on_start is not None:
-                job.request.on_start()
-
-    def _behind(self, job: _Job) -> bool:
+    def _behind(self, job: PromptJob) -> bool:
         """Whether an accepted prompt of ours that had not ended is ahead of `job`'s in ComfyUI's
         queue (ComfyUI runs one prompt at a time, the lowest number first): then `job`'s had
         not started. Asked the moment the job's socket breaks, before the other job answers."""
@@ -331,13 +289,13 @@ class ComfyExecutor:
                 for other in self._accepted
             )
 
-    def _waits_behind(self, job: _Job) -> bool:
+    def _waits_behind(self, job: PromptJob) -> bool:
         """Whether the job's prompt waits behind another of ours that runs: only then may it
         move. A lone prompt ComfyUI has not picked up yet (its clean-up after the last prompt
         takes a while) starts next where it is."""
         return not job.started and self._behind(job)
 
-    def _reconnect(self, job: _Job) -> Socket | None:
+    def _reconnect(self, job: PromptJob) -> Socket | None:
         """A dropped socket: reconnect with the same client id, or give up and poll."""
         for _ in range(3):
             try:
@@ -349,14 +307,14 @@ class ComfyExecutor:
             if self.client.history(job.prompt_id) is not None:  # it ended while we were away
                 ws.close()
                 return None
-            if not self._known_to_queue(job):
+            if not self.queue.known(job):
                 ws.close()
                 raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
             return ws
         log.info("websocket lost; polling the history")
         return None
 
-    def _poll(self, job: _Job, deadline: float, cancel: Cancel | None) -> Outcome:
+    def _poll(self, job: PromptJob, deadline: float, cancel: Cancel | None) -> Outcome:
         unreachable_since: float | None = None
         while True:
             self._check_limits(job, deadline, cancel)
@@ -364,7 +322,7 @@ class ComfyExecutor:
                 entry = self.client.history(job.prompt_id)
                 if entry is not None:
                     return outcome_of(entry)
-                if not self._known_to_queue(job):
+                if not self.queue.known(job):
                     raise errors.ComfyRestarted("ComfyUI restarted and lost the job")
                 unreachable_since = None
             except ComfyUnreachable:
@@ -373,58 +331,13 @@ class ComfyExecutor:
                     raise errors.ComfyRestarted("ComfyUI stopped answering under the job") from None
             time.sleep(0.25)
 
-    def _known_to_queue(self, job: _Job) -> bool:
-        queue = self.client.queue()
-        if _listed(queue, "queue_running", job):
-            self._started(job)
-            return True
-        if _listed(queue, "queue_pending", job):
-            return True
-        return self.client.history(job.prompt_id) is not None  # finished between the two calls
-
-    def _withdraw(self, job: _Job) -> bool:
-        """Take a prompt that waits in ComfyUI's queue out of it. False when it started in the
-        meantime (ComfyUI moves a prompt from its queue to running, and from running to its
-        history, under one lock: after the delete it is in one of them or gone)."""
-        try:
-            self.client.delete_from_queue(job.prompt_id)
-            if self._known_to_queue(job):
-                self._started(job)  # not pending after the delete: running or ended; keep it
-                return False
-        except errors.WorkerError:
-            return False  # the job's own wait finds out what became of ComfyUI
-        return True
-
-    def _check_limits(self, job: _Job, deadline: float, cancel: Cancel | None) -> None:
+    def _check_limits(self, job: PromptJob, deadline: float, cancel: Cancel | None) -> None:
         if cancel is not None and cancel.is_set():
-            self._stop(job)
+            self.queue.stop(job)
             raise cancel.error
         if time.monotonic() >= deadline:
-            self._stop(job)
+            self.queue.stop(job)
             raise errors.JobTimeout(f"the job did not finish within {job.request.timeout_s:g} s")
-
-    def _stop(self, job: _Job) -> None:
-        """Take the prompt out of ComfyUI: delete it when pending, interrupt it when running,
-        and wait briefly for its end so that its history entry can be deleted too."""
-        try:
-            queue = self.client.queue()
-            if _listed(queue, "queue_pending", job):
-                self.client.delete_from_queue(job.prompt_id)
-                queue = self.client.queue()  # it may have started before the delete (as in _withdraw)
-            if _listed(queue, "queue_running", job):
-                self._started(job)  # it left the queue: a fleet job is started, not handed on
-                self.client.interrupt(job.prompt_id)
-                limit = time.monotonic() + END_GRACE_S
-                while time.monotonic() < limit and self.client.history(job.prompt_id) is None:
-                    time.sleep(0.1)
-        except errors.WorkerError:
-            log.info("ComfyUI did not answer while stopping a job")
-            job.unanswered = True
-
-
-def _listed(queue: dict, part: str, job: _Job) -> bool:
-    """Whether the job's prompt is in that part of ComfyUI's /queue answer."""
-    return any(len(item) > 1 and item[1] == job.prompt_id for item in queue.get(part, []))
 
 
 def _extra_data(request: JobRequest) -> dict | None:

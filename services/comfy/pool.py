@@ -164,13 +164,12 @@ class ComfyPool:
             self._changed_instances()
         elif isinstance(error, errors.GpuFault):
             self._restart(instance, "its GPU failed under a job")
-        elif instance.executor.ooms >= self.settings.oom_restart_after:
-            instance.executor.ooms = 0
+        elif isinstance(error, errors.GpuOutOfMemory) and instance.executor.gpu.out_of_memory():
             self._restart(instance, f"{self.settings.oom_restart_after} out-of-memory answers in a row")
 
     def _restart(self, instance: Instance, why: str) -> None:
         """Restart the instance's ComfyUI (a new process gets a new CUDA context) without
-        holding up the job's answer; until then it takes nothing (`ComfyExecutor.faulted`)."""
+        holding up the job's answer; until then it takes nothing (`GpuRecord.faulted`)."""
         log.error("instance %d: %s -> restarting its ComfyUI", instance.number, why)
         from services.comfy import control  # supervisord's client: only once it is needed
 
@@ -300,7 +299,8 @@ def _takes(instance: Instance, state: tuple[str, int], now: bool = False) -> boo
     if not now:
         return not health.out(name)
     info = {"statename": name, "pid": pid}
-    return health.ready(instance.settings, info, instance.warmup) and not instance.executor.faulted()
+    ready = health.ready(instance.settings, info, instance.warmup)
+    return ready and not instance.executor.gpu.faulted(str(pid))  # ready: the relay booted `pid`
 
 
 def _check(request: JobRequest, deadline: float, cancel: Cancel | None) -> None:
