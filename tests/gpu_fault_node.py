@@ -1,12 +1,17 @@
 """A test-only custom node pack for the real ComfyUI: `GpuFault` raises what torch raises when a
 GPU fails (torch.AcceleratorError with the CUDA runtime's message) or runs out of memory
 (torch.OutOfMemoryError), on a CPU. With `poison`, every later torch computation on ComfyUI's
-prompt thread fails the same way until the process restarts, as a lost CUDA context does. The
-stand-in has the same node built in (tests/comfy_standin/main.py); the product never loads it."""
+prompt thread fails the same way until the process restarts, as a lost CUDA context does. A
+file `broken_gpu` in ComfyUI's user directory, holding one of FAULTS' names, poisons the
+process from its first prompt (a GPU that stays broken, which fails the worker's pre-flight).
+The stand-in has the same node built in (tests/comfy_standin/main.py); the product never loads
+it."""
 
 import os
 import sys
 
+import execution
+import folder_paths
 import torch
 from torch.overrides import TorchFunctionMode
 
@@ -79,4 +84,26 @@ class GpuFault:
         raise error(message)
 
 
+def _broken_from_start():
+    """The fault the user directory's `broken_gpu` names: every prompt this process runs
+    starts poisoned (ComfyUI runs them all on its prompt thread, through PromptExecutor)."""
+    try:
+        with open(os.path.join(folder_paths.get_user_directory(), "broken_gpu"), encoding="utf-8") as handle:
+            fault = handle.read().strip()
+    except OSError:
+        return
+    if fault not in FAULTS:
+        return
+    execute = execution.PromptExecutor.execute
+    entered = []
+
+    def poisoned(self, *args, **kwargs):
+        if not entered:
+            entered.append(_LostContext(fault).__enter__())
+        return execute(self, *args, **kwargs)
+
+    execution.PromptExecutor.execute = poisoned
+
+
+_broken_from_start()
 NODE_CLASS_MAPPINGS = {"GpuFault": GpuFault}

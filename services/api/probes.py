@@ -42,12 +42,15 @@ def blueprint(api: Api) -> Blueprint:
         comfy_health = api.health.read()
         state = api.worker.state
         draining = drain.since(settings.run_layout) is not None
-        ready = (settings.dry_run or comfy_health["ready"]) and (state is None or state.up) and not draining
+        busy = api.worker.pool.full()  # MAX_QUEUE_DEPTH jobs wait: a load balancer routes elsewhere
+        up = (settings.dry_run or comfy_health["ready"]) and (state is None or state.up)
+        ready = up and not draining and not busy
         body = {
             "ready": ready,
             "comfy": comfy_health,
             "shared_state": api.shared_state(),
             "draining": draining,
+            "busy": busy,
         }
         return json_response(body, 200 if ready else 503)
 

@@ -9,6 +9,7 @@ between prompts.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import xmlrpc.client
@@ -78,3 +79,18 @@ def cycle(settings: Settings) -> None:
         supervisor.startProcess(settings.comfy_program, False)
     except xmlrpc.client.Fault as fault:
         raise errors.ComfyInitFailed(f"supervisord would not start ComfyUI: {fault.faultString}") from None
+
+
+def take_out(settings: Settings, why: str) -> None:
+    """Out for good: the reason in RUN_DIR/<program>-broken (what /healthz shows; the launcher
+    removes it when the program starts again), then the program stopped through supervisord."""
+    path = settings.run_layout.broken_marker(settings.comfy_program)
+    with open(path + ".new", "w", encoding="utf-8") as marker:
+        marker.write(why + "\n")
+    os.replace(path + ".new", path)
+    supervisor = supervisor_state.rpc(settings.supervisor_socket).supervisor
+    try:
+        supervisor.stopProcess(settings.comfy_program, True)
+    except xmlrpc.client.Fault as fault:
+        if "NOT_RUNNING" not in fault.faultString:
+            raise errors.ComfyInitFailed(f"supervisord would not stop ComfyUI: {fault.faultString}") from None

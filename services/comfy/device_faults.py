@@ -42,7 +42,8 @@ _OOM = re.compile(r"(CUDA|HIP|XPU) out of memory\. Tried to allocate")
 
 
 def kind_of(error: dict) -> str | None:
-    """DEVICE_FAULT, OUT_OF_MEMORY, or None: the workflow's own error."""
+    """DEVICE_FAULT, OUT_OF_MEMORY, or None: the workflow's own error (callers skip this with
+    GPU_CHECKS=0, which reads every failure as the workflow's)."""
     kind = str(error.get("exception_type", ""))
     message = str(error.get("exception_message", ""))
     if kind in _OOM_TYPES or (kind == "RuntimeError" and _OOM.search(message)):
@@ -54,7 +55,9 @@ def kind_of(error: dict) -> str | None:
 
 class GpuRecord:
     """What one instance's failed prompts say of its GPU: the ComfyUI process (the relay's pid)
-    whose GPU failed, until a job ends well, and the out-of-memory answers in a row."""
+    whose GPU failed, until a job ends well, the out-of-memory answers in a row, and when its
+    device faults and failed pre-flights were (GPU_OUT_AFTER within GPU_OUT_WINDOW_S: out for
+    good)."""
 
     ORDER_WAIT_S = 3.0  # how long a fault waits for the answers of prompts that ran before it
     POLL_S = 0.01
@@ -63,6 +66,7 @@ class GpuRecord:
         self.settings = settings
         self.faulted_in: str | None = None
         self.ooms = 0
+        self.failures: list[float] = []  # when device faults and failed pre-flights were (monotonic)
         self._lock = threading.Lock()
 
     def faulted(self, pid: str | None = None) -> bool:
@@ -91,6 +95,20 @@ class GpuRecord:
                     self.faulted_in = comfy
                     return True
             time.sleep(self.POLL_S)
+
+    def preflight_failed(self, comfy: str) -> None:
+        """The pre-flight of process `comfy` failed: it takes nothing until it has restarted."""
+        with self._lock:
+            self.faulted_in = comfy
+
+    def failed_again(self, now: float | None = None) -> bool:
+        """One more device fault or failed pre-flight; True when GPU_OUT_AFTER of them came
+        within GPU_OUT_WINDOW_S: restarts do not mend this GPU, it is out for good."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            window = self.settings.gpu_out_window_s
+            self.failures = [t for t in self.failures if now - t < window] + [now]
+            return len(self.failures) >= self.settings.gpu_out_after
 
     def out_of_memory(self) -> bool:
         """One more out-of-memory answer; True when OOM_RESTART_AFTER came in a row (restart it;

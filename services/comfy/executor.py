@@ -95,9 +95,11 @@ class ComfyExecutor:
         entry: dict | None = None
         self.cleanup.begin()
         try:
-            self._wait_ready(deadline)
+            self._wait_ready(deadline, move)
             if gated and self.gate is not None:
                 self.gate(deadline)
+                if move is not None and self.gpu.faulted():  # its pre-flight failed
+                    raise NotStarted(None)  # elsewhere, or here after the restart
             job.client_id, ws = self.sockets.take()
             keep = False
             try:
@@ -137,9 +139,6 @@ class ComfyExecutor:
             }
         except (errors.GpuFault, errors.ComfyRestarted) as error:
             raise self._after(error, job, move) from None
-            if move is None or job.started or (job.number is not None and not job.behind):
-                raise  # it ran, or may have: the first prompt in the queue starts at once
-            raise NotStarted(error) from None
         finally:
             with self._lock:
                 if job in self._accepted:
@@ -194,14 +193,19 @@ class ComfyExecutor:
                 "(COMFY_SUBMIT_TIMEOUT_S); try again"
             ) from None
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _wait_ready(self, deadline: float, move: Callable[[], bool] | None) -> None:
         """A cold start may still be booting ComfyUI: wait for it, within the job's time. Right
         after a job that went through, skip the probe (a ComfyUI that died since is noticed by
-        the job's own calls)."""
+        the job's own calls). One whose GPU failed is waited for until it restarted; taken out
+        for good meanwhile, the job goes back to the pool (`move`: the pool's)."""
         if not self.gpu.restarting() and time.monotonic() - self._last_success < READY_TRUST_S:
             return
         limit = min(deadline, time.monotonic() + self.settings.comfy_ready_timeout_s)
         while self.gpu.faulted():  # it answers, but its GPU failed: wait for its restart
+            if health.broken(self.settings) is not None:
+                if move is None:
+                    raise errors.GpuUnusable("this ComfyUI is out for good: its GPU kept failing")
+                raise NotStarted(None)
             if time.monotonic() >= limit:
                 raise errors.ComfyInitFailed("ComfyUI did not restart in time after its GPU failed")
             time.sleep(BOOT_POLL_S)

@@ -24,7 +24,10 @@ PROBE_S = 2.0  # a ComfyUI that does not answer /system_stats within this is not
 class WarmupState(Protocol):
     def ready(self) -> bool: ...
 
-    def view(self) -> dict[str, Any]: ...
+    def view(self) -> dict[str, Any] | None: ...
+
+    @property
+    def preflight(self) -> str | None: ...
 
 
 class Held(Protocol):
@@ -45,6 +48,15 @@ def booted_pid(own: Settings) -> str | None:
     try:
         with open(own.run_layout.ready_file(own.comfy_program), encoding="ascii") as handle:
             return handle.read().strip()
+    except OSError:
+        return None
+
+
+def broken(own: Settings) -> str | None:
+    """Why instance `own` is out for good (its GPU kept failing; services.comfy.pool), if it is."""
+    try:
+        with open(own.run_layout.broken_marker(own.comfy_program), encoding="utf-8") as handle:
+            return handle.read().strip() or "out for good"
     except OSError:
         return None
 
@@ -150,6 +162,8 @@ class ComfyHealth:
             "state": state,
             "ready": up and (warmup is None or warmup.ready()),
             "warmup": warmup.view() if warmup else None,
+            "preflight": warmup.preflight if warmup else None,
+            "broken": broken(self.settings.instance(number)) if state in OUT else None,
         }
         if self.held is not None:  # which instance runs a job is known only where the pool is
             view["busy"] = self.held.busy(number)

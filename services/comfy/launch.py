@@ -17,7 +17,7 @@ import shlex
 import shutil
 import sys
 
-from services.comfy import devices, starts
+from services.comfy import devices, preflight, starts
 from services.comfy.account import comfy_account
 from services.core import config, logs
 from services.core.config import Settings
@@ -79,7 +79,8 @@ def prepare_folders(settings: Settings, account: pwd.struct_passwd | None = None
         os.makedirs(settings.comfy_folder(kind), mode=0o700)
     os.makedirs(settings.comfy_folder("user"), mode=0o700, exist_ok=True)
     path = settings.run_layout.model_paths(settings.comfy_program)
-    yaml = model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir)
+    nodes = preflight.place_node(settings) if settings.preflight else None
+    yaml = model_folders.extra_model_paths_yaml(settings.model_dir, settings.baked_model_dir, nodes)
     _write_new(path, yaml.encode("utf-8"), 0o600)
     if account:
         for made in [*(settings.comfy_folder(kind) for kind in (*IO_FOLDERS, "user")), path]:
@@ -144,6 +145,8 @@ def main() -> int:
         say.error("comfy_init_failed: no ComfyUI at %s; set COMFYUI_DIR", main_py)
         return 1
     starts.count(settings.comfy_starts_file)
+    with contextlib.suppress(FileNotFoundError):  # started again: no longer out for good
+        os.remove(settings.run_layout.broken_marker(settings.comfy_program))
     account = comfy_account(settings)
     gpus = devices.of(settings)
     argv = command(settings, prepare_folders(settings, account), gpu=bool(gpus.ids))

@@ -41,20 +41,23 @@ class Outputs:
             time.sleep(0.05)
         raise errors.ComfyProtocolError("the prompt ended but ComfyUI has no history entry for it")
 
-    @staticmethod
-    def raise_for(outcome: Outcome, entry: dict) -> None:
+    def raise_for(self, outcome: Outcome, entry: dict) -> None:
         """The prompt's failure (what its messages or its history entry say), if it failed."""
         from_history = outcome_of(entry)
         error = outcome.error or from_history.error
         if error:
-            kind = device_faults.kind_of(error)
-            if kind == device_faults.DEVICE_FAULT:
-                raise errors.GpuFault("the GPU failed under the job; its ComfyUI restarts, try again")
-            if kind == device_faults.OUT_OF_MEMORY:
-                raise errors.GpuOutOfMemory("the GPU ran out of memory for this job; try a smaller one")
-            node = f"node {error.get('node_id')} ({error.get('node_type')})"
             message = str(error.get("exception_message", "")).strip().splitlines()
-            raise errors.ExecutionFailed(f"{node}: {message[0] if message else 'failed'}")
+            first = message[0] if message else "failed"
+            cause = f"{error.get('exception_type', '?')}: {first}"
+            kind = device_faults.kind_of(error) if self.settings.gpu_checks else None
+            if kind == device_faults.DEVICE_FAULT:
+                raise errors.GpuFault("the GPU failed under the job; its ComfyUI restarts, try again", cause)
+            if kind == device_faults.OUT_OF_MEMORY:
+                raise errors.GpuOutOfMemory(
+                    "the GPU ran out of memory for this job; try a smaller one", cause
+                )
+            node = f"node {error.get('node_id')} ({error.get('node_type')})"
+            raise errors.ExecutionFailed(f"{node}: {first}", cause)
         if outcome.interrupted or from_history.interrupted:
             raise errors.Interrupted("ComfyUI interrupted the prompt")
 

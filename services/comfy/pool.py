@@ -13,9 +13,13 @@ another instance, or on its own once it is back): only the running job answers
 `comfy_restarted`. Every instance has its own executor (sockets, clean-up, warm-up gate), so a
 crash, a hang, a cancel or a clean-up reaches only the jobs on it. An instance whose program
 supervisord gave up on (FATAL), or the watchdog stopped, is out until it runs again.
-An instance whose GPU failed under a job (`gpu_fault`, services.comfy.device_faults) is
-restarted and takes nothing until then; its other jobs run again, and after
-OOM_RESTART_AFTER out-of-memory answers in a row it is restarted too.
+An instance whose GPU failed under a job (`gpu_fault`, services.comfy.device_faults) or whose
+pre-flight failed (services.comfy.warmup) is restarted and takes nothing until then; its other
+jobs run again, and after OOM_RESTART_AFTER out-of-memory answers in a row it is restarted too.
+After GPU_OUT_AFTER device faults or failed pre-flights within GPU_OUT_WINDOW_S it is out for
+good: stopped, with the reason in RUN_DIR/<program>-broken (what /healthz shows); when every
+instance is, jobs answer `gpu_unusable` (a fleet's go back to the stream). With
+MAX_QUEUE_DEPTH, a job that finds that many waiting for an instance answers `busy`.
 """
 
 from __future__ import annotations
@@ -99,7 +103,11 @@ class ComfyPool:
             own = settings.instance(number)
             executor = ComfyExecutor(own)
             instances.append(Instance(own, executor, make_warmup(own, executor)))
-        return cls(settings, instances)
+        pool = cls(settings, instances)
+        for instance in instances:
+            if instance.warmup is not None:
+                instance.warmup.failed = functools.partial(pool._preflight_failed, instance)
+        return pool
 
     def execute(self, request: JobRequest, progress: Progress | None, cancel: Cancel | None) -> dict:
         deadline = time.monotonic() + request.timeout_s
@@ -163,9 +171,30 @@ class ComfyPool:
         if isinstance(error, errors.ComfyRestarted):
             self._changed_instances()
         elif isinstance(error, errors.GpuFault):
-            self._restart(instance, "its GPU failed under a job")
+            self._failed(instance, "its GPU failed under a job")
         elif isinstance(error, errors.GpuOutOfMemory) and instance.executor.gpu.out_of_memory():
             self._restart(instance, f"{self.settings.oom_restart_after} out-of-memory answers in a row")
+
+    def _preflight_failed(self, instance: Instance, cause: str) -> None:
+        """The warm-up's word that the pre-flight of the instance's current start failed."""
+        instance.executor.gpu.preflight_failed(health.booted_pid(instance.settings) or "")
+        self._failed(instance, "its pre-flight failed")
+
+    def _failed(self, instance: Instance, why: str) -> None:
+        """A device fault or a failed pre-flight: restart the instance, or, after GPU_OUT_AFTER
+        of them within GPU_OUT_WINDOW_S, take it out for good."""
+        if not instance.executor.gpu.failed_again():
+            self._restart(instance, why)
+            return
+        s = self.settings
+        reason = (
+            f"{why}: {s.gpu_out_after} device faults or failed pre-flights within {s.gpu_out_window_s:g} s"
+        )
+        log.error("instance %d: %s -> out for good (GPU_OUT_AFTER)", instance.number, reason)
+        from services.comfy import control  # supervisord's client: only once it is needed
+
+        background.start("comfy-take-out", control.take_out, instance.settings, reason)
+        self._changed_instances()
 
     def _restart(self, instance: Instance, why: str) -> None:
         """Restart the instance's ComfyUI (a new process gets a new CUDA context) without
@@ -184,6 +213,10 @@ class ComfyPool:
     def waiting(self) -> int:
         """Jobs waiting for an instance."""
         return len(self._waiting)
+
+    def full(self) -> bool:
+        """MAX_QUEUE_DEPTH jobs wait for an instance: new ones answer `busy` (/readyz: 503)."""
+        return 0 < self.settings.max_queue_depth <= len(self._waiting)
 
     def usable(self) -> int:
         """Instances that can take a job now or once their current one ended (not out)."""
@@ -218,11 +251,17 @@ class ComfyPool:
         for its boot in the executor."""
         ticket = _Waiter(request.owner, again)
         with self._changed:
+            if not again and self.full():
+                raise errors.Busy(
+                    f"{len(self._waiting)} jobs already wait for a ComfyUI here (MAX_QUEUE_DEPTH)"
+                )
             self._waiting.append(ticket)
             self._choose()
         try:
             while True:
                 states = self._states()
+                if not any(_takes(i, states[i.number]) for i in self.instances):
+                    _refuse_when_broken(self.instances, request)
                 with self._changed:
                     if self._turn is ticket:
                         room = [i for i in self.instances if i.jobs < DEPTH and _takes(i, states[i.number])]
@@ -278,7 +317,7 @@ class ComfyPool:
     def _states(self, always: bool = False) -> dict[int, tuple[str, int]]:
         """(state, pid) of each instance's program, in one call to supervisord; a single
         instance's is asked only when `always` (scheduling never needs it)."""
-        if len(self.instances) == 1 and not always:
+        if len(self.instances) == 1 and not always and not self.instances[0].executor.gpu.restarting():
             return {0: ("RUNNING", 0)}
         # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
         from services.comfy import supervisor_state
@@ -297,10 +336,18 @@ def _takes(instance: Instance, state: tuple[str, int], now: bool = False) -> boo
     takes a job at once: its ComfyUI booted (the relay's word) and its warm-up ended."""
     name, pid = state
     if not now:
-        return not health.out(name)
+        return not health.out(name) and not instance.executor.gpu.faulted(str(pid))
     info = {"statename": name, "pid": pid}
     ready = health.ready(instance.settings, info, instance.warmup)
     return ready and not instance.executor.gpu.faulted(str(pid))  # ready: the relay booted `pid`
+
+
+def _refuse_when_broken(instances: list[Instance], request: JobRequest) -> None:
+    """No instance takes work: when each is out for good, the job never starts here."""
+    if all(health.broken(i.settings) is not None for i in instances):
+        if request.elsewhere:
+            raise errors.NotStartedHere("every ComfyUI of this pod is out for good: its GPU kept failing")
+        raise errors.GpuUnusable("every ComfyUI of this worker is out for good: its GPU kept failing")
 
 
 def _check(request: JobRequest, deadline: float, cancel: Cancel | None) -> None:

@@ -98,6 +98,11 @@ class Settings:
     watch_max_exits: int = 5
     watch_exit_window_s: float = 300.0
     oom_restart_after: int = 3  # out-of-memory answers in a row on one instance that restart it
+    gpu_checks: bool = True  # read failed prompts for GPU faults (services.comfy.device_faults)
+    preflight: bool = True  # a computation on the device before each start is ready
+    gpu_out_after: int = 3  # device faults or failed pre-flights within the window: out for good
+    gpu_out_window_s: float = 3600.0
+    max_queue_depth: int = 0  # jobs waiting for an instance beyond which new ones answer busy; 0: no limit
     run_dir: str = "/tmp/comfy-worker"
     max_request_mb: int = 64
     max_result_mb: float = 15.0
@@ -530,6 +535,11 @@ _VARIABLES: dict[str, tuple[str, object]] = {
     "WATCH_MAX_EXITS": ("watch_max_exits", _int_range(1, 1000)),
     "WATCH_EXIT_WINDOW_S": ("watch_exit_window_s", _positive_float),
     "OOM_RESTART_AFTER": ("oom_restart_after", _int_range(1, 1000)),
+    "GPU_CHECKS": ("gpu_checks", _bool),
+    "PREFLIGHT": ("preflight", _bool),
+    "GPU_OUT_AFTER": ("gpu_out_after", _int_range(1, 1000)),
+    "GPU_OUT_WINDOW_S": ("gpu_out_window_s", _positive_float),
+    "MAX_QUEUE_DEPTH": ("max_queue_depth", _int_range(0, 100000)),
     "RUN_DIR": ("run_dir", _path),
     "MAX_REQUEST_MB": ("max_request_mb", _int_range(1, 4096)),
     "MAX_RESULT_MB": ("max_result_mb", _positive_float),

@@ -12,9 +12,12 @@ class WorkerError(Exception):
     http_status = 500
     retry_after_s: int | None = None  # sent as Retry-After: the same request may succeed later
 
-    def __init__(self, detail: str = "") -> None:
+    def __init__(self, detail: str = "", cause: str | None = None) -> None:
+        """`cause`: what the worker's own log may say of it (the pre-flight's torch message),
+        never part of the answer."""
         super().__init__(detail)
         self.detail = detail
+        self.cause = cause
 
     @property
     def message(self) -> str:
@@ -228,6 +231,23 @@ class GpuFault(WorkerError):
     again on a healthy instance."""
 
     code = "gpu_fault"
+    http_status = 503
+    retry_after_s = 5
+
+
+class GpuUnusable(WorkerError):
+    """Every ComfyUI instance of this worker is out for good (its GPU kept failing): the job
+    never started; send it to another worker."""
+
+    code = "gpu_unusable"
+    http_status = 503
+    retry_after_s = 30
+
+
+class Busy(WorkerError):
+    """MAX_QUEUE_DEPTH jobs already wait for an instance here: try again, or another worker."""
+
+    code = "busy"
     http_status = 503
     retry_after_s = 5
 

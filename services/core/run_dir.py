@@ -8,6 +8,10 @@
       draining                the worker drains (services.core.drain): since when, until when
       work/                   work accepted and not handed over, a file each (services.core.in_hand)
       <program>-starts        how often instance <program> (comfy, comfy-1, ...) was started
+      <program>-broken        why that instance is out for good (its GPU kept failing); removed
+                              when the program starts again
+      <program>-nodes/        the worker's own ComfyUI nodes (the pre-flight's), a custom_nodes
+                              path that ComfyUI's user reads and cannot change
       <program>/              that ComfyUI's own folder, owned by ComfyUI's user
         input/ output/ temp/ user/ home/
         extra_model_paths.yaml
@@ -58,6 +62,9 @@ class RunDir:
     def starts_file(self, program: str) -> str:
         return os.path.join(self.path, f"{program}-starts")
 
+    def broken_marker(self, program: str) -> str:
+        return os.path.join(self.path, f"{program}-broken")
+
     def comfy_dir(self, program: str) -> str:
         return os.path.join(self.path, program)
 
@@ -70,6 +77,9 @@ class RunDir:
 
     def relay(self, program: str) -> str:
         return os.path.join(self.comfy_dir(program), "relay.py")
+
+    def nodes(self, program: str) -> str:
+        return os.path.join(self.path, f"{program}-nodes")
 
     def boot_tail(self, program: str) -> str:
         return os.path.join(self.comfy_dir(program), "boot.log")

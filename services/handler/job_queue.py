@@ -126,6 +126,8 @@ class Queue:
                 self.counts["completed"] += 1
             if job.status in RUNPOD_FINAL:
                 log.info("job %s %s", job.id, job.status)
+                if result.get("stopPod"):  # the SDK's form of the handler's refresh_worker
+                    log.warning("job %s: the worker asked to be replaced (RunPod stops it after the job)", job.id)
                 self._ended(job)
             self.changed.notify_all()
 

@@ -76,7 +76,8 @@ def make_handler(
     webhooks: Webhooks | None = None,
 ) -> Callable[[dict], Awaitable[dict]]:
     """`recycle_on_restart`: ask RunPod for a fresh worker after ComfyUI died under a job; not
-    with several instances, where the others' jobs go on and the dead one restarts alone.
+    with several instances, where the others' jobs go on and the dead one restarts alone. A
+    worker whose every instance is out for good (`gpu_unusable`) always asks for one.
     `webhooks`: what tells a job's `webhook` of its end (RunPod's status object as `data`)."""
 
     def run(job: dict, cancel: Cancel, progress: Throttled | None) -> Reply:
@@ -110,8 +111,10 @@ def make_handler(
             raise
         body = dict(reply.body)
         body.update(runpod_protocol.traced(reply.trace_id))  # which trace to open (README: Operating it)
-        if recycle_on_restart and reply.error_code == errors.ComfyRestarted.code:
-            body["refresh_worker"] = True
+        if reply.error_code == errors.GpuUnusable.code or (
+            recycle_on_restart and reply.error_code == errors.ComfyRestarted.code
+        ):
+            body["refresh_worker"] = True  # RunPod stops this worker after the job and starts another
         return body
 
     return handler

@@ -275,17 +275,24 @@ class _Scraped:
         each_busy = GaugeMetricFamily(
             "comfy_worker_comfyui_busy", "1 while the ComfyUI instance runs a job", labels=["comfy_instance"]
         )
+        broken = GaugeMetricFamily(
+            "comfy_worker_comfyui_broken",
+            "1 when the ComfyUI instance is out for good: its GPU kept failing (GPU_OUT_AFTER)",
+            labels=["comfy_instance"],
+        )
         restarts = CounterMetricFamily(
             "comfy_worker_comfyui_restarts", "ComfyUI (re)starts after its first", labels=["comfy_instance"]
         )
         for view in views:
             label = [str(view["id"])]
             each_ready.add_metric(label, int(view["ready"]))
+            broken.add_metric(label, int(view.get("broken") is not None))
             if "busy" in view:
                 each_busy.add_metric(label, int(view["busy"]))
             count = starts.read(self.settings.instance(view["id"]).comfy_starts_file)
             restarts.add_metric(label, max(count - 1, 0))
         yield each_ready
+        yield broken
         if each_busy.samples:
             yield each_busy
         yield restarts

@@ -29,10 +29,13 @@ FOLDERS: dict[str, tuple[str, ...]] = {
 }
 
 
-def extra_model_paths_yaml(model_dir: str, baked_dir: str | None = None) -> str:
+def extra_model_paths_yaml(model_dir: str, baked_dir: str | None = None, nodes: str | None = None) -> str:
     """The yaml that makes every folder under `model_dir` (where downloads go) and under the
-    image's own `baked_dir` visible to ComfyUI's loaders."""
+    image's own `baked_dir` visible to ComfyUI's loaders, and `nodes` (the worker's own nodes)
+    one of its custom_nodes folders."""
     lines = []
+    if nodes is not None:
+        lines += ["worker_nodes:", f"    custom_nodes: {_quote(nodes)}"]
     for section, base, default in (("worker_models", model_dir, True), ("image_models", baked_dir, False)):
         if base is None:
             continue

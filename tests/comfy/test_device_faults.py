@@ -12,6 +12,8 @@ import pytest
 import requests
 
 from services.comfy import device_faults
+from services.comfy.outputs import Outcome, Outputs
+from services.core import config, errors
 from tests.comfy.test_pool import AUTH, ENV, ended, instances, relay_pid, submit
 from tests.comfy_standin.main import GPU_FAULTS, OOM_TIPS, full_type_name
 from tests.stack import ROOT, STANDIN, Stack, wait_until
@@ -120,6 +122,7 @@ def test_a_poisoned_gpu_costs_one_job_and_its_instance_restarts(stack):
     wait_until(lambda: all(i["ready"] for i in instances(stack)), 180, "the restarted instance back")
     restarted = [i for i in range(2) if relay_pid(stack, i) != pids[i]]
     assert len(restarted) == 1
+    assert [i["preflight"] for i in instances(stack)] == ["passed", "passed"]  # the new start's too
     again = [threading.Thread(target=run, args=(stack, empty_image(8, 8, color=c))) for c in (1, 2, 3, 4)]
     for thread in again:
         thread.start()
@@ -150,3 +153,22 @@ def test_out_of_memory_answers_its_code_and_repeated_ones_restart_the_instance(s
             == 503
         )
     wait_until(lambda: any(relay_pid(stack, i) != pids[i] for i in range(2)), 180, "an instance restarted")
+
+
+def test_faults_within_the_window_take_a_gpu_out_for_good_and_older_ones_are_forgotten():
+    settings = config.load({"ENCRYPTION_REQUIRED": "0", "GPU_OUT_AFTER": "3", "GPU_OUT_WINDOW_S": "60"})
+    record = device_faults.GpuRecord(settings)
+    assert not record.failed_again(now=0.0) and not record.failed_again(now=30.0)
+    assert not record.failed_again(now=70.0)  # the one at 0 s has left the window
+    assert record.failed_again(now=80.0)  # 30, 70, 80: three within 60 s
+
+
+def test_with_gpu_checks_off_every_failure_is_the_workflows_own():
+    outputs = Outputs(config.load({"ENCRYPTION_REQUIRED": "0", "GPU_CHECKS": "0"}), None)
+    with pytest.raises(errors.ExecutionFailed):
+        outputs.raise_for(Outcome(error={**error_of("illegal_memory_access"), "node_id": "1"}), {})
+    checked = Outputs(config.load({"ENCRYPTION_REQUIRED": "0"}), None)
+    with pytest.raises(errors.GpuFault) as raised:
+        checked.raise_for(Outcome(error=error_of("illegal_memory_access")), {})
+    assert "illegal memory access" not in raised.value.message  # the answer; the log may say it
+    assert raised.value.cause.startswith("torch.AcceleratorError: CUDA error: an illegal memory access")

@@ -402,3 +402,24 @@ def test_two_instances_run_encrypted_jobs_side_by_side_and_a_kill_costs_only_its
         assert image.size == (12, 12) and image.convert("RGB").getpixel((3, 3)) == (0, 255, 0)
         wait_until(lambda: all(i["ready"] for i in instances(stack)), 180, "the killed instance back")
         wait_until(lambda: nothing_left(stack), 60, "nothing left in either instance")
+
+
+def test_max_queue_depth_answers_busy_and_readyz_turns_503_until_the_line_shortens():
+    """MAX_QUEUE_DEPTH=1 with one instance: it holds two jobs (the running one and the next),
+    a third waits in the worker; a fourth finds the line full."""
+    env = {**ENV, "COMFY_INSTANCES": "1", "MAX_QUEUE_DEPTH": "1"}
+    with Stack("api", env).ready() as stack:
+        held = [submit(stack, with_knob("StandinSlow", color=c, seconds=2, steps=2)) for c in (1, 2, 3)]
+        wait_until(lambda: requests.get(f"{stack.url}/readyz", timeout=10).json()["busy"], 30, "a full line")
+        assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 503
+        refused = requests.post(
+            f"{stack.url}/run", json={"workflow": empty_image(4, 4)}, headers=AUTH, timeout=30
+        )
+        assert refused.status_code == 503 and refused.json()["error"].startswith("busy")
+        assert refused.headers.get("Retry-After") == "5"
+        assert all(ended(stack, job_id, timeout=60)["state"] == "completed" for job_id in held)
+        assert requests.get(f"{stack.url}/readyz", timeout=10).status_code == 200
+        answer = requests.post(
+            f"{stack.url}/run", json={"workflow": empty_image(4, 4)}, headers=AUTH, timeout=30
+        )
+        assert answer.status_code == 200

@@ -15,6 +15,10 @@ nodes of the last prompt are not run again), and offers knobs as extra node clas
                                        torch.OutOfMemoryError); with `poison`, every later node
                                        in this process fails the same way, as after a lost
                                        CUDA context
+  WorkerPreflight {seed}               the worker's pre-flight node (services/comfy/nodes/), known
+                                       as in ComfyUI only when the extra model paths' custom_nodes
+                                       folder holds it; it computes nothing, and fails as every
+                                       node does once poisoned
   StandinHang {image}                  the whole server stops answering (HTTP and websocket)
   StandinDropSockets {image, seconds, refuse_seconds}
                                        closes every websocket, refuses new ones for
@@ -31,7 +35,9 @@ SaveLatent writes a safetensors file as ComfyUI does (`latents` output).
 Environment knobs: STANDIN_BOOT_SECONDS (slow start-up before the port opens), STANDIN_HELPER=1
 (start a child process, as custom nodes do, to show what a crash leaves behind),
 STANDIN_PICKUP_SECONDS (how long a queued prompt waits before the prompt worker takes it, as
-ComfyUI's clean-up between prompts takes on a GPU).
+ComfyUI's clean-up between prompts takes on a GPU). A file `broken_gpu` in --user-directory,
+holding one of GPU_FAULTS' names, poisons the process from its start (a GPU that stays broken),
+as it does for tests/gpu_fault_node.py.
 """
 
 from __future__ import annotations
@@ -300,7 +306,7 @@ class Server:
         self.wake = asyncio.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pickup_s = float(os.environ.get("STANDIN_PICKUP_SECONDS", "0"))
-        self.poisoned: str | None = None  # the GPU fault every node now fails with (GpuFault)
+        self.poisoned = broken_gpu(args)  # the GPU fault every node now fails with (GpuFault)
 
     # --- messaging ---------------------------------------------------------------------------
     def send(self, kind: str, data: dict, sid: str | None) -> None:
@@ -759,6 +765,8 @@ class Server:
                 self.poisoned = str(inputs["fault"])
             error, message = GPU_FAULTS[str(inputs["fault"])]
             raise error(message)
+        if kind == "WorkerPreflight":
+            return [], None
         if kind == "StandinHang":
             assert self.loop is not None
             self.loop.call_soon_threadsafe(time.sleep, 3600)
@@ -1136,6 +1144,31 @@ def load_custom_nodes(folder: str) -> None:
         print(f"[standin] loaded custom nodes from {path}", flush=True)
 
 
+def broken_gpu(args: argparse.Namespace) -> str | None:
+    """The fault a `broken_gpu` file in the user directory names: this process's GPU is broken
+    from its start."""
+    try:
+        with open(os.path.join(args.user_directory or "", "broken_gpu"), encoding="utf-8") as handle:
+            fault = handle.read().strip()
+    except OSError:
+        return None
+    return fault if fault in GPU_FAULTS else None
+
+
+def load_worker_nodes(args: argparse.Namespace) -> None:
+    """The worker's own pre-flight node, when a custom_nodes folder of the extra model paths
+    holds its file (ComfyUI would load it from there; it needs torch, so it is imitated)."""
+    for config_path in args.extra_model_paths_config or []:
+        with open(config_path) as handle:
+            config = yaml.safe_load(handle) or {}
+        for section in config.values():
+            for folder in str(section.get("custom_nodes", "")).split():
+                if os.path.isfile(os.path.join(folder, "worker_preflight.py")):
+                    NODES["WorkerPreflight"] = spec(
+                        {"seed": ["INT", {"default": 0, "min": 0, "max": 2**31 - 1}]}, [], output_node=True
+                    )
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ComfyUI stand-in")
     parser.add_argument("--listen", default="127.0.0.1", nargs="?", const="0.0.0.0")
@@ -1143,6 +1176,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--input-directory")
     parser.add_argument("--output-directory")
     parser.add_argument("--temp-directory")
+    parser.add_argument("--user-directory")
     parser.add_argument("--extra-model-paths-config", action="extend", nargs="+")
     parser.add_argument("--disable-metadata", action="store_true")
     parser.add_argument("--cpu", action="store_true")
@@ -1164,6 +1198,7 @@ async def serve(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args(sys.argv[1:])
     load_custom_nodes(os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes"))
+    load_worker_nodes(args)
     print(f"[standin] ComfyUI stand-in {VERSION} argv={sys.argv[1:]}", flush=True)
     if os.environ.get("STANDIN_HELPER") == "1":
         helper = subprocess.Popen(["sleep", "3600"])
