@@ -127,7 +127,9 @@ class Queue:
             if job.status in RUNPOD_FINAL:
                 log.info("job %s %s", job.id, job.status)
                 if result.get("stopPod"):  # the SDK's form of the handler's refresh_worker
-                    log.warning("job %s: the worker asked to be replaced (RunPod stops it after the job)", job.id)
+                    log.warning(
+                        "job %s: the worker asked to be replaced (RunPod stops it after the job)", job.id
+                    )
                 self._ended(job)
             self.changed.notify_all()
 
