@@ -88,6 +88,7 @@ bench: $(STAMP)
 	$(PY) -m bench.telemetry
 	$(PY) -m bench.access
 	$(PY) -m bench.fleet_turns
+	$(PY) -m bench.gpu_faults
 
 # The client as a wheel (dist/comfy_worker-*.whl): `pip install` it anywhere for the `comfy-worker` command.
 dist: $(STAMP)

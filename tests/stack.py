@@ -165,6 +165,8 @@ class Stack:
         threading.Thread(target=self._read_log, daemon=True).start()
         for name in wait_for:
             self.wait_state(name, "RUNNING", timeout=30)
+        if "api" in wait_for:  # RUNNING is supervisord's word after startsecs; gunicorn may still bind
+            self.wait_http("/healthz", timeout=30)
         return self
 
     def spawn(self) -> subprocess.Popen:

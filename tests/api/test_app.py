@@ -46,6 +46,8 @@ def test_healthz_publishes_the_public_key_and_mode(client):
         "ready": False,
         "busy": False,
         "warmup": None,
+        "preflight": None,  # DRY_RUN: no ComfyUI, nothing to prove
+        "broken": None,
     }
     assert body["comfy"] == {
         "state": "NO_SUPERVISOR",
