@@ -95,9 +95,14 @@ def free_port(count: int = 1) -> int:
         low = int(handle.read().split()[0])
     for _ in range(100):
         port = random.randint(10000, low - count)
-        if all(_bindable(p) for p in range(port, port + count)):
+        chosen = range(port, port + count)
+        if not _GIVEN.intersection(chosen) and all(_bindable(p) for p in chosen):
+            _GIVEN.update(chosen)  # a stack still booting has not bound it yet: never give it twice
             return port
     raise RuntimeError("no free port found below the ephemeral range")
+
+
+_GIVEN: set[int] = set()  # every port free_port gave in this process
 
 
 def _bindable(port: int) -> bool:

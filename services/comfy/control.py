@@ -14,6 +14,7 @@ import threading
 import time
 import xmlrpc.client
 from collections.abc import Callable
+from typing import Any
 
 from services.comfy import supervisor_state
 from services.comfy.client import ComfyClient, ComfyUnreachable
@@ -69,12 +70,7 @@ class ComfyControl:
 
 def cycle(settings: Settings) -> None:
     """Stop and start the instance's program through supervisord (its jobs in flight end)."""
-    supervisor = supervisor_state.rpc(settings.supervisor_socket).supervisor
-    try:
-        supervisor.stopProcess(settings.comfy_program, True)
-    except xmlrpc.client.Fault as fault:
-        if "NOT_RUNNING" not in fault.faultString:
-            raise errors.ComfyInitFailed(f"supervisord would not stop ComfyUI: {fault.faultString}") from None
+    supervisor = _stop(settings)
     try:
         supervisor.startProcess(settings.comfy_program, False)
     except xmlrpc.client.Fault as fault:
@@ -88,9 +84,15 @@ def take_out(settings: Settings, why: str) -> None:
     with open(path + ".new", "w", encoding="utf-8") as marker:
         marker.write(why + "\n")
     os.replace(path + ".new", path)
+    _stop(settings)
+
+
+def _stop(settings: Settings) -> Any:
+    """Stop the instance's program (one stopped already is fine); supervisord's proxy."""
     supervisor = supervisor_state.rpc(settings.supervisor_socket).supervisor
     try:
         supervisor.stopProcess(settings.comfy_program, True)
     except xmlrpc.client.Fault as fault:
         if "NOT_RUNNING" not in fault.faultString:
             raise errors.ComfyInitFailed(f"supervisord would not stop ComfyUI: {fault.faultString}") from None
+    return supervisor

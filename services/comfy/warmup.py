@@ -115,7 +115,8 @@ class Warmup:
         if passed and self.workflow is not None:
             self._warm_up(self.workflow)
         with self._changed:
-            self.runs += passed and self.workflow is not None
+            if passed and self.workflow is not None:
+                self.runs += 1
             self._finished_for = start
             if not passed:
                 self._failed_for = start

@@ -4,8 +4,6 @@ the jobs queued behind it run again, and out-of-memory answers `gpu_out_of_memor
 raises torch's exception types and messages, and a "poisoned" fault fails every later node in
 its process, as a lost CUDA context does)."""
 
-import os
-import shutil
 import threading
 
 import pytest
@@ -16,7 +14,7 @@ from services.comfy.outputs import Outcome, Outputs
 from services.core import config, errors
 from tests.comfy.test_pool import AUTH, ENV, ended, instances, relay_pid, submit
 from tests.comfy_standin.main import GPU_FAULTS, OOM_TIPS, full_type_name
-from tests.stack import ROOT, STANDIN, Stack, wait_until
+from tests.stack import STANDIN, Stack, wait_until
 from tests.workflows import decode_png, empty_image, with_knob
 
 
@@ -70,17 +68,10 @@ def test_a_workflows_own_error_is_no_device_fault(error):
     assert device_faults.kind_of(error) is None
 
 
-NODE = os.path.join(ROOT, "tests", "gpu_fault_node.py")
-
-
 @pytest.fixture(scope="module")
-def stack(backend):
-    """A pool of two; the real ComfyUI gets the test node pack in its custom_nodes/ (the
-    stand-in has the node built in)."""
-    placed = None
-    if backend is not STANDIN:
-        placed = os.path.join(backend.comfyui_dir, "custom_nodes", os.path.basename(NODE))
-        shutil.copy(NODE, placed)
+def stack(gpu_fault_pack):
+    """A pool of two, with the test node pack (tests/comfy/conftest.py)."""
+    backend = gpu_fault_pack
     env = {**ENV, **backend.env, "JOB_TIMEOUT_S": "120", "OOM_RESTART_AFTER": "2"}
     stack = Stack("api", env, backend=backend).start(wait_for=("api", "comfy", "comfy-1"))
     stack.standin = backend is STANDIN
@@ -89,8 +80,6 @@ def stack(backend):
         yield stack
     finally:
         stack.stop()
-        if placed:
-            os.remove(placed)
 
 
 def slow(stack, color):

@@ -5,11 +5,9 @@ GPU_OUT_AFTER failures is out for good: /healthz and /metrics say so, a pod API 
 `gpu_unusable`, a serverless worker asks RunPod for another, a fleet pod takes nothing."""
 
 import os
-import shutil
 import stat
 import uuid
 
-import pytest
 import requests
 
 from services.comfy import preflight
@@ -19,10 +17,9 @@ from tests.comfy import test_pool
 from tests.comfy.test_pool import AUTH, ENV, instances
 from tests.jobs.fleet.test_store import completed_jobs, fleet_env
 from tests.pod_jobs import ended, submit
-from tests.stack import ROOT, STANDIN, Stack, wait_until
+from tests.stack import Stack, wait_until
 from tests.workflows import decode_png, empty_image
 
-NODE = os.path.join(ROOT, "tests", "gpu_fault_node.py")
 BROKEN = "no_kernel_image"  # what a GPU the wheels were not built for raises on every kernel
 
 
@@ -42,22 +39,9 @@ def test_the_node_is_placed_where_comfyuis_user_reads_it_and_named_in_the_model_
     assert preflight.workflow(7) == {"preflight": {"class_type": "WorkerPreflight", "inputs": {"seed": 7}}}
 
 
-@pytest.fixture(scope="module")
-def pack(backend):
-    """The backend, the real ComfyUI with the test node pack in its custom_nodes/ (the
-    stand-in has the node built in)."""
-    placed = None
-    if backend is not STANDIN:
-        placed = os.path.join(backend.comfyui_dir, "custom_nodes", os.path.basename(NODE))
-        shutil.copy(NODE, placed)
-    yield backend
-    if placed:
-        os.remove(placed)
-
-
-def broken_stack(pack, mode, env, broken=(0,)):
+def broken_stack(gpu_fault_pack, mode, env, broken=(0,)):
     """A stack whose instances in `broken` have a GPU broken from their start."""
-    stack = Stack(mode, {**env, **pack.env}, backend=pack)
+    stack = Stack(mode, {**env, **gpu_fault_pack.env}, backend=gpu_fault_pack)
     for instance in broken:
         user = os.path.join(stack.comfy_dir(instance), "user")
         os.makedirs(user)
@@ -66,9 +50,9 @@ def broken_stack(pack, mode, env, broken=(0,)):
     return stack
 
 
-def test_a_gpu_broken_from_its_start_is_never_ready_and_leaves_while_the_other_serves(pack):
+def test_a_gpu_broken_from_its_start_is_never_ready_and_leaves_while_the_other_serves(gpu_fault_pack):
     env = {**ENV, "JOB_TIMEOUT_S": "120", "GPU_OUT_AFTER": "2"}
-    stack = broken_stack(pack, "api", env, broken=(1,)).start(wait_for=("api", "comfy"))
+    stack = broken_stack(gpu_fault_pack, "api", env, broken=(1,)).start(wait_for=("api", "comfy"))
     try:
         wait_until(lambda: instances(stack)[0]["ready"], 180, "the healthy instance ready")
         for color in (1, 2, 3):  # served by the healthy one while the other fails its pre-flights
@@ -104,9 +88,9 @@ def test_a_gpu_broken_from_its_start_is_never_ready_and_leaves_while_the_other_s
         stack.stop()
 
 
-def test_a_pod_whose_every_gpu_is_broken_answers_gpu_unusable(pack):
+def test_a_pod_whose_every_gpu_is_broken_answers_gpu_unusable(gpu_fault_pack):
     env = {**ENV, "COMFY_INSTANCES": "1", "JOB_TIMEOUT_S": "60", "GPU_OUT_AFTER": "1"}
-    stack = broken_stack(pack, "api", env).start(wait_for=("api",))
+    stack = broken_stack(gpu_fault_pack, "api", env).start(wait_for=("api",))
     try:
         wait_until(lambda: instances(stack)[0]["broken"] is not None, 180, "the only instance out for good")
         response = requests.post(
@@ -121,9 +105,9 @@ def test_a_pod_whose_every_gpu_is_broken_answers_gpu_unusable(pack):
         stack.stop()
 
 
-def test_a_serverless_worker_whose_only_gpu_is_broken_asks_runpod_for_another(pack):
+def test_a_serverless_worker_whose_only_gpu_is_broken_asks_runpod_for_another(gpu_fault_pack):
     env = {"DRY_RUN": "0", "ENCRYPTION_REQUIRED": "0", "JOB_TIMEOUT_S": "60", "GPU_OUT_AFTER": "1"}
-    stack = broken_stack(pack, "serverless", env).start(wait_for=("handler", "localqueue"))
+    stack = broken_stack(gpu_fault_pack, "serverless", env).start(wait_for=("handler", "localqueue"))
     try:
         wait_until(lambda: os.path.exists(os.path.join(stack.run_dir, "comfy-broken")), 180, "out for good")
         job = requests.post(
@@ -137,16 +121,18 @@ def test_a_serverless_worker_whose_only_gpu_is_broken_asks_runpod_for_another(pa
         stack.stop()
 
 
-def test_a_fleet_pod_whose_only_gpu_is_broken_takes_nothing_and_another_pod_runs_its_jobs(redis_server, pack):
+def test_a_fleet_pod_whose_only_gpu_is_broken_takes_nothing_and_another_pod_runs_its_jobs(
+    redis_server, gpu_fault_pack
+):
     prefix = f"broken-{uuid.uuid4().hex[:8]}"
     env = {**fleet_env(redis_server, prefix), "GPU_OUT_AFTER": "1"}
-    first = broken_stack(pack, "api", env).start(wait_for=("api",))
+    first = broken_stack(gpu_fault_pack, "api", env).start(wait_for=("api",))
     second = None
     try:
         wait_until(lambda: os.path.exists(os.path.join(first.run_dir, "comfy-broken")), 180, "out for good")
         job_ids = [submit(first, {"workflow": empty_image(8, 8, color=c)}) for c in (1, 2)]
-        second_env = {**fleet_env(redis_server, prefix, first.private_key), **pack.env}
-        second = Stack("api", second_env, backend=pack).start()
+        second_env = {**fleet_env(redis_server, prefix, first.private_key), **gpu_fault_pack.env}
+        second = Stack("api", second_env, backend=gpu_fault_pack).start()
         for job_id in job_ids:
             done = ended(first, job_id, timeout=300)
             assert done["state"] == "completed", done

@@ -303,6 +303,13 @@ def test_real_comfyui_in_the_image_answers_an_encrypted_job(comfy_container):
     assert image.size == (40, 30) and image.convert("RGB").getpixel((1, 1)) == (0, 255, 0)
 
 
+def test_comfyui_s_user_loads_the_workers_preflight_node_and_its_start_passes_it(comfy_container):
+    """The node is read by ComfyUI's own user from the worker's folder in RUN_DIR."""
+    [instance] = requests.get(comfy_container.url + "/healthz", timeout=5).json()["comfy"]["instances"]
+    assert instance["preflight"] == "passed" and instance["broken"] is None
+    assert "instance 0: pre-flight passed on cpu" in comfy_container.logs()
+
+
 def test_the_image_serves_its_example_templates_and_the_volumes_own(comfy_container):
     health = lambda: requests.get(comfy_container.url + "/healthz", timeout=5).json()["templates"]  # noqa: E731
     wait_until(lambda: health()["checked_with_comfyui"], 120, "the templates' check against ComfyUI")
