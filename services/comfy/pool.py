@@ -219,9 +219,10 @@ class ComfyPool:
         return 0 < self.settings.max_queue_depth <= len(self._waiting)
 
     def usable(self) -> int:
-        """Instances that can take a job now or once their current one ended (not out)."""
+        """Instances that are not out: each takes jobs now, once its current one ended, or once
+        it restarted (after its GPU failed too, so the number stays put while it restarts)."""
         states = self._states()
-        return sum(1 for instance in self.instances if _takes(instance, states[instance.number]))
+        return sum(1 for instance in self.instances if not health.out(states[instance.number][0]))
 
     def spare(self, own: int, depth: int = DEPTH) -> int:
         """How many more jobs the pool would take now (to run, or to queue behind a running
