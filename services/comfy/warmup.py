@@ -67,6 +67,7 @@ class Warmup:
         self.runs = 0
         self.preflight: str | None = "pending" if settings.preflight else None  # -> passed | failed
         self.failed: Callable[[str], None] = lambda _cause: None  # the pool's: a pre-flight failed
+        self.device = devices.of(settings).describe(settings.comfy_instance)  # what its log lines name
         self._finished_for = -1  # the ComfyUI start the last warm-up ran on
         self._failed_for = -1  # ... and the start whose pre-flight failed
         self._changed = threading.Condition()
@@ -126,8 +127,7 @@ class Warmup:
         """Whether the device computed (a ComfyUI without the node, its custom nodes turned off,
         is let through with a line saying so; one that died under it is simply started again)."""
         self.preflight = "running"
-        device = devices.of(self.settings).describe(self.settings.comfy_instance)
-        instance = self.settings.comfy_instance
+        device, instance = self.device, self.settings.comfy_instance
         try:
             self._execute(preflight.workflow(start))
         except errors.WorkflowValidationFailed:

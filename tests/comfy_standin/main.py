@@ -307,6 +307,14 @@ class Server:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pickup_s = float(os.environ.get("STANDIN_PICKUP_SECONDS", "0"))
         self.poisoned = broken_gpu(args)  # the GPU fault every node now fails with (GpuFault)
+        if any(
+            os.path.isfile(os.path.join(f, "worker_preflight.py"))
+            for f in self.model_folders().get("custom_nodes", [])
+        ):
+            # the worker's pre-flight node, loaded by ComfyUI from there; it needs torch, so imitated
+            NODES["WorkerPreflight"] = spec(
+                {"seed": ["INT", {"default": 0, "min": 0, "max": 2**31 - 1}]}, [], output_node=True
+            )
 
     # --- messaging ---------------------------------------------------------------------------
     def send(self, kind: str, data: dict, sid: str | None) -> None:
@@ -1155,20 +1163,6 @@ def broken_gpu(args: argparse.Namespace) -> str | None:
     return fault if fault in GPU_FAULTS else None
 
 
-def load_worker_nodes(args: argparse.Namespace) -> None:
-    """The worker's own pre-flight node, when a custom_nodes folder of the extra model paths
-    holds its file (ComfyUI would load it from there; it needs torch, so it is imitated)."""
-    for config_path in args.extra_model_paths_config or []:
-        with open(config_path) as handle:
-            config = yaml.safe_load(handle) or {}
-        for section in config.values():
-            for folder in str(section.get("custom_nodes", "")).split():
-                if os.path.isfile(os.path.join(folder, "worker_preflight.py")):
-                    NODES["WorkerPreflight"] = spec(
-                        {"seed": ["INT", {"default": 0, "min": 0, "max": 2**31 - 1}]}, [], output_node=True
-                    )
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="ComfyUI stand-in")
     parser.add_argument("--listen", default="127.0.0.1", nargs="?", const="0.0.0.0")
@@ -1198,7 +1192,6 @@ async def serve(args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args(sys.argv[1:])
     load_custom_nodes(os.path.join(os.path.dirname(os.path.abspath(__file__)), "custom_nodes"))
-    load_worker_nodes(args)
     print(f"[standin] ComfyUI stand-in {VERSION} argv={sys.argv[1:]}", flush=True)
     if os.environ.get("STANDIN_HELPER") == "1":
         helper = subprocess.Popen(["sleep", "3600"])
