@@ -94,20 +94,25 @@ class Cleanup:
     def _take(self, job: _Ended) -> None:
         self._in_flight -= 1
         shutil.rmtree(os.path.join(self.settings.comfy_folder("input"), job.tag), ignore_errors=True)
-        self._remove(job.files)
+        files = list(job.files)
         if job.prompt_id is not None:
             if job.entry is not None:
-                self._remove(files_of(job.entry))
+                files += files_of(job.entry)
                 self._ended.add(job.prompt_id)
             else:
                 self._late.add(job.prompt_id)
+        self._remove(files)
         if job.sweep:
             self._sweep()
 
     def _sweep(self) -> None:
+        """ComfyUI's queue is read only while a prompt of ours outlived its job: otherwise every
+        prompt of ours that ComfyUI has is a job in flight, and it has no other."""
         try:
-            state = self.client.queue()
-            active = {item[1] for item in state.get("queue_running", []) + state.get("queue_pending", [])}
+            active: set[str] = set()
+            if self._late:
+                state = self.client.queue()
+                active = {item[1] for item in state.get("queue_running", []) + state.get("queue_pending", [])}
             if self._in_flight == 0 and not active:
                 self.client.clear_history()
                 for kind in IO_FOLDERS:
@@ -126,8 +131,9 @@ class Cleanup:
             log.info("ComfyUI did not answer the clean-up; it is tried again")
 
     def _remove(self, files: Iterable[dict]) -> None:
-        for item in files:
-            path = local_path(self.settings, item)
+        """Each path once: ComfyUI names a new file after the highest number in its folder, so
+        a name removed is soon another job's, and a second removal would take that one."""
+        for path in dict.fromkeys(local_path(self.settings, item) for item in files):
             if path is not None:
                 with contextlib.suppress(FileNotFoundError, IsADirectoryError):
                     os.remove(path)

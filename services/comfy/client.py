@@ -1,17 +1,23 @@
 """ComfyUI's HTTP and websocket protocol (docs/comfyui-protocol.md): one method per call.
 
 Every call has a timeout; a ComfyUI that does not answer becomes a `WorkerError`, never a hang.
+HTTP goes over the standard library's http.client on kept-alive connections: a job makes a few
+calls to a server on localhost, where a general client's per-call work (environment lookups,
+URL parsing, adapters) cost more CPU than the call itself.
 """
 
 from __future__ import annotations
 
+import http.client
+import json
+import select
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
-import requests
 import websocket
 
 from services.core import errors
@@ -40,6 +46,8 @@ class Socket:
             raw = self._ws.recv()
         except websocket.WebSocketTimeoutException:
             return None
+        except UnicodeDecodeError:  # a text frame that is not UTF-8 (validation is ours: see open_socket)
+            return ""
         except (OSError, websocket.WebSocketException) as exc:
             raise SocketLost(f"ComfyUI's websocket broke ({type(exc).__name__})") from None
         return raw if isinstance(raw, str) else ""
@@ -81,24 +89,99 @@ class Sockets:
             ws.close()
 
 
+@dataclass(frozen=True)
+class Reply:
+    status_code: int
+    content: bytes
+    content_type: str | None
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class Connections:
+    """Kept-alive HTTP/1.1 connections to one server, each used by one call at a time. One the
+    server closed while it was idle is readable (its end of file) and is not used again; one it
+    closed as the request went out (the end of file still on its way) is replaced once: a
+    server that closes a kept-alive connection has not read what arrives on it."""
+
+    MAX_IDLE_S = 20.0  # well below the keep-alive time of ComfyUI's server (aiohttp: 75 s)
+
+    def __init__(self, base_url: str) -> None:
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._lock = threading.Lock()
+
+    def request(
+        self, method: str, path: str, body: bytes | None, headers: dict[str, str], timeout: float
+    ) -> Reply:
+        """Raises OSError or http.client.HTTPException when the server could not be asked."""
+        conn, reused = self._take(timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            reply = Reply(response.status, response.read(), response.getheader("Content-Type"))
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            conn.close()
+            if not reused:
+                raise
+            return self.request(method, path, body, headers, timeout)  # on a new connection
+        except BaseException:
+            conn.close()
+            raise
+        if response.will_close:
+            conn.close()
+        else:
+            with self._lock:
+                self._idle.append((conn, time.monotonic()))
+        return reply
+
+    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection, and whether it was used before."""
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                conn, since = self._idle.pop() if self._idle else (None, now)
+            if conn is None:
+                return http.client.HTTPConnection(self.host, self.port, timeout=timeout), False
+            if now - since < self.MAX_IDLE_S and conn.sock is not None and not _readable(conn.sock):
+                conn.timeout = timeout
+                conn.sock.settimeout(timeout)
+                return conn, True
+            conn.close()
+
+
+def _readable(sock: Any) -> bool:
+    """An idle kept-alive socket that is readable was closed by the server (or is out of step)."""
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 class ComfyClient:
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url.rstrip("/")
-        self.http = requests.Session()
+        self.http = Connections(self.base_url)
 
     # --- plumbing ----------------------------------------------------------------------------
     def _call(
-        self, method: str, path: str, timeout: float = CONTROL_TIMEOUT_S, **kwargs: Any
-    ) -> requests.Response:
+        self,
+        method: str,
+        path: str,
+        timeout: float = CONTROL_TIMEOUT_S,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> Reply:
+        body, headers = None, {}
+        if json_body is not None:
+            body, headers = json.dumps(json_body).encode(), {"Content-Type": "application/json"}
+        target = f"{path}?{urlencode(params)}" if params else path
         try:
-            return self.http.request(method, self.base_url + path, timeout=timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise ComfyUnreachable(
-                f"ComfyUI did not answer {method} {path.split('?')[0]} ({type(exc).__name__})"
-            ) from None
+            return self.http.request(method, target, body, headers, timeout)
+        except (OSError, http.client.HTTPException) as exc:
+            raise ComfyUnreachable(f"ComfyUI did not answer {method} {path} ({type(exc).__name__})") from None
 
     @staticmethod
-    def _json(response: requests.Response, what: str) -> Any:
+    def _json(response: Reply, what: str) -> Any:
         if response.status_code != 200:
             raise errors.ComfyProtocolError(f"{what} answered HTTP {response.status_code}")
         try:
@@ -124,7 +207,7 @@ class ComfyClient:
             "POST",
             "/prompt",
             timeout=timeout,
-            json={
+            json_body={
                 "prompt": prompt,
                 "client_id": client_id,
                 "prompt_id": prompt_id,
@@ -146,30 +229,30 @@ class ComfyClient:
         return body.get(prompt_id) if isinstance(body, dict) else None
 
     def delete_history(self, prompt_ids: list[str]) -> None:
-        self._call("POST", "/history", json={"delete": prompt_ids})
+        self._call("POST", "/history", json_body={"delete": prompt_ids})
 
     def clear_history(self) -> None:
-        self._call("POST", "/history", json={"clear": True})
+        self._call("POST", "/history", json_body={"clear": True})
 
     def queue(self) -> dict:
         return self._json(self._call("GET", "/queue"), "GET /queue")
 
     def delete_from_queue(self, prompt_id: str) -> None:
-        self._call("POST", "/queue", json={"delete": [prompt_id]})
+        self._call("POST", "/queue", json_body={"delete": [prompt_id]})
 
     def clear_queue(self) -> None:
         """Every prompt waiting in ComfyUI's queue out of it (the running one runs on)."""
-        self._call("POST", "/queue", json={"clear": True})
+        self._call("POST", "/queue", json_body={"clear": True})
 
     def free(self) -> None:
         """Unload models and free memory (ComfyUI does it between prompts)."""
-        response = self._call("POST", "/free", json={"unload_models": True, "free_memory": True})
+        response = self._call("POST", "/free", json_body={"unload_models": True, "free_memory": True})
         if response.status_code != 200:
             raise ComfyUnreachable(f"POST /free answered HTTP {response.status_code}")
 
     def interrupt(self, prompt_id: str | None = None) -> None:
         """Stop `prompt_id` if it runs; without one, whatever runs."""
-        self._call("POST", "/interrupt", json={"prompt_id": prompt_id} if prompt_id else {})
+        self._call("POST", "/interrupt", json_body={"prompt_id": prompt_id} if prompt_id else {})
 
     def node_info(self, class_type: str) -> dict:
         body = self._json(self._call("GET", f"/object_info/{class_type}"), "GET /object_info")
@@ -180,14 +263,17 @@ class ComfyClient:
         response = self._call("GET", "/view", timeout=TRANSFER_TIMEOUT_S, params=params)
         if response.status_code != 200:
             raise errors.ComfyProtocolError(f"GET /view of an output answered HTTP {response.status_code}")
-        return response.content, response.headers.get("Content-Type")
+        return response.content, response.content_type
 
     def open_socket(self, client_id: str, recv_timeout: float) -> Socket:
         """The websocket for one client id, opened before the prompt is posted."""
         parts = urlsplit(self.base_url)
         url = f"ws://{parts.netloc}/ws?clientId={client_id}"
         try:
-            ws = websocket.create_connection(url, timeout=CONTROL_TIMEOUT_S, suppress_origin=True)
+            # websocket-client's own UTF-8 check is pure Python, byte by byte: decoding checks too
+            ws = websocket.create_connection(
+                url, timeout=CONTROL_TIMEOUT_S, suppress_origin=True, skip_utf8_validation=True
+            )
         except (OSError, websocket.WebSocketException) as exc:
             raise ComfyUnreachable(f"ComfyUI's websocket did not open ({type(exc).__name__})") from None
         ws.settimeout(recv_timeout)

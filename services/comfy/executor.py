@@ -46,6 +46,9 @@ LOST_AFTER_S = 5.0  # ComfyUI unreachable this long under a job: it died
 READY_TRUST_S = 2.0  # after a job that ended normally, no readiness probe for this long
 BOOT_POLL_S = 0.01  # while ComfyUI boots: how often the relay's ready file is looked at
 PROBE_EVERY_S = 0.5  # ... and how often ComfyUI is asked over HTTP without it
+# messages no job reads, recognised before parsing: ComfyUI writes json.dumps({"type", "data"}),
+# and progress_state lists every node of the prompt each time one changes
+UNREAD = ('{"type": "status"', '{"type": "progress_state"')
 
 
 class NotStarted(Exception):
@@ -252,7 +255,7 @@ class ComfyExecutor:
                     if current is None:
                         return self._poll(job, deadline, cancel)
                     continue
-                if raw:
+                if raw and not raw.startswith(UNREAD):
                     self._on_message(job, raw, outcome, progress)
             outcome.on_socket = current is ws
             return outcome

@@ -43,6 +43,7 @@ from services.core.turns import Turns
 WAIT_TICK_S = 0.5  # how often a waiting job looks at cancel, its deadline and the instances
 DEPTH = 2  # jobs an instance holds: the running prompt and the next one, queued in its ComfyUI
 RERUNS = 2  # runs again of a job whose ComfyUI died before it started (a prompt may be the cause)
+STATES_FRESH_S = 0.25  # supervisord is asked for the programs' states at most this often
 
 log = logging.getLogger("worker.comfy")
 
@@ -76,6 +77,7 @@ class ComfyPool:
         self._turn: _Waiter | None = None  # the waiting job whose turn it is (_choose)
         self._watchers: list[Callable[[], None]] = []
         self._timers: list[Callable[[float, float], None]] = []
+        self._known: tuple[float, dict[str, dict]] | None = None  # when asked, supervisord's answer
 
     def watch(self, changed: Callable[[], None]) -> None:
         """`changed()` is called when a job saw its ComfyUI die (health looks again at once)."""
@@ -206,6 +208,7 @@ class ComfyPool:
         self._changed_instances()
 
     def _changed_instances(self) -> None:
+        self._known = None  # supervisord is asked again at the next look
         for changed in self._watchers:
             changed()
 
@@ -316,14 +319,21 @@ class ComfyPool:
         return any(_takes(i, states[i.number], now=True) for i in idle)
 
     def _states(self, always: bool = False) -> dict[int, tuple[str, int]]:
-        """(state, pid) of each instance's program, in one call to supervisord; a single
-        instance's is asked only when `always` (scheduling never needs it)."""
+        """(state, pid) of each instance's program, in one call to supervisord at most every
+        STATES_FRESH_S (a job that saw its ComfyUI die, and each restart or take-out by the pool,
+        have it asked again at once); a single instance's is asked only when `always`
+        (scheduling never needs it)."""
         if len(self.instances) == 1 and not always and not self.instances[0].executor.gpu.restarting():
             return {0: ("RUNNING", 0)}
-        # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
-        from services.comfy import supervisor_state
+        known, now = self._known, time.monotonic()
+        if known is not None and now - known[0] < STATES_FRESH_S:
+            infos = known[1]
+        else:
+            # imported here: supervisord's client costs 2.4 MiB, which a single instance never needs
+            from services.comfy import supervisor_state
 
-        infos = supervisor_state.process_infos(self.settings.supervisor_socket)
+            infos = supervisor_state.process_infos(self.settings.supervisor_socket)
+            self._known = (now, infos)
         states = {}
         for instance in self.instances:
             info = infos.get(instance.settings.comfy_program, {"statename": "STOPPED", "pid": 0})

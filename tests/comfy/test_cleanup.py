@@ -142,3 +142,30 @@ def test_under_a_hung_comfyui_the_files_its_messages_named_are_still_removed(io)
     cleanup.end("job-h", "h", None, [{"filename": "h.png"}, {"filename": "../../outside.png"}], sweep=False)
     wait_until(lambda: files(io) == [], 5, "the clean-up")
     assert os.path.exists(os.path.join(io.run_dir, "outside.png"))
+
+
+def test_a_file_named_by_messages_and_entry_goes_once_so_the_next_jobs_file_of_that_name_stays(
+    io, monkeypatch
+):
+    """ComfyUI names a new file after the highest number left in its folder: the moment a job's
+    file is removed, the next job may save one of the same name."""
+    comfy = FakeComfy()
+    cleanup = Cleanup(io, comfy)
+    cleanup.begin()  # the next job, running
+    cleanup.begin()
+    path = put(io, "output/a_00001_.png")
+    removed = []
+    remove = os.remove
+
+    def remove_then_comfyui_saves_the_next_job_there(target):
+        remove(target)
+        removed.append(target)
+        if len(removed) == 1:
+            put(io, "output/a_00001_.png")  # the running job's SaveImage
+
+    monkeypatch.setattr(os, "remove", remove_then_comfyui_saves_the_next_job_there)
+    named = entry("a_00001_.png")
+    cleanup.end("job-a", "a", named, named["outputs"]["9"]["images"], sweep=True)
+    wait_until(lambda: comfy.deleted == [["a"]], 5, "the clean-up")
+    assert removed == [path] and os.path.exists(path)
+    assert comfy.queue_calls == 0  # no prompt outlived its job: ComfyUI's queue is not read
